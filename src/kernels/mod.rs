@@ -1,0 +1,68 @@
+//! CPU compute: quantized matmul over batches of activations, elementwise
+//! ops, the compute pool. SIMD paths are chosen at run time; the portable
+//! path is the reference the tests hold the others to.
+
+pub mod matmul;
+pub mod ops;
+pub mod pool;
+pub mod quant;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+use std::fmt;
+
+/// An instruction set a kernel can be compiled for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Isa {
+    Portable,
+    Avx2,
+    /// AVX-512 with VNNI (`vpdpbusd`).
+    Avx512Vnni,
+}
+
+impl fmt::Display for Isa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Isa::Portable => "portable",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512Vnni => "avx512-vnni",
+        })
+    }
+}
+
+impl Isa {
+    /// Every instruction set this CPU can run, portable first.
+    pub fn available() -> Vec<Isa> {
+        let mut isas = vec![Isa::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                isas.push(Isa::Avx2);
+                if is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vl")
+                    && is_x86_feature_detected!("avx512vnni")
+                {
+                    isas.push(Isa::Avx512Vnni);
+                }
+            }
+        }
+        isas
+    }
+
+    /// The best available, unless `CARAVAN_ISA` names another available one.
+    pub fn select() -> anyhow::Result<Isa> {
+        let available = Isa::available();
+        match std::env::var("CARAVAN_ISA") {
+            Ok(name) if !name.is_empty() => available
+                .iter()
+                .copied()
+                .find(|i| i.to_string() == name)
+                .ok_or_else(|| {
+                    let names: Vec<String> = available.iter().map(Isa::to_string).collect();
+                    anyhow::anyhow!("CARAVAN_ISA={name} is not available on this CPU (available: {})", names.join(", "))
+                }),
+            _ => Ok(*available.last().expect("portable is always available")),
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! Elementwise and row-wise float ops of a transformer step.
+
+/// `out = x / rms(x) * weight`, row by row. The sum of squares is taken in
+/// f64 as ggml does: hidden states of small models have large outliers.
+pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let d = weight.len();
+    for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+        let ss = (xr.iter().map(|&v| (v * v) as f64).sum::<f64>() / d as f64) as f32;
+        let scale = 1.0 / (ss + eps).sqrt();
+        for ((o, &v), &w) in or.iter_mut().zip(xr).zip(weight) {
+            *o = v * scale * w;
+        }
+    }
+}
+
+/// Rotary position embedding.
+pub struct Rope {
+    half_dims: usize,
+    theta_scale: f32,
+}
+
+impl Rope {
+    pub fn new(rot_dims: usize, base: f32) -> Rope {
+        Rope { half_dims: rot_dims / 2, theta_scale: base.powf(-2.0 / rot_dims as f32) }
+    }
+
+    /// Rotates adjacent pairs (x[2i], x[2i+1]) of every head in `x` (ggml's
+    /// "normal" mode, which llama GGUFs are converted for) at position `pos`.
+    /// The angle is built by repeated multiplication, as ggml does: the
+    /// rounding differs from `pos * base^(-2i/d)` enough to flip close calls
+    /// against reference outputs.
+    pub fn apply(&self, x: &mut [f32], head_dim: usize, pos: usize) {
+        let mut cos_sin = [(0f32, 0f32); 256];
+        let mut theta = pos as f32;
+        for cs in cos_sin.iter_mut().take(self.half_dims) {
+            *cs = (theta.cos(), theta.sin());
+            theta *= self.theta_scale;
+        }
+        for head in x.chunks_exact_mut(head_dim) {
+            for (i, &(cos, sin)) in cos_sin.iter().take(self.half_dims).enumerate() {
+                let (a, b) = (head[2 * i], head[2 * i + 1]);
+                head[2 * i] = a * cos - b * sin;
+                head[2 * i + 1] = a * sin + b * cos;
+            }
+        }
+    }
+}
+
+/// `gate = silu(gate) * up`, in place.
+pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
+
+pub fn add_assign(acc: &mut [f32], x: &[f32]) {
+    for (a, &v) in acc.iter_mut().zip(x) {
+        *a += v;
+    }
+}
+
+/// Softmax in place; returns nothing, leaves probabilities summing to one.
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let mut sum = 0.0;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    x.iter_mut().for_each(|v| *v *= inv);
+}
+
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // Eight partial sums let the compiler vectorize without reordering rules.
+    let mut acc = [0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ac.zip(bc) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `acc += w * x`.
+pub fn axpy(acc: &mut [f32], w: f32, x: &[f32]) {
+    for (a, &v) in acc.iter_mut().zip(x) {
+        *a += w * v;
+    }
+}

@@ -1,0 +1,9 @@
+//! Caravan: an LLM inference server whose heart is true batching.
+//! See ARCHITECTURE.md for the map of modules and the data flow.
+
+pub mod gguf;
+pub mod kernels;
+pub mod kv;
+pub mod model;
+pub mod tokenizer;
+pub mod store;

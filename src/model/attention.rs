@@ -1,0 +1,69 @@
+//! Attention over the paged KV pool for a ragged batch: every token attends to
+//! its own sequence's cached positions 0..=pos (causal within its chunk,
+//! since the chunk's K and V were written before this runs).
+
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+
+use crate::kernels::pool::SharedOut;
+use crate::kv::KvPool;
+
+use super::llama::{Model, SeqChunk, TokenSlot};
+
+/// Head dimensions up to this fit the per-task stack buffers.
+pub const MAX_HEAD_DIM: usize = 256;
+
+/// Writes every token's attention output (heads concatenated) into `out`.
+pub(super) fn attend(model: &Model, chunks: &[SeqChunk], slots: &[TokenSlot], layer: usize, qkv: &[f32], kv: &KvPool, out: &mut [f32]) {
+    let c = &model.config;
+    let (dim, hd) = (c.dim, c.head_dim);
+    let qkv_dim = dim + 2 * c.kv_dim();
+    let group = c.heads / c.kv_heads;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let shared = SharedOut::new(out);
+    model.pool.run(slots.len() * c.heads, &|task| {
+        let (ti, head) = (task / c.heads, task % c.heads);
+        let slot = slots[ti];
+        let blocks = chunks[slot.chunk].blocks;
+        let mut q = [f16::ZERO; MAX_HEAD_DIM];
+        let q = &mut q[..hd];
+        q.convert_from_f32_slice(&qkv[ti * qkv_dim + head * hd..ti * qkv_dim + (head + 1) * hd]);
+        let kv_off = (head / group) * hd;
+        // Online softmax over positions 0..=pos: one pass over K and V.
+        let mut acc = [0f32; MAX_HEAD_DIM];
+        let acc = &mut acc[..hd];
+        let (mut max, mut sum) = (f32::NEG_INFINITY, 0f32);
+        for p in 0..=slot.pos {
+            let (k, v) = kv.slot(blocks, layer, p);
+            let s = dot_f16(q, &k[kv_off..kv_off + hd]) * scale;
+            let v = &v[kv_off..kv_off + hd];
+            let (mut rescale, mut weight) = (1.0f32, 1.0f32);
+            if s > max {
+                rescale = (max - s).exp();
+                max = s;
+            } else {
+                weight = (s - max).exp();
+            }
+            for (a, &x) in acc.iter_mut().zip(v) {
+                *a = *a * rescale + x.to_f32() * weight;
+            }
+            sum = sum * rescale + weight;
+        }
+        // SAFETY: each task writes only its own (token, head) slice.
+        let out = unsafe { shared.slice() };
+        let inv = 1.0 / sum;
+        for (o, a) in out[ti * dim + head * hd..ti * dim + (head + 1) * hd].iter_mut().zip(acc.iter()) {
+            *o = a * inv;
+        }
+    });
+}
+
+fn dot_f16(a: &[f16], b: &[f16]) -> f32 {
+    let mut acc = [0f32; 8];
+    for (x, y) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
+        for i in 0..8 {
+            acc[i] += x[i].to_f32() * y[i].to_f32();
+        }
+    }
+    acc.iter().sum()
+}

@@ -1,0 +1,159 @@
+//! The llama architecture's forward pass over a ragged batch: tokens of many
+//! sequences, each a chunk at its own positions, in one pass with no padding.
+
+use crate::kernels::matmul::{matmul, Matrix, QuantizedActs};
+use crate::kernels::ops::{add_assign, rms_norm, silu_mul, Rope};
+use crate::kernels::pool::ComputePool;
+use crate::kernels::Isa;
+use crate::kv::KvPool;
+
+use super::attention::attend;
+
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    pub architecture: String,
+    pub vocab: usize,
+    pub dim: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub ffn: usize,
+    pub context_length: usize,
+    pub norm_eps: f32,
+    pub rope_base: f32,
+    pub rope_dims: usize,
+}
+
+impl ModelConfig {
+    pub fn kv_dim(&self) -> usize {
+        self.kv_heads * self.head_dim
+    }
+}
+
+pub struct Layer {
+    pub attn_norm: Vec<f32>,
+    /// Q, K and V projections fused into one matrix: rows [q | k | v].
+    pub wqkv: Matrix,
+    pub wo: Matrix,
+    pub ffn_norm: Vec<f32>,
+    /// Gate and up projections fused: rows [gate | up].
+    pub w_gate_up: Matrix,
+    pub w_down: Matrix,
+}
+
+pub struct Model {
+    pub config: ModelConfig,
+    pub token_embd: Matrix,
+    pub layers: Vec<Layer>,
+    pub output_norm: Vec<f32>,
+    /// None when the embeddings are tied (token_embd is the lm_head).
+    pub output: Option<Matrix>,
+    pub rope: Rope,
+    pub isa: Isa,
+    pub pool: ComputePool,
+    /// Total parameter count, for listings.
+    pub parameters: u64,
+}
+
+/// One sequence's part of a ragged batch: `tokens` at positions
+/// `start_pos..`, KV blocks in `blocks` (already covering those positions),
+/// and whether the last token's logits are wanted.
+pub struct SeqChunk<'a> {
+    pub tokens: &'a [u32],
+    pub start_pos: usize,
+    pub blocks: &'a [u32],
+    pub logits: bool,
+}
+
+/// Buffers a forward pass reuses from step to step.
+#[derive(Default)]
+pub struct Scratch {
+    x: Vec<f32>,
+    h: Vec<f32>,
+    qkv: Vec<f32>,
+    attn: Vec<f32>,
+    tmp: Vec<f32>,
+    gate_up: Vec<f32>,
+    act: Vec<f32>,
+    quant: QuantizedActs,
+    pub logits: Vec<f32>,
+}
+
+/// Where each batch token sits: its sequence chunk and position.
+#[derive(Clone, Copy)]
+pub(super) struct TokenSlot {
+    pub chunk: usize,
+    pub pos: usize,
+}
+
+impl Model {
+    fn linear(&self, w: &Matrix, x: &[f32], rows: usize, quant: &mut QuantizedActs, out: &mut Vec<f32>) {
+        quant.quantize(x, rows, w.cols);
+        out.resize(rows * w.rows, 0.0);
+        matmul(&self.pool, self.isa, w, x, quant, out);
+    }
+
+    /// Runs one step. Returns the logits (`vocab` floats per row) of the last
+    /// token of every chunk with `logits` set, in chunk order.
+    pub fn forward<'s>(&self, chunks: &[SeqChunk], kv: &mut KvPool, s: &'s mut Scratch) -> &'s [f32] {
+        let c = &self.config;
+        let (dim, kv_dim) = (c.dim, c.kv_dim());
+        let slots: Vec<TokenSlot> = chunks
+            .iter()
+            .enumerate()
+            .flat_map(|(ci, ch)| (0..ch.tokens.len()).map(move |j| TokenSlot { chunk: ci, pos: ch.start_pos + j }))
+            .collect();
+        let t = slots.len();
+
+        s.x.resize(t * dim, 0.0);
+        let tokens = chunks.iter().flat_map(|ch| ch.tokens.iter());
+        for (row, &tok) in s.x.chunks_exact_mut(dim).zip(tokens) {
+            self.token_embd.w.row_f32(tok as usize, dim, row);
+        }
+        s.h.resize(t * dim, 0.0);
+
+        for (li, layer) in self.layers.iter().enumerate() {
+            rms_norm(&s.x, &layer.attn_norm, c.norm_eps, &mut s.h);
+            self.linear(&layer.wqkv, &s.h, t, &mut s.quant, &mut s.qkv);
+            let qkv_dim = dim + 2 * kv_dim;
+            for (row, slot) in s.qkv.chunks_exact_mut(qkv_dim).zip(&slots) {
+                self.rope.apply(&mut row[..dim + kv_dim], c.head_dim, slot.pos);
+                let (k, v) = row[dim..].split_at(kv_dim);
+                kv.write(chunks[slot.chunk].blocks, li, slot.pos, k, v);
+            }
+            s.attn.resize(t * dim, 0.0);
+            attend(self, chunks, &slots, li, &s.qkv, kv, &mut s.attn);
+            self.linear(&layer.wo, &s.attn, t, &mut s.quant, &mut s.tmp);
+            add_assign(&mut s.x, &s.tmp);
+
+            rms_norm(&s.x, &layer.ffn_norm, c.norm_eps, &mut s.h);
+            self.linear(&layer.w_gate_up, &s.h, t, &mut s.quant, &mut s.gate_up);
+            s.act.resize(t * c.ffn, 0.0);
+            for (gu, a) in s.gate_up.chunks_exact_mut(2 * c.ffn).zip(s.act.chunks_exact_mut(c.ffn)) {
+                let (gate, up) = gu.split_at_mut(c.ffn);
+                silu_mul(gate, up);
+                a.copy_from_slice(gate);
+            }
+            self.linear(&layer.w_down, &s.act, t, &mut s.quant, &mut s.tmp);
+            add_assign(&mut s.x, &s.tmp);
+        }
+
+        // Only the rows that need logits go through the norm and the lm_head.
+        let mut last_rows = Vec::new();
+        let mut end = 0;
+        for ch in chunks {
+            end += ch.tokens.len();
+            if ch.logits && !ch.tokens.is_empty() {
+                last_rows.push(end - 1);
+            }
+        }
+        s.h.resize(last_rows.len() * dim, 0.0);
+        for (dst, &r) in s.h.chunks_exact_mut(dim).zip(&last_rows) {
+            rms_norm(&s.x[r * dim..(r + 1) * dim], &self.output_norm, c.norm_eps, dst);
+        }
+        let head = self.output.as_ref().unwrap_or(&self.token_embd);
+        self.linear(head, &s.h, last_rows.len(), &mut s.quant, &mut s.logits);
+        &s.logits
+    }
+}

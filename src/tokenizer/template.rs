@@ -1,0 +1,123 @@
+//! Chat templates: the GGUF's `tokenizer.chat_template` (Jinja) rendered with
+//! minijinja. Message content is wrapped in private-use marker characters
+//! while rendering, so the result can be split into template text (where
+//! special tokens are parsed) and message text (always plain): a user who
+//! types `<|im_end|>` gets those characters, not the control token.
+
+use anyhow::{anyhow, Result};
+use minijinja::{Environment, Error, ErrorKind};
+use serde::Serialize;
+
+use super::Tokenizer;
+use crate::gguf::GgufFile;
+
+const OPEN: char = '\u{F0000}';
+const CLOSE: char = '\u{F0001}';
+
+/// ChatML, the template used when a model ships none (as llama.cpp does).
+const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+impl Message {
+    pub fn new(role: &str, content: &str) -> Message {
+        Message { role: role.into(), content: content.into() }
+    }
+}
+
+/// A rendered conversation: template text and message text, in order.
+#[derive(Debug, PartialEq)]
+pub enum Segment {
+    Template(String),
+    Content(String),
+}
+
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    bos: String,
+    eos: String,
+}
+
+impl ChatTemplate {
+    pub fn from_gguf(f: &GgufFile, tok: &Tokenizer) -> Result<ChatTemplate> {
+        let source = f.get("tokenizer.chat_template").and_then(|v| v.as_str()).unwrap_or(CHATML);
+        let text = |id: Option<u32>| id.map(|i| tok.token_text(i)).unwrap_or_default();
+        ChatTemplate::new(source, text(tok.bos), text(tok.eos))
+    }
+
+    pub fn new(source: &str, bos: String, eos: String) -> Result<ChatTemplate> {
+        let mut env = Environment::new();
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", |msg: String| -> Result<String, Error> {
+            Err(Error::new(ErrorKind::InvalidOperation, msg))
+        });
+        env.add_template_owned("chat", source.to_string()).map_err(|e| anyhow!("chat template does not parse: {e}"))?;
+        Ok(ChatTemplate { env, bos, eos })
+    }
+
+    /// The conversation as segments; `add_generation_prompt` opens the
+    /// assistant's turn.
+    pub fn render_segments(&self, messages: &[Message], add_generation_prompt: bool) -> Result<Vec<Segment>> {
+        let strip = |s: &str| s.replace([OPEN, CLOSE], "");
+        let marked: Vec<Message> = messages
+            .iter()
+            .map(|m| Message { role: strip(&m.role), content: format!("{OPEN}{}{CLOSE}", strip(&m.content)) })
+            .collect();
+        let ctx = minijinja::context! {
+            messages => marked,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => self.bos.clone(),
+            eos_token => self.eos.clone(),
+        };
+        let rendered = self
+            .env
+            .get_template("chat")
+            .and_then(|t| t.render(ctx))
+            .map_err(|e| anyhow!("chat template failed: {e}"))?;
+        let mut segments = Vec::new();
+        let mut rest = rendered.as_str();
+        while let Some(open) = rest.find(OPEN) {
+            push_segment(&mut segments, Segment::Template(rest[..open].to_string()));
+            let after = &rest[open + OPEN.len_utf8()..];
+            let close = after.find(CLOSE).unwrap_or(after.len());
+            push_segment(&mut segments, Segment::Content(after[..close].to_string()));
+            rest = after.get(close + CLOSE.len_utf8()..).unwrap_or("");
+        }
+        push_segment(&mut segments, Segment::Template(rest.replace(CLOSE, "")));
+        Ok(segments)
+    }
+
+    /// The conversation as one string.
+    pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        Ok(self
+            .render_segments(messages, add_generation_prompt)?
+            .into_iter()
+            .map(|s| match s {
+                Segment::Template(t) | Segment::Content(t) => t,
+            })
+            .collect())
+    }
+}
+
+fn push_segment(segments: &mut Vec<Segment>, s: Segment) {
+    match &s {
+        Segment::Template(t) | Segment::Content(t) if t.is_empty() => {}
+        _ => segments.push(s),
+    }
+}
+
+/// Tokens of a rendered conversation: specials parsed in template text only.
+pub fn tokenize_segments(tok: &Tokenizer, segments: &[Segment]) -> Result<Vec<u32>> {
+    let mut out = Vec::new();
+    for s in segments {
+        match s {
+            Segment::Template(t) => out.extend(tok.encode(t, true)?),
+            Segment::Content(t) => out.extend(tok.encode(t, false)?),
+        }
+    }
+    Ok(tok.with_bos(out))
+}

@@ -1,0 +1,112 @@
+//! Every SIMD kernel the CPU has must match the portable reference, on random
+//! weights of every packed format and on every batch size a tile can see.
+
+use caravan::kernels::matmul::{matmul, portable_dot, Matrix, QuantizedActs};
+use caravan::kernels::pool::ComputePool;
+use caravan::kernels::quant::{repack, TensorType};
+use caravan::kernels::Isa;
+
+/// A small deterministic generator (SplitMix64) so failures reproduce.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E3779B97F4A7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
+        z ^ (z >> 31)
+    }
+    fn float(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+/// Random ggml blocks whose f16 scales are sane (random bytes would make NaNs).
+fn random_tensor(rng: &mut Rng, t: TensorType, rows: usize, cols: usize) -> Vec<u8> {
+    let n_blocks = rows * cols / t.block_elems();
+    let mut out = Vec::new();
+    let f16 = |x: f32| half::f16::from_f32(x).to_le_bytes();
+    for _ in 0..n_blocks {
+        let mut b = rng.bytes(t.block_bytes());
+        match t {
+            TensorType::F32 => b = rng.float().to_le_bytes().to_vec(),
+            TensorType::F16 => b = f16(rng.float()).to_vec(),
+            TensorType::BF16 => b = half::bf16::from_f32(rng.float()).to_le_bytes().to_vec(),
+            TensorType::Q4_0 | TensorType::Q8_0 => b[0..2].copy_from_slice(&f16(rng.float() * 0.05)),
+            TensorType::Q4_1 => {
+                b[0..2].copy_from_slice(&f16(rng.float() * 0.05));
+                b[2..4].copy_from_slice(&f16(rng.float() * 0.1));
+            }
+            TensorType::Q4K => {
+                b[0..2].copy_from_slice(&f16(rng.float() * 0.01));
+                b[2..4].copy_from_slice(&f16(rng.float() * 0.01));
+            }
+            TensorType::Q6K => b[208..210].copy_from_slice(&f16(rng.float() * 0.01)),
+        }
+        out.extend(b);
+    }
+    out
+}
+
+const TYPES: [TensorType; 8] = [
+    TensorType::F32,
+    TensorType::F16,
+    TensorType::BF16,
+    TensorType::Q4_0,
+    TensorType::Q4_1,
+    TensorType::Q8_0,
+    TensorType::Q4K,
+    TensorType::Q6K,
+];
+
+#[test]
+fn simd_matmul_matches_portable_for_every_format_and_batch_size() {
+    let mut rng = Rng(42);
+    let (rows, cols) = (72, 512);
+    let pool = ComputePool::new(2);
+    for t in TYPES {
+        let w = Matrix { rows, cols, w: repack(t, &random_tensor(&mut rng, t, rows, cols), rows, cols) };
+        for m in [1usize, 2, 3, 4, 5, 7, 9] {
+            let x: Vec<f32> = (0..m * cols).map(|_| rng.float() * 3.0).collect();
+            let mut q = QuantizedActs::default();
+            q.quantize(&x, m, cols);
+            for isa in Isa::available() {
+                let mut out = vec![0f32; m * rows];
+                matmul(&pool, isa, &w, &x, &q, &mut out);
+                for a in 0..m {
+                    for r in 0..rows {
+                        let want = portable_dot(&w, &x, &q, r, a);
+                        let got = out[a * rows + r];
+                        let tol = 1e-4 * want.abs().max(1.0);
+                        assert!((got - want).abs() <= tol, "{t:?} {isa} m={m} row {r} act {a}: {got} vs {want}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn quantized_matmul_tracks_the_float_product() {
+    // The 8-bit activations cost a little precision; the product of the
+    // dequantized weights with the float input must stay close.
+    let mut rng = Rng(7);
+    let (rows, cols) = (8, 256);
+    for t in TYPES {
+        let w = Matrix { rows, cols, w: repack(t, &random_tensor(&mut rng, t, rows, cols), rows, cols) };
+        let x: Vec<f32> = (0..cols).map(|_| rng.float()).collect();
+        let mut q = QuantizedActs::default();
+        q.quantize(&x, 1, cols);
+        let mut row = vec![0f32; cols];
+        for r in 0..rows {
+            w.w.row_f32(r, cols, &mut row);
+            let exact: f32 = row.iter().zip(&x).map(|(a, b)| a * b).sum();
+            let norm: f32 = row.iter().map(|a| a.abs()).sum::<f32>() / 127.0;
+            let got = portable_dot(&w, &x, &q, r, 0);
+            assert!((got - exact).abs() <= norm + 1e-5, "{t:?} row {r}: {got} vs {exact}");
+        }
+    }
+}
