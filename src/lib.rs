@@ -7,3 +7,7 @@ pub mod kv;
 pub mod model;
 pub mod tokenizer;
 pub mod store;
+pub mod sampler;
+pub mod stop;
+pub mod generate;
+pub mod loaded;

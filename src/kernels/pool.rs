@@ -114,8 +114,14 @@ fn worker_loop(s: &Shared) {
     let mut seen = 0usize;
     loop {
         // Spin for a fresh generation, then park on the condvar.
+        // Reading the clock costs more than a spin: look at it now and then.
         let started = Instant::now();
-        while s.generation.load(Ordering::Acquire) == seen && started.elapsed() < SPIN {
+        let mut spins = 0u32;
+        while s.generation.load(Ordering::Acquire) == seen {
+            spins = spins.wrapping_add(1);
+            if spins % 256 == 0 && started.elapsed() >= SPIN {
+                break;
+            }
             std::hint::spin_loop();
         }
         let job = {

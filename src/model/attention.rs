@@ -2,9 +2,9 @@
 //! its own sequence's cached positions 0..=pos (causal within its chunk,
 //! since the chunk's K and V were written before this runs).
 
-use half::f16;
 use half::slice::HalfFloatSliceExt;
 
+use crate::kernels::ops::dot;
 use crate::kernels::pool::SharedOut;
 use crate::kv::KvPool;
 
@@ -25,18 +25,16 @@ pub(super) fn attend(model: &Model, chunks: &[SeqChunk], slots: &[TokenSlot], la
         let (ti, head) = (task / c.heads, task % c.heads);
         let slot = slots[ti];
         let blocks = chunks[slot.chunk].blocks;
-        let mut q = [f16::ZERO; MAX_HEAD_DIM];
-        let q = &mut q[..hd];
-        q.convert_from_f32_slice(&qkv[ti * qkv_dim + head * hd..ti * qkv_dim + (head + 1) * hd]);
+        let q = &qkv[ti * qkv_dim + head * hd..ti * qkv_dim + (head + 1) * hd];
         let kv_off = (head / group) * hd;
+        let (mut k, mut v, mut acc) = ([0f32; MAX_HEAD_DIM], [0f32; MAX_HEAD_DIM], [0f32; MAX_HEAD_DIM]);
+        let (k, v, acc) = (&mut k[..hd], &mut v[..hd], &mut acc[..hd]);
         // Online softmax over positions 0..=pos: one pass over K and V.
-        let mut acc = [0f32; MAX_HEAD_DIM];
-        let acc = &mut acc[..hd];
         let (mut max, mut sum) = (f32::NEG_INFINITY, 0f32);
         for p in 0..=slot.pos {
-            let (k, v) = kv.slot(blocks, layer, p);
-            let s = dot_f16(q, &k[kv_off..kv_off + hd]) * scale;
-            let v = &v[kv_off..kv_off + hd];
+            let (k16, v16) = kv.slot(blocks, layer, p);
+            k16[kv_off..kv_off + hd].convert_to_f32_slice(k);
+            let s = dot(q, k) * scale;
             let (mut rescale, mut weight) = (1.0f32, 1.0f32);
             if s > max {
                 rescale = (max - s).exp();
@@ -44,8 +42,9 @@ pub(super) fn attend(model: &Model, chunks: &[SeqChunk], slots: &[TokenSlot], la
             } else {
                 weight = (s - max).exp();
             }
-            for (a, &x) in acc.iter_mut().zip(v) {
-                *a = *a * rescale + x.to_f32() * weight;
+            v16[kv_off..kv_off + hd].convert_to_f32_slice(v);
+            for (a, &x) in acc.iter_mut().zip(v.iter()) {
+                *a = *a * rescale + x * weight;
             }
             sum = sum * rescale + weight;
         }
@@ -56,14 +55,4 @@ pub(super) fn attend(model: &Model, chunks: &[SeqChunk], slots: &[TokenSlot], la
             *o = a * inv;
         }
     });
-}
-
-fn dot_f16(a: &[f16], b: &[f16]) -> f32 {
-    let mut acc = [0f32; 8];
-    for (x, y) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
-        for i in 0..8 {
-            acc[i] += x[i].to_f32() * y[i].to_f32();
-        }
-    }
-    acc.iter().sum()
 }

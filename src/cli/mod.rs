@@ -1,0 +1,46 @@
+//! Subcommands: argument definitions and dispatch.
+
+mod bench;
+mod models;
+mod run;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "caravan", version, about = "An LLM inference server whose heart is true batching")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install a model: a known name (default smollm2:135m), a .gguf file or a URL
+    Pull(models::PullArgs),
+    /// List installed models
+    List,
+    /// Remove an installed model
+    Rm {
+        /// The model's name
+        name: String,
+    },
+    /// Generate from a prompt, streaming the answer to the terminal
+    Run(run::RunArgs),
+    /// Measure prefill and decode speed
+    Bench(bench::BenchArgs),
+}
+
+pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Pull(a) => models::pull(a),
+        Command::List => models::list(),
+        Command::Rm { name } => models::rm(&name),
+        Command::Run(a) => run::run(a),
+        Command::Bench(a) => bench::bench(a),
+    }
+}
+
+/// Worker threads for the compute pool: one per core.
+pub(crate) fn default_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}

@@ -1,0 +1,167 @@
+//! Choosing the next token from logits: repeat penalty, then top-k, top-p,
+//! min-p and temperature, then a draw from the sequence's own seeded RNG (or
+//! the argmax when temperature is 0). The order follows llama.cpp's default
+//! chain, so settings mean what Ollama users expect.
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    /// 0 means greedy.
+    pub temperature: f32,
+    /// 0 means off.
+    pub top_k: usize,
+    /// 1 means off.
+    pub top_p: f32,
+    /// 0 means off.
+    pub min_p: f32,
+    /// 1 means off.
+    pub repeat_penalty: f32,
+    /// How many recent tokens the repeat penalty looks at.
+    pub repeat_last_n: usize,
+    pub seed: u64,
+}
+
+impl SamplingParams {
+    pub fn greedy() -> SamplingParams {
+        SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, min_p: 0.0, repeat_penalty: 1.0, repeat_last_n: 64, seed: 0 }
+    }
+}
+
+impl Default for SamplingParams {
+    /// Ollama's defaults.
+    fn default() -> SamplingParams {
+        SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.9, min_p: 0.0, repeat_penalty: 1.1, repeat_last_n: 64, seed: 0 }
+    }
+}
+
+/// SplitMix64: tiny, fast, and the same on every platform, so a seed
+/// reproduces a generation exactly.
+#[derive(Debug, Clone)]
+struct Rng(u64);
+
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    fn next_f32(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
+}
+
+pub struct Sampler {
+    params: SamplingParams,
+    rng: Rng,
+    candidates: Vec<(u32, f32)>,
+}
+
+impl Sampler {
+    pub fn new(params: SamplingParams) -> Sampler {
+        let rng = Rng(params.seed);
+        Sampler { params, rng, candidates: Vec::new() }
+    }
+
+    /// Picks a token; `history` is the sequence so far (prompt and output).
+    pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
+        let p = &self.params;
+        self.candidates.clear();
+        self.candidates.extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l)));
+        if p.repeat_penalty != 1.0 {
+            let recent = &history[history.len().saturating_sub(p.repeat_last_n)..];
+            let mut seen = std::collections::HashSet::new();
+            for &t in recent {
+                if seen.insert(t) {
+                    if let Some(c) = self.candidates.get_mut(t as usize) {
+                        c.1 = if c.1 > 0.0 { c.1 / p.repeat_penalty } else { c.1 * p.repeat_penalty };
+                    }
+                }
+            }
+        }
+        if p.temperature <= 0.0 {
+            // Ties go to the lowest id, as an argmax over the vocabulary does.
+            return self.candidates.iter().fold((0, f32::NEG_INFINITY), |best, &c| if c.1 > best.1 { c } else { best }).0;
+        }
+        let c = &mut self.candidates;
+        c.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        if p.top_k > 0 && p.top_k < c.len() {
+            c.truncate(p.top_k);
+        }
+        // Probabilities at temperature 1 decide top-p and min-p, as llama.cpp does.
+        let max = c[0].1;
+        let weights: Vec<f32> = c.iter().map(|x| (x.1 - max).exp()).collect();
+        let total: f32 = weights.iter().sum();
+        if p.top_p < 1.0 {
+            let mut cum = 0.0;
+            let keep = weights.iter().position(|w| {
+                cum += w / total;
+                cum >= p.top_p
+            });
+            c.truncate(keep.map_or(c.len(), |k| k + 1));
+        }
+        if p.min_p > 0.0 {
+            // weights[0] is the top candidate's (unnormalized) probability, 1.
+            let keep = weights.iter().take(c.len()).take_while(|&&w| w >= p.min_p).count().max(1);
+            c.truncate(keep);
+        }
+        let probs: Vec<f32> = c.iter().map(|x| ((x.1 - max) / p.temperature).exp()).collect();
+        let total: f32 = probs.iter().sum();
+        let mut r = self.rng.next_f32() * total;
+        for (cand, w) in c.iter().zip(&probs) {
+            if r < *w {
+                return cand.0;
+            }
+            r -= w;
+        }
+        c[c.len() - 1].0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn logits() -> Vec<f32> {
+        vec![1.0, 3.0, 2.5, -1.0, 0.0, 2.9]
+    }
+
+    #[test]
+    fn greedy_takes_the_argmax() {
+        assert_eq!(Sampler::new(SamplingParams::greedy()).sample(&logits(), &[]), 1);
+    }
+
+    #[test]
+    fn repeat_penalty_demotes_recent_tokens() {
+        let p = SamplingParams { repeat_penalty: 1.5, ..SamplingParams::greedy() };
+        // 3.0 / 1.5 = 2.0 < 2.9, so token 5 wins.
+        assert_eq!(Sampler::new(p).sample(&logits(), &[1]), 5);
+    }
+
+    #[test]
+    fn same_seed_same_draws_and_top_k_limits_choices() {
+        let p = SamplingParams { temperature: 1.5, top_k: 2, top_p: 1.0, min_p: 0.0, repeat_penalty: 1.0, repeat_last_n: 0, seed: 9 };
+        let draw = |p: &SamplingParams| {
+            let mut s = Sampler::new(p.clone());
+            (0..200).map(|_| s.sample(&logits(), &[])).collect::<Vec<_>>()
+        };
+        let a = draw(&p);
+        assert_eq!(a, draw(&p));
+        assert!(a.iter().all(|&t| t == 1 || t == 5), "top-k 2 keeps only the two best");
+        assert!(a.contains(&1) && a.contains(&5));
+        assert_ne!(a, draw(&SamplingParams { seed: 10, ..p.clone() }));
+    }
+
+    #[test]
+    fn top_p_and_min_p_cut_the_tail() {
+        let base = SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0, repeat_penalty: 1.0, repeat_last_n: 0, seed: 1 };
+        // Probabilities: 3.0 -> .35, 2.9 -> .32, 2.5 -> .21, ...: top-p 0.5 keeps two.
+        let mut s = Sampler::new(SamplingParams { top_p: 0.5, ..base.clone() });
+        assert!((0..300).map(|_| s.sample(&logits(), &[])).all(|t| t == 1 || t == 5));
+        // min-p 0.7: e^(2.5-3) = 0.61 falls below, 2.9 (0.90) stays.
+        let mut s = Sampler::new(SamplingParams { min_p: 0.7, ..base });
+        assert!((0..300).map(|_| s.sample(&logits(), &[])).all(|t| t == 1 || t == 5));
+    }
+}
