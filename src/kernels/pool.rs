@@ -35,6 +35,8 @@ struct JobRef(*const Job);
 unsafe impl Send for JobRef {}
 
 pub struct ComputePool {
+    /// One job at a time: callers on other threads wait their turn.
+    caller: Mutex<()>,
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<()>>,
 }
@@ -59,7 +61,7 @@ impl ComputePool {
                     .expect("spawn compute worker")
             })
             .collect();
-        ComputePool { shared, workers }
+        ComputePool { caller: Mutex::new(()), shared, workers }
     }
 
     pub fn threads(&self) -> usize {
@@ -73,6 +75,7 @@ impl ComputePool {
             (0..n_tasks).for_each(f);
             return;
         }
+        let _turn = self.caller.lock().unwrap_or_else(|e| e.into_inner());
         let s = &*self.shared;
         // SAFETY: the pointer is cleared and every worker has finished before return.
         let erased: *const Job = unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), &'static Job>(f) };
@@ -159,6 +162,26 @@ impl Drop for ComputePool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn concurrent_callers_each_get_their_whole_job() {
+        let pool = Arc::new(ComputePool::new(2));
+        let callers: Vec<_> = (0..4)
+            .map(|_| {
+                let pool = pool.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..300 {
+                        let hits: Vec<AtomicUsize> = (0..16).map(|_| AtomicUsize::new(0)).collect();
+                        pool.run(16, &|i| {
+                            hits[i].fetch_add(1, Ordering::Relaxed);
+                        });
+                        assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+                    }
+                })
+            })
+            .collect();
+        callers.into_iter().for_each(|c| c.join().unwrap());
+    }
 
     #[test]
     fn every_task_runs_exactly_once_across_many_jobs() {

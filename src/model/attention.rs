@@ -2,6 +2,7 @@
 //! its own sequence's cached positions 0..=pos (causal within its chunk,
 //! since the chunk's K and V were written before this runs).
 
+use half::f16;
 use half::slice::HalfFloatSliceExt;
 
 use crate::kernels::ops::dot;
@@ -25,10 +26,14 @@ pub(super) fn attend(model: &Model, chunks: &[SeqChunk], slots: &[TokenSlot], la
         let (ti, head) = (task / c.heads, task % c.heads);
         let slot = slots[ti];
         let blocks = chunks[slot.chunk].blocks;
-        let q = &qkv[ti * qkv_dim + head * hd..ti * qkv_dim + (head + 1) * hd];
         let kv_off = (head / group) * hd;
-        let (mut k, mut v, mut acc) = ([0f32; MAX_HEAD_DIM], [0f32; MAX_HEAD_DIM], [0f32; MAX_HEAD_DIM]);
-        let (k, v, acc) = (&mut k[..hd], &mut v[..hd], &mut acc[..hd]);
+        let (mut q, mut k, mut v, mut acc) = ([0f32; MAX_HEAD_DIM], [0f32; MAX_HEAD_DIM], [0f32; MAX_HEAD_DIM], [0f32; MAX_HEAD_DIM]);
+        let (q, k, v, acc) = (&mut q[..hd], &mut k[..hd], &mut v[..hd], &mut acc[..hd]);
+        // The query at the keys' f16 precision, as llama.cpp's f16 cache
+        // computes Q·K: near-ties then fall the same way.
+        for (d, &x) in q.iter_mut().zip(&qkv[ti * qkv_dim + head * hd..ti * qkv_dim + (head + 1) * hd]) {
+            *d = f16::from_f32(x).to_f32();
+        }
         // Online softmax over positions 0..=pos: one pass over K and V.
         let (mut max, mut sum) = (f32::NEG_INFINITY, 0f32);
         for p in 0..=slot.pos {
