@@ -1,0 +1,147 @@
+//! The `caravan` binary as a user runs it: generation, model store commands
+//! (local file and resumable URL pulls), and one-line errors with non-zero
+//! exits for bad input.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
+
+fn caravan(models: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_caravan")).env("CARAVAN_MODELS", models).args(args).output().unwrap()
+}
+
+/// The store the tests' default model lives in.
+fn default_store() -> std::path::PathBuf {
+    common::model_path().parent().unwrap().parent().unwrap().to_path_buf()
+}
+
+fn stderr_line(o: &Output) -> String {
+    let e = String::from_utf8_lossy(&o.stderr).trim().to_string();
+    assert_eq!(e.lines().count(), 1, "one line: {e:?}");
+    e
+}
+
+#[test]
+fn run_streams_the_greedy_answer() {
+    let golden = &common::golden()[0];
+    let want = common::model().tokenizer.decode(&golden.completion_tokens[..8]);
+    let o = caravan(&default_store(), &["run", "--temperature", "0", "--repeat-penalty", "1", "--num-predict", "8", "--raw", &golden.prompt]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8(o.stdout).unwrap(), format!("{want}\n"));
+}
+
+#[test]
+fn run_reads_stdin_applies_the_template_and_reports_speed() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_caravan"))
+        .env("CARAVAN_MODELS", default_store())
+        .args(["run", "--temperature", "0", "--num-predict", "4", "--verbose", "--system", "Answer briefly."])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"What is 2+2?").unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success());
+    let err = String::from_utf8(o.stderr).unwrap();
+    // System (3 tokens) + template: the prompt is more than the question alone.
+    assert!(err.contains("prompt eval count:") && err.contains("eval count:           4 token(s)"), "{err}");
+    assert!(!String::from_utf8(o.stdout).unwrap().trim().is_empty());
+}
+
+#[test]
+fn bad_arguments_fail_with_one_line() {
+    let store = default_store();
+    let o = caravan(&store, &["run", "--temperature", "abc", "hi"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr_line(&o).contains("--temperature"));
+    let o = caravan(&store, &["run", "--top-p", "5", "hi"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr_line(&o).contains("--top-p must be in (0, 1]"));
+    let o = caravan(&store, &["run", "no-such-model", "hi"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr_line(&o).contains("model \"no-such-model\" not found"));
+    let o = caravan(&store, &["run", "--num-predict", "-5", "hi"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr_line(&o).contains("--num-predict"));
+}
+
+#[test]
+fn pull_list_and_rm_a_local_file() {
+    let store = tempfile::tempdir().unwrap();
+    let src = common::model_path();
+    let o = caravan(store.path(), &["pull", src.to_str().unwrap(), "--name", "mine:v1"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = caravan(store.path(), &["list"]);
+    let listing = String::from_utf8(o.stdout).unwrap();
+    let row = listing.lines().find(|l| l.starts_with("mine:v1")).unwrap_or_else(|| panic!("{listing}"));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cols, ["mine:v1", "93.8", "MiB", "llama", "134.5M", "Q4_1", "8192"]);
+    assert!(caravan(store.path(), &["rm", "mine:v1"]).status.success());
+    assert!(!String::from_utf8(caravan(store.path(), &["list"]).stdout).unwrap().contains("mine:v1"));
+    let o = caravan(store.path(), &["rm", "mine:v1"]);
+    assert!(stderr_line(&o).contains("not found"));
+}
+
+#[test]
+fn pulling_a_damaged_file_is_refused_with_its_reason() {
+    let store = tempfile::tempdir().unwrap();
+    let bad = store.path().join("half.gguf");
+    let real = std::fs::read(common::model_path()).unwrap();
+    std::fs::write(&bad, &real[..real.len() / 3]).unwrap();
+    let o = caravan(store.path(), &["pull", bad.to_str().unwrap(), "--name", "half"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr_line(&o).contains("points past the end of the file"));
+    assert!(!String::from_utf8(caravan(store.path(), &["list"]).stdout).unwrap().contains("half"));
+}
+
+/// Serves `body` on loopback, honouring `Range: bytes=N-`; records each
+/// request's range start. Serves `requests` connections, then stops.
+fn serve(body: Vec<u8>, requests: usize) -> (String, Arc<Mutex<Vec<u64>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/model.gguf", listener.local_addr().unwrap());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(requests) {
+            let mut s = stream.unwrap();
+            let mut req = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf).unwrap();
+                req.extend_from_slice(&buf[..n]);
+            }
+            let req = String::from_utf8_lossy(&req).to_lowercase();
+            let start: u64 = req.lines().find_map(|l| l.strip_prefix("range: bytes=")).and_then(|r| r.trim_end_matches('-').parse().ok()).unwrap_or(0);
+            log.lock().unwrap().push(start);
+            let part = &body[start as usize..];
+            let head = if start > 0 {
+                format!("HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {start}-{}/{}\r\n\r\n", part.len(), body.len() - 1, body.len())
+            } else {
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", part.len())
+            };
+            let _ = s.write_all(head.as_bytes());
+            let _ = s.write_all(part);
+        }
+    });
+    (url, seen)
+}
+
+#[test]
+fn pull_from_a_url_resumes_a_partial_download() {
+    let store = tempfile::tempdir().unwrap();
+    let real = std::fs::read(common::model_path()).unwrap();
+    // A previous, interrupted pull left the first 40 MB.
+    std::fs::create_dir_all(store.path().join("blobs")).unwrap();
+    std::fs::write(store.path().join("blobs/.partial-web"), &real[..40_000_000]).unwrap();
+    let (url, seen) = serve(real.clone(), 1);
+    let o = caravan(store.path(), &["pull", &url, "--name", "web"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(*seen.lock().unwrap(), vec![40_000_000]);
+    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(store.path().join("manifests/web.json")).unwrap()).unwrap();
+    assert_eq!(manifest["sha256"], "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53");
+    assert!(!store.path().join("blobs/.partial-web").exists());
+}
