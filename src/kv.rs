@@ -30,15 +30,6 @@ impl KvPool {
         }
     }
 
-    /// Bytes of K and V one token occupies, over all layers.
-    pub fn bytes_per_token(layers: usize, kv_dim: usize) -> usize {
-        layers * 2 * kv_dim * std::mem::size_of::<f16>()
-    }
-
-    pub fn block_size(&self) -> usize {
-        self.block_size
-    }
-
     pub fn total_blocks(&self) -> usize {
         self.num_blocks
     }

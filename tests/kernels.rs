@@ -5,22 +5,16 @@ use caravan::kernels::matmul::{matmul, portable_dot, Matrix, QuantizedActs};
 use caravan::kernels::pool::ComputePool;
 use caravan::kernels::quant::{repack, TensorType};
 use caravan::kernels::Isa;
+use caravan::sampler::Rng as SplitMix;
 
-/// A small deterministic generator (SplitMix64) so failures reproduce.
-struct Rng(u64);
+/// Deterministic inputs, so failures reproduce.
+struct Rng(SplitMix);
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E3779B97F4A7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
-        z ^ (z >> 31)
-    }
     fn float(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        self.0.next_f32() * 2.0 - 1.0
     }
     fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
+        (0..n).map(|_| self.0.next_u64() as u8).collect()
     }
 }
 
@@ -64,7 +58,7 @@ const TYPES: [TensorType; 8] = [
 
 #[test]
 fn simd_matmul_matches_portable_for_every_format_and_batch_size() {
-    let mut rng = Rng(42);
+    let mut rng = Rng(SplitMix(42));
     let (rows, cols) = (72, 512);
     let pool = ComputePool::new(2);
     for t in TYPES {
@@ -93,7 +87,7 @@ fn simd_matmul_matches_portable_for_every_format_and_batch_size() {
 fn quantized_matmul_tracks_the_float_product() {
     // The 8-bit activations cost a little precision; the product of the
     // dequantized weights with the float input must stay close.
-    let mut rng = Rng(7);
+    let mut rng = Rng(SplitMix(7));
     let (rows, cols) = (8, 256);
     for t in TYPES {
         let w = Matrix { rows, cols, w: repack(t, &random_tensor(&mut rng, t, rows, cols), rows, cols) };

@@ -59,18 +59,6 @@ pub fn add_assign(acc: &mut [f32], x: &[f32]) {
     }
 }
 
-/// Softmax in place; returns nothing, leaves probabilities summing to one.
-pub fn softmax(x: &mut [f32]) {
-    let max = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    let mut sum = 0.0;
-    for v in x.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
-    let inv = 1.0 / sum;
-    x.iter_mut().for_each(|v| *v *= inv);
-}
-
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     // Eight partial sums let the compiler vectorize without reordering rules.
     let mut acc = [0f32; 8];
@@ -82,11 +70,4 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
         }
     }
     acc.iter().sum::<f32>() + tail
-}
-
-/// `acc += w * x`.
-pub fn axpy(acc: &mut [f32], w: f32, x: &[f32]) {
-    for (a, &v) in acc.iter_mut().zip(x) {
-        *a += w * v;
-    }
 }
