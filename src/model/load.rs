@@ -10,6 +10,7 @@ use crate::kernels::pool::ComputePool;
 use crate::kernels::quant::{repack, Packed};
 use crate::kernels::Isa;
 
+use super::attention::MAX_HEAD_DIM;
 use super::llama::{Layer, Model, ModelConfig};
 
 /// Architectures whose tensors and metadata follow llama's layout.
@@ -40,6 +41,12 @@ impl ModelConfig {
             Some(_) => f.get_u64(&key("rope.dimension_count"))? as usize,
             None => head_dim,
         };
+        if head_dim > MAX_HEAD_DIM || rope_dims > head_dim || rope_dims % 2 != 0 {
+            bail!(
+                "{}: head dimension {head_dim} with {rope_dims} rotary dimensions is not supported (at most {MAX_HEAD_DIM}, rotary even and within the head)",
+                f.path.display()
+            );
+        }
         Ok(ModelConfig {
             vocab,
             dim,
