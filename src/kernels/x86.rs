@@ -108,6 +108,121 @@ macro_rules! tile_kernels {
 tile_kernels!("avx2,fma", dot_u8i8_avx2, nibble_avx2, int8_avx2);
 tile_kernels!("avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni", dot_u8i8_vnni, nibble_vnni, int8_vnni);
 
+
+/// How far ahead (in weight rows) the 512-bit kernels prefetch.
+const PREFETCH_ROWS: usize = 4;
+
+/// Lane indices that spread two floats over a 512-bit vector: [a x8, b x8].
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn pair_index() -> __m512i {
+    _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0)
+}
+
+/// Two consecutive f32 scales spread as [s0 x8, s1 x8].
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn spread_pair(idx: __m512i, p: *const f32) -> __m512 {
+    _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_castpd_ps(_mm_load_sd(p as *const f64))))
+}
+
+/// Σ a[i] * b[i] over `n` floats (the per-block min terms).
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn dot_f32(a: *const f32, b: *const f32, n: usize) -> f32 {
+    let mut acc = _mm512_setzero_ps();
+    let mut i = 0;
+    while i < n {
+        let mask: __mmask16 = if n - i >= 16 { 0xFFFF } else { (1u16 << (n - i)) - 1 };
+        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, a.add(i)), _mm512_maskz_loadu_ps(mask, b.add(i)), acc);
+        i += 16;
+    }
+    _mm512_reduce_add_ps(acc)
+}
+
+/// Nibble32 with 512-bit registers: two blocks per instruction. Needs an
+/// even block count.
+#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn nibble_512<const AR: usize>(qs: &[u8], scale: &[f32], min: &[f32], q: &QuantizedActs, r: usize, i: usize, tile: &mut Tile) {
+    let (k, nb) = (q.cols, q.cols / 32);
+    let low = _mm256_set1_epi8(0x0F);
+    let idx = pair_index();
+    let mut acc = [[_mm512_setzero_ps(); AR]; TILE_ROWS];
+    for b in (0..nb).step_by(2) {
+        let mut xv = [_mm512_setzero_si512(); AR];
+        let mut xs = [_mm512_setzero_ps(); AR];
+        for a in 0..AR {
+            xv[a] = _mm512_loadu_si512(q.qs.as_ptr().add((i + a) * k + b * 32) as *const __m512i);
+            xs[a] = spread_pair(idx, q.scale.as_ptr().add((i + a) * nb + b));
+        }
+        for dr in 0..TILE_ROWS {
+            let blk = (r + dr) * nb + b;
+            // Weights stream from memory once per token: fetch the next
+            // tile's bytes while this one computes.
+            let ahead = blk + PREFETCH_ROWS * nb;
+            _mm_prefetch::<_MM_HINT_T0>(qs.as_ptr().wrapping_add(ahead * 16) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(scale.as_ptr().wrapping_add(ahead) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(min.as_ptr().wrapping_add(ahead) as *const i8);
+            let packed = _mm256_loadu_si256(qs.as_ptr().add(blk * 16) as *const __m256i);
+            let lo = _mm256_and_si256(packed, low);
+            let hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low);
+            // [lo0, lo1, hi0, hi1] -> [lo0, hi0, lo1, hi1]: block order.
+            let w = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+            let w = _mm512_shuffle_i64x2(w, w, 0b11_01_10_00);
+            let sw = spread_pair(idx, scale.as_ptr().add(blk));
+            for a in 0..AR {
+                let d = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), w, xv[a]));
+                acc[dr][a] = _mm512_fmadd_ps(d, _mm512_mul_ps(sw, xs[a]), acc[dr][a]);
+            }
+        }
+    }
+    for dr in 0..TILE_ROWS {
+        for a in 0..AR {
+            let mins = dot_f32(min.as_ptr().add((r + dr) * nb), q.sum.as_ptr().add((i + a) * nb), nb);
+            tile[dr][a] = _mm512_reduce_add_ps(acc[dr][a]) + mins;
+        }
+    }
+}
+
+/// Int8x32 with 512-bit registers: two blocks per instruction; the weights'
+/// signs move onto the activations for the unsigned-by-signed multiply.
+#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn int8_512<const AR: usize>(qs: &[i8], scale: &[f32], q: &QuantizedActs, r: usize, i: usize, tile: &mut Tile) {
+    let (k, nb) = (q.cols, q.cols / 32);
+    let idx = pair_index();
+    let zero = _mm512_setzero_si512();
+    let mut acc = [[_mm512_setzero_ps(); AR]; TILE_ROWS];
+    for b in (0..nb).step_by(2) {
+        let mut xv = [zero; AR];
+        let mut xs = [_mm512_setzero_ps(); AR];
+        for a in 0..AR {
+            xv[a] = _mm512_loadu_si512(q.qs.as_ptr().add((i + a) * k + b * 32) as *const __m512i);
+            xs[a] = spread_pair(idx, q.scale.as_ptr().add((i + a) * nb + b));
+        }
+        for dr in 0..TILE_ROWS {
+            let blk = (r + dr) * nb + b;
+            let ahead = blk + PREFETCH_ROWS * nb;
+            _mm_prefetch::<_MM_HINT_T0>(qs.as_ptr().wrapping_add(ahead * 32) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(qs.as_ptr().wrapping_add(ahead * 32 + 64) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(scale.as_ptr().wrapping_add(ahead) as *const i8);
+            let w = _mm512_loadu_si512(qs.as_ptr().add(blk * 32) as *const __m512i);
+            let negative = _mm512_movepi8_mask(w);
+            let wabs = _mm512_abs_epi8(w);
+            let sw = spread_pair(idx, scale.as_ptr().add(blk));
+            for a in 0..AR {
+                let x = _mm512_mask_sub_epi8(xv[a], negative, zero, xv[a]);
+                let d = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, wabs, x));
+                acc[dr][a] = _mm512_fmadd_ps(d, _mm512_mul_ps(sw, xs[a]), acc[dr][a]);
+            }
+        }
+    }
+    for dr in 0..TILE_ROWS {
+        for a in 0..AR {
+            tile[dr][a] = _mm512_reduce_add_ps(acc[dr][a]);
+        }
+    }
+}
+
 macro_rules! by_act_rows {
     ($ar:expr, $f:ident ( $($arg:expr),* )) => {
         match $ar {
@@ -124,7 +239,10 @@ macro_rules! by_act_rows {
 pub(super) fn tile_dot(isa: Isa, w: &Matrix, q: &QuantizedActs, r: usize, i: usize, ar: usize, tile: &mut Tile) -> bool {
     // SAFETY: callers pass only an Isa that Isa::available() detected on this CPU.
     unsafe {
+        let pairs = (q.cols / 32) % 2 == 0;
         match (&w.w, isa) {
+            (Packed::Nibble32 { qs, scale, min }, Isa::Avx512Vnni) if pairs => by_act_rows!(ar, nibble_512(qs, scale, min, q, r, i, tile)),
+            (Packed::Int8x32 { qs, scale }, Isa::Avx512Vnni) if pairs => by_act_rows!(ar, int8_512(qs, scale, q, r, i, tile)),
             (Packed::Nibble32 { qs, scale, min }, Isa::Avx512Vnni) => by_act_rows!(ar, nibble_vnni(qs, scale, min, q, r, i, tile)),
             (Packed::Nibble32 { qs, scale, min }, _) => by_act_rows!(ar, nibble_avx2(qs, scale, min, q, r, i, tile)),
             (Packed::Int8x32 { qs, scale }, Isa::Avx512Vnni) => by_act_rows!(ar, int8_vnni(qs, scale, q, r, i, tile)),

@@ -13,8 +13,12 @@ use super::llama::{Model, SeqChunk, TokenSlot};
 
 /// Head dimensions up to this fit the per-task stack buffers.
 pub const MAX_HEAD_DIM: usize = 256;
+/// Query heads sharing one KV head, at most (grouped-query attention).
+pub const MAX_GROUP: usize = 16;
 
 /// Writes every token's attention output (heads concatenated) into `out`.
+/// One task per (token, KV head) serves every query head of its group, so
+/// each cached K and V row is converted from f16 once.
 pub(super) fn attend(model: &Model, chunks: &[SeqChunk], slots: &[TokenSlot], layer: usize, qkv: &[f32], kv: &KvPool, out: &mut [f32]) {
     let c = &model.config;
     let (dim, hd) = (c.dim, c.head_dim);
@@ -22,42 +26,53 @@ pub(super) fn attend(model: &Model, chunks: &[SeqChunk], slots: &[TokenSlot], la
     let group = c.heads / c.kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
     let shared = SharedOut::new(out);
-    model.pool.run(slots.len() * c.heads, &|task| {
-        let (ti, head) = (task / c.heads, task % c.heads);
+    model.pool.run(slots.len() * c.kv_heads, &|task| {
+        let (ti, kvh) = (task / c.kv_heads, task % c.kv_heads);
         let slot = slots[ti];
         let blocks = chunks[slot.chunk].blocks;
-        let kv_off = (head / group) * hd;
-        let (mut q, mut k, mut v, mut acc) = ([0f32; MAX_HEAD_DIM], [0f32; MAX_HEAD_DIM], [0f32; MAX_HEAD_DIM], [0f32; MAX_HEAD_DIM]);
-        let (q, k, v, acc) = (&mut q[..hd], &mut k[..hd], &mut v[..hd], &mut acc[..hd]);
-        // The query at the keys' f16 precision, as llama.cpp's f16 cache
+        let kv_off = kvh * hd;
+        // The queries at the keys' f16 precision, as llama.cpp's f16 cache
         // computes Q·K: near-ties then fall the same way.
-        for (d, &x) in q.iter_mut().zip(&qkv[ti * qkv_dim + head * hd..ti * qkv_dim + (head + 1) * hd]) {
-            *d = f16::from_f32(x).to_f32();
+        let mut q = [[0f32; MAX_HEAD_DIM]; MAX_GROUP];
+        for (g, qg) in q.iter_mut().enumerate().take(group) {
+            let head = kvh * group + g;
+            let src = &qkv[ti * qkv_dim + head * hd..ti * qkv_dim + (head + 1) * hd];
+            for (d, &x) in qg.iter_mut().zip(src) {
+                *d = f16::from_f32(x).to_f32();
+            }
         }
+        let (mut k, mut v) = ([0f32; MAX_HEAD_DIM], [0f32; MAX_HEAD_DIM]);
+        let (k, v) = (&mut k[..hd], &mut v[..hd]);
+        let mut acc = [[0f32; MAX_HEAD_DIM]; MAX_GROUP];
         // Online softmax over positions 0..=pos: one pass over K and V.
-        let (mut max, mut sum) = (f32::NEG_INFINITY, 0f32);
+        let (mut max, mut sum) = ([f32::NEG_INFINITY; MAX_GROUP], [0f32; MAX_GROUP]);
         for p in 0..=slot.pos {
             let (k16, v16) = kv.slot(blocks, layer, p);
             k16[kv_off..kv_off + hd].convert_to_f32_slice(k);
-            let s = dot(q, k) * scale;
-            let (mut rescale, mut weight) = (1.0f32, 1.0f32);
-            if s > max {
-                rescale = (max - s).exp();
-                max = s;
-            } else {
-                weight = (s - max).exp();
-            }
             v16[kv_off..kv_off + hd].convert_to_f32_slice(v);
-            for (a, &x) in acc.iter_mut().zip(v.iter()) {
-                *a = *a * rescale + x * weight;
+            for g in 0..group {
+                let s = dot(&q[g][..hd], k) * scale;
+                let (mut rescale, mut weight) = (1.0f32, 1.0f32);
+                if s > max[g] {
+                    rescale = (max[g] - s).exp();
+                    max[g] = s;
+                } else {
+                    weight = (s - max[g]).exp();
+                }
+                for (a, &x) in acc[g][..hd].iter_mut().zip(v.iter()) {
+                    *a = *a * rescale + x * weight;
+                }
+                sum[g] = sum[g] * rescale + weight;
             }
-            sum = sum * rescale + weight;
         }
-        // SAFETY: each task writes only its own (token, head) slice.
+        // SAFETY: each task writes only its own token's heads of its group.
         let out = unsafe { shared.slice() };
-        let inv = 1.0 / sum;
-        for (o, a) in out[ti * dim + head * hd..ti * dim + (head + 1) * hd].iter_mut().zip(acc.iter()) {
-            *o = a * inv;
+        for g in 0..group {
+            let head = kvh * group + g;
+            let inv = 1.0 / sum[g];
+            for (o, a) in out[ti * dim + head * hd..ti * dim + (head + 1) * hd].iter_mut().zip(&acc[g][..hd]) {
+                *o = a * inv;
+            }
         }
     });
 }

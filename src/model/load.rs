@@ -10,7 +10,7 @@ use crate::kernels::pool::ComputePool;
 use crate::kernels::quant::{repack, Packed};
 use crate::kernels::Isa;
 
-use super::attention::MAX_HEAD_DIM;
+use super::attention::{MAX_GROUP, MAX_HEAD_DIM};
 use super::llama::{Layer, Model, ModelConfig};
 
 /// Architectures whose tensors and metadata follow llama's layout.
@@ -41,10 +41,11 @@ impl ModelConfig {
             Some(_) => f.get_u64(&key("rope.dimension_count"))? as usize,
             None => head_dim,
         };
-        if head_dim > MAX_HEAD_DIM || rope_dims > head_dim || rope_dims % 2 != 0 {
+        if head_dim > MAX_HEAD_DIM || rope_dims > head_dim || rope_dims % 2 != 0 || heads / kv_heads > MAX_GROUP {
             bail!(
-                "{}: head dimension {head_dim} with {rope_dims} rotary dimensions is not supported (at most {MAX_HEAD_DIM}, rotary even and within the head)",
-                f.path.display()
+                "{}: attention shape not supported: head dimension {head_dim} (at most {MAX_HEAD_DIM}), {rope_dims} rotary dimensions (even, within the head), {} query heads per KV head (at most {MAX_GROUP})",
+                f.path.display(),
+                heads / kv_heads
             );
         }
         Ok(ModelConfig {
