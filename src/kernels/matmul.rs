@@ -119,6 +119,12 @@ fn tile_dot(isa: Isa, w: &Matrix, x: &[f32], q: &QuantizedActs, r: usize, wr: us
 }
 
 /// The reference dot product of weight row `r` with activation row `a`.
+///
+/// For the 8-bit-activation formats it reproduces, operation for operation,
+/// the SIMD kernels' order (and ggml's, whose AVX2 dot products they follow):
+/// eight lanes of four-element integer sums, one fused multiply-add per block
+/// and lane, a fixed horizontal sum, the block minimums fused in block order.
+/// Every instruction set therefore gives bitwise the same results.
 pub fn portable_dot(w: &Matrix, x: &[f32], q: &QuantizedActs, r: usize, a: usize) -> f32 {
     let k = w.cols;
     let nb = k / 32;
@@ -133,22 +139,33 @@ pub fn portable_dot(w: &Matrix, x: &[f32], q: &QuantizedActs, r: usize, a: usize
             }
         }
         Packed::Nibble32 { qs, scale, min } => {
+            let mut lanes = [0f32; 8];
+            let mut mins = 0f32;
             for b in 0..nb {
                 let wb = &qs[(r * nb + b) * 16..(r * nb + b + 1) * 16];
                 let xb = &xq[b * 32..(b + 1) * 32];
-                let mut sumi = 0i32;
-                for j in 0..16 {
-                    sumi += (wb[j] & 0xF) as i32 * xb[j] as i32 + (wb[j] >> 4) as i32 * xb[j + 16] as i32;
+                let nibble = |e: usize| if e < 16 { wb[e] & 0xF } else { wb[e - 16] >> 4 } as i32;
+                let block_scale = scale[r * nb + b].to_f32() * xs[b];
+                for (j, lane) in lanes.iter_mut().enumerate() {
+                    let part: i32 = (4 * j..4 * j + 4).map(|e| nibble(e) * xb[e] as i32).sum();
+                    *lane = (part as f32).mul_add(block_scale, *lane);
                 }
-                acc += sumi as f32 * (scale[r * nb + b] * xs[b]) + min[r * nb + b] * xsum[b];
+                mins = min[r * nb + b].to_f32().mul_add(xsum[b], mins);
             }
+            acc = hsum8(&lanes) + mins;
         }
         Packed::Int8x32 { qs, scale } => {
+            let mut lanes = [0f32; 8];
             for b in 0..nb {
                 let wb = &qs[(r * nb + b) * 32..(r * nb + b + 1) * 32];
-                let sumi: i32 = wb.iter().zip(&xq[b * 32..(b + 1) * 32]).map(|(&a, &b)| a as i32 * b as i32).sum();
-                acc += sumi as f32 * (scale[r * nb + b] * xs[b]);
+                let xb = &xq[b * 32..(b + 1) * 32];
+                let block_scale = scale[r * nb + b].to_f32() * xs[b];
+                for (j, lane) in lanes.iter_mut().enumerate() {
+                    let part: i32 = (4 * j..4 * j + 4).map(|e| wb[e] as i32 * xb[e] as i32).sum();
+                    *lane = (part as f32).mul_add(block_scale, *lane);
+                }
             }
+            acc = hsum8(&lanes);
         }
         Packed::Int8x16 { qs, scale } => {
             for h in 0..2 * nb {
@@ -168,4 +185,10 @@ pub fn portable_dot(w: &Matrix, x: &[f32], q: &QuantizedActs, r: usize, a: usize
 fn round_ties_even(x: f32) -> f32 {
     const MAGIC: f32 = 12_582_912.0;
     (x + MAGIC) - MAGIC
+}
+
+/// Horizontal sum of eight lanes in the order of ggml's `hsum_float_8`.
+fn hsum8(l: &[f32; 8]) -> f32 {
+    let r = [l[0] + l[4], l[1] + l[5], l[2] + l[6], l[3] + l[7]];
+    (r[0] + r[2]) + (r[1] + r[3])
 }

@@ -2,6 +2,7 @@
 //! ops, the compute pool. SIMD paths are chosen at run time; the portable
 //! path is the reference the tests hold the others to.
 
+pub mod expf;
 pub mod matmul;
 pub mod ops;
 pub mod pool;
@@ -36,7 +37,7 @@ impl Isa {
         let mut isas = vec![Isa::Portable];
         #[cfg(target_arch = "x86_64")]
         {
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
                 isas.push(Isa::Avx2);
                 if is_x86_feature_detected!("avx512f")
                     && is_x86_feature_detected!("avx512bw")

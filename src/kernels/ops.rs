@@ -26,10 +26,26 @@ impl Rope {
 
     /// Rotates adjacent pairs (x[2i], x[2i+1]) of every head in `x` (ggml's
     /// "normal" mode, which llama GGUFs are converted for) at position `pos`.
-    /// The angle is built by repeated multiplication, as ggml does: the
-    /// rounding differs from `pos * base^(-2i/d)` enough to flip close calls
-    /// against reference outputs.
+    /// The angle is built by repeated multiplication and the rotation uses
+    /// one fused multiply-add per output, exactly as llama.cpp's compiled
+    /// code does: with these, greedy outputs match its bit for bit.
     pub fn apply(&self, x: &mut [f32], head_dim: usize, pos: usize) {
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has FMA, checked just above.
+            return unsafe { self.apply_fma(x, head_dim, pos) };
+        }
+        self.apply_body(x, head_dim, pos)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "fma")]
+    unsafe fn apply_fma(&self, x: &mut [f32], head_dim: usize, pos: usize) {
+        self.apply_body(x, head_dim, pos)
+    }
+
+    #[inline(always)]
+    fn apply_body(&self, x: &mut [f32], head_dim: usize, pos: usize) {
         let mut cos_sin = [(0f32, 0f32); 256];
         let mut theta = pos as f32;
         for cs in cos_sin.iter_mut().take(self.half_dims) {
@@ -39,17 +55,10 @@ impl Rope {
         for head in x.chunks_exact_mut(head_dim) {
             for (i, &(cos, sin)) in cos_sin.iter().take(self.half_dims).enumerate() {
                 let (a, b) = (head[2 * i], head[2 * i + 1]);
-                head[2 * i] = a * cos - b * sin;
-                head[2 * i + 1] = a * sin + b * cos;
+                head[2 * i] = a.mul_add(cos, -(b * sin));
+                head[2 * i + 1] = a.mul_add(sin, b * cos);
             }
         }
-    }
-}
-
-/// `gate = silu(gate) * up`, in place.
-pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
-    for (g, &u) in gate.iter_mut().zip(up) {
-        *g = *g / (1.0 + (-*g).exp()) * u;
     }
 }
 
@@ -57,17 +66,4 @@ pub fn add_assign(acc: &mut [f32], x: &[f32]) {
     for (a, &v) in acc.iter_mut().zip(x) {
         *a += v;
     }
-}
-
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Eight partial sums let the compiler vectorize without reordering rules.
-    let mut acc = [0f32; 8];
-    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ac.zip(bc) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }

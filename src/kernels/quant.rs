@@ -1,10 +1,11 @@
 //! GGML tensor types and their block layouts, and the repacking of each into
 //! the few internal weight formats the matmul kernels are written for.
 //!
-//! Repacking is exact: every internal weight equals the ggml dequantization
-//! of the original block bit for bit (scales are kept as f32 products of the
-//! f16 super-block scale and the small integer sub-scales, which f32 holds
-//! exactly).
+//! Block scales are kept as f16, as ggml stores them: weight bytes are what
+//! a decode step waits for. Repacking Q4_0, Q4_1, Q8_0 and Q6_K is exact
+//! (every weight equals ggml's dequantization bit for bit); Q4_K's scales are
+//! products of two scales and are rounded to f16 (relative error 2^-11, far
+//! below the 4-bit quantization's own).
 
 use half::{bf16, f16};
 
@@ -84,8 +85,12 @@ impl TensorType {
     }
 }
 
+fn f16_bits(b: &[u8], i: usize) -> f16 {
+    f16::from_le_bytes([b[i], b[i + 1]])
+}
+
 fn f16_at(b: &[u8], i: usize) -> f32 {
-    f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+    f16_bits(b, i).to_f32()
 }
 
 /// Weights as the kernels read them; one row per output feature.
@@ -94,9 +99,9 @@ pub enum Packed {
     /// Blocks of 32 four-bit values: w = scale * q + min, q in 0..=15.
     /// Byte j of a block holds element j (low nibble) and j + 16 (high nibble).
     /// Q4_0, Q4_1 and Q4_K all become this.
-    Nibble32 { qs: Vec<u8>, scale: Vec<f32>, min: Vec<f32> },
+    Nibble32 { qs: Vec<u8>, scale: Vec<f16>, min: Vec<f16> },
     /// Blocks of 32 signed bytes: w = scale * q. From Q8_0.
-    Int8x32 { qs: Vec<i8>, scale: Vec<f32> },
+    Int8x32 { qs: Vec<i8>, scale: Vec<f16> },
     /// Blocks of 16 signed bytes: w = scale * q. From Q6_K (q - 32 stored).
     Int8x16 { qs: Vec<i8>, scale: Vec<f32> },
     /// Plain floats. From F32, F16 and BF16.
@@ -115,7 +120,7 @@ pub fn repack(ttype: TensorType, data: &[u8], rows: usize, cols: usize) -> Packe
             let mut qs = Vec::with_capacity(n);
             let mut scale = Vec::with_capacity(n / 32);
             for b in data.chunks_exact(34) {
-                scale.push(f16_at(b, 0));
+                scale.push(f16_bits(b, 0));
                 qs.extend(b[2..].iter().map(|&x| x as i8));
             }
             Packed::Int8x32 { qs, scale }
@@ -123,14 +128,14 @@ pub fn repack(ttype: TensorType, data: &[u8], rows: usize, cols: usize) -> Packe
         TensorType::Q4_0 | TensorType::Q4_1 => {
             let (mut qs, mut scale, mut min) = (Vec::with_capacity(n / 2), Vec::new(), Vec::new());
             for b in data.chunks_exact(ttype.block_bytes()) {
-                let d = f16_at(b, 0);
+                let d = f16_bits(b, 0);
+                scale.push(d);
                 if ttype == TensorType::Q4_0 {
-                    scale.push(d);
-                    min.push(-8.0 * d);
+                    // -8 d: a power-of-two multiple, exact in f16.
+                    min.push(f16::from_f32(-8.0 * d.to_f32()));
                     qs.extend_from_slice(&b[2..18]);
                 } else {
-                    scale.push(d);
-                    min.push(f16_at(b, 2));
+                    min.push(f16_bits(b, 2));
                     qs.extend_from_slice(&b[4..20]);
                 }
             }
@@ -162,8 +167,8 @@ fn repack_q4k(data: &[u8], n: usize) -> Packed {
         for (g, group) in q.chunks_exact(32).enumerate() {
             for half in 0..2 {
                 let (sc, m) = q4k_scale_min(2 * g + half, scales);
-                scale.push(d * sc as f32);
-                min.push(-dmin * m as f32);
+                scale.push(f16::from_f32(d * sc as f32));
+                min.push(f16::from_f32(-dmin * m as f32));
                 let nib = |l: usize| if half == 0 { group[l] & 0xF } else { group[l] >> 4 };
                 qs.extend((0..16).map(|j| nib(j) | (nib(j + 16) << 4)));
             }
@@ -203,7 +208,7 @@ impl Packed {
             Packed::Float(w) => out.copy_from_slice(&w[base..base + cols]),
             Packed::Int8x32 { qs, scale } => {
                 for (i, o) in out.iter_mut().enumerate() {
-                    *o = scale[(base + i) / 32] * qs[base + i] as f32;
+                    *o = scale[(base + i) / 32].to_f32() * qs[base + i] as f32;
                 }
             }
             Packed::Int8x16 { qs, scale } => {
@@ -217,7 +222,7 @@ impl Packed {
                     let (blk, j) = (e / 32, e % 32);
                     let byte = qs[blk * 16 + j % 16];
                     let q = if j < 16 { byte & 0xF } else { byte >> 4 };
-                    *o = scale[blk] * q as f32 + min[blk];
+                    *o = scale[blk].to_f32() * q as f32 + min[blk].to_f32();
                 }
             }
         }
@@ -226,8 +231,9 @@ impl Packed {
     pub fn bytes(&self) -> usize {
         match self {
             Packed::Float(w) => w.len() * 4,
-            Packed::Int8x32 { qs, scale } | Packed::Int8x16 { qs, scale } => qs.len() + scale.len() * 4,
-            Packed::Nibble32 { qs, scale, min } => qs.len() + (scale.len() + min.len()) * 4,
+            Packed::Int8x32 { qs, scale } => qs.len() + scale.len() * 2,
+            Packed::Int8x16 { qs, scale } => qs.len() + scale.len() * 4,
+            Packed::Nibble32 { qs, scale, min } => qs.len() + (scale.len() + min.len()) * 2,
         }
     }
 }
@@ -240,8 +246,11 @@ impl Packed {
         for p in it {
             match (&mut acc, p) {
                 (Packed::Float(a), Packed::Float(b)) => a.extend(b),
-                (Packed::Int8x32 { qs, scale }, Packed::Int8x32 { qs: q2, scale: s2 })
-                | (Packed::Int8x16 { qs, scale }, Packed::Int8x16 { qs: q2, scale: s2 }) => {
+                (Packed::Int8x32 { qs, scale }, Packed::Int8x32 { qs: q2, scale: s2 }) => {
+                    qs.extend(q2);
+                    scale.extend(s2);
+                }
+                (Packed::Int8x16 { qs, scale }, Packed::Int8x16 { qs: q2, scale: s2 }) => {
                     qs.extend(q2);
                     scale.extend(s2);
                 }

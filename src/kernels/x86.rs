@@ -6,6 +6,8 @@
 
 use std::arch::x86_64::*;
 
+use half::f16;
+
 use super::matmul::{Matrix, QuantizedActs, TILE_ACTS, TILE_ROWS};
 use super::quant::Packed;
 use super::Isa;
@@ -22,6 +24,12 @@ unsafe fn dot_u8i8_avx2(w: __m256i, x: __m256i) -> __m256i {
 #[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
 unsafe fn dot_u8i8_vnni(w: __m256i, x: __m256i) -> __m256i {
     _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, x)
+}
+
+#[inline]
+#[target_feature(enable = "f16c")]
+unsafe fn f16_to_f32(x: f16) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(x.to_bits() as i32)))
 }
 
 #[inline]
@@ -51,7 +59,7 @@ macro_rules! tile_kernels {
     ($features:literal, $dot:ident, $nibble:ident, $int8:ident) => {
         /// Nibble32 weights (w = scale * q + min) against quantized activations.
         #[target_feature(enable = $features)]
-        unsafe fn $nibble<const AR: usize>(qs: &[u8], scale: &[f32], min: &[f32], q: &QuantizedActs, r: usize, i: usize, tile: &mut Tile) {
+        unsafe fn $nibble<const AR: usize>(qs: &[u8], scale: &[f16], min: &[f16], q: &QuantizedActs, r: usize, i: usize, tile: &mut Tile) {
             let nb = q.cols / 32;
             let low = _mm_set1_epi8(0x0F);
             let mut acc = [[_mm256_setzero_ps(); AR]; TILE_ROWS];
@@ -62,11 +70,11 @@ macro_rules! tile_kernels {
                     let blk = (r + dr) * nb + b;
                     let packed = _mm_loadu_si128(qs.as_ptr().add(blk * 16) as *const __m128i);
                     let wv = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(packed, 4), low), _mm_and_si128(packed, low));
-                    let (sw, mw) = (scale[blk], min[blk]);
+                    let (sw, mw) = (f16_to_f32(scale[blk]), f16_to_f32(min[blk]));
                     for a in 0..AR {
                         let d = _mm256_cvtepi32_ps($dot(wv, xv[a]));
                         acc[dr][a] = _mm256_fmadd_ps(d, _mm256_set1_ps(sw * xs[a]), acc[dr][a]);
-                        min_acc[dr][a] += mw * xsum[a];
+                        min_acc[dr][a] = mw.mul_add(xsum[a], min_acc[dr][a]);
                     }
                 }
             }
@@ -80,7 +88,7 @@ macro_rules! tile_kernels {
         /// Int8x32 weights (w = scale * q): signs moved onto the activations
         /// so that the unsigned-by-signed multiply applies.
         #[target_feature(enable = $features)]
-        unsafe fn $int8<const AR: usize>(qs: &[i8], scale: &[f32], q: &QuantizedActs, r: usize, i: usize, tile: &mut Tile) {
+        unsafe fn $int8<const AR: usize>(qs: &[i8], scale: &[f16], q: &QuantizedActs, r: usize, i: usize, tile: &mut Tile) {
             let nb = q.cols / 32;
             let mut acc = [[_mm256_setzero_ps(); AR]; TILE_ROWS];
             for b in 0..nb {
@@ -89,7 +97,7 @@ macro_rules! tile_kernels {
                     let blk = (r + dr) * nb + b;
                     let wv = _mm256_loadu_si256(qs.as_ptr().add(blk * 32) as *const __m256i);
                     let wabs = _mm256_sign_epi8(wv, wv);
-                    let sw = scale[blk];
+                    let sw = f16_to_f32(scale[blk]);
                     for a in 0..AR {
                         let d = _mm256_cvtepi32_ps($dot(wabs, _mm256_sign_epi8(xv[a], wv)));
                         acc[dr][a] = _mm256_fmadd_ps(d, _mm256_set1_ps(sw * xs[a]), acc[dr][a]);
@@ -105,55 +113,26 @@ macro_rules! tile_kernels {
     };
 }
 
-tile_kernels!("avx2,fma", dot_u8i8_avx2, nibble_avx2, int8_avx2);
-tile_kernels!("avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni", dot_u8i8_vnni, nibble_vnni, int8_vnni);
+tile_kernels!("avx2,fma,f16c", dot_u8i8_avx2, nibble_avx2, int8_avx2);
+tile_kernels!("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", dot_u8i8_vnni, nibble_vnni, int8_vnni);
 
 
 /// How far ahead (in weight rows) the 512-bit kernels prefetch.
 const PREFETCH_ROWS: usize = 4;
 
-/// Lane indices that spread two floats over a 512-bit vector: [a x8, b x8].
-#[inline]
-#[target_feature(enable = "avx512f")]
-unsafe fn pair_index() -> __m512i {
-    _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0)
-}
-
-/// Two consecutive f32 scales spread as [s0 x8, s1 x8].
-#[inline]
-#[target_feature(enable = "avx512f")]
-unsafe fn spread_pair(idx: __m512i, p: *const f32) -> __m512 {
-    _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_castpd_ps(_mm_load_sd(p as *const f64))))
-}
-
-/// Σ a[i] * b[i] over `n` floats (the per-block min terms).
-#[inline]
-#[target_feature(enable = "avx512f")]
-unsafe fn dot_f32(a: *const f32, b: *const f32, n: usize) -> f32 {
-    let mut acc = _mm512_setzero_ps();
-    let mut i = 0;
-    while i < n {
-        let mask: __mmask16 = if n - i >= 16 { 0xFFFF } else { (1u16 << (n - i)) - 1 };
-        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, a.add(i)), _mm512_maskz_loadu_ps(mask, b.add(i)), acc);
-        i += 16;
-    }
-    _mm512_reduce_add_ps(acc)
-}
-
-/// Nibble32 with 512-bit registers: two blocks per instruction. Needs an
-/// even block count.
-#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn nibble_512<const AR: usize>(qs: &[u8], scale: &[f32], min: &[f32], q: &QuantizedActs, r: usize, i: usize, tile: &mut Tile) {
+/// Nibble32 with 512-bit registers: two blocks' integer dots per
+/// instruction, then the same per-block 8-lane accumulation as the 256-bit
+/// kernels (and ggml), so results are bitwise equal. Needs an even block count.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn nibble_512<const AR: usize>(qs: &[u8], scale: &[f16], min: &[f16], q: &QuantizedActs, r: usize, i: usize, tile: &mut Tile) {
     let (k, nb) = (q.cols, q.cols / 32);
     let low = _mm256_set1_epi8(0x0F);
-    let idx = pair_index();
-    let mut acc = [[_mm512_setzero_ps(); AR]; TILE_ROWS];
+    let mut acc = [[_mm256_setzero_ps(); AR]; TILE_ROWS];
+    let mut min_acc = [[0f32; AR]; TILE_ROWS];
     for b in (0..nb).step_by(2) {
         let mut xv = [_mm512_setzero_si512(); AR];
-        let mut xs = [_mm512_setzero_ps(); AR];
         for a in 0..AR {
             xv[a] = _mm512_loadu_si512(q.qs.as_ptr().add((i + a) * k + b * 32) as *const __m512i);
-            xs[a] = spread_pair(idx, q.scale.as_ptr().add((i + a) * nb + b));
         }
         for dr in 0..TILE_ROWS {
             let blk = (r + dr) * nb + b;
@@ -169,35 +148,38 @@ unsafe fn nibble_512<const AR: usize>(qs: &[u8], scale: &[f32], min: &[f32], q: 
             // [lo0, lo1, hi0, hi1] -> [lo0, hi0, lo1, hi1]: block order.
             let w = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
             let w = _mm512_shuffle_i64x2(w, w, 0b11_01_10_00);
-            let sw = spread_pair(idx, scale.as_ptr().add(blk));
+            let (s0, s1) = (f16_to_f32(scale[blk]), f16_to_f32(scale[blk + 1]));
+            let (m0, m1) = (f16_to_f32(min[blk]), f16_to_f32(min[blk + 1]));
             for a in 0..AR {
+                let (x0, x1) = ((i + a) * nb + b, (i + a) * nb + b + 1);
                 let d = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), w, xv[a]));
-                acc[dr][a] = _mm512_fmadd_ps(d, _mm512_mul_ps(sw, xs[a]), acc[dr][a]);
+                let (d0, d1) = (_mm512_castps512_ps256(d), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(d), 1)));
+                acc[dr][a] = _mm256_fmadd_ps(d0, _mm256_set1_ps(s0 * q.scale[x0]), acc[dr][a]);
+                acc[dr][a] = _mm256_fmadd_ps(d1, _mm256_set1_ps(s1 * q.scale[x1]), acc[dr][a]);
+                min_acc[dr][a] = m0.mul_add(q.sum[x0], min_acc[dr][a]);
+                min_acc[dr][a] = m1.mul_add(q.sum[x1], min_acc[dr][a]);
             }
         }
     }
     for dr in 0..TILE_ROWS {
         for a in 0..AR {
-            let mins = dot_f32(min.as_ptr().add((r + dr) * nb), q.sum.as_ptr().add((i + a) * nb), nb);
-            tile[dr][a] = _mm512_reduce_add_ps(acc[dr][a]) + mins;
+            tile[dr][a] = hsum(acc[dr][a]) + min_acc[dr][a];
         }
     }
 }
 
-/// Int8x32 with 512-bit registers: two blocks per instruction; the weights'
-/// signs move onto the activations for the unsigned-by-signed multiply.
-#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn int8_512<const AR: usize>(qs: &[i8], scale: &[f32], q: &QuantizedActs, r: usize, i: usize, tile: &mut Tile) {
+/// Int8x32 with 512-bit registers, accumulated like the 256-bit kernel;
+/// the weights' signs move onto the activations for the unsigned-by-signed
+/// multiply.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn int8_512<const AR: usize>(qs: &[i8], scale: &[f16], q: &QuantizedActs, r: usize, i: usize, tile: &mut Tile) {
     let (k, nb) = (q.cols, q.cols / 32);
-    let idx = pair_index();
     let zero = _mm512_setzero_si512();
-    let mut acc = [[_mm512_setzero_ps(); AR]; TILE_ROWS];
+    let mut acc = [[_mm256_setzero_ps(); AR]; TILE_ROWS];
     for b in (0..nb).step_by(2) {
         let mut xv = [zero; AR];
-        let mut xs = [_mm512_setzero_ps(); AR];
         for a in 0..AR {
             xv[a] = _mm512_loadu_si512(q.qs.as_ptr().add((i + a) * k + b * 32) as *const __m512i);
-            xs[a] = spread_pair(idx, q.scale.as_ptr().add((i + a) * nb + b));
         }
         for dr in 0..TILE_ROWS {
             let blk = (r + dr) * nb + b;
@@ -208,17 +190,20 @@ unsafe fn int8_512<const AR: usize>(qs: &[i8], scale: &[f32], q: &QuantizedActs,
             let w = _mm512_loadu_si512(qs.as_ptr().add(blk * 32) as *const __m512i);
             let negative = _mm512_movepi8_mask(w);
             let wabs = _mm512_abs_epi8(w);
-            let sw = spread_pair(idx, scale.as_ptr().add(blk));
+            let (s0, s1) = (f16_to_f32(scale[blk]), f16_to_f32(scale[blk + 1]));
             for a in 0..AR {
+                let (x0, x1) = ((i + a) * nb + b, (i + a) * nb + b + 1);
                 let x = _mm512_mask_sub_epi8(xv[a], negative, zero, xv[a]);
                 let d = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, wabs, x));
-                acc[dr][a] = _mm512_fmadd_ps(d, _mm512_mul_ps(sw, xs[a]), acc[dr][a]);
+                let (d0, d1) = (_mm512_castps512_ps256(d), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(d), 1)));
+                acc[dr][a] = _mm256_fmadd_ps(d0, _mm256_set1_ps(s0 * q.scale[x0]), acc[dr][a]);
+                acc[dr][a] = _mm256_fmadd_ps(d1, _mm256_set1_ps(s1 * q.scale[x1]), acc[dr][a]);
             }
         }
     }
     for dr in 0..TILE_ROWS {
         for a in 0..AR {
-            tile[dr][a] = _mm512_reduce_add_ps(acc[dr][a]);
+            tile[dr][a] = hsum(acc[dr][a]);
         }
     }
 }

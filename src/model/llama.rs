@@ -2,7 +2,8 @@
 //! sequences, each a chunk at its own positions, in one pass with no padding.
 
 use crate::kernels::matmul::{matmul, Matrix, QuantizedActs};
-use crate::kernels::ops::{add_assign, rms_norm, silu_mul, Rope};
+use crate::kernels::expf::silu_mul;
+use crate::kernels::ops::{add_assign, rms_norm, Rope};
 use crate::kernels::pool::ComputePool;
 use crate::kernels::Isa;
 use crate::kv::KvPool;
