@@ -8,11 +8,11 @@
 //! same alone or batched.
 
 use super::pool::{ComputePool, SharedOut};
-use super::quant::Packed;
+use super::quant::{tile_index, Packed, SCALE_TILE};
 use super::Isa;
 
 /// Weight rows per tile, and the most activation rows a tile takes.
-pub const TILE_ROWS: usize = 4;
+pub const TILE_ROWS: usize = SCALE_TILE;
 pub const TILE_ACTS: usize = 4;
 /// Weight rows per parallel task: small enough to balance two threads on the
 /// 192-row K/V projections, large enough to amortize the hand-off.
@@ -145,12 +145,13 @@ pub fn portable_dot(w: &Matrix, x: &[f32], q: &QuantizedActs, r: usize, a: usize
                 let wb = &qs[(r * nb + b) * 16..(r * nb + b + 1) * 16];
                 let xb = &xq[b * 32..(b + 1) * 32];
                 let nibble = |e: usize| if e < 16 { wb[e] & 0xF } else { wb[e - 16] >> 4 } as i32;
-                let block_scale = scale[r * nb + b].to_f32() * xs[b];
+                let at = tile_index(r, b, nb);
+                let block_scale = scale[at].to_f32() * xs[b];
                 for (j, lane) in lanes.iter_mut().enumerate() {
                     let part: i32 = (4 * j..4 * j + 4).map(|e| nibble(e) * xb[e] as i32).sum();
                     *lane = (part as f32).mul_add(block_scale, *lane);
                 }
-                mins = min[r * nb + b].to_f32().mul_add(xsum[b], mins);
+                mins = min[at].to_f32().mul_add(xsum[b], mins);
             }
             acc = hsum8(&lanes) + mins;
         }
@@ -159,7 +160,7 @@ pub fn portable_dot(w: &Matrix, x: &[f32], q: &QuantizedActs, r: usize, a: usize
             for b in 0..nb {
                 let wb = &qs[(r * nb + b) * 32..(r * nb + b + 1) * 32];
                 let xb = &xq[b * 32..(b + 1) * 32];
-                let block_scale = scale[r * nb + b].to_f32() * xs[b];
+                let block_scale = scale[tile_index(r, b, nb)].to_f32() * xs[b];
                 for (j, lane) in lanes.iter_mut().enumerate() {
                     let part: i32 = (4 * j..4 * j + 4).map(|e| wb[e] as i32 * xb[e] as i32).sum();
                     *lane = (part as f32).mul_add(block_scale, *lane);

@@ -93,7 +93,24 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
     f16_bits(b, i).to_f32()
 }
 
-/// Weights as the kernels read them; one row per output feature.
+/// Rows whose block scales are stored together (the matmul's tile height).
+pub const SCALE_TILE: usize = 4;
+
+/// Where the scale of block `b` of row `r` lives, for rows of `nb` blocks:
+/// tiles of four rows, block-major inside a tile, so a kernel gets the four
+/// rows' scales of a block with one load. Arrays are padded to whole tiles.
+#[inline(always)]
+pub fn tile_index(r: usize, b: usize, nb: usize) -> usize {
+    (r / SCALE_TILE) * nb * SCALE_TILE + b * SCALE_TILE + r % SCALE_TILE
+}
+
+fn tiled_len(rows: usize, nb: usize) -> usize {
+    rows.div_ceil(SCALE_TILE) * SCALE_TILE * nb
+}
+
+/// Weights as the kernels read them; one row per output feature. Block
+/// scales (and minimums) of the 8-bit-activation formats are in
+/// `tile_index` order.
 #[derive(Debug, Clone)]
 pub enum Packed {
     /// Blocks of 32 four-bit values: w = scale * q + min, q in 0..=15.
@@ -117,31 +134,35 @@ pub fn repack(ttype: TensorType, data: &[u8], rows: usize, cols: usize) -> Packe
         TensorType::F16 => Packed::Float(data.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()),
         TensorType::BF16 => Packed::Float(data.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect()),
         TensorType::Q8_0 => {
+            let nb = cols / 32;
             let mut qs = Vec::with_capacity(n);
-            let mut scale = Vec::with_capacity(n / 32);
-            for b in data.chunks_exact(34) {
-                scale.push(f16_bits(b, 0));
+            let mut scale = vec![f16::ZERO; tiled_len(rows, nb)];
+            for (i, b) in data.chunks_exact(34).enumerate() {
+                scale[tile_index(i / nb, i % nb, nb)] = f16_bits(b, 0);
                 qs.extend(b[2..].iter().map(|&x| x as i8));
             }
             Packed::Int8x32 { qs, scale }
         }
         TensorType::Q4_0 | TensorType::Q4_1 => {
-            let (mut qs, mut scale, mut min) = (Vec::with_capacity(n / 2), Vec::new(), Vec::new());
-            for b in data.chunks_exact(ttype.block_bytes()) {
+            let nb = cols / 32;
+            let mut qs = Vec::with_capacity(n / 2);
+            let (mut scale, mut min) = (vec![f16::ZERO; tiled_len(rows, nb)], vec![f16::ZERO; tiled_len(rows, nb)]);
+            for (i, b) in data.chunks_exact(ttype.block_bytes()).enumerate() {
+                let at = tile_index(i / nb, i % nb, nb);
                 let d = f16_bits(b, 0);
-                scale.push(d);
+                scale[at] = d;
                 if ttype == TensorType::Q4_0 {
                     // -8 d: a power-of-two multiple, exact in f16.
-                    min.push(f16::from_f32(-8.0 * d.to_f32()));
+                    min[at] = f16::from_f32(-8.0 * d.to_f32());
                     qs.extend_from_slice(&b[2..18]);
                 } else {
-                    min.push(f16_bits(b, 2));
+                    min[at] = f16_bits(b, 2);
                     qs.extend_from_slice(&b[4..20]);
                 }
             }
             Packed::Nibble32 { qs, scale, min }
         }
-        TensorType::Q4K => repack_q4k(data, n),
+        TensorType::Q4K => repack_q4k(data, rows, cols),
         TensorType::Q6K => repack_q6k(data, n),
     }
 }
@@ -155,9 +176,11 @@ fn q4k_scale_min(j: usize, s: &[u8]) -> (u8, u8) {
     }
 }
 
-fn repack_q4k(data: &[u8], n: usize) -> Packed {
-    let (mut qs, mut scale, mut min) = (Vec::with_capacity(n / 2), Vec::new(), Vec::new());
-    for b in data.chunks_exact(144) {
+fn repack_q4k(data: &[u8], rows: usize, cols: usize) -> Packed {
+    let nb = cols / 32;
+    let mut qs = Vec::with_capacity(rows * cols / 2);
+    let (mut scale, mut min) = (vec![f16::ZERO; tiled_len(rows, nb)], vec![f16::ZERO; tiled_len(rows, nb)]);
+    for (sb, b) in data.chunks_exact(144).enumerate() {
         let d = f16_at(b, 0);
         let dmin = f16_at(b, 2);
         let scales = &b[4..16];
@@ -167,8 +190,11 @@ fn repack_q4k(data: &[u8], n: usize) -> Packed {
         for (g, group) in q.chunks_exact(32).enumerate() {
             for half in 0..2 {
                 let (sc, m) = q4k_scale_min(2 * g + half, scales);
-                scale.push(f16::from_f32(d * sc as f32));
-                min.push(f16::from_f32(-dmin * m as f32));
+                // Sub-block 2g + half of super-block sb: block number in its row.
+                let blk = sb * 8 + 2 * g + half;
+                let at = tile_index(blk / nb, blk % nb, nb);
+                scale[at] = f16::from_f32(d * sc as f32);
+                min[at] = f16::from_f32(-dmin * m as f32);
                 let nib = |l: usize| if half == 0 { group[l] & 0xF } else { group[l] >> 4 };
                 qs.extend((0..16).map(|j| nib(j) | (nib(j + 16) << 4)));
             }
@@ -208,7 +234,7 @@ impl Packed {
             Packed::Float(w) => out.copy_from_slice(&w[base..base + cols]),
             Packed::Int8x32 { qs, scale } => {
                 for (i, o) in out.iter_mut().enumerate() {
-                    *o = scale[(base + i) / 32].to_f32() * qs[base + i] as f32;
+                    *o = scale[tile_index(r, i / 32, cols / 32)].to_f32() * qs[base + i] as f32;
                 }
             }
             Packed::Int8x16 { qs, scale } => {
@@ -222,7 +248,8 @@ impl Packed {
                     let (blk, j) = (e / 32, e % 32);
                     let byte = qs[blk * 16 + j % 16];
                     let q = if j < 16 { byte & 0xF } else { byte >> 4 };
-                    *o = scale[blk].to_f32() * q as f32 + min[blk].to_f32();
+                    let at = tile_index(r, i / 32, cols / 32);
+                    *o = scale[at].to_f32() * q as f32 + min[at].to_f32();
                 }
             }
         }
@@ -240,6 +267,7 @@ impl Packed {
 
 impl Packed {
     /// Stacks the rows of matrices of one format; None if formats differ.
+    /// Every part but the last must have whole scale tiles of rows.
     pub fn concat(parts: Vec<Packed>) -> Option<Packed> {
         let mut it = parts.into_iter();
         let mut acc = it.next()?;
