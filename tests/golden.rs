@@ -108,3 +108,32 @@ fn a_sequence_gets_the_same_tokens_alone_and_in_a_batch() {
         assert_eq!(alone[0].tokens, together[i], "row {}", rows[i].id);
     }
 }
+
+#[test]
+fn every_instruction_set_gives_the_same_logits_bit_for_bit() {
+    use caravan::gguf::GgufFile;
+    use caravan::kernels::Isa;
+    use caravan::model::{Model, Scratch, SeqChunk};
+    let f = GgufFile::open(&common::model_path()).unwrap();
+    let rows = golden();
+    // Two sequences in one ragged batch: a prompt and a chat prompt.
+    let (a, b) = (&rows[0].prompt_tokens, &rows[30].prompt_tokens);
+    let mut results = Vec::new();
+    for isa in Isa::available() {
+        let m = Model::load(&f, isa, 2).unwrap();
+        let c = &m.config;
+        let mut kv = caravan::kv::KvPool::new(c.layers, c.kv_dim(), 16, 8);
+        let (mut ta, mut tb) = (Vec::new(), Vec::new());
+        kv.reserve(&mut ta, a.len()).unwrap();
+        kv.reserve(&mut tb, b.len()).unwrap();
+        let chunks = [
+            SeqChunk { tokens: a, start_pos: 0, blocks: &ta, logits: true },
+            SeqChunk { tokens: b, start_pos: 0, blocks: &tb, logits: true },
+        ];
+        let logits: Vec<u32> = m.forward(&chunks, &mut kv, &mut Scratch::default()).iter().map(|x| x.to_bits()).collect();
+        results.push((isa, logits));
+    }
+    for (isa, logits) in &results[1..] {
+        assert!(logits == &results[0].1, "{isa} differs from {}", results[0].0);
+    }
+}

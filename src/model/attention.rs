@@ -13,6 +13,7 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 
 use crate::kernels::pool::SharedOut;
+use crate::kernels::Isa;
 use crate::kv::KvPool;
 
 use super::llama::{Model, SeqChunk, TokenSlot};
@@ -166,33 +167,95 @@ unsafe fn attend_group_avx2(t: &Task, ti: usize, kvh: usize) {
     attend_group::<F16cRound>(t, ti, kvh)
 }
 
+/// The same arithmetic as `attend_group`, written with AVX-512 registers
+/// for head dimensions that are multiples of 64 (bitwise equal results).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c,avx512f")]
 unsafe fn attend_group_avx512(t: &Task, ti: usize, kvh: usize) {
-    attend_group::<F16cRound>(t, ti, kvh)
+    use std::arch::x86_64::*;
+    let c = &t.model.config;
+    let (dim, hd) = (c.dim, c.head_dim);
+    if hd % 64 != 0 {
+        return attend_group::<F16cRound>(t, ti, kvh);
+    }
+    let (qkv_dim, group, vecs) = (dim + 2 * c.kv_dim(), c.heads / c.kv_heads, hd / 16);
+    let scale = 1.0 / (hd as f32).sqrt();
+    let slot = t.slots[ti];
+    let blocks = t.chunks[slot.chunk].blocks;
+    let kv_off = kvh * hd;
+    let round = |v: __m512| _mm512_cvtph_ps(_mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v));
+    const V: usize = MAX_HEAD_DIM / 16;
+    let mut q = [[_mm512_setzero_ps(); V]; MAX_GROUP];
+    let mut acc = [[_mm512_setzero_ps(); V]; MAX_GROUP];
+    let (mut max, mut sum) = ([f32::NEG_INFINITY; MAX_GROUP], [0f32; MAX_GROUP]);
+    for (g, qg) in q.iter_mut().enumerate().take(group) {
+        let src = t.qkv.as_ptr().add(ti * qkv_dim + (kvh * group + g) * hd);
+        for (j, v) in qg.iter_mut().enumerate().take(vecs) {
+            *v = round(_mm512_loadu_ps(src.add(16 * j)));
+        }
+    }
+    let (mut k, mut v) = ([_mm512_setzero_ps(); V], [_mm512_setzero_ps(); V]);
+    for p in 0..=slot.pos {
+        let (k16, v16) = t.kv.slot(blocks, t.layer, p);
+        for j in 0..vecs {
+            k[j] = _mm512_cvtph_ps(_mm256_loadu_si256(k16.as_ptr().add(kv_off + 16 * j) as *const __m256i));
+            v[j] = _mm512_cvtph_ps(_mm256_loadu_si256(v16.as_ptr().add(kv_off + 16 * j) as *const __m256i));
+        }
+        for g in 0..group {
+            let mut lanes = [_mm512_setzero_ps(); 4];
+            for i in (0..vecs).step_by(4) {
+                for (j, l) in lanes.iter_mut().enumerate() {
+                    *l = _mm512_fmadd_ps(k[i + j], q[g][i + j], *l);
+                }
+            }
+            // ggml's tree, then GCC's _mm512_reduce_add_ps order, spelled out.
+            let x = _mm512_add_ps(_mm512_add_ps(lanes[0], lanes[2]), _mm512_add_ps(lanes[1], lanes[3]));
+            let t8 = _mm256_add_ps(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1)), _mm512_castps512_ps256(x));
+            let t4 = _mm_add_ps(_mm256_extractf128_ps(t8, 1), _mm256_castps256_ps128(t8));
+            let t2 = _mm_add_ps(t4, _mm_shuffle_ps(t4, t4, 0b01_00_11_10));
+            let s = _mm_cvtss_f32(_mm_add_ss(t2, _mm_shuffle_ps(t2, t2, 1))) * scale;
+            let (mut rescale, mut weight) = (1.0f32, 1.0f32);
+            if s > max[g] {
+                rescale = (max[g] - s).exp();
+                max[g] = s;
+                let r = _mm512_set1_ps(rescale);
+                for a in acc[g].iter_mut().take(vecs) {
+                    *a = round(_mm512_mul_ps(*a, r));
+                }
+            } else {
+                weight = (s - max[g]).exp();
+            }
+            let w = _mm512_set1_ps(weight);
+            for (a, &vj) in acc[g].iter_mut().zip(&v).take(vecs) {
+                *a = round(_mm512_fmadd_ps(vj, w, *a));
+            }
+            sum[g] = sum[g].mul_add(rescale, weight);
+        }
+    }
+    let out = t.out.slice();
+    for g in 0..group {
+        let inv = _mm512_set1_ps(if sum[g] == 0.0 { 0.0 } else { 1.0 / sum[g] });
+        let dst = out.as_mut_ptr().add(ti * dim + (kvh * group + g) * hd);
+        for j in 0..vecs {
+            _mm512_storeu_ps(dst.add(16 * j), _mm512_mul_ps(acc[g][j], inv));
+        }
+    }
 }
 
 /// Writes every token's attention output (heads concatenated) into `out`.
 pub(super) fn attend(model: &Model, chunks: &[SeqChunk], slots: &[TokenSlot], layer: usize, qkv: &[f32], kv: &KvPool, out: &mut [f32]) {
     let kv_heads = model.config.kv_heads;
     let task = Task { model, chunks, slots, layer, qkv, kv, out: SharedOut::new(out) };
-    #[cfg(target_arch = "x86_64")]
-    let (avx512, avx2) = (
-        is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c"),
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c"),
-    );
     model.pool.run(slots.len() * kv_heads, &|i| {
         let (ti, kvh) = (i / kv_heads, i % kv_heads);
-        #[cfg(target_arch = "x86_64")]
-        {
-            // SAFETY: each path runs only where its features were detected.
-            if avx512 {
-                return unsafe { attend_group_avx512(&task, ti, kvh) };
-            }
-            if avx2 {
-                return unsafe { attend_group_avx2(&task, ti, kvh) };
-            }
+        // SAFETY: the model's Isa was detected on this CPU, and each Isa
+        // implies the features its path is compiled for.
+        match model.isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => unsafe { attend_group_avx512(&task, ti, kvh) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { attend_group_avx2(&task, ti, kvh) },
+            _ => attend_group::<SoftwareRound>(&task, ti, kvh),
         }
-        attend_group::<SoftwareRound>(&task, ti, kvh)
     });
 }
