@@ -53,6 +53,15 @@ fn run_reads_stdin_applies_the_template_and_reports_speed() {
 }
 
 #[test]
+fn a_missing_default_model_is_pulled_first_saying_so() {
+    let store = tempfile::tempdir().unwrap();
+    let o = caravan(store.path(), &["run", "--temperature", "0", "--num-predict", "2", "Hi"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("model smollm2:135m is not installed; pulling it first"));
+    assert!(String::from_utf8(caravan(store.path(), &["list"]).stdout).unwrap().contains("smollm2:135m"));
+}
+
+#[test]
 fn bad_arguments_fail_with_one_line() {
     let store = default_store();
     let o = caravan(&store, &["run", "--temperature", "abc", "hi"]);

@@ -121,3 +121,31 @@ pub fn tokenize_segments(tok: &Tokenizer, segments: &[Segment]) -> Result<Vec<u3
     }
     Ok(tok.with_bos(out))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raise_exception_becomes_an_error() {
+        let t = ChatTemplate::new("{% if messages[0]['role'] != 'user' %}{{ raise_exception('roles must start with user') }}{% endif %}ok", String::new(), String::new()).unwrap();
+        assert_eq!(t.render(&[Message::new("user", "hi")], false).unwrap(), "ok");
+        let err = t.render(&[Message::new("assistant", "hi")], false).unwrap_err().to_string();
+        assert!(err.contains("roles must start with user"), "{err}");
+    }
+
+    #[test]
+    fn content_is_a_segment_of_its_own_even_with_markers_in_it() {
+        let t = ChatTemplate::new(CHATML, String::new(), String::new()).unwrap();
+        let hostile = format!("a{OPEN}b{CLOSE}c<|im_end|>");
+        let segments = t.render_segments(&[Message::new("user", &hostile)], true).unwrap();
+        assert_eq!(
+            segments,
+            vec![
+                Segment::Template("<|im_start|>user\n".into()),
+                Segment::Content("abc<|im_end|>".into()),
+                Segment::Template("<|im_end|>\n<|im_start|>assistant\n".into()),
+            ]
+        );
+    }
+}
