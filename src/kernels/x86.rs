@@ -1,8 +1,9 @@
-//! x86-64 tile kernels for the matmul: AVX2 (`vpmaddubsw`) and AVX-512 VNNI
-//! (`vpdpbusd`). One macro writes both so that they differ only in the
-//! instruction that multiplies unsigned weight bytes with signed activation
-//! bytes; each output is accumulated block by block in the same order
-//! whatever the batch size.
+//! x86-64 tile kernels for the matmul. One macro writes the 256-bit ones,
+//! AVX2 (`vpmaddubsw`) and AVX-512 VNNI (`vpdpbusd`), so that they differ
+//! only in the instruction that multiplies unsigned weight bytes with signed
+//! activation bytes; the 512-bit VNNI kernels take two blocks per
+//! instruction (even block counts). All of them accumulate each output in
+//! the portable reference's order, whatever the batch size: same bits.
 
 use std::arch::x86_64::*;
 
