@@ -1,6 +1,7 @@
 //! Generation for a fixed set of sequences run together: every step is one
 //! ragged forward pass over all unfinished sequences (whole prompts on the
-//! first step, then one token each). The command line's `run` and `bench`
+//! first step, then one token each). Prompts start from the pool's prefix
+//! cache, and full blocks are offered to it as they fill. The command line's `run` and `bench`
 //! and the tests use it directly.
 
 use std::time::{Duration, Instant};
@@ -38,6 +39,8 @@ pub struct GenOutput {
     pub text: String,
     pub finish: FinishReason,
     pub prompt_tokens: usize,
+    /// Prompt tokens whose K/V came from the prefix cache, not computed.
+    pub cached_tokens: usize,
     /// Time of the step that read the prompt, and of the steps after it.
     pub prompt_duration: Duration,
     pub decode_duration: Duration,
@@ -50,6 +53,10 @@ struct Seq<'a> {
     history: Vec<u32>,
     /// Tokens of `history` whose K/V are in the cache.
     cached: usize,
+    /// Whether the step that finishes the prompt has run.
+    prompt_done: bool,
+    /// Full blocks of `history` registered in the prefix cache.
+    registered: usize,
     decoder: StreamDecoder,
     stops: StopMatcher,
     out: GenOutput,
@@ -77,6 +84,8 @@ pub fn generate(m: &LoadedModel, kv: &mut KvPool, reqs: &[GenRequest], mut on_te
             blocks: Vec::new(),
             history: r.prompt.clone(),
             cached: 0,
+            prompt_done: false,
+            registered: 0,
             decoder: StreamDecoder::default(),
             stops: StopMatcher::new(r.stop.clone()),
             out: GenOutput {
@@ -84,12 +93,17 @@ pub fn generate(m: &LoadedModel, kv: &mut KvPool, reqs: &[GenRequest], mut on_te
                 text: String::new(),
                 finish: FinishReason::Length,
                 prompt_tokens: r.prompt.len(),
+                cached_tokens: 0,
                 prompt_duration: Duration::ZERO,
                 decode_duration: Duration::ZERO,
             },
             done: r.max_tokens == 0,
         })
         .collect();
+    for s in seqs.iter_mut().filter(|s| !s.done) {
+        s.cached = kv.match_prefix(&s.history, &mut s.blocks);
+        s.out.cached_tokens = s.cached;
+    }
     let mut scratch = Scratch::default();
     let result = run_steps(m, kv, &mut seqs, &ends, ctx, &mut scratch, &mut on_text);
     for s in seqs.iter_mut() {
@@ -130,12 +144,18 @@ fn run_steps(
         let elapsed = started.elapsed();
         for (row, &i) in active.iter().enumerate() {
             let s = &mut seqs[i];
-            if s.cached == 0 {
-                s.out.prompt_duration = elapsed;
-            } else {
+            if s.prompt_done {
                 s.out.decode_duration += elapsed;
+            } else {
+                s.out.prompt_duration = elapsed;
+                s.prompt_done = true;
             }
             s.cached = s.history.len();
+            let full = s.cached / kv.block_size();
+            if full > s.registered {
+                kv.register_prefix(&s.history[..full * kv.block_size()], &s.blocks);
+                s.registered = full;
+            }
             let token = s.sampler.sample(&logits[row * vocab..(row + 1) * vocab], &s.history);
             s.history.push(token);
             s.out.tokens.push(token);

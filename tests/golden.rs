@@ -110,6 +110,28 @@ fn a_sequence_gets_the_same_tokens_alone_and_in_a_batch() {
 }
 
 #[test]
+fn a_repeated_prompt_is_served_from_the_prefix_cache_with_the_same_tokens() {
+    let m = model();
+    let rows = golden();
+    // Chat rows share the rendered system prompt (37+ tokens).
+    let (a, b) = (&rows[30], &rows[31]);
+    let mut kv = m.kv_pool(512, 16);
+    let first = generate(m, &mut kv, &[greedy(a.prompt_tokens.clone(), 8)], |_, _| {}).unwrap();
+    assert_eq!(first[0].cached_tokens, 0);
+    let again = generate(m, &mut kv, &[greedy(a.prompt_tokens.clone(), 8)], |_, _| {}).unwrap();
+    // Whole blocks only, and the last prompt token is always computed.
+    assert_eq!(again[0].cached_tokens, (a.prompt_tokens.len() - 1) / 16 * 16);
+    assert_eq!(again[0].tokens, first[0].tokens);
+    let common = a.prompt_tokens.iter().zip(&b.prompt_tokens).take_while(|(x, y)| x == y).count();
+    let other = generate(m, &mut kv, &[greedy(b.prompt_tokens.clone(), 8)], |_, _| {}).unwrap();
+    assert_eq!(other[0].cached_tokens, common / 16 * 16);
+    let mut fresh = m.kv_pool(512, 16);
+    let alone = generate(m, &mut fresh, &[greedy(b.prompt_tokens.clone(), 8)], |_, _| {}).unwrap();
+    assert_eq!(other[0].tokens, alone[0].tokens);
+    assert_eq!(kv.free_blocks(), kv.total_blocks());
+}
+
+#[test]
 fn every_instruction_set_gives_the_same_logits_bit_for_bit() {
     use caravan::gguf::GgufFile;
     use caravan::kernels::Isa;

@@ -1,0 +1,236 @@
+//! The paged KV pool: one allocation of `num_blocks` blocks of `block_size`
+//! token slots, each slot holding K and V for every layer, in f16 (half the
+//! memory of f32, and the precision llama.cpp's default cache has). A
+//! sequence holds a block table mapping its positions to blocks; memory
+//! follows the tokens a sequence actually holds. Blocks are reference
+//! counted: sequences forked from one prompt, and sequences whose prompts
+//! start alike (the prefix cache), share them, and a shared block is copied
+//! before it is written.
+
+mod blocks;
+
+use std::hash::{Hash, Hasher};
+
+use anyhow::{bail, Result};
+use half::f16;
+
+use blocks::Blocks;
+
+pub struct KvPool {
+    block_size: usize,
+    layers: usize,
+    kv_dim: usize,
+    data: Vec<f16>,
+    blocks: Blocks,
+}
+
+impl KvPool {
+    pub fn new(layers: usize, kv_dim: usize, block_size: usize, num_blocks: usize) -> KvPool {
+        assert!(block_size > 0 && num_blocks > 0);
+        KvPool {
+            block_size,
+            layers,
+            kv_dim,
+            data: vec![f16::ZERO; num_blocks * layers * 2 * block_size * kv_dim],
+            blocks: Blocks::new(num_blocks),
+        }
+    }
+
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    pub fn total_blocks(&self) -> usize {
+        self.blocks.total()
+    }
+
+    /// Blocks a new sequence could get: free ones, and cached ones nobody
+    /// uses (they are evicted when needed).
+    pub fn free_blocks(&self) -> usize {
+        self.blocks.available()
+    }
+
+    /// Unused blocks still holding a cached prefix.
+    pub fn cached_blocks(&self) -> usize {
+        self.blocks.cached_unused()
+    }
+
+    /// Grows `table` so that it covers `tokens` positions, or fails leaving
+    /// it as it was.
+    pub fn reserve(&mut self, table: &mut Vec<u32>, tokens: usize) -> Result<()> {
+        let needed = tokens.div_ceil(self.block_size).saturating_sub(table.len());
+        if needed > self.blocks.available() {
+            bail!("KV pool exhausted: {needed} more blocks needed, {} free", self.blocks.available());
+        }
+        for _ in 0..needed {
+            table.push(self.blocks.allocate().expect("checked above"));
+        }
+        Ok(())
+    }
+
+    /// Drops the sequence's hold on every block of `table`.
+    pub fn release(&mut self, table: &mut Vec<u32>) {
+        for b in table.drain(..) {
+            self.blocks.release(b);
+        }
+    }
+
+    /// A second table sharing every block of `table` (n completions of one
+    /// prompt): nothing is copied until one of them writes.
+    pub fn fork(&mut self, table: &[u32]) -> Vec<u32> {
+        table.iter().for_each(|&b| self.blocks.retain(b));
+        table.to_vec()
+    }
+
+    /// Makes the blocks that positions `from..to` fall in this sequence's
+    /// own, copying any it shares, so that writing them disturbs nobody.
+    pub fn make_writable(&mut self, table: &mut [u32], from: usize, to: usize) -> Result<()> {
+        if from >= to {
+            return Ok(());
+        }
+        for i in from / self.block_size..(to - 1) / self.block_size + 1 {
+            let old = table[i];
+            if self.blocks.refs(old) > 1 {
+                let new = self.blocks.allocate().ok_or_else(|| anyhow::anyhow!("KV pool exhausted: no block to copy a shared one into"))?;
+                let len = self.layers * 2 * self.block_size * self.kv_dim;
+                let (src, dst) = (old as usize * len, new as usize * len);
+                self.data.copy_within(src..src + len, dst);
+                self.blocks.release(old);
+                table[i] = new;
+            }
+        }
+        Ok(())
+    }
+
+    /// The hash of each full block of `tokens`, chained: a block's hash
+    /// covers every token before it too.
+    pub fn block_hashes(&self, tokens: &[u32]) -> Vec<u64> {
+        let mut parent = 0u64;
+        tokens
+            .chunks_exact(self.block_size)
+            .map(|chunk| {
+                let mut h = std::hash::DefaultHasher::new();
+                (parent, chunk).hash(&mut h);
+                parent = h.finish();
+                parent
+            })
+            .collect()
+    }
+
+    /// Starts `table` (empty) with the cached blocks holding the longest
+    /// prefix of `tokens`, leaving at least the last token to compute (its
+    /// logits are needed). Returns how many tokens are covered.
+    pub fn match_prefix(&mut self, tokens: &[u32], table: &mut Vec<u32>) -> usize {
+        debug_assert!(table.is_empty());
+        let usable = tokens.len().saturating_sub(1) / self.block_size * self.block_size;
+        for h in self.block_hashes(&tokens[..usable]) {
+            match self.blocks.lookup(h) {
+                Some(b) => table.push(b),
+                None => break,
+            }
+        }
+        table.len() * self.block_size
+    }
+
+    /// Makes the full blocks of `table` holding `tokens` findable by later
+    /// sequences that start with the same tokens.
+    pub fn register_prefix(&mut self, tokens: &[u32], table: &[u32]) {
+        for (&b, h) in table.iter().zip(self.block_hashes(tokens)) {
+            self.blocks.register(b, h);
+        }
+    }
+
+    fn offset(&self, block: u32, layer: usize, value: bool, slot: usize) -> usize {
+        (((block as usize * self.layers + layer) * 2 + value as usize) * self.block_size + slot) * self.kv_dim
+    }
+
+    /// K and V rows of position `pos` of the sequence with `table`.
+    pub fn slot(&self, table: &[u32], layer: usize, pos: usize) -> (&[f16], &[f16]) {
+        let (block, slot) = (table[pos / self.block_size], pos % self.block_size);
+        let k = self.offset(block, layer, false, slot);
+        let v = self.offset(block, layer, true, slot);
+        (&self.data[k..k + self.kv_dim], &self.data[v..v + self.kv_dim])
+    }
+
+    pub fn write(&mut self, table: &[u32], layer: usize, pos: usize, k: &[f32], v: &[f32]) {
+        let (block, slot) = (table[pos / self.block_size], pos % self.block_size);
+        let ko = self.offset(block, layer, false, slot);
+        half::slice::HalfFloatSliceExt::convert_from_f32_slice(&mut self.data[ko..ko + self.kv_dim], k);
+        let vo = self.offset(block, layer, true, slot);
+        half::slice::HalfFloatSliceExt::convert_from_f32_slice(&mut self.data[vo..vo + self.kv_dim], v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(blocks: usize) -> KvPool {
+        KvPool::new(1, 2, 4, blocks)
+    }
+
+    #[test]
+    fn forks_share_until_written_then_copy() {
+        let mut kv = pool(4);
+        let mut a = Vec::new();
+        kv.reserve(&mut a, 6).unwrap();
+        kv.write(&a, 0, 1, &[1.0, 2.0], &[3.0, 4.0]);
+        let mut b = kv.fork(&a);
+        assert_eq!((a.clone(), kv.free_blocks()), (b.clone(), 2));
+        // b writes position 5: only the second block is copied.
+        kv.make_writable(&mut b, 5, 6).unwrap();
+        assert_eq!(b[0], a[0]);
+        assert_ne!(b[1], a[1]);
+        assert_eq!(kv.free_blocks(), 1);
+        // b writes position 1: the first block is copied with its contents.
+        kv.make_writable(&mut b, 1, 2).unwrap();
+        assert_ne!(b[0], a[0]);
+        let (k, v) = kv.slot(&b, 0, 1);
+        assert_eq!((k[0].to_f32(), v[1].to_f32()), (1.0, 4.0));
+        kv.write(&b, 0, 1, &[9.0, 9.0], &[9.0, 9.0]);
+        assert_eq!(kv.slot(&a, 0, 1).0[0].to_f32(), 1.0, "the original is untouched");
+        kv.release(&mut a);
+        kv.release(&mut b);
+        assert_eq!(kv.free_blocks(), kv.total_blocks());
+    }
+
+    #[test]
+    fn a_prompt_prefix_is_found_in_whole_blocks_leaving_the_last_token() {
+        let mut kv = pool(8);
+        let prompt: Vec<u32> = (0..10).collect();
+        let mut first = Vec::new();
+        kv.reserve(&mut first, prompt.len()).unwrap();
+        kv.register_prefix(&prompt, &first);
+        // The same prompt: two full blocks (8 tokens) come from the cache.
+        let mut second = Vec::new();
+        assert_eq!(kv.match_prefix(&prompt, &mut second), 8);
+        assert_eq!(second[..], first[..2]);
+        // A prompt of exactly 8 tokens keeps its last block to compute.
+        let mut third = Vec::new();
+        assert_eq!(kv.match_prefix(&prompt[..8], &mut third), 4);
+        // A different second block stops the match after the first.
+        let mut other: Vec<u32> = prompt.clone();
+        other[5] = 99;
+        let mut fourth = Vec::new();
+        assert_eq!(kv.match_prefix(&other, &mut fourth), 4);
+        for t in [&mut first, &mut second, &mut third, &mut fourth] {
+            kv.release(t);
+        }
+        assert_eq!(kv.free_blocks(), kv.total_blocks(), "cached blocks count as free");
+        assert_eq!(kv.cached_blocks(), 2);
+        // Still findable after everyone left.
+        let mut fifth = Vec::new();
+        assert_eq!(kv.match_prefix(&prompt, &mut fifth), 8);
+        kv.release(&mut fifth);
+    }
+
+    #[test]
+    fn a_failed_reservation_changes_nothing() {
+        let mut kv = pool(2);
+        let mut t = Vec::new();
+        kv.reserve(&mut t, 4).unwrap();
+        assert!(kv.reserve(&mut t, 13).is_err());
+        assert_eq!((t.len(), kv.free_blocks()), (1, 1));
+        kv.release(&mut t);
+    }
+}
