@@ -11,3 +11,4 @@ pub mod sampler;
 pub mod stop;
 pub mod generate;
 pub mod loaded;
+pub mod engine;

@@ -78,8 +78,8 @@ impl RunArgs {
 }
 
 pub fn run(a: RunArgs) -> Result<()> {
-    if a.num_predict < -1 {
-        bail!("--num-predict must be -1 or more, got {}", a.num_predict);
+    if a.num_predict < -1 || a.num_predict == 0 {
+        bail!("--num-predict must be -1 (to the end of the context) or at least 1, got {}", a.num_predict);
     }
     if a.threads == 0 {
         bail!("--threads must be at least 1");

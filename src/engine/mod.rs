@@ -1,0 +1,213 @@
+//! The batching engine: sequences from many requests share one ragged
+//! forward pass per step and one paged KV pool. `submit` queues a gang (all
+//! its sequences start in the same step); each `step` schedules, runs the
+//! model, samples and emits events to the sequences' streams. Dropping a
+//! stream cancels its sequence; its blocks return at the next step.
+
+mod scheduler;
+mod sequence;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Receiver};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+
+use crate::kv::KvPool;
+use crate::loaded::LoadedModel;
+use crate::model::{Scratch, SeqChunk};
+use crate::sampler::SamplingParams;
+use scheduler::Scheduler;
+use sequence::Sequence;
+
+#[derive(Debug, Clone)]
+pub struct GenRequest {
+    pub prompt: Vec<u32>,
+    pub params: SamplingParams,
+    pub max_tokens: usize,
+    pub stop: Vec<String>,
+    /// Keep going past end-of-sequence tokens (benchmarks).
+    pub ignore_eos: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// An end-of-sequence token or a stop string.
+    Stop,
+    /// max_tokens or the context window.
+    Length,
+}
+
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub finish: FinishReason,
+    pub prompt_tokens: usize,
+    /// Prompt tokens whose K/V came from the prefix cache, not computed.
+    pub cached_tokens: usize,
+    pub generated: usize,
+    /// Time of the steps until the first token, and of the steps after.
+    pub prompt_duration: Duration,
+    pub decode_duration: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// Admitted: the sequence's first step.
+    Started { step: u64 },
+    /// A generated token and the text it completes (possibly empty).
+    Token { id: u32, text: String },
+    Done(Summary),
+}
+
+/// A sequence's events. Dropping it cancels the sequence.
+pub struct EventStream {
+    pub events: Receiver<Event>,
+    cancel: Arc<AtomicBool>,
+}
+
+impl Drop for EventStream {
+    fn drop(&mut self) {
+        self.cancel.store(true, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct EngineConfig {
+    /// Most tokens in one step's batch.
+    pub max_batch_tokens: usize,
+    /// Most sequences running at once.
+    pub max_seqs: usize,
+}
+
+/// Counters of what the engine did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct EngineStats {
+    pub steps: u64,
+    /// Tokens that went through the model (prompt chunks and decodes).
+    pub computed_tokens: u64,
+    pub preemptions: u64,
+}
+
+pub struct Engine<'a> {
+    model: &'a LoadedModel,
+    pub kv: &'a mut KvPool,
+    scheduler: Scheduler,
+    scratch: Scratch,
+    stats: EngineStats,
+}
+
+impl<'a> Engine<'a> {
+    pub fn new(model: &'a LoadedModel, kv: &'a mut KvPool, config: EngineConfig) -> Engine<'a> {
+        assert!(config.max_batch_tokens > 0 && config.max_seqs > 0);
+        Engine { model, kv, scheduler: Scheduler::new(config), scratch: Scratch::default(), stats: EngineStats::default() }
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        EngineStats { preemptions: self.scheduler.preemptions, ..self.stats }
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.scheduler.is_idle()
+    }
+
+    /// Queues the requests as one gang; their streams, in order.
+    pub fn submit(&mut self, gang: Vec<GenRequest>) -> Result<Vec<EventStream>> {
+        let ctx = self.model.model.config.context_length;
+        let block = self.kv.block_size();
+        let mut blocks = 0;
+        for (i, r) in gang.iter().enumerate() {
+            if r.prompt.is_empty() {
+                bail!("request {i}: the prompt is empty");
+            }
+            if r.max_tokens == 0 {
+                bail!("request {i}: max_tokens must be at least 1");
+            }
+            if r.prompt.len() >= ctx {
+                bail!("request {i}: prompt of {} tokens does not fit the context of {ctx}", r.prompt.len());
+            }
+            blocks += (r.prompt.len() + 1).div_ceil(block);
+        }
+        if gang.is_empty() || blocks > self.kv.total_blocks() || gang.len() > self.scheduler.config.max_seqs {
+            bail!("{} sequences needing {blocks} KV blocks cannot run together (pool: {} blocks, max {} sequences)", gang.len(), self.kv.total_blocks(), self.scheduler.config.max_seqs);
+        }
+        let mut streams = Vec::new();
+        let mut members = Vec::new();
+        for r in gang {
+            let (tx, rx) = channel();
+            let cancel = Arc::new(AtomicBool::new(false));
+            members.push(Sequence::new(r, tx, cancel.clone()));
+            streams.push(EventStream { events: rx, cancel });
+        }
+        self.scheduler.waiting.push_back(members);
+        Ok(streams)
+    }
+
+    /// Runs one step: schedule, forward, sample, emit. Returns false when
+    /// there was nothing to do.
+    pub fn step(&mut self) -> bool {
+        self.drop_cancelled();
+        let step = self.stats.steps + 1;
+        let plan = self.scheduler.plan(self.kv, step);
+        if plan.is_empty() {
+            return false;
+        }
+        self.stats.steps = step;
+        let started = Instant::now();
+        let running = &self.scheduler.running;
+        let chunks: Vec<SeqChunk> = plan
+            .iter()
+            .map(|p| {
+                let s = &running[p.seq];
+                SeqChunk { tokens: &s.history[p.start..p.start + p.len], start_pos: p.start, blocks: &s.blocks, logits: p.logits }
+            })
+            .collect();
+        let logits = self.model.model.forward(&chunks, self.kv, &mut self.scratch);
+        let elapsed = started.elapsed();
+        let (vocab, ctx, bs) = (self.model.model.config.vocab, self.model.model.config.context_length, self.kv.block_size());
+        let mut row = 0;
+        for p in &plan {
+            let s = &mut self.scheduler.running[p.seq];
+            self.stats.computed_tokens += p.len as u64;
+            s.computed += p.len;
+            if s.generated == 0 {
+                s.prompt_duration += elapsed;
+            } else {
+                s.decode_duration += elapsed;
+            }
+            let full = s.computed / bs;
+            if full > s.registered {
+                self.kv.register_prefix(&s.history[..full * bs], &s.blocks);
+                s.registered = full;
+            }
+            if p.logits {
+                let token = s.sampler.sample(&logits[row * vocab..(row + 1) * vocab], &s.history);
+                row += 1;
+                s.accept(token, &self.model.tokenizer, ctx);
+            }
+        }
+        self.retire_finished();
+        true
+    }
+
+    fn drop_cancelled(&mut self) {
+        for s in self.scheduler.running.iter_mut().filter(|s| s.is_cancelled()) {
+            s.finished = true;
+        }
+        self.retire_finished();
+        for gang in self.scheduler.waiting.iter_mut() {
+            gang.retain(|s| !s.is_cancelled());
+        }
+        self.scheduler.waiting.retain(|g| !g.is_empty());
+    }
+
+    fn retire_finished(&mut self) {
+        let kv = &mut *self.kv;
+        self.scheduler.running.retain_mut(|s| {
+            if s.finished {
+                kv.release(&mut s.blocks);
+            }
+            !s.finished
+        });
+    }
+}

@@ -1,0 +1,152 @@
+//! Filling one step's ragged batch, in the order the design sets: one
+//! decode token for every running sequence, then prompt chunks of sequences
+//! still prefilling (chunked, so a long prompt never stalls the others),
+//! then waiting gangs, first come first served, all members or none. When a
+//! sequence needs a block and none is free, the most recently admitted
+//! running sequence is preempted: its blocks go back, and it is requeued at
+//! the front to be recomputed later (its generated tokens are kept).
+
+use std::collections::VecDeque;
+
+use super::sequence::Sequence;
+use super::{EngineConfig, Event};
+use crate::kv::KvPool;
+
+/// One sequence's part of the step: `len` tokens from `start`.
+pub(super) struct Planned {
+    pub seq: usize,
+    pub start: usize,
+    pub len: usize,
+    /// The chunk ends the sequence's pending tokens: sample after it.
+    pub logits: bool,
+}
+
+pub(super) struct Scheduler {
+    pub config: EngineConfig,
+    pub running: Vec<Sequence>,
+    pub waiting: VecDeque<Vec<Sequence>>,
+    admissions: u64,
+    pub preemptions: u64,
+}
+
+impl Scheduler {
+    pub fn new(config: EngineConfig) -> Scheduler {
+        Scheduler { config, running: Vec::new(), waiting: VecDeque::new(), admissions: 0, preemptions: 0 }
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.running.is_empty() && self.waiting.is_empty()
+    }
+
+    /// Plans the step numbered `step`; admitted sequences get `Started`.
+    pub fn plan(&mut self, kv: &mut KvPool, step: u64) -> Vec<Planned> {
+        let mut plan = Vec::new();
+        let mut budget = self.config.max_batch_tokens;
+        // Decodes first, then prefill chunks, each in admission order.
+        for decoding in [true, false] {
+            for i in 0..self.running.len() {
+                let s = &self.running[i];
+                if s.finished || (s.pending() == 1) != decoding || budget == 0 {
+                    continue;
+                }
+                let len = s.pending().min(budget);
+                if self.make_room(kv, i, s.computed + len, &mut plan) {
+                    let s = &self.running[i];
+                    plan.push(Planned { seq: i, start: s.computed, len, logits: len == s.pending() });
+                    budget -= len;
+                }
+            }
+        }
+        self.requeue_preempted();
+        self.admit(kv, step, &mut budget, &mut plan);
+        plan
+    }
+
+    /// Gives sequence `i` blocks for `tokens` positions, writable from its
+    /// next position, preempting others (or itself, last) as needed.
+    /// Returns false if `i` itself was preempted.
+    fn make_room(&mut self, kv: &mut KvPool, i: usize, tokens: usize, plan: &mut Vec<Planned>) -> bool {
+        loop {
+            let s = &mut self.running[i];
+            let from = s.computed;
+            if kv.reserve(&mut s.blocks, tokens).is_ok() && kv.make_writable(&mut s.blocks, from, tokens).is_ok() {
+                return true;
+            }
+            let victim = (0..self.running.len())
+                .filter(|&j| !self.running[j].finished && !self.running[j].blocks.is_empty() || j == i)
+                .max_by_key(|&j| self.running[j].admitted)
+                .expect("i itself is a candidate");
+            self.preempt(kv, victim);
+            plan.retain(|p| p.seq != victim);
+            if victim == i {
+                return false;
+            }
+        }
+    }
+
+    fn preempt(&mut self, kv: &mut KvPool, j: usize) {
+        let s = &mut self.running[j];
+        kv.release(&mut s.blocks);
+        s.computed = 0;
+        s.registered = 0;
+        // Marked finished for this step's bookkeeping; requeue_preempted
+        // moves it back to the queue.
+        s.finished = true;
+        s.preempted = true;
+        self.preemptions += 1;
+    }
+
+    fn requeue_preempted(&mut self) {
+        let mut i = self.running.len();
+        while i > 0 {
+            i -= 1;
+            if self.running[i].preempted {
+                let mut s = self.running.remove(i);
+                s.preempted = false;
+                s.finished = false;
+                self.waiting.push_front(vec![s]);
+            }
+        }
+    }
+
+    /// Admits waiting gangs while every member fits: a sequence slot, at
+    /// least one token of this step's budget, and blocks for its prompt.
+    fn admit(&mut self, kv: &mut KvPool, step: u64, budget: &mut usize, plan: &mut Vec<Planned>) {
+        while let Some(gang) = self.waiting.front_mut() {
+            let active = self.running.iter().filter(|s| !s.finished).count();
+            if active + gang.len() > self.config.max_seqs || *budget < gang.len() {
+                return;
+            }
+            for s in gang.iter_mut().filter(|s| s.blocks.is_empty()) {
+                s.computed = kv.match_prefix(&s.history, &mut s.blocks);
+                if s.admitted == 0 {
+                    s.cached_tokens = s.computed;
+                }
+            }
+            let needed: usize = gang.iter().map(|s| s.history.len().div_ceil(kv.block_size()) - s.blocks.len()).sum();
+            if needed > kv.free_blocks() {
+                // Not yet: give back what the prefix match took.
+                for s in gang.iter_mut() {
+                    kv.release(&mut s.blocks);
+                    s.computed = 0;
+                }
+                return;
+            }
+            let gang = self.waiting.pop_front().expect("front exists");
+            let n = gang.len();
+            for (k, mut s) in gang.into_iter().enumerate() {
+                if s.admitted == 0 {
+                    s.send(Event::Started { step });
+                }
+                self.admissions += 1;
+                s.admitted = self.admissions;
+                // Leave at least one token of budget for each member after this one.
+                let len = s.pending().min(*budget - (n - 1 - k));
+                kv.reserve(&mut s.blocks, s.computed + len).expect("blocks were checked");
+                plan.push(Planned { seq: self.running.len(), start: s.computed, len, logits: len == s.pending() });
+                *budget -= len;
+                self.running.push(s);
+            }
+        }
+    }
+}
