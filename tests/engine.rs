@@ -1,0 +1,156 @@
+//! The batching engine on the real model: continuous batching with chunked
+//! prefill, preemption, cancellation, gang admission, and no leaked blocks.
+
+mod common;
+
+use caravan::engine::{Engine, EngineConfig, Event, EventStream, GenRequest};
+use caravan::generate::generate;
+use caravan::sampler::SamplingParams;
+use common::{golden, model};
+
+fn greedy(prompt: Vec<u32>, max_tokens: usize) -> GenRequest {
+    GenRequest { prompt, params: SamplingParams::greedy(), max_tokens, stop: vec![], ignore_eos: false }
+}
+
+/// What one stream said.
+#[derive(Default, Clone)]
+struct Seen {
+    started: Option<u64>,
+    tokens: Vec<u32>,
+    text: String,
+    done: bool,
+}
+
+fn drain(streams: &[EventStream], seen: &mut [Seen]) {
+    for (s, out) in streams.iter().zip(seen.iter_mut()) {
+        while let Ok(e) = s.events.try_recv() {
+            match e {
+                Event::Started { step } => out.started = Some(step),
+                Event::Token { id, text } => {
+                    out.tokens.push(id);
+                    out.text.push_str(&text);
+                }
+                Event::Done(_) => out.done = true,
+            }
+        }
+    }
+}
+
+fn alone(prompt: &[u32], max_tokens: usize) -> Vec<u32> {
+    let m = model();
+    let mut kv = m.kv_pool(512, 16);
+    generate(m, &mut kv, &[greedy(prompt.to_vec(), max_tokens)], |_, _| {}).unwrap().remove(0).tokens
+}
+
+#[test]
+fn sequences_joining_at_different_steps_get_the_tokens_they_get_alone() {
+    let m = model();
+    let rows = golden();
+    let watched = [3usize, 12, 33];
+    let mut kv = m.kv_pool(64 * 96, 16);
+    // Small steps: prompts are prefilled in chunks among the decodes.
+    let mut engine = Engine::new(m, &mut kv, EngineConfig { max_batch_tokens: 48, max_seqs: 64 });
+    let mut streams = Vec::new();
+    for (i, r) in rows.iter().enumerate().filter(|(i, _)| !watched.contains(i)).take(30) {
+        streams.extend(engine.submit(vec![greedy(r.prompt_tokens.clone(), 4 + i % 13)]).unwrap());
+    }
+    let mut seen = vec![Seen::default(); streams.len()];
+    let mut late = Vec::new();
+    // Late arrivals come once the others are decoding, at different steps.
+    for step in 0..400 {
+        if let Some(k) = [20, 30, 40].iter().position(|&s| s == step) {
+            late.extend(engine.submit(vec![greedy(rows[watched[k]].prompt_tokens.clone(), 12)]).unwrap());
+        }
+        if !engine.step() && late.len() == 3 {
+            break;
+        }
+        drain(&streams, &mut seen);
+    }
+    let mut late_seen = vec![Seen::default(); 3];
+    drain(&late, &mut late_seen);
+    assert!(engine.is_idle());
+    let starts: Vec<u64> = late_seen.iter().map(|s| s.started.unwrap()).collect();
+    assert!(starts[0] < starts[1] && starts[1] < starts[2], "joined at different steps: {starts:?}");
+    for (k, s) in late_seen.iter().enumerate() {
+        assert!(s.done);
+        assert_eq!(s.tokens, alone(&rows[watched[k]].prompt_tokens, 12), "row {}", watched[k]);
+    }
+    assert!(seen.iter().all(|s| s.done));
+    assert_eq!(engine.kv.free_blocks(), engine.kv.total_blocks());
+}
+
+#[test]
+fn a_pool_too_small_for_everyone_preempts_and_every_sequence_still_gets_its_tokens() {
+    let m = model();
+    let rows = golden();
+    let picks: Vec<usize> = (0..12).map(|i| i * 3).collect();
+    let mut kv = m.kv_pool(20 * 16, 16);
+    let mut engine = Engine::new(m, &mut kv, EngineConfig { max_batch_tokens: 256, max_seqs: 64 });
+    let streams: Vec<EventStream> = picks.iter().flat_map(|&i| engine.submit(vec![greedy(rows[i].prompt_tokens.clone(), 24)]).unwrap()).collect();
+    let mut seen = vec![Seen::default(); streams.len()];
+    while engine.step() {
+        drain(&streams, &mut seen);
+    }
+    drain(&streams, &mut seen);
+    assert!(engine.is_idle());
+    assert!(engine.stats().preemptions > 0, "the pool was meant to be too small");
+    assert_eq!(engine.kv.free_blocks(), engine.kv.total_blocks());
+    for (s, &i) in seen.iter().zip(&picks) {
+        assert_eq!(s.tokens, alone(&rows[i].prompt_tokens, 24), "row {i}");
+    }
+}
+
+#[test]
+fn stopped_cancelled_and_finished_sequences_leave_no_block_behind() {
+    let m = model();
+    let rows = golden();
+    let mut kv = m.kv_pool(24 * 16, 16);
+    let mut engine = Engine::new(m, &mut kv, EngineConfig { max_batch_tokens: 64, max_seqs: 8 });
+    let stop = GenRequest { stop: vec!["\n".into()], ..greedy(rows[0].prompt_tokens.clone(), 40) };
+    let mut kept = engine.submit(vec![stop, greedy(rows[1].prompt_tokens.clone(), 30)]).unwrap();
+    let mut cancelled = engine.submit(vec![greedy(rows[2].prompt_tokens.clone(), 200)]).unwrap();
+    for _ in 0..6 {
+        engine.step();
+    }
+    let used_before = engine.kv.total_blocks() - engine.kv.free_blocks();
+    // The client goes away mid-generation: its blocks return at the next step.
+    assert!(cancelled.remove(0).events.try_iter().any(|e| matches!(e, Event::Token { .. })));
+    engine.step();
+    assert!(engine.kv.total_blocks() - engine.kv.free_blocks() < used_before);
+    let mut seen = vec![Seen::default(); 2];
+    while engine.step() {
+        drain(&kept, &mut seen);
+    }
+    drain(&kept, &mut seen);
+    assert!(seen[0].done && !seen[0].text.contains('\n'), "cut at the stop string: {:?}", seen[0].text);
+    assert!(seen[0].tokens.len() < 40);
+    assert!(seen[1].done);
+    kept.clear();
+    assert!(engine.is_idle());
+    assert_eq!(engine.kv.free_blocks(), engine.kv.total_blocks());
+}
+
+#[test]
+fn a_gang_starts_in_one_step_even_while_the_engine_is_busy() {
+    let m = model();
+    let rows = golden();
+    let mut kv = m.kv_pool(64 * 64, 16);
+    let mut engine = Engine::new(m, &mut kv, EngineConfig { max_batch_tokens: 32, max_seqs: 16 });
+    let busy: Vec<EventStream> = (0..3).flat_map(|i| engine.submit(vec![greedy(rows[i].prompt_tokens.clone(), 20)]).unwrap()).collect();
+    for _ in 0..4 {
+        engine.step();
+    }
+    let gang: Vec<GenRequest> = (30..36).map(|i| greedy(rows[i].prompt_tokens.clone(), 6)).collect();
+    let streams = engine.submit(gang).unwrap();
+    let mut seen = vec![Seen::default(); streams.len()];
+    while engine.step() {
+        drain(&streams, &mut seen);
+    }
+    drain(&streams, &mut seen);
+    let starts: Vec<u64> = seen.iter().map(|s| s.started.expect("started")).collect();
+    assert!(starts.iter().all(|&s| s == starts[0] && s > 4), "gang started at {starts:?}");
+    // Chat prompts of ~40 tokens and a 32-token step: the gang's prompts
+    // were chunked over later steps, yet all were admitted together.
+    assert!(seen.iter().all(|s| s.done && (1..=6).contains(&s.tokens.len())));
+    drop(busy);
+}
