@@ -154,3 +154,33 @@ fn a_gang_starts_in_one_step_even_while_the_engine_is_busy() {
     assert!(seen.iter().all(|s| s.done && (1..=6).contains(&s.tokens.len())));
     drop(busy);
 }
+
+#[test]
+fn eight_completions_of_one_long_prompt_compute_and_hold_it_once() {
+    let m = model();
+    let prompt: Vec<u32> = (0..1000u32).map(|i| 100 + (i * 7919) % 40000).collect();
+    let mut kv = m.kv_pool(256 * 16, 16);
+    let mut engine = Engine::new(m, &mut kv, EngineConfig { max_batch_tokens: 2048, max_seqs: 16 });
+    // Different seeds: eight different continuations of the same context.
+    let gang: Vec<GenRequest> = (0..8)
+        .map(|seed| GenRequest { params: SamplingParams { seed, ..SamplingParams::default() }, ..greedy(prompt.clone(), 10) })
+        .collect();
+    let streams = engine.submit(gang).unwrap();
+    assert!(engine.step());
+    // One prompt's worth of tokens went through the model, held in 63 blocks.
+    assert_eq!(engine.stats().computed_tokens, 1000);
+    assert_eq!(engine.kv.total_blocks() - engine.kv.free_blocks(), 1000usize.div_ceil(16));
+    let mut seen = vec![Seen::default(); 8];
+    drain(&streams, &mut seen);
+    assert!(seen.iter().all(|s| s.started == Some(1) && s.tokens.len() == 1));
+    while engine.step() {
+        drain(&streams, &mut seen);
+    }
+    drain(&streams, &mut seen);
+    // After the prompt, each token is one decode: 9 more per sequence.
+    assert_eq!(engine.stats().computed_tokens, 1000 + 8 * 9);
+    assert!(seen.iter().all(|s| s.done && s.tokens.len() == 10));
+    let distinct: std::collections::HashSet<&Vec<u32>> = seen.iter().map(|s| &s.tokens).collect();
+    assert!(distinct.len() > 1, "seeded samplers diverge");
+    assert_eq!(engine.kv.free_blocks(), engine.kv.total_blocks());
+}

@@ -95,12 +95,13 @@ pub struct Engine<'a> {
     scheduler: Scheduler,
     scratch: Scratch,
     stats: EngineStats,
+    next_id: u64,
 }
 
 impl<'a> Engine<'a> {
     pub fn new(model: &'a LoadedModel, kv: &'a mut KvPool, config: EngineConfig) -> Engine<'a> {
         assert!(config.max_batch_tokens > 0 && config.max_seqs > 0);
-        Engine { model, kv, scheduler: Scheduler::new(config), scratch: Scratch::default(), stats: EngineStats::default() }
+        Engine { model, kv, scheduler: Scheduler::new(config), scratch: Scratch::default(), stats: EngineStats::default(), next_id: 0 }
     }
 
     pub fn stats(&self) -> EngineStats {
@@ -114,8 +115,6 @@ impl<'a> Engine<'a> {
     /// Queues the requests as one gang; their streams, in order.
     pub fn submit(&mut self, gang: Vec<GenRequest>) -> Result<Vec<EventStream>> {
         let ctx = self.model.model.config.context_length;
-        let block = self.kv.block_size();
-        let mut blocks = 0;
         for (i, r) in gang.iter().enumerate() {
             if r.prompt.is_empty() {
                 bail!("request {i}: the prompt is empty");
@@ -126,18 +125,29 @@ impl<'a> Engine<'a> {
             if r.prompt.len() >= ctx {
                 bail!("request {i}: prompt of {} tokens does not fit the context of {ctx}", r.prompt.len());
             }
-            blocks += (r.prompt.len() + 1).div_ceil(block);
-        }
-        if gang.is_empty() || blocks > self.kv.total_blocks() || gang.len() > self.scheduler.config.max_seqs {
-            bail!("{} sequences needing {blocks} KV blocks cannot run together (pool: {} blocks, max {} sequences)", gang.len(), self.kv.total_blocks(), self.scheduler.config.max_seqs);
         }
         let mut streams = Vec::new();
-        let mut members = Vec::new();
+        let mut members: Vec<Sequence> = Vec::new();
         for r in gang {
             let (tx, rx) = channel();
             let cancel = Arc::new(AtomicBool::new(false));
-            members.push(Sequence::new(r, tx, cancel.clone()));
+            self.next_id += 1;
+            let mut s = Sequence::new(self.next_id, r, tx, cancel.clone());
+            // n completions of one prompt: the prompt is computed once.
+            s.follows = members.iter().find(|m| m.follows.is_none() && m.req.prompt == s.req.prompt).map(|m| m.id);
+            members.push(s);
             streams.push(EventStream { events: rx, cancel });
+        }
+        // A shared prompt counts once; each follower copies one block.
+        let block = self.kv.block_size();
+        let blocks: usize = members.iter().map(|s| if s.follows.is_some() { 1 } else { (s.req.prompt.len() + 1).div_ceil(block) }).sum();
+        if members.is_empty() || blocks > self.kv.total_blocks() || members.len() > self.scheduler.config.max_seqs {
+            bail!(
+                "{} sequences needing {blocks} KV blocks cannot run together (pool: {} blocks, max {} sequences)",
+                members.len(),
+                self.kv.total_blocks(),
+                self.scheduler.config.max_seqs
+            );
         }
         self.scheduler.waiting.push_back(members);
         Ok(streams)
@@ -181,8 +191,20 @@ impl<'a> Engine<'a> {
                 s.registered = full;
             }
             if p.logits {
-                let token = s.sampler.sample(&logits[row * vocab..(row + 1) * vocab], &s.history);
+                let row_logits = &logits[row * vocab..(row + 1) * vocab];
                 row += 1;
+                let running = &mut self.scheduler.running;
+                let leader = &running[p.seq];
+                let shared = (leader.id, leader.blocks.clone(), leader.computed, leader.registered, leader.cached_tokens, leader.prompt_duration);
+                for f in running.iter_mut().filter(|f| f.follows == Some(shared.0)) {
+                    f.follows = None;
+                    f.blocks = self.kv.fork(&shared.1);
+                    (f.computed, f.registered, f.cached_tokens, f.prompt_duration) = (shared.2, shared.3, shared.4, shared.5);
+                    let token = f.sampler.sample(row_logits, &f.history);
+                    f.accept(token, &self.model.tokenizer, ctx);
+                }
+                let s = &mut running[p.seq];
+                let token = s.sampler.sample(row_logits, &s.history);
                 s.accept(token, &self.model.tokenizer, ctx);
             }
         }
@@ -191,12 +213,20 @@ impl<'a> Engine<'a> {
     }
 
     fn drop_cancelled(&mut self) {
+        let gone: Vec<u64> = self.scheduler.running.iter().filter(|s| s.is_cancelled()).map(|s| s.id).collect();
+        for id in gone {
+            self.scheduler.release_followers(id);
+        }
         for s in self.scheduler.running.iter_mut().filter(|s| s.is_cancelled()) {
             s.finished = true;
         }
         self.retire_finished();
         for gang in self.scheduler.waiting.iter_mut() {
+            let gone: Vec<u64> = gang.iter().filter(|s| s.is_cancelled()).map(|s| s.id).collect();
             gang.retain(|s| !s.is_cancelled());
+            for s in gang.iter_mut().filter(|s| s.follows.is_some_and(|l| gone.contains(&l))) {
+                s.follows = None;
+            }
         }
         self.scheduler.waiting.retain(|g| !g.is_empty());
     }

@@ -46,7 +46,7 @@ impl Scheduler {
         for decoding in [true, false] {
             for i in 0..self.running.len() {
                 let s = &self.running[i];
-                if s.finished || (s.pending() == 1) != decoding || budget == 0 {
+                if s.finished || s.follows.is_some() || (s.pending() == 1) != decoding || budget == 0 {
                     continue;
                 }
                 let len = s.pending().min(budget);
@@ -85,6 +85,8 @@ impl Scheduler {
     }
 
     fn preempt(&mut self, kv: &mut KvPool, j: usize) {
+        let leader = self.running[j].id;
+        self.release_followers(leader);
         let s = &mut self.running[j];
         kv.release(&mut s.blocks);
         s.computed = 0;
@@ -94,6 +96,14 @@ impl Scheduler {
         s.finished = true;
         s.preempted = true;
         self.preemptions += 1;
+    }
+
+    /// Sequences waiting to share `leader`'s prompt step compute their own
+    /// instead (the leader lost its blocks or left).
+    pub fn release_followers(&mut self, leader: u64) {
+        for s in self.running.iter_mut().filter(|s| s.follows == Some(leader)) {
+            s.follows = None;
+        }
     }
 
     fn requeue_preempted(&mut self) {
@@ -114,16 +124,21 @@ impl Scheduler {
     fn admit(&mut self, kv: &mut KvPool, step: u64, budget: &mut usize, plan: &mut Vec<Planned>) {
         while let Some(gang) = self.waiting.front_mut() {
             let active = self.running.iter().filter(|s| !s.finished).count();
-            if active + gang.len() > self.config.max_seqs || *budget < gang.len() {
+            let leaders = gang.iter().filter(|s| s.follows.is_none()).count();
+            if active + gang.len() > self.config.max_seqs || *budget < leaders {
                 return;
             }
-            for s in gang.iter_mut().filter(|s| s.blocks.is_empty()) {
+            for s in gang.iter_mut().filter(|s| s.blocks.is_empty() && s.follows.is_none()) {
                 s.computed = kv.match_prefix(&s.history, &mut s.blocks);
                 if s.admitted == 0 {
                     s.cached_tokens = s.computed;
                 }
             }
-            let needed: usize = gang.iter().map(|s| s.history.len().div_ceil(kv.block_size()) - s.blocks.len()).sum();
+            let needed: usize = gang
+                .iter()
+                .filter(|s| s.follows.is_none())
+                .map(|s| s.history.len().div_ceil(kv.block_size()) - s.blocks.len())
+                .sum();
             if needed > kv.free_blocks() {
                 // Not yet: give back what the prefix match took.
                 for s in gang.iter_mut() {
@@ -133,15 +148,20 @@ impl Scheduler {
                 return;
             }
             let gang = self.waiting.pop_front().expect("front exists");
-            let n = gang.len();
-            for (k, mut s) in gang.into_iter().enumerate() {
+            let mut leaders_left = leaders;
+            for mut s in gang {
                 if s.admitted == 0 {
                     s.send(Event::Started { step });
                 }
                 self.admissions += 1;
                 s.admitted = self.admissions;
-                // Leave at least one token of budget for each member after this one.
-                let len = s.pending().min(*budget - (n - 1 - k));
+                if s.follows.is_some() {
+                    self.running.push(s);
+                    continue;
+                }
+                // Leave at least one token of budget for each leader after this one.
+                leaders_left -= 1;
+                let len = s.pending().min(*budget - leaders_left);
                 kv.reserve(&mut s.blocks, s.computed + len).expect("blocks were checked");
                 plan.push(Planned { seq: self.running.len(), start: s.computed, len, logits: len == s.pending() });
                 *budget -= len;

@@ -14,6 +14,11 @@ use crate::tokenizer::stream::StreamDecoder;
 use crate::tokenizer::Tokenizer;
 
 pub(super) struct Sequence {
+    /// Unique within the engine.
+    pub id: u64,
+    /// The gang member with the same prompt whose prompt step this one
+    /// shares: it gets that member's blocks (forked) and logits then.
+    pub follows: Option<u64>,
     pub req: GenRequest,
     pub sampler: Sampler,
     pub blocks: Vec<u32>,
@@ -39,8 +44,10 @@ pub(super) struct Sequence {
 }
 
 impl Sequence {
-    pub fn new(req: GenRequest, events: Sender<Event>, cancelled: Arc<AtomicBool>) -> Sequence {
+    pub fn new(id: u64, req: GenRequest, events: Sender<Event>, cancelled: Arc<AtomicBool>) -> Sequence {
         Sequence {
+            id,
+            follows: None,
             sampler: Sampler::new(req.params.clone()),
             blocks: Vec::new(),
             history: req.prompt.clone(),
