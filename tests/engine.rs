@@ -184,3 +184,76 @@ fn eight_completions_of_one_long_prompt_compute_and_hold_it_once() {
     assert!(distinct.len() > 1, "seeded samplers diverge");
     assert_eq!(engine.kv.free_blocks(), engine.kv.total_blocks());
 }
+
+mod threaded {
+    use super::*;
+    use caravan::engine::EngineHandle;
+    use caravan::loaded::LoadedModel;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn collect(stream: EventStream) -> Seen {
+        let mut seen = Seen::default();
+        for e in stream.events.iter() {
+            match e {
+                Event::Started { step } => seen.started = Some(step),
+                Event::Token { id, text } => {
+                    seen.tokens.push(id);
+                    seen.text.push_str(&text);
+                }
+                Event::Done(_) => {
+                    seen.done = true;
+                    break;
+                }
+            }
+        }
+        seen
+    }
+
+    fn handle(window_ms: u64) -> EngineHandle {
+        let m = Arc::new(LoadedModel::open(&common::model_path(), 2).unwrap());
+        let kv = m.kv_pool(64 * 128, 16);
+        EngineHandle::spawn(m, kv, EngineConfig { max_batch_tokens: 256, max_seqs: 32 }, Duration::from_millis(window_ms))
+    }
+
+    #[test]
+    fn requests_within_the_batch_window_start_together_and_concurrent_clients_get_their_tokens() {
+        let engine = Arc::new(handle(300));
+        let rows = golden();
+        let clients: Vec<_> = [4usize, 9, 21, 32]
+            .into_iter()
+            .map(|i| {
+                let (engine, prompt) = (engine.clone(), rows[i].prompt_tokens.clone());
+                std::thread::spawn(move || (i, collect(engine.submit(vec![greedy(prompt, 10)]).unwrap().remove(0))))
+            })
+            .collect();
+        let results: Vec<(usize, Seen)> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+        for (i, seen) in &results {
+            assert_eq!(seen.started, Some(1), "row {i} arrived within the window");
+            assert!(seen.done);
+            assert_eq!(seen.tokens, alone(&rows[*i].prompt_tokens, 10), "row {i}");
+        }
+        let snap = engine.snapshot();
+        assert_eq!((snap.free_blocks, snap.idle), (snap.total_blocks, true));
+    }
+
+    #[test]
+    fn a_client_that_leaves_mid_stream_gives_its_blocks_back() {
+        let engine = handle(0);
+        let rows = golden();
+        let stream = engine.submit(vec![GenRequest { ignore_eos: true, ..greedy(rows[35].prompt_tokens.clone(), 500) }]).unwrap().remove(0);
+        // Read a few tokens, then go away.
+        let tokens = stream.events.iter().filter(|e| matches!(e, Event::Token { .. })).take(3).count();
+        assert_eq!(tokens, 3);
+        assert!(engine.snapshot().free_blocks < engine.snapshot().total_blocks);
+        drop(stream);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !engine.snapshot().idle && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let snap = engine.snapshot();
+        assert!(snap.idle, "the cancelled sequence was dropped");
+        assert_eq!(snap.free_blocks, snap.total_blocks);
+        assert!(snap.stats.steps < 100, "it did not run to its 500 tokens");
+    }
+}

@@ -6,6 +6,7 @@
 
 mod scheduler;
 mod sequence;
+mod thread;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver};
@@ -20,6 +21,7 @@ use crate::model::{Scratch, SeqChunk};
 use crate::sampler::SamplingParams;
 use scheduler::Scheduler;
 use sequence::Sequence;
+pub use thread::{EngineHandle, EngineSnapshot};
 
 #[derive(Debug, Clone)]
 pub struct GenRequest {
@@ -114,43 +116,22 @@ impl<'a> Engine<'a> {
 
     /// Queues the requests as one gang; their streams, in order.
     pub fn submit(&mut self, gang: Vec<GenRequest>) -> Result<Vec<EventStream>> {
-        let ctx = self.model.model.config.context_length;
-        for (i, r) in gang.iter().enumerate() {
-            if r.prompt.is_empty() {
-                bail!("request {i}: the prompt is empty");
-            }
-            if r.max_tokens == 0 {
-                bail!("request {i}: max_tokens must be at least 1");
-            }
-            if r.prompt.len() >= ctx {
-                bail!("request {i}: prompt of {} tokens does not fit the context of {ctx}", r.prompt.len());
-            }
-        }
-        let mut streams = Vec::new();
-        let mut members: Vec<Sequence> = Vec::new();
-        for r in gang {
-            let (tx, rx) = channel();
-            let cancel = Arc::new(AtomicBool::new(false));
-            self.next_id += 1;
-            let mut s = Sequence::new(self.next_id, r, tx, cancel.clone());
-            // n completions of one prompt: the prompt is computed once.
-            s.follows = members.iter().find(|m| m.follows.is_none() && m.req.prompt == s.req.prompt).map(|m| m.id);
-            members.push(s);
-            streams.push(EventStream { events: rx, cancel });
-        }
-        // A shared prompt counts once; each follower copies one block.
-        let block = self.kv.block_size();
-        let blocks: usize = members.iter().map(|s| if s.follows.is_some() { 1 } else { (s.req.prompt.len() + 1).div_ceil(block) }).sum();
-        if members.is_empty() || blocks > self.kv.total_blocks() || members.len() > self.scheduler.config.max_seqs {
-            bail!(
-                "{} sequences needing {blocks} KV blocks cannot run together (pool: {} blocks, max {} sequences)",
-                members.len(),
-                self.kv.total_blocks(),
-                self.scheduler.config.max_seqs
-            );
-        }
-        self.scheduler.waiting.push_back(members);
+        let limits = Limits::of(self.model, self.kv, &self.scheduler.config);
+        let (members, streams) = limits.prepare(gang)?;
+        self.enqueue(members);
         Ok(streams)
+    }
+
+    fn enqueue(&mut self, members: Vec<Prepared>) {
+        let mut gang: Vec<Sequence> = Vec::new();
+        for p in members {
+            self.next_id += 1;
+            let mut s = Sequence::new(self.next_id, p.request, p.events, p.cancel);
+            // n completions of one prompt: the prompt is computed once.
+            s.follows = gang.iter().find(|m| m.follows.is_none() && m.req.prompt == s.req.prompt).map(|m| m.id);
+            gang.push(s);
+        }
+        self.scheduler.waiting.push_back(gang);
     }
 
     /// Runs one step: schedule, forward, sample, emit. Returns false when
@@ -239,5 +220,65 @@ impl<'a> Engine<'a> {
             }
             !s.finished
         });
+    }
+}
+
+/// A request checked and given its stream, on its way to the engine.
+pub(crate) struct Prepared {
+    request: GenRequest,
+    events: std::sync::mpsc::Sender<Event>,
+    cancel: Arc<AtomicBool>,
+}
+
+/// What a gang must fit in; checked before anything reaches the engine.
+#[derive(Clone, Copy)]
+pub(crate) struct Limits {
+    context: usize,
+    block_size: usize,
+    total_blocks: usize,
+    max_seqs: usize,
+}
+
+impl Limits {
+    fn of(model: &LoadedModel, kv: &KvPool, config: &EngineConfig) -> Limits {
+        Limits { context: model.model.config.context_length, block_size: kv.block_size(), total_blocks: kv.total_blocks(), max_seqs: config.max_seqs }
+    }
+
+    fn prepare(&self, gang: Vec<GenRequest>) -> Result<(Vec<Prepared>, Vec<EventStream>)> {
+        let ctx = self.context;
+        for (i, r) in gang.iter().enumerate() {
+            if r.prompt.is_empty() {
+                bail!("request {i}: the prompt is empty");
+            }
+            if r.max_tokens == 0 {
+                bail!("request {i}: max_tokens must be at least 1");
+            }
+            if r.prompt.len() >= ctx {
+                bail!("request {i}: prompt of {} tokens does not fit the context of {ctx}", r.prompt.len());
+            }
+        }
+        // A shared prompt counts once; each follower copies one block.
+        let mut blocks = 0;
+        for (i, r) in gang.iter().enumerate() {
+            let shared = gang[..i].iter().any(|e| e.prompt == r.prompt);
+            blocks += if shared { 1 } else { (r.prompt.len() + 1).div_ceil(self.block_size) };
+        }
+        if gang.is_empty() || blocks > self.total_blocks || gang.len() > self.max_seqs {
+            bail!(
+                "{} sequences needing {blocks} KV blocks cannot run together (pool: {} blocks, max {} sequences)",
+                gang.len(),
+                self.total_blocks,
+                self.max_seqs
+            );
+        }
+        let mut members = Vec::new();
+        let mut streams = Vec::new();
+        for request in gang {
+            let (events, rx) = channel();
+            let cancel = Arc::new(AtomicBool::new(false));
+            members.push(Prepared { request, events, cancel: cancel.clone() });
+            streams.push(EventStream { events: rx, cancel });
+        }
+        Ok((members, streams))
     }
 }
