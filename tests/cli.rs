@@ -154,3 +154,47 @@ fn pull_from_a_url_resumes_a_partial_download() {
     assert_eq!(manifest["sha256"], "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53");
     assert!(!store.path().join("blobs/.partial-web").exists());
 }
+
+#[test]
+fn batch_answers_every_line_in_order_with_errors_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let input = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/batch.jsonl");
+    let o = caravan(&default_store(), &["batch", input, "-o", out.to_str().unwrap(), "--kv-memory", "64MiB"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let summary = String::from_utf8_lossy(&o.stderr);
+    assert!(summary.contains("batch: 5 items (1 errors)"), "{summary}");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let ids: Vec<&str> = lines.iter().map(|l| l["custom_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["capital", "sky", "three-tries", "broken", "list"]);
+    // Greedy completion: the reference's own continuation of this prompt.
+    let golden = &common::golden()[0];
+    let body = &lines[0]["response"]["body"];
+    assert_eq!(lines[0]["response"]["status_code"], 200);
+    assert_eq!(body["object"], "text_completion");
+    assert_eq!(body["choices"][0]["text"], common::model().tokenizer.decode(&golden.completion_tokens[..8]));
+    assert_eq!(body["choices"][0]["finish_reason"], "length");
+    assert_eq!(body["usage"]["prompt_tokens"], 5);
+    assert_eq!(body["usage"]["completion_tokens"], 8);
+    assert_eq!(lines[1]["response"]["body"]["object"], "chat.completion");
+    assert_eq!(lines[1]["response"]["body"]["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(lines[2]["response"]["body"]["choices"].as_array().unwrap().len(), 3);
+    assert!(lines[3]["response"].is_null());
+    assert!(lines[3]["error"]["message"].as_str().unwrap().contains("messages must be a non-empty array"));
+    // Cut at the stop string, which is not included.
+    let text = lines[4]["response"]["body"]["choices"][0]["text"].as_str().unwrap();
+    assert!(!text.contains('\n') && lines[4]["response"]["body"]["choices"][0]["finish_reason"] == "stop", "{text:?}");
+}
+
+#[test]
+fn batch_takes_plain_prompts_one_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("prompts.txt");
+    std::fs::write(&input, "What is 2+2?\n\nName a color.\n").unwrap();
+    let o = caravan(&default_store(), &["batch", input.to_str().unwrap(), "--kv-memory", "32MiB"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lines: Vec<serde_json::Value> = String::from_utf8(o.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!((lines[0]["custom_id"].as_str(), lines[1]["custom_id"].as_str()), (Some("line-1"), Some("line-3")));
+    assert!(lines.iter().all(|l| l["response"]["status_code"] == 200));
+}

@@ -1,6 +1,8 @@
 //! Subcommands: argument definitions and dispatch.
 
+mod batch;
 mod bench;
+mod engine_args;
 mod models;
 mod run;
 
@@ -26,6 +28,8 @@ enum Command {
     },
     /// Generate from a prompt, streaming the answer to the terminal
     Run(run::RunArgs),
+    /// Run a file of requests (OpenAI batch JSONL, or one prompt per line) together
+    Batch(batch::BatchArgs),
     /// Measure prefill and decode speed
     Bench(bench::BenchArgs),
 }
@@ -36,6 +40,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::List => models::list(),
         Command::Rm { name } => models::rm(&name),
         Command::Run(a) => run::run(a),
+        Command::Batch(a) => batch::batch(a),
         Command::Bench(a) => bench::bench(a),
     }
 }

@@ -36,6 +36,11 @@ impl KvPool {
         }
     }
 
+    /// Bytes of one block: K and V of `block_size` tokens in every layer.
+    pub fn bytes_per_block(layers: usize, kv_dim: usize, block_size: usize) -> usize {
+        layers * 2 * block_size * kv_dim * std::mem::size_of::<f16>()
+    }
+
     pub fn block_size(&self) -> usize {
         self.block_size
     }
