@@ -1,10 +1,16 @@
-//! `caravan bench`: prefill and decode speed for B sequences run together.
+//! `caravan bench`: the engine's speed and memory in the style of
+//! llama.cpp's batched-bench: B sequences with their own prompts run
+//! together (prefill, decode and total tokens/s), B completions of one
+//! shared prompt (work and blocks), and what the KV pool holds.
+
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use caravan::generate::{generate, GenRequest};
+use caravan::engine::{Engine, EngineConfig, Event, GenRequest};
+use caravan::kv::KvPool;
 use caravan::loaded::LoadedModel;
 use caravan::sampler::SamplingParams;
-use caravan::store::{Store, DEFAULT_MODEL};
+use caravan::store::{human_bytes, Store, DEFAULT_MODEL};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -18,11 +24,17 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 128)]
     gen: usize,
     /// Comma-separated numbers of sequences run together
-    #[arg(long, default_value = "1", value_delimiter = ',')]
+    #[arg(long, default_value = "1,2,4,8,16,32,64", value_delimiter = ',')]
     batch: Vec<usize>,
+    /// Tokens of the prompt the shared-prompt row's sequences all start from (0: skip)
+    #[arg(long, default_value_t = 512)]
+    shared_prompt: usize,
     /// Runs per batch size; the median is reported
     #[arg(long, default_value_t = 3)]
     repeat: usize,
+    /// Most tokens in one step's batch
+    #[arg(long, env = "CARAVAN_MAX_BATCH_TOKENS", default_value_t = 512)]
+    max_batch_tokens: usize,
     /// Compute threads
     #[arg(long, default_value_t = super::default_threads())]
     threads: usize,
@@ -33,37 +45,113 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Distinct token ids so that no two sequences share work.
+fn prompt_of(len: usize, salt: usize) -> Vec<u32> {
+    (0..len).map(|j| ((1000 + 7919 * salt + 13 * j) % 40000 + 100) as u32).collect()
+}
+
+struct Run {
+    prefill: Duration,
+    decode: Duration,
+    /// Blocks in use and tokens held at the last step.
+    blocks: usize,
+    held: usize,
+}
+
+/// Runs the sequences to completion on a fresh engine.
+fn run(m: &LoadedModel, kv: &mut KvPool, config: EngineConfig, gangs: Vec<Vec<GenRequest>>) -> Result<Run> {
+    let mut engine = Engine::new(m, kv, config);
+    let streams: Vec<_> = gangs.into_iter().map(|g| engine.submit(g)).collect::<Result<Vec<_>>>()?.into_iter().flatten().collect();
+    let mut firsts = vec![false; streams.len()];
+    let started = Instant::now();
+    let mut prefill = None;
+    let (mut blocks, mut held) = (0, 0);
+    loop {
+        let before = (engine.kv.total_blocks() - engine.kv.free_blocks(), engine.held_tokens());
+        if !engine.step() {
+            break;
+        }
+        (blocks, held) = before;
+        for (s, first) in streams.iter().zip(firsts.iter_mut()) {
+            *first |= s.events.try_iter().any(|e| matches!(e, Event::Token { .. }));
+        }
+        if prefill.is_none() && firsts.iter().all(|&f| f) {
+            prefill = Some(started.elapsed());
+        }
+    }
+    let total = started.elapsed();
+    let prefill = prefill.unwrap_or(total);
+    Ok(Run { prefill, decode: total - prefill, blocks, held })
+}
+
+fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: u64 = status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 pub fn bench(a: BenchArgs) -> Result<()> {
-    if a.prompt == 0 || a.gen < 2 || a.repeat == 0 || a.threads == 0 || a.batch.contains(&0) {
-        bail!("--prompt, --repeat, --threads and every --batch must be at least 1, --gen at least 2");
+    if a.prompt == 0 || a.gen < 2 || a.repeat == 0 || a.threads == 0 || a.batch.contains(&0) || a.max_batch_tokens == 0 {
+        bail!("--prompt, --repeat, --threads, --max-batch-tokens and every --batch must be at least 1, --gen at least 2");
     }
     let m = LoadedModel::open(&Store::from_env().resolve(&a.model)?, a.threads)?;
-    if a.prompt + a.gen > m.model.config.context_length {
-        bail!("--prompt + --gen exceeds the context of {}", m.model.config.context_length);
+    let c = &m.model.config;
+    if a.prompt + a.gen > c.context_length || a.shared_prompt + a.gen > c.context_length {
+        bail!("prompt + gen exceeds the context of {}", c.context_length);
     }
-    println!("model {} | kernels {} | {} threads | prompt {} | gen {} | median of {}", a.model, m.model.isa, a.threads, a.prompt, a.gen, a.repeat);
-    println!("{:>4} {:>14} {:>14} {:>14}", "B", "prefill tok/s", "decode tok/s", "total tok/s");
+    let block = 16;
+    let per_block = KvPool::bytes_per_block(c.layers, c.kv_dim(), block);
+    let greedy = |prompt: Vec<u32>| GenRequest { prompt, params: SamplingParams::greedy(), max_tokens: a.gen, stop: vec![], ignore_eos: true };
+    println!(
+        "model {} | kernels {} | {} threads | prompt {} | gen {} | max batch tokens {} | median of {}",
+        a.model, m.model.isa, a.threads, a.prompt, a.gen, a.max_batch_tokens, a.repeat
+    );
+    println!("{:>4} {:>14} {:>14} {:>14} {:>16} {:>12}", "B", "prefill tok/s", "decode tok/s", "total tok/s", "KV bytes/token", "KV in use");
     for &b in &a.batch {
-        let mut kv = m.kv_pool(b * (a.prompt + a.gen), 16);
-        let (mut prefill, mut decode, mut total) = (vec![], vec![], vec![]);
-        for run in 0..a.repeat {
-            // Distinct prompts so no two sequences are the same work.
-            let reqs: Vec<GenRequest> = (0..b)
-                .map(|i| GenRequest {
-                    prompt: (0..a.prompt).map(|j| (1000 + 7 * (i + run * b) + 13 * j) as u32 % 40000 + 100).collect(),
-                    params: SamplingParams::greedy(),
-                    max_tokens: a.gen,
-                    stop: vec![],
-                    ignore_eos: true,
-                })
-                .collect();
-            let out = generate(&m, &mut kv, &reqs, |_, _| {})?;
-            let (p, d) = (out[0].prompt_duration.as_secs_f64(), out[0].decode_duration.as_secs_f64());
+        let config = EngineConfig { max_batch_tokens: a.max_batch_tokens, max_seqs: b };
+        let mut kv = m.kv_pool(b * (a.prompt + a.gen), block);
+        let (mut prefill, mut decode, mut total, mut last) = (vec![], vec![], vec![], None);
+        for r in 0..a.repeat {
+            let gangs = (0..b).map(|i| vec![greedy(prompt_of(a.prompt, i + r * b))]).collect();
+            let run = run(&m, &mut kv, config, gangs)?;
+            let (p, d) = (run.prefill.as_secs_f64(), run.decode.as_secs_f64());
             prefill.push((b * a.prompt) as f64 / p);
             decode.push((b * (a.gen - 1)) as f64 / d);
             total.push((b * (a.prompt + a.gen - 1)) as f64 / (p + d));
+            last = Some(run);
         }
-        println!("{b:>4} {:>14.1} {:>14.1} {:>14.1}", median(prefill), median(decode), median(total));
+        let last = last.expect("repeat >= 1");
+        let per_token = (last.blocks * per_block) as f64 / last.held as f64;
+        println!(
+            "{b:>4} {:>14.1} {:>14.1} {:>14.1} {per_token:>16.0} {:>12}",
+            median(prefill),
+            median(decode),
+            median(total),
+            human_bytes((last.blocks * per_block) as u64)
+        );
     }
+    if a.shared_prompt > 0 {
+        let b = *a.batch.iter().max().expect("at least one batch size");
+        let shared = prompt_of(a.shared_prompt, 99_999);
+        let mut kv = m.kv_pool(b * (a.shared_prompt + a.gen), block);
+        let config = EngineConfig { max_batch_tokens: a.max_batch_tokens.max(a.shared_prompt), max_seqs: b };
+        let mut engine = Engine::new(&m, &mut kv, config);
+        let _streams = engine.submit((0..b).map(|_| greedy(shared.clone())).collect())?;
+        engine.step();
+        let blocks = engine.kv.total_blocks() - engine.kv.free_blocks();
+        println!(
+            "shared prompt: {b} completions of one {}-token prompt: prefill computed {} tokens (unshared: {}), {blocks} KV blocks held (unshared: {})",
+            a.shared_prompt,
+            engine.stats().computed_tokens,
+            b * a.shared_prompt,
+            b * a.shared_prompt.div_ceil(block)
+        );
+    }
+    println!(
+        "memory: KV {} per token ({} per block of {block}); peak RSS {}",
+        human_bytes((per_block / block) as u64),
+        human_bytes(per_block as u64),
+        peak_rss().map(human_bytes).unwrap_or_else(|| "unknown".into())
+    );
     Ok(())
 }

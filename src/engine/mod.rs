@@ -114,6 +114,11 @@ impl<'a> Engine<'a> {
         self.scheduler.is_idle()
     }
 
+    /// Tokens whose K/V the running sequences hold.
+    pub fn held_tokens(&self) -> usize {
+        self.scheduler.running.iter().map(|s| s.computed).sum()
+    }
+
     /// Queues the requests as one gang; their streams, in order.
     pub fn submit(&mut self, gang: Vec<GenRequest>) -> Result<Vec<EventStream>> {
         let limits = Limits::of(self.model, self.kv, &self.scheduler.config);
