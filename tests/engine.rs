@@ -257,3 +257,22 @@ mod threaded {
         assert!(snap.stats.steps < 100, "it did not run to its 500 tokens");
     }
 }
+
+#[test]
+fn one_request_fills_the_whole_context_whatever_max_seqs_allows() {
+    let m = model();
+    let ctx = m.model.config.context_length;
+    let prompt: Vec<u32> = (0..ctx as u32 - 24).map(|i| 100 + (i * 7919) % 40000).collect();
+    let mut kv = m.kv_pool(ctx, 16);
+    // 64 sequences allowed, yet nothing is reserved per slot: one request
+    // may take the whole pool.
+    let mut engine = Engine::new(m, &mut kv, EngineConfig { max_batch_tokens: 2048, max_seqs: 64 });
+    let stream = engine.submit(vec![GenRequest { ignore_eos: true, ..greedy(prompt, 1000) }]).unwrap().remove(0);
+    while engine.step() {}
+    let mut seen = [Seen::default()];
+    drain(std::slice::from_ref(&stream), &mut seen);
+    // It ran to the end of the context window, not to a per-slot share.
+    assert_eq!(seen[0].tokens.len(), 24);
+    assert!(seen[0].done);
+    assert_eq!(engine.kv.free_blocks(), engine.kv.total_blocks());
+}
