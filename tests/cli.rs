@@ -191,10 +191,11 @@ fn batch_takes_plain_prompts_one_per_line() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("prompts.txt");
     std::fs::write(&input, "What is 2+2?\n\nName a color.\n").unwrap();
-    let o = caravan(&default_store(), &["batch", input.to_str().unwrap(), "--kv-memory", "32MiB"]);
+    let o = caravan(&default_store(), &["batch", input.to_str().unwrap(), "--kv-memory", "32MiB", "--max-tokens", "24"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let lines: Vec<serde_json::Value> = String::from_utf8(o.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 2);
     assert_eq!((lines[0]["custom_id"].as_str(), lines[1]["custom_id"].as_str()), (Some("line-1"), Some("line-3")));
     assert!(lines.iter().all(|l| l["response"]["status_code"] == 200));
+    assert!(lines.iter().all(|l| l["response"]["body"]["usage"]["completion_tokens"].as_u64().unwrap() <= 24));
 }

@@ -276,3 +276,19 @@ fn one_request_fills_the_whole_context_whatever_max_seqs_allows() {
     assert!(seen[0].done);
     assert_eq!(engine.kv.free_blocks(), engine.kv.total_blocks());
 }
+
+#[test]
+fn a_sequence_that_outgrows_the_whole_pool_ends_with_length() {
+    let m = model();
+    let rows = golden();
+    // 4 blocks = 64 tokens; a 5-token prompt asked for 200 tokens.
+    let mut kv = m.kv_pool(64, 16);
+    let mut engine = Engine::new(m, &mut kv, EngineConfig { max_batch_tokens: 64, max_seqs: 4 });
+    let stream = engine.submit(vec![GenRequest { ignore_eos: true, ..greedy(rows[0].prompt_tokens.clone(), 200) }]).unwrap().remove(0);
+    while engine.step() {}
+    let events: Vec<Event> = stream.events.try_iter().collect();
+    let tokens = events.iter().filter(|e| matches!(e, Event::Token { .. })).count();
+    assert_eq!(tokens, 64 - 5 + 1, "it filled the pool, the last token needing no slot");
+    assert!(matches!(events.last(), Some(Event::Done(s)) if s.finish == caravan::engine::FinishReason::Length));
+    assert_eq!(engine.kv.free_blocks(), engine.kv.total_blocks());
+}

@@ -30,6 +30,10 @@ pub struct BatchArgs {
     /// The model to run
     #[arg(long, default_value = DEFAULT_MODEL)]
     model: String,
+    /// Most tokens per answer where a request sets none (default: the API's,
+    /// 16 for completions, to the end of the context for chat)
+    #[arg(long)]
+    max_tokens: Option<usize>,
     #[command(flatten)]
     engine: EngineArgs,
     /// Compute threads
@@ -94,7 +98,7 @@ fn messages(body: &Value) -> Result<Vec<Message>> {
 }
 
 /// One request line (or plain-text prompt) into engine requests.
-fn parse_body(m: &LoadedModel, kind: Kind, body: &Value, seed: u64) -> Result<(Vec<u32>, Vec<GenRequest>)> {
+fn parse_body(m: &LoadedModel, kind: Kind, body: &Value, seed: u64, default_max: Option<usize>) -> Result<(Vec<u32>, Vec<GenRequest>)> {
     let prompt = match kind {
         Kind::Chat => m.chat_tokens(&messages(body)?)?,
         Kind::Completion => {
@@ -105,8 +109,8 @@ fn parse_body(m: &LoadedModel, kind: Kind, body: &Value, seed: u64) -> Result<(V
     };
     let ctx = m.model.config.context_length;
     let asked = match kind {
-        Kind::Chat => field_usize(body, "max_completion_tokens")?.or(field_usize(body, "max_tokens")?),
-        Kind::Completion => Some(field_usize(body, "max_tokens")?.unwrap_or(16)),
+        Kind::Chat => field_usize(body, "max_completion_tokens")?.or(field_usize(body, "max_tokens")?).or(default_max),
+        Kind::Completion => Some(field_usize(body, "max_tokens")?.or(default_max).unwrap_or(16)),
     };
     let n = field_usize(body, "n")?.unwrap_or(1);
     if n > MAX_N {
@@ -136,7 +140,7 @@ fn parse_body(m: &LoadedModel, kind: Kind, body: &Value, seed: u64) -> Result<(V
 }
 
 /// Reads the input: JSONL if its first line is a JSON object, else prompts.
-fn read_items(m: &LoadedModel, text: &str) -> Vec<Result<Item, (String, String)>> {
+fn read_items(m: &LoadedModel, text: &str, default_max: Option<usize>) -> Vec<Result<Item, (String, String)>> {
     let lines: Vec<(usize, &str)> = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).collect();
     let jsonl = lines.first().is_some_and(|(_, l)| l.trim_start().starts_with('{'));
     let seed = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
@@ -146,7 +150,7 @@ fn read_items(m: &LoadedModel, text: &str) -> Vec<Result<Item, (String, String)>
             if !jsonl {
                 let custom_id = format!("line-{}", n + 1);
                 let body = json!({ "messages": [{ "role": "user", "content": line }] });
-                return parse_body(m, Kind::Chat, &body, seed ^ n as u64)
+                return parse_body(m, Kind::Chat, &body, seed ^ n as u64, default_max)
                     .map(|(p, requests)| Item { custom_id: custom_id.clone(), kind: Kind::Chat, prompt_tokens: p.len(), requests })
                     .map_err(|e| (custom_id, format!("{e:#}")));
             }
@@ -165,7 +169,7 @@ fn read_items(m: &LoadedModel, text: &str) -> Vec<Result<Item, (String, String)>
                     other => bail!("url must be /v1/chat/completions or /v1/completions, got {other:?}"),
                 };
                 let body = v.get("body").filter(|b| b.is_object()).ok_or_else(|| anyhow::anyhow!("body must be an object"))?;
-                let (p, requests) = parse_body(m, kind, body, seed ^ n as u64)?;
+                let (p, requests) = parse_body(m, kind, body, seed ^ n as u64, default_max)?;
                 Ok(Item { custom_id: custom_id.clone(), kind, prompt_tokens: p.len(), requests })
             })();
             parsed.map_err(|e| (custom_id, format!("{e:#}")))
@@ -217,7 +221,10 @@ pub fn batch(a: BatchArgs) -> Result<()> {
     let mut kv = a.engine.pool(&m, false)?;
     let started = Instant::now();
     let created = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let items = read_items(&m, &text);
+    if a.max_tokens == Some(0) {
+        bail!("--max-tokens must be at least 1");
+    }
+    let items = read_items(&m, &text, a.max_tokens);
     let mut engine = Engine::new(&m, &mut kv, config);
     // Per item: its streams and choices, or the error line it becomes.
     let mut lines: Vec<Option<Value>> = vec![None; items.len()];

@@ -146,7 +146,10 @@ impl<'a> Engine<'a> {
         let step = self.stats.steps + 1;
         let plan = self.scheduler.plan(self.kv, step);
         if plan.is_empty() {
-            return false;
+            // Planning may still have preempted or ended sequences.
+            let requeued = self.scheduler.requeue_preempted();
+            self.retire_finished();
+            return requeued;
         }
         self.stats.steps = step;
         let started = Instant::now();
@@ -194,6 +197,7 @@ impl<'a> Engine<'a> {
                 s.accept(token, &self.model.tokenizer, ctx);
             }
         }
+        self.scheduler.requeue_preempted();
         self.retire_finished();
         true
     }

@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 
 use super::sequence::Sequence;
-use super::{EngineConfig, Event};
+use super::{EngineConfig, Event, FinishReason};
 use crate::kv::KvPool;
 
 /// One sequence's part of the step: `len` tokens from `start`.
@@ -57,7 +57,6 @@ impl Scheduler {
                 }
             }
         }
-        self.requeue_preempted();
         self.admit(kv, step, &mut budget, &mut plan);
         plan
     }
@@ -72,10 +71,14 @@ impl Scheduler {
             if kv.reserve(&mut s.blocks, tokens).is_ok() && kv.make_writable(&mut s.blocks, from, tokens).is_ok() {
                 return true;
             }
-            let victim = (0..self.running.len())
-                .filter(|&j| !self.running[j].finished && !self.running[j].blocks.is_empty() || j == i)
-                .max_by_key(|&j| self.running[j].admitted)
-                .expect("i itself is a candidate");
+            let others = (0..self.running.len()).filter(|&j| j != i && !self.running[j].finished && !self.running[j].blocks.is_empty());
+            if others.clone().next().is_none() {
+                // Alone and the pool is full: the pool is this sequence's limit.
+                self.running[i].finish(FinishReason::Length);
+                plan.retain(|p| p.seq != i);
+                return false;
+            }
+            let victim = others.chain([i]).max_by_key(|&j| self.running[j].admitted).expect("candidates exist");
             self.preempt(kv, victim);
             plan.retain(|p| p.seq != victim);
             if victim == i {
@@ -84,6 +87,9 @@ impl Scheduler {
         }
     }
 
+    /// Frees sequence `j`'s blocks; it stays in `running` (finished for
+    /// this step, so plan indices keep pointing where they did) until
+    /// `requeue_preempted` runs after the step.
     fn preempt(&mut self, kv: &mut KvPool, j: usize) {
         let leader = self.running[j].id;
         self.release_followers(leader);
@@ -91,8 +97,6 @@ impl Scheduler {
         kv.release(&mut s.blocks);
         s.computed = 0;
         s.registered = 0;
-        // Marked finished for this step's bookkeeping; requeue_preempted
-        // moves it back to the queue.
         s.finished = true;
         s.preempted = true;
         self.preemptions += 1;
@@ -106,8 +110,12 @@ impl Scheduler {
         }
     }
 
-    fn requeue_preempted(&mut self) {
+    /// Puts this step's preempted sequences back at the front of the
+    /// queue, the longest-running first. Returns whether there were any.
+    pub fn requeue_preempted(&mut self) -> bool {
+        let mut any = false;
         let mut i = self.running.len();
+        // From the newest, each pushed to the front: the oldest ends first.
         while i > 0 {
             i -= 1;
             if self.running[i].preempted {
@@ -115,8 +123,10 @@ impl Scheduler {
                 s.preempted = false;
                 s.finished = false;
                 self.waiting.push_front(vec![s]);
+                any = true;
             }
         }
+        any
     }
 
     /// Admits waiting gangs while every member fits: a sequence slot, at
