@@ -9,7 +9,10 @@ use std::path::PathBuf;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use caravan::engine::{Engine, Event, EventStream, FinishReason, GenRequest};
+use std::sync::Arc;
+use std::time::Duration;
+
+use caravan::engine::{EngineHandle, Event, EventStream, FinishReason, GenRequest};
 use caravan::loaded::LoadedModel;
 use caravan::sampler::SamplingParams;
 use caravan::store::{Store, DEFAULT_MODEL};
@@ -217,15 +220,15 @@ pub fn batch(a: BatchArgs) -> Result<()> {
         bail!("--threads must be at least 1");
     }
     let text = std::fs::read_to_string(&a.input).with_context(|| format!("cannot read {}", a.input.display()))?;
-    let m = LoadedModel::open(&Store::from_env().resolve(&a.model)?, a.threads)?;
-    let mut kv = a.engine.pool(&m, false)?;
+    let m = Arc::new(LoadedModel::open(&Store::from_env().resolve(&a.model)?, a.threads)?);
+    let kv = a.engine.pool(&m, false)?;
     let started = Instant::now();
     let created = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     if a.max_tokens == Some(0) {
         bail!("--max-tokens must be at least 1");
     }
     let items = read_items(&m, &text, a.max_tokens);
-    let mut engine = Engine::new(&m, &mut kv, config);
+    let engine = EngineHandle::spawn(m.clone(), kv, config, a.engine.batch_window());
     // Per item: its streams and choices, or the error line it becomes.
     let mut lines: Vec<Option<Value>> = vec![None; items.len()];
     let mut running: Vec<(usize, Vec<EventStream>, Vec<Choice>)> = Vec::new();
@@ -242,8 +245,9 @@ pub fn batch(a: BatchArgs) -> Result<()> {
     bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} items {msg}").expect("valid template"));
     bar.set_position(lines.iter().filter(|l| l.is_some()).count() as u64);
     let mut generated = 0usize;
-    loop {
-        let busy = engine.step();
+    // The engine runs on its own thread; this one follows the streams.
+    while !running.is_empty() {
+        let before = generated + running.len();
         running.retain_mut(|(i, streams, choices)| {
             for (stream, choice) in streams.iter().zip(choices.iter_mut()) {
                 while let Ok(e) = stream.events.try_recv() {
@@ -267,15 +271,11 @@ pub fn batch(a: BatchArgs) -> Result<()> {
             true
         });
         bar.set_message(format!("{:.1} tok/s", generated as f64 / started.elapsed().as_secs_f64()));
-        if !busy {
-            break;
+        if generated + running.len() == before {
+            std::thread::sleep(Duration::from_millis(2));
         }
     }
     bar.finish_and_clear();
-    for (i, _, _) in running {
-        let id = items[i].as_ref().map(|it| it.custom_id.as_str()).unwrap_or("");
-        lines[i] = Some(error_line(i, id, "could not be scheduled: the KV pool is too small for it"));
-    }
     let mut out: Box<dyn Write> = match &a.output {
         Some(p) => Box::new(std::io::BufWriter::new(std::fs::File::create(p).with_context(|| format!("cannot write {}", p.display()))?)),
         None => Box::new(std::io::stdout().lock()),

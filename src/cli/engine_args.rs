@@ -22,6 +22,9 @@ pub struct EngineArgs {
     /// Most tokens in one step's batch (decodes and prompt chunks)
     #[arg(long, env = "CARAVAN_MAX_BATCH_TOKENS", default_value_t = 512)]
     pub max_batch_tokens: usize,
+    /// When idle, how long a new request waits for others to start with it
+    #[arg(long, env = "CARAVAN_BATCH_WINDOW_MS", default_value_t = 0)]
+    pub batch_window_ms: u64,
 }
 
 /// "2GiB", "512MiB", "1.5GB", "1000000" -> bytes.
@@ -55,6 +58,10 @@ impl EngineArgs {
             bail!("--block-size, --max-seqs and --max-batch-tokens must be at least 1");
         }
         Ok(EngineConfig { max_batch_tokens: self.max_batch_tokens, max_seqs: self.max_seqs })
+    }
+
+    pub fn batch_window(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.batch_window_ms)
     }
 
     /// The KV pool: sized from memory, not from sequences x context.
