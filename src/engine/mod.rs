@@ -184,13 +184,21 @@ impl<'a> Engine<'a> {
                 row += 1;
                 let running = &mut self.scheduler.running;
                 let leader = &running[p.seq];
-                let shared = (leader.id, leader.blocks.clone(), leader.computed, leader.registered, leader.cached_tokens, leader.prompt_duration);
-                for f in running.iter_mut().filter(|f| f.follows == Some(shared.0)) {
-                    f.follows = None;
-                    f.blocks = self.kv.fork(&shared.1);
-                    (f.computed, f.registered, f.cached_tokens, f.prompt_duration) = (shared.2, shared.3, shared.4, shared.5);
-                    let token = f.sampler.sample(row_logits, &f.history);
-                    f.accept(token, &self.model.tokenizer, ctx);
+                // Only a prompt step can have followers waiting on it.
+                let has_followers = leader.generated == 0 && running.iter().any(|f| f.follows == Some(leader.id));
+                let shared = if has_followers {
+                    Some((leader.id, leader.blocks.clone(), leader.computed, leader.registered, leader.cached_tokens, leader.prompt_duration))
+                } else {
+                    None
+                };
+                if let Some(shared) = &shared {
+                    for f in running.iter_mut().filter(|f| f.follows == Some(shared.0)) {
+                        f.follows = None;
+                        f.blocks = self.kv.fork(&shared.1);
+                        (f.computed, f.registered, f.cached_tokens, f.prompt_duration) = (shared.2, shared.3, shared.4, shared.5);
+                        let token = f.sampler.sample(row_logits, &f.history);
+                        f.accept(token, &self.model.tokenizer, ctx);
+                    }
                 }
                 let s = &mut running[p.seq];
                 let token = s.sampler.sample(row_logits, &s.history);
