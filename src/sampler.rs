@@ -68,6 +68,9 @@ impl Sampler {
     /// Picks a token; `history` is the sequence so far (prompt and output).
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
         let p = &self.params;
+        if p.temperature <= 0.0 && p.repeat_penalty == 1.0 {
+            return argmax(logits.iter().copied().enumerate().map(|(i, l)| (i as u32, l)));
+        }
         self.candidates.clear();
         self.candidates.extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l)));
         if p.repeat_penalty != 1.0 {
@@ -82,8 +85,7 @@ impl Sampler {
             }
         }
         if p.temperature <= 0.0 {
-            // Ties go to the lowest id, as an argmax over the vocabulary does.
-            return self.candidates.iter().fold((0, f32::NEG_INFINITY), |best, &c| if c.1 > best.1 { c } else { best }).0;
+            return argmax(self.candidates.iter().copied());
         }
         let c = &mut self.candidates;
         c.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
@@ -118,6 +120,11 @@ impl Sampler {
         }
         c[c.len() - 1].0
     }
+}
+
+/// The id of the largest logit; ties go to the lowest id.
+fn argmax(candidates: impl Iterator<Item = (u32, f32)>) -> u32 {
+    candidates.fold((0, f32::NEG_INFINITY), |best, c| if c.1 > best.1 { c } else { best }).0
 }
 
 #[cfg(test)]

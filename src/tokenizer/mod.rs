@@ -29,6 +29,8 @@ pub struct Tokenizer {
     pub eos: Option<u32>,
     pub eot: Option<u32>,
     pub add_bos: bool,
+    /// EOS and EOT: the tokens that end generation.
+    end: Vec<u32>,
 }
 
 impl Tokenizer {
@@ -79,15 +81,17 @@ impl Tokenizer {
                 },
             }
         };
+        let (eos, eot) = (id("tokenizer.ggml.eos_token_id")?, id("tokenizer.ggml.eot_token_id")?);
         Ok(Tokenizer {
+            end: eos.into_iter().chain(eot).collect(),
             bpe: built.tokenizer,
             pieces,
             control,
             special_ids,
             special_matcher,
             bos: id("tokenizer.ggml.bos_token_id")?,
-            eos: id("tokenizer.ggml.eos_token_id")?,
-            eot: id("tokenizer.ggml.eot_token_id")?,
+            eos,
+            eot,
             add_bos: f.get("tokenizer.ggml.add_bos_token").and_then(|v| v.as_bool()).unwrap_or(kind == "llama"),
         })
     }
@@ -153,7 +157,7 @@ impl Tokenizer {
     }
 
     /// Tokens that end generation: EOS and EOT.
-    pub fn end_tokens(&self) -> Vec<u32> {
-        self.eos.into_iter().chain(self.eot).collect()
+    pub fn end_tokens(&self) -> &[u32] {
+        &self.end
     }
 }
