@@ -29,13 +29,13 @@ pub struct GenOutput {
 pub fn generate(m: &LoadedModel, kv: &mut KvPool, reqs: &[GenRequest], mut on_text: impl FnMut(usize, &str)) -> Result<Vec<GenOutput>> {
     let config = EngineConfig { max_batch_tokens: usize::MAX, max_seqs: reqs.len().max(1) };
     let mut engine = Engine::new(m, kv, config);
-    let streams = engine.submit(reqs.to_vec())?;
+    let mut streams = engine.submit(reqs.to_vec())?;
     let mut tokens: Vec<Vec<u32>> = vec![Vec::new(); reqs.len()];
     let mut texts: Vec<String> = vec![String::new(); reqs.len()];
     let mut outputs: Vec<Option<GenOutput>> = vec![None; reqs.len()];
     loop {
         let busy = engine.step();
-        for (i, stream) in streams.iter().enumerate() {
+        for (i, stream) in streams.iter_mut().enumerate() {
             while let Ok(event) = stream.events.try_recv() {
                 match event {
                     Event::Started { .. } => {}

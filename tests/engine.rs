@@ -21,9 +21,9 @@ struct Seen {
     done: bool,
 }
 
-fn drain(streams: &[EventStream], seen: &mut [Seen]) {
-    for (s, out) in streams.iter().zip(seen.iter_mut()) {
-        while let Ok(e) = s.events.try_recv() {
+fn drain(streams: &mut [EventStream], seen: &mut [Seen]) {
+    for (s, out) in streams.iter_mut().zip(seen.iter_mut()) {
+        for e in s.ready() {
             match e {
                 Event::Started { step } => out.started = Some(step),
                 Event::Token { id, text } => {
@@ -64,10 +64,10 @@ fn sequences_joining_at_different_steps_get_the_tokens_they_get_alone() {
         if !engine.step() && late.len() == 3 {
             break;
         }
-        drain(&streams, &mut seen);
+        drain(&mut streams, &mut seen);
     }
     let mut late_seen = vec![Seen::default(); 3];
-    drain(&late, &mut late_seen);
+    drain(&mut late, &mut late_seen);
     assert!(engine.is_idle());
     let starts: Vec<u64> = late_seen.iter().map(|s| s.started.unwrap()).collect();
     assert!(starts[0] < starts[1] && starts[1] < starts[2], "joined at different steps: {starts:?}");
@@ -86,12 +86,12 @@ fn a_pool_too_small_for_everyone_preempts_and_every_sequence_still_gets_its_toke
     let picks: Vec<usize> = (0..12).map(|i| i * 3).collect();
     let mut kv = m.kv_pool(20 * 16, 16);
     let mut engine = Engine::new(m, &mut kv, EngineConfig { max_batch_tokens: 256, max_seqs: 64 });
-    let streams: Vec<EventStream> = picks.iter().flat_map(|&i| engine.submit(vec![greedy(rows[i].prompt_tokens.clone(), 24)]).unwrap()).collect();
+    let mut streams: Vec<EventStream> = picks.iter().flat_map(|&i| engine.submit(vec![greedy(rows[i].prompt_tokens.clone(), 24)]).unwrap()).collect();
     let mut seen = vec![Seen::default(); streams.len()];
     while engine.step() {
-        drain(&streams, &mut seen);
+        drain(&mut streams, &mut seen);
     }
-    drain(&streams, &mut seen);
+    drain(&mut streams, &mut seen);
     assert!(engine.is_idle());
     assert!(engine.stats().preemptions > 0, "the pool was meant to be too small");
     assert_eq!(engine.kv.free_blocks(), engine.kv.total_blocks());
@@ -114,14 +114,14 @@ fn stopped_cancelled_and_finished_sequences_leave_no_block_behind() {
     }
     let used_before = engine.kv.total_blocks() - engine.kv.free_blocks();
     // The client goes away mid-generation: its blocks return at the next step.
-    assert!(cancelled.remove(0).events.try_iter().any(|e| matches!(e, Event::Token { .. })));
+    assert!(cancelled.remove(0).ready().any(|e| matches!(e, Event::Token { .. })));
     engine.step();
     assert!(engine.kv.total_blocks() - engine.kv.free_blocks() < used_before);
     let mut seen = vec![Seen::default(); 2];
     while engine.step() {
-        drain(&kept, &mut seen);
+        drain(&mut kept, &mut seen);
     }
-    drain(&kept, &mut seen);
+    drain(&mut kept, &mut seen);
     assert!(seen[0].done && !seen[0].text.contains('\n'), "cut at the stop string: {:?}", seen[0].text);
     assert!(seen[0].tokens.len() < 40);
     assert!(seen[1].done);
@@ -141,12 +141,12 @@ fn a_gang_starts_in_one_step_even_while_the_engine_is_busy() {
         engine.step();
     }
     let gang: Vec<GenRequest> = (30..36).map(|i| greedy(rows[i].prompt_tokens.clone(), 6)).collect();
-    let streams = engine.submit(gang).unwrap();
+    let mut streams = engine.submit(gang).unwrap();
     let mut seen = vec![Seen::default(); streams.len()];
     while engine.step() {
-        drain(&streams, &mut seen);
+        drain(&mut streams, &mut seen);
     }
-    drain(&streams, &mut seen);
+    drain(&mut streams, &mut seen);
     let starts: Vec<u64> = seen.iter().map(|s| s.started.expect("started")).collect();
     assert!(starts.iter().all(|&s| s == starts[0] && s > 4), "gang started at {starts:?}");
     // Chat prompts of ~40 tokens and a 32-token step: the gang's prompts
@@ -165,18 +165,18 @@ fn eight_completions_of_one_long_prompt_compute_and_hold_it_once() {
     let gang: Vec<GenRequest> = (0..8)
         .map(|seed| GenRequest { params: SamplingParams { seed, ..SamplingParams::default() }, ..greedy(prompt.clone(), 10) })
         .collect();
-    let streams = engine.submit(gang).unwrap();
+    let mut streams = engine.submit(gang).unwrap();
     assert!(engine.step());
     // One prompt's worth of tokens went through the model, held in 63 blocks.
     assert_eq!(engine.stats().computed_tokens, 1000);
     assert_eq!(engine.kv.total_blocks() - engine.kv.free_blocks(), 1000usize.div_ceil(16));
     let mut seen = vec![Seen::default(); 8];
-    drain(&streams, &mut seen);
+    drain(&mut streams, &mut seen);
     assert!(seen.iter().all(|s| s.started == Some(1) && s.tokens.len() == 1));
     while engine.step() {
-        drain(&streams, &mut seen);
+        drain(&mut streams, &mut seen);
     }
-    drain(&streams, &mut seen);
+    drain(&mut streams, &mut seen);
     // After the prompt, each token is one decode: 9 more per sequence.
     assert_eq!(engine.stats().computed_tokens, 1000 + 8 * 9);
     assert!(seen.iter().all(|s| s.done && s.tokens.len() == 10));
@@ -192,9 +192,9 @@ mod threaded {
     use std::sync::Arc;
     use std::time::Duration;
 
-    fn collect(stream: EventStream) -> Seen {
+    fn collect(mut stream: EventStream) -> Seen {
         let mut seen = Seen::default();
-        for e in stream.events.iter() {
+        for e in stream.blocking() {
             match e {
                 Event::Started { step } => seen.started = Some(step),
                 Event::Token { id, text } => {
@@ -213,7 +213,7 @@ mod threaded {
     fn handle(window_ms: u64) -> EngineHandle {
         let m = Arc::new(LoadedModel::open(&common::model_path(), 2).unwrap());
         let kv = m.kv_pool(64 * 128, 16);
-        EngineHandle::spawn(m, kv, EngineConfig { max_batch_tokens: 256, max_seqs: 32 }, Duration::from_millis(window_ms))
+        EngineHandle::spawn(m, kv, EngineConfig { max_batch_tokens: 256, max_seqs: 32 }, Duration::from_millis(window_ms), None)
     }
 
     #[test]
@@ -241,9 +241,9 @@ mod threaded {
     fn a_client_that_leaves_mid_stream_gives_its_blocks_back() {
         let engine = handle(0);
         let rows = golden();
-        let stream = engine.submit(vec![GenRequest { ignore_eos: true, ..greedy(rows[35].prompt_tokens.clone(), 500) }]).unwrap().remove(0);
+        let mut stream = engine.submit(vec![GenRequest { ignore_eos: true, ..greedy(rows[35].prompt_tokens.clone(), 500) }]).unwrap().remove(0);
         // Read a few tokens, then go away.
-        let tokens = stream.events.iter().filter(|e| matches!(e, Event::Token { .. })).take(3).count();
+        let tokens = stream.blocking().filter(|e| matches!(e, Event::Token { .. })).take(3).count();
         assert_eq!(tokens, 3);
         assert!(engine.snapshot().free_blocks < engine.snapshot().total_blocks);
         drop(stream);
@@ -267,10 +267,10 @@ fn one_request_fills_the_whole_context_whatever_max_seqs_allows() {
     // 64 sequences allowed, yet nothing is reserved per slot: one request
     // may take the whole pool.
     let mut engine = Engine::new(m, &mut kv, EngineConfig { max_batch_tokens: 2048, max_seqs: 64 });
-    let stream = engine.submit(vec![GenRequest { ignore_eos: true, ..greedy(prompt, 1000) }]).unwrap().remove(0);
+    let mut stream = engine.submit(vec![GenRequest { ignore_eos: true, ..greedy(prompt, 1000) }]).unwrap().remove(0);
     while engine.step() {}
     let mut seen = [Seen::default()];
-    drain(std::slice::from_ref(&stream), &mut seen);
+    drain(std::slice::from_mut(&mut stream), &mut seen);
     // It ran to the end of the context window, not to a per-slot share.
     assert_eq!(seen[0].tokens.len(), 24);
     assert!(seen[0].done);
@@ -284,9 +284,9 @@ fn a_sequence_that_outgrows_the_whole_pool_ends_with_length() {
     // 4 blocks = 64 tokens; a 5-token prompt asked for 200 tokens.
     let mut kv = m.kv_pool(64, 16);
     let mut engine = Engine::new(m, &mut kv, EngineConfig { max_batch_tokens: 64, max_seqs: 4 });
-    let stream = engine.submit(vec![GenRequest { ignore_eos: true, ..greedy(rows[0].prompt_tokens.clone(), 200) }]).unwrap().remove(0);
+    let mut stream = engine.submit(vec![GenRequest { ignore_eos: true, ..greedy(rows[0].prompt_tokens.clone(), 200) }]).unwrap().remove(0);
     while engine.step() {}
-    let events: Vec<Event> = stream.events.try_iter().collect();
+    let events: Vec<Event> = stream.ready().collect();
     let tokens = events.iter().filter(|e| matches!(e, Event::Token { .. })).count();
     assert_eq!(tokens, 64 - 5 + 1, "it filled the pool, the last token needing no slot");
     assert!(matches!(events.last(), Some(Event::Done(s)) if s.finish == caravan::engine::FinishReason::Length));

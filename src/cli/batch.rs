@@ -228,7 +228,7 @@ pub fn batch(a: BatchArgs) -> Result<()> {
         bail!("--max-tokens must be at least 1");
     }
     let items = read_items(&m, &text, a.max_tokens);
-    let engine = EngineHandle::spawn(m.clone(), kv, config, a.engine.batch_window());
+    let engine = EngineHandle::spawn(m.clone(), kv, config, a.engine.batch_window(), None);
     // Per item: its streams and choices, or the error line it becomes.
     let mut lines: Vec<Option<Value>> = vec![None; items.len()];
     let mut running: Vec<(usize, Vec<EventStream>, Vec<Choice>)> = Vec::new();
@@ -249,7 +249,7 @@ pub fn batch(a: BatchArgs) -> Result<()> {
     while !running.is_empty() {
         let before = generated + running.len();
         running.retain_mut(|(i, streams, choices)| {
-            for (stream, choice) in streams.iter().zip(choices.iter_mut()) {
+            for (stream, choice) in streams.iter_mut().zip(choices.iter_mut()) {
                 while let Ok(e) = stream.events.try_recv() {
                     match e {
                         Event::Token { text, .. } => {

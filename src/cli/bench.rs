@@ -58,7 +58,7 @@ struct Run {
 /// Runs the sequences to completion on a fresh engine.
 fn run(m: &LoadedModel, kv: &mut KvPool, config: EngineConfig, gangs: Vec<Vec<GenRequest>>) -> Result<Run> {
     let mut engine = Engine::new(m, kv, config);
-    let streams: Vec<_> = gangs.into_iter().map(|g| engine.submit(g)).collect::<Result<Vec<_>>>()?.into_iter().flatten().collect();
+    let mut streams: Vec<_> = gangs.into_iter().map(|g| engine.submit(g)).collect::<Result<Vec<_>>>()?.into_iter().flatten().collect();
     let mut firsts = vec![false; streams.len()];
     let started = Instant::now();
     let mut prefill = None;
@@ -71,8 +71,8 @@ fn run(m: &LoadedModel, kv: &mut KvPool, config: EngineConfig, gangs: Vec<Vec<Ge
         if !engine.step() {
             break;
         }
-        for (s, first) in streams.iter().zip(firsts.iter_mut()) {
-            *first |= s.events.try_iter().any(|e| matches!(e, Event::Token { .. }));
+        for (s, first) in streams.iter_mut().zip(firsts.iter_mut()) {
+            *first |= s.ready().any(|e| matches!(e, Event::Token { .. }));
         }
         if prefill.is_none() && firsts.iter().all(|&f| f) {
             prefill = Some(started.elapsed());

@@ -4,12 +4,12 @@
 //! model, samples and emits events to the sequences' streams. Dropping a
 //! stream cancels its sequence; its blocks return at the next step.
 
+mod embed;
 mod scheduler;
 mod sequence;
 mod thread;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{channel, Receiver};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,7 +21,8 @@ use crate::model::{Scratch, SeqChunk};
 use crate::sampler::SamplingParams;
 use scheduler::Scheduler;
 use sequence::Sequence;
-pub use thread::{EngineHandle, EngineSnapshot};
+pub use thread::{EngineHandle, EngineSnapshot, StepObserver, StepReport};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 #[derive(Debug, Clone)]
 pub struct GenRequest {
@@ -62,10 +63,25 @@ pub enum Event {
     Done(Summary),
 }
 
-/// A sequence's events. Dropping it cancels the sequence.
+/// A sequence's events. Dropping it cancels the sequence. Synchronous
+/// callers poll `events.try_recv()` or wait with `events.blocking_recv()`;
+/// async callers await `events.recv()`.
 pub struct EventStream {
-    pub events: Receiver<Event>,
+    pub events: UnboundedReceiver<Event>,
     cancel: Arc<AtomicBool>,
+}
+
+impl EventStream {
+    /// The events ready now.
+    pub fn ready(&mut self) -> impl Iterator<Item = Event> + '_ {
+        std::iter::from_fn(|| self.events.try_recv().ok())
+    }
+
+    /// Every event until the sequence ends, waiting for each (not from an
+    /// async context).
+    pub fn blocking(&mut self) -> impl Iterator<Item = Event> + '_ {
+        std::iter::from_fn(|| self.events.blocking_recv())
+    }
 }
 
 impl Drop for EventStream {
@@ -89,6 +105,9 @@ pub struct EngineStats {
     /// Tokens that went through the model (prompt chunks and decodes).
     pub computed_tokens: u64,
     pub preemptions: u64,
+    /// Sequences and tokens in the latest step's batch.
+    pub last_batch_seqs: usize,
+    pub last_batch_tokens: usize,
 }
 
 pub struct Engine<'a> {
@@ -112,6 +131,16 @@ impl<'a> Engine<'a> {
 
     pub fn is_idle(&self) -> bool {
         self.scheduler.is_idle()
+    }
+
+    /// Sequences admitted and not finished.
+    pub fn running(&self) -> usize {
+        self.scheduler.running.len()
+    }
+
+    /// Sequences queued, not yet admitted.
+    pub fn waiting(&self) -> usize {
+        self.scheduler.waiting.iter().map(Vec::len).sum()
     }
 
     /// Tokens whose K/V the running sequences hold.
@@ -152,6 +181,8 @@ impl<'a> Engine<'a> {
             return requeued;
         }
         self.stats.steps = step;
+        self.stats.last_batch_seqs = plan.len();
+        self.stats.last_batch_tokens = plan.iter().map(|p| p.len).sum();
         let started = Instant::now();
         let running = &self.scheduler.running;
         let chunks: Vec<SeqChunk> = plan
@@ -243,7 +274,7 @@ impl<'a> Engine<'a> {
 /// A request checked and given its stream, on its way to the engine.
 pub(crate) struct Prepared {
     request: GenRequest,
-    events: std::sync::mpsc::Sender<Event>,
+    events: UnboundedSender<Event>,
     cancel: Arc<AtomicBool>,
 }
 
@@ -291,7 +322,7 @@ impl Limits {
         let mut members = Vec::new();
         let mut streams = Vec::new();
         for request in gang {
-            let (events, rx) = channel();
+            let (events, rx) = unbounded_channel();
             let cancel = Arc::new(AtomicBool::new(false));
             members.push(Prepared { request, events, cancel: cancel.clone() });
             streams.push(EventStream { events: rx, cancel });

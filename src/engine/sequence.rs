@@ -3,7 +3,6 @@
 //! clear of stop strings, then a summary when it ends).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +11,7 @@ use crate::sampler::Sampler;
 use crate::stop::StopMatcher;
 use crate::tokenizer::stream::StreamDecoder;
 use crate::tokenizer::Tokenizer;
+use tokio::sync::mpsc::UnboundedSender;
 
 pub(super) struct Sequence {
     /// Unique within the engine.
@@ -36,7 +36,7 @@ pub(super) struct Sequence {
     pub decode_duration: Duration,
     decoder: StreamDecoder,
     stops: StopMatcher,
-    events: Sender<Event>,
+    events: UnboundedSender<Event>,
     cancelled: Arc<AtomicBool>,
     pub finished: bool,
     /// Lost its blocks this step; goes back to the queue.
@@ -44,7 +44,7 @@ pub(super) struct Sequence {
 }
 
 impl Sequence {
-    pub fn new(id: u64, req: GenRequest, events: Sender<Event>, cancelled: Arc<AtomicBool>) -> Sequence {
+    pub fn new(id: u64, req: GenRequest, events: UnboundedSender<Event>, cancelled: Arc<AtomicBool>) -> Sequence {
         Sequence {
             id,
             follows: None,

@@ -1,14 +1,17 @@
 //! The engine on its own thread: it owns the model's KV pool and loops
 //! schedule -> forward -> sample -> emit while requests arrive over a
 //! channel. When idle, a new request may wait up to the batch window for
-//! others so that they start in the same step.
+//! others so that they start in the same step. Embedding requests run
+//! between steps.
 
+use std::collections::VecDeque;
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Result};
+use tokio::sync::oneshot;
 
 use super::{Engine, EngineConfig, EngineStats, EventStream, GenRequest, Limits, Prepared};
 use crate::kv::KvPool;
@@ -20,25 +23,46 @@ pub struct EngineSnapshot {
     pub stats: EngineStats,
     pub total_blocks: usize,
     pub free_blocks: usize,
+    /// Unused blocks that still hold a cached prefix (counted in free).
+    pub cached_blocks: usize,
+    pub running: usize,
+    pub waiting: usize,
     pub idle: bool,
 }
 
+/// What one step did, for whoever watches the engine (metrics).
+#[derive(Debug, Clone, Copy)]
+pub struct StepReport {
+    pub sequences: usize,
+    pub tokens: usize,
+    pub duration: Duration,
+    /// Sequences preempted while planning this step.
+    pub preemptions: u64,
+}
+
+pub type StepObserver = Arc<dyn Fn(&StepReport) + Send + Sync>;
+
+enum Job {
+    Gang(Vec<Prepared>),
+    Embed { tokens: Vec<u32>, reply: oneshot::Sender<Result<Vec<f32>>> },
+}
+
 pub struct EngineHandle {
-    submissions: Option<Sender<Vec<Prepared>>>,
+    submissions: Option<Sender<Job>>,
     limits: Limits,
     snapshot: Arc<Mutex<EngineSnapshot>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl EngineHandle {
-    pub fn spawn(model: Arc<LoadedModel>, kv: KvPool, config: EngineConfig, batch_window: Duration) -> EngineHandle {
+    pub fn spawn(model: Arc<LoadedModel>, kv: KvPool, config: EngineConfig, batch_window: Duration, observer: Option<StepObserver>) -> EngineHandle {
         let limits = Limits::of(&model, &kv, &config);
         let snapshot = Arc::new(Mutex::new(EngineSnapshot { total_blocks: kv.total_blocks(), free_blocks: kv.free_blocks(), idle: true, ..Default::default() }));
         let (tx, rx) = channel();
         let shared = snapshot.clone();
         let thread = std::thread::Builder::new()
             .name("caravan-engine".into())
-            .spawn(move || run(&model, kv, config, batch_window, &rx, &shared))
+            .spawn(move || run(&model, kv, config, batch_window, &rx, &shared, observer))
             .expect("spawn the engine thread");
         EngineHandle { submissions: Some(tx), limits, snapshot, thread: Some(thread) }
     }
@@ -46,8 +70,30 @@ impl EngineHandle {
     /// Checks the gang and queues it; its streams, in order.
     pub fn submit(&self, gang: Vec<GenRequest>) -> Result<Vec<EventStream>> {
         let (members, streams) = self.limits.prepare(gang)?;
-        self.submissions.as_ref().expect("open until drop").send(members).map_err(|_| anyhow!("the engine has stopped"))?;
+        self.send(Job::Gang(members))?;
         Ok(streams)
+    }
+
+    /// Queues an embedding of `tokens`; the answer comes on the receiver.
+    pub fn embed(&self, tokens: Vec<u32>) -> Result<oneshot::Receiver<Result<Vec<f32>>>> {
+        if tokens.is_empty() {
+            bail!("the input is empty");
+        }
+        if tokens.len() > self.limits.context {
+            bail!("input of {} tokens does not fit the context of {}", tokens.len(), self.limits.context);
+        }
+        let (reply, rx) = oneshot::channel();
+        self.send(Job::Embed { tokens, reply })?;
+        Ok(rx)
+    }
+
+    fn send(&self, job: Job) -> Result<()> {
+        self.submissions.as_ref().expect("open until drop").send(job).map_err(|_| anyhow!("the engine has stopped"))
+    }
+
+    /// Tokens one sequence may hold: prompt and generated.
+    pub fn context_length(&self) -> usize {
+        self.limits.context
     }
 
     pub fn snapshot(&self) -> EngineSnapshot {
@@ -65,35 +111,71 @@ impl Drop for EngineHandle {
     }
 }
 
-fn run(model: &LoadedModel, mut kv: KvPool, config: EngineConfig, window: Duration, rx: &Receiver<Vec<Prepared>>, shared: &Mutex<EngineSnapshot>) {
+/// Embeddings waiting for blocks, oldest first.
+type EmbedQueue = VecDeque<(Vec<u32>, oneshot::Sender<Result<Vec<f32>>>)>;
+
+fn accept(engine: &mut Engine, embeds: &mut EmbedQueue, job: Job) {
+    match job {
+        Job::Gang(gang) => engine.enqueue(gang),
+        Job::Embed { tokens, reply } => embeds.push_back((tokens, reply)),
+    }
+}
+
+fn run(model: &LoadedModel, mut kv: KvPool, config: EngineConfig, window: Duration, rx: &Receiver<Job>, shared: &Mutex<EngineSnapshot>, observer: Option<StepObserver>) {
     let mut engine = Engine::new(model, &mut kv, config);
+    let mut embeds = EmbedQueue::new();
     loop {
-        if engine.is_idle() {
+        if engine.is_idle() && embeds.is_empty() {
             // Nothing to do: sleep until a request comes, then give others
             // the batch window to join it.
             match rx.recv() {
-                Ok(gang) => engine.enqueue(gang),
+                Ok(job) => accept(&mut engine, &mut embeds, job),
                 Err(_) => return,
             }
             let deadline = Instant::now() + window;
             loop {
                 match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                    Ok(gang) => engine.enqueue(gang),
+                    Ok(job) => accept(&mut engine, &mut embeds, job),
                     Err(RecvTimeoutError::Timeout) => break,
                     Err(RecvTimeoutError::Disconnected) => break,
                 }
             }
         }
-        while let Ok(gang) = rx.try_recv() {
-            engine.enqueue(gang);
+        while let Ok(job) = rx.try_recv() {
+            accept(&mut engine, &mut embeds, job);
         }
+        if let Some((tokens, _)) = embeds.front() {
+            let answer = engine.embed(tokens).transpose();
+            if let Some(answer) = answer {
+                let (_, reply) = embeds.pop_front().expect("front exists");
+                let _ = reply.send(answer);
+            }
+        }
+        let preempted_before = engine.stats().preemptions;
+        let started = Instant::now();
         let worked = engine.step();
-        *shared.lock().unwrap_or_else(|e| e.into_inner()) =
-            EngineSnapshot { stats: engine.stats(), total_blocks: engine.kv.total_blocks(), free_blocks: engine.kv.free_blocks(), idle: engine.is_idle() };
+        let stats = engine.stats();
+        if let Some(observe) = observer.as_ref().filter(|_| worked) {
+            observe(&StepReport {
+                sequences: stats.last_batch_seqs,
+                tokens: stats.last_batch_tokens,
+                duration: started.elapsed(),
+                preemptions: stats.preemptions - preempted_before,
+            });
+        }
+        *shared.lock().unwrap_or_else(|e| e.into_inner()) = EngineSnapshot {
+            stats,
+            total_blocks: engine.kv.total_blocks(),
+            free_blocks: engine.kv.free_blocks(),
+            cached_blocks: engine.kv.cached_blocks(),
+            running: engine.running(),
+            waiting: engine.waiting(),
+            idle: engine.is_idle(),
+        };
         if !worked && !engine.is_idle() {
             // Waiting work that cannot be scheduled now: wait for change.
             match rx.recv_timeout(Duration::from_millis(5)) {
-                Ok(gang) => engine.enqueue(gang),
+                Ok(job) => accept(&mut engine, &mut embeds, job),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) if engine.is_idle() => return,
                 Err(RecvTimeoutError::Disconnected) => {}

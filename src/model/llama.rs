@@ -98,6 +98,48 @@ impl Model {
     /// Runs one step. Returns the logits (`vocab` floats per row) of the last
     /// token of every chunk with `logits` set, in chunk order.
     pub fn forward<'s>(&self, chunks: &[SeqChunk], kv: &mut KvPool, s: &'s mut Scratch) -> &'s [f32] {
+        self.run_layers(chunks, kv, s);
+        let c = &self.config;
+        let dim = c.dim;
+        // Only the rows that need logits go through the norm and the lm_head.
+        let mut last_rows = Vec::new();
+        let mut end = 0;
+        for ch in chunks {
+            end += ch.tokens.len();
+            if ch.logits && !ch.tokens.is_empty() {
+                last_rows.push(end - 1);
+            }
+        }
+        s.h.resize(last_rows.len() * dim, 0.0);
+        for (dst, &r) in s.h.chunks_exact_mut(dim).zip(&last_rows) {
+            rms_norm(&s.x[r * dim..(r + 1) * dim], &self.output_norm, c.norm_eps, dst);
+        }
+        let head = self.output.as_ref().unwrap_or(&self.token_embd);
+        self.linear(head, &s.h, last_rows.len(), &mut s.quant, &mut s.logits);
+        &s.logits
+    }
+
+    /// A sentence embedding of `tokens`: the mean of the final-normed hidden
+    /// states of every token, scaled to unit length. `blocks` must cover the
+    /// tokens; they go through the model `chunk` tokens at a time.
+    pub fn embed(&self, tokens: &[u32], blocks: &[u32], chunk: usize, kv: &mut KvPool, s: &mut Scratch) -> Vec<f32> {
+        let dim = self.config.dim;
+        let mut sum = vec![0f64; dim];
+        let mut normed = vec![0f32; dim];
+        for (i, part) in tokens.chunks(chunk.max(1)).enumerate() {
+            self.run_layers(&[SeqChunk { tokens: part, start_pos: i * chunk, blocks, logits: false }], kv, s);
+            for row in s.x.chunks_exact(dim) {
+                rms_norm(row, &self.output_norm, self.config.norm_eps, &mut normed);
+                sum.iter_mut().zip(&normed).for_each(|(a, &b)| *a += b as f64);
+            }
+        }
+        let norm = sum.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-12);
+        sum.iter().map(|x| (x / norm) as f32).collect()
+    }
+
+    /// The decoder layers over a ragged batch: leaves every token's hidden
+    /// state in `s.x`.
+    fn run_layers(&self, chunks: &[SeqChunk], kv: &mut KvPool, s: &mut Scratch) {
         let c = &self.config;
         let (dim, kv_dim) = (c.dim, c.kv_dim());
         let slots: Vec<TokenSlot> = chunks
@@ -139,22 +181,5 @@ impl Model {
             self.linear(&layer.w_down, &s.act, t, &mut s.quant, &mut s.tmp);
             add_assign(&mut s.x, &s.tmp);
         }
-
-        // Only the rows that need logits go through the norm and the lm_head.
-        let mut last_rows = Vec::new();
-        let mut end = 0;
-        for ch in chunks {
-            end += ch.tokens.len();
-            if ch.logits && !ch.tokens.is_empty() {
-                last_rows.push(end - 1);
-            }
-        }
-        s.h.resize(last_rows.len() * dim, 0.0);
-        for (dst, &r) in s.h.chunks_exact_mut(dim).zip(&last_rows) {
-            rms_norm(&s.x[r * dim..(r + 1) * dim], &self.output_norm, c.norm_eps, dst);
-        }
-        let head = self.output.as_ref().unwrap_or(&self.token_embd);
-        self.linear(head, &s.h, last_rows.len(), &mut s.quant, &mut s.logits);
-        &s.logits
     }
 }
