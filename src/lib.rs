@@ -12,3 +12,5 @@ pub mod stop;
 pub mod generate;
 pub mod loaded;
 pub mod engine;
+pub mod api;
+pub mod server;

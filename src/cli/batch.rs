@@ -12,11 +12,10 @@ use anyhow::{bail, Context, Result};
 use std::sync::Arc;
 use std::time::Duration;
 
-use caravan::engine::{EngineHandle, Event, EventStream, FinishReason, GenRequest};
+use caravan::api::openai::{self, Choice, Job, Kind};
+use caravan::engine::{EngineHandle, Event, EventStream};
 use caravan::loaded::LoadedModel;
-use caravan::sampler::SamplingParams;
 use caravan::store::{Store, DEFAULT_MODEL};
-use caravan::tokenizer::template::Message;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
@@ -44,102 +43,9 @@ pub struct BatchArgs {
     threads: usize,
 }
 
-/// Most choices one request may ask for.
-const MAX_N: usize = 16;
-
-#[derive(Clone, Copy, PartialEq)]
-enum Kind {
-    Chat,
-    Completion,
-}
-
 struct Item {
     custom_id: String,
-    kind: Kind,
-    prompt_tokens: usize,
-    requests: Vec<GenRequest>,
-}
-
-fn field_f32(body: &Value, key: &str, default: f32, range: (f32, f32)) -> Result<f32> {
-    match body.get(key) {
-        None | Some(Value::Null) => Ok(default),
-        Some(v) => match v.as_f64() {
-            Some(x) if (range.0 as f64..=range.1 as f64).contains(&x) => Ok(x as f32),
-            _ => bail!("{key} must be a number from {} to {}", range.0, range.1),
-        },
-    }
-}
-
-fn field_usize(body: &Value, key: &str) -> Result<Option<usize>> {
-    match body.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v.as_u64().filter(|&n| n >= 1).map(|n| Some(n as usize)).ok_or_else(|| anyhow::anyhow!("{key} must be a whole number of at least 1")),
-    }
-}
-
-fn stop_strings(body: &Value) -> Result<Vec<String>> {
-    match body.get("stop") {
-        None | Some(Value::Null) => Ok(vec![]),
-        Some(Value::String(s)) => Ok(vec![s.clone()]),
-        Some(Value::Array(a)) if a.len() <= 4 => a.iter().map(|s| s.as_str().map(String::from).ok_or_else(|| anyhow::anyhow!("stop must hold strings"))).collect(),
-        Some(_) => bail!("stop must be a string or an array of at most 4 strings"),
-    }
-}
-
-fn messages(body: &Value) -> Result<Vec<Message>> {
-    let list = body.get("messages").and_then(Value::as_array).filter(|a| !a.is_empty()).ok_or_else(|| anyhow::anyhow!("messages must be a non-empty array"))?;
-    list.iter()
-        .map(|m| {
-            let role = m.get("role").and_then(Value::as_str).unwrap_or("");
-            if !["system", "user", "assistant"].contains(&role) {
-                bail!("message role must be system, user or assistant, got {role:?}");
-            }
-            let content = m.get("content").and_then(Value::as_str).ok_or_else(|| anyhow::anyhow!("message content must be a string"))?;
-            Ok(Message::new(role, content))
-        })
-        .collect()
-}
-
-/// One request line (or plain-text prompt) into engine requests.
-fn parse_body(m: &LoadedModel, kind: Kind, body: &Value, seed: u64, default_max: Option<usize>) -> Result<(Vec<u32>, Vec<GenRequest>)> {
-    let prompt = match kind {
-        Kind::Chat => m.chat_tokens(&messages(body)?)?,
-        Kind::Completion => {
-            let text = body.get("prompt").and_then(Value::as_str).ok_or_else(|| anyhow::anyhow!("prompt must be a string"))?;
-            // Prompt text is the caller's, never control tokens.
-            m.tokenizer.with_bos(m.tokenizer.encode(text, false)?)
-        }
-    };
-    let ctx = m.model.config.context_length;
-    let asked = match kind {
-        Kind::Chat => field_usize(body, "max_completion_tokens")?.or(field_usize(body, "max_tokens")?).or(default_max),
-        Kind::Completion => Some(field_usize(body, "max_tokens")?.or(default_max).unwrap_or(16)),
-    };
-    let n = field_usize(body, "n")?.unwrap_or(1);
-    if n > MAX_N {
-        bail!("n must be at most {MAX_N}");
-    }
-    let params = SamplingParams {
-        temperature: field_f32(body, "temperature", 1.0, (0.0, 2.0))?,
-        top_k: 0,
-        top_p: field_f32(body, "top_p", 1.0, (f32::MIN_POSITIVE, 1.0))?,
-        min_p: 0.0,
-        repeat_penalty: 1.0,
-        repeat_last_n: 64,
-        seed: body.get("seed").and_then(Value::as_u64).unwrap_or(seed),
-    };
-    let stop = stop_strings(body)?;
-    let max_tokens = asked.unwrap_or(ctx).min(ctx);
-    let requests = (0..n as u64)
-        .map(|k| GenRequest {
-            prompt: prompt.clone(),
-            params: SamplingParams { seed: params.seed.wrapping_add(k), ..params.clone() },
-            max_tokens,
-            stop: stop.clone(),
-            ignore_eos: false,
-        })
-        .collect();
-    Ok((prompt, requests))
+    job: Job,
 }
 
 /// Reads the input: JSONL if its first line is a JSON object, else prompts.
@@ -153,8 +59,8 @@ fn read_items(m: &LoadedModel, text: &str, default_max: Option<usize>) -> Vec<Re
             if !jsonl {
                 let custom_id = format!("line-{}", n + 1);
                 let body = json!({ "messages": [{ "role": "user", "content": line }] });
-                return parse_body(m, Kind::Chat, &body, seed ^ n as u64, default_max)
-                    .map(|(p, requests)| Item { custom_id: custom_id.clone(), kind: Kind::Chat, prompt_tokens: p.len(), requests })
+                return openai::parse(m, Kind::Chat, &body, seed ^ n as u64, default_max, usize::MAX)
+                    .map(|job| Item { custom_id: custom_id.clone(), job })
                     .map_err(|e| (custom_id, format!("{e:#}")));
             }
             let v: Value = serde_json::from_str(line).map_err(|e| (format!("line-{}", n + 1), format!("line {} is not JSON: {e}", n + 1)))?;
@@ -172,8 +78,11 @@ fn read_items(m: &LoadedModel, text: &str, default_max: Option<usize>) -> Vec<Re
                     other => bail!("url must be /v1/chat/completions or /v1/completions, got {other:?}"),
                 };
                 let body = v.get("body").filter(|b| b.is_object()).ok_or_else(|| anyhow::anyhow!("body must be an object"))?;
-                let (p, requests) = parse_body(m, kind, body, seed ^ n as u64, default_max)?;
-                Ok(Item { custom_id: custom_id.clone(), kind, prompt_tokens: p.len(), requests })
+                let job = openai::parse(m, kind, body, seed ^ n as u64, default_max, usize::MAX)?;
+                if job.stream {
+                    bail!("stream is not supported in a batch file");
+                }
+                Ok(Item { custom_id: custom_id.clone(), job })
             })();
             parsed.map_err(|e| (custom_id, format!("{e:#}")))
         })
@@ -184,33 +93,9 @@ fn error_line(index: usize, custom_id: &str, message: &str) -> Value {
     json!({ "id": format!("batch_req_{index}"), "custom_id": custom_id, "response": null, "error": { "code": "invalid_request", "message": message } })
 }
 
-/// What one choice produced.
-#[derive(Default, Clone)]
-struct Choice {
-    text: String,
-    tokens: usize,
-    finish: Option<FinishReason>,
-}
-
 fn response_line(index: usize, item: &Item, choices: &[Choice], model: &str, created: u64) -> Value {
-    let finish = |c: &Choice| if c.finish == Some(FinishReason::Length) { "length" } else { "stop" };
-    let completion_tokens: usize = choices.iter().map(|c| c.tokens).sum();
-    let (object, id, list): (&str, String, Vec<Value>) = match item.kind {
-        Kind::Chat => (
-            "chat.completion",
-            format!("chatcmpl-{index}"),
-            choices.iter().enumerate().map(|(k, c)| json!({ "index": k, "message": { "role": "assistant", "content": c.text }, "finish_reason": finish(c) })).collect(),
-        ),
-        Kind::Completion => (
-            "text_completion",
-            format!("cmpl-{index}"),
-            choices.iter().enumerate().map(|(k, c)| json!({ "index": k, "text": c.text, "finish_reason": finish(c) })).collect(),
-        ),
-    };
-    let body = json!({
-        "id": id, "object": object, "created": created, "model": model, "choices": list,
-        "usage": { "prompt_tokens": item.prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": item.prompt_tokens + completion_tokens },
-    });
+    let prefix = if item.job.kind == Kind::Chat { "chatcmpl" } else { "cmpl" };
+    let body = openai::response_body(&item.job, &format!("{prefix}-{index}"), created, model, choices);
     json!({ "id": format!("batch_req_{index}"), "custom_id": item.custom_id, "response": { "status_code": 200, "request_id": format!("req_{index}"), "body": body }, "error": null })
 }
 
@@ -235,8 +120,8 @@ pub fn batch(a: BatchArgs) -> Result<()> {
     for (i, item) in items.iter().enumerate() {
         match item {
             Err((id, msg)) => lines[i] = Some(error_line(i, id, msg)),
-            Ok(item) => match engine.submit(item.requests.clone()) {
-                Ok(streams) => running.push((i, streams, vec![Choice::default(); item.requests.len()])),
+            Ok(item) => match engine.submit(item.job.requests.clone()) {
+                Ok(streams) => running.push((i, streams, vec![Choice::default(); item.job.requests.len()])),
                 Err(e) => lines[i] = Some(error_line(i, &item.custom_id, &format!("{e:#}"))),
             },
         }

@@ -17,7 +17,7 @@ pub struct EngineArgs {
     #[arg(long, env = "CARAVAN_BLOCK_SIZE", default_value_t = 16)]
     pub block_size: usize,
     /// Most sequences running at once
-    #[arg(long, env = "CARAVAN_MAX_SEQS", default_value_t = 64)]
+    #[arg(long, env = "CARAVAN_MAX_SEQS", default_value_t = 256)]
     pub max_seqs: usize,
     /// Most tokens in one step's batch (decodes and prompt chunks)
     #[arg(long, env = "CARAVAN_MAX_BATCH_TOKENS", default_value_t = 512)]

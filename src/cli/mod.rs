@@ -5,6 +5,7 @@ mod bench;
 mod engine_args;
 mod models;
 mod run;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -32,6 +33,8 @@ enum Command {
     Batch(batch::BatchArgs),
     /// Measure prefill and decode speed
     Bench(bench::BenchArgs),
+    /// Serve the Ollama and OpenAI HTTP APIs and the batch API
+    Serve(serve::ServeArgs),
 }
 
 pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
@@ -42,6 +45,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Run(a) => run::run(a),
         Command::Batch(a) => batch::batch(a),
         Command::Bench(a) => bench::bench(a),
+        Command::Serve(a) => serve::serve(a),
     }
 }
 

@@ -13,6 +13,7 @@ use std::hash::{Hash, Hasher};
 
 use anyhow::{bail, Result};
 use half::f16;
+use half::vec::HalfBitsVecExt;
 
 use blocks::Blocks;
 
@@ -31,7 +32,9 @@ impl KvPool {
             block_size,
             layers,
             kv_dim,
-            data: vec![f16::ZERO; num_blocks * layers * 2 * block_size * kv_dim],
+            // Zeroed u16s come from the allocator's zeroed pages, touched
+            // only when written: memory follows the tokens actually held.
+            data: vec![0u16; num_blocks * layers * 2 * block_size * kv_dim].reinterpret_into(),
             blocks: Blocks::new(num_blocks),
         }
     }

@@ -1,0 +1,58 @@
+//! The HTTP APIs' requests and answers as plain data: parsing JSON bodies
+//! into engine requests, and shaping results into each API's JSON. The
+//! server and `caravan batch` share them.
+
+pub mod fields;
+pub mod ollama;
+pub mod openai;
+
+use anyhow::{bail, Result};
+use serde_json::Value;
+
+use crate::engine::FinishReason;
+use crate::tokenizer::template::Message;
+
+/// Roles a chat message may have.
+const ROLES: [&str; 4] = ["system", "user", "assistant", "tool"];
+
+/// `messages`: a non-empty array of {role, content}; content is a string,
+/// or (OpenAI) an array of text parts.
+pub fn parse_messages(body: &Value) -> Result<Vec<Message>> {
+    let list = match body.get("messages") {
+        Some(Value::Array(a)) if !a.is_empty() => a,
+        Some(Value::Array(_)) => bail!("messages must not be empty"),
+        None | Some(Value::Null) => bail!("messages is required"),
+        Some(_) => bail!("messages must be an array"),
+    };
+    list.iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let role = m.get("role").and_then(Value::as_str).unwrap_or("");
+            if !ROLES.contains(&role) {
+                bail!("messages[{i}].role must be one of {}, got {role:?}", ROLES.join(", "));
+            }
+            let content = match m.get("content") {
+                Some(Value::String(s)) => s.clone(),
+                None | Some(Value::Null) => String::new(),
+                Some(Value::Array(parts)) => parts
+                    .iter()
+                    .map(|p| match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
+                        (Some("text"), Some(t)) => Ok(t),
+                        _ => bail!("messages[{i}].content parts must be {{\"type\": \"text\", \"text\": ...}}"),
+                    })
+                    .collect::<Result<Vec<_>>>()?
+                    .concat(),
+                Some(_) => bail!("messages[{i}].content must be a string"),
+            };
+            Ok(Message::new(role, &content))
+        })
+        .collect()
+}
+
+/// "stop" or "length", as both APIs name them.
+pub fn finish_name(f: FinishReason) -> &'static str {
+    match f {
+        FinishReason::Stop => "stop",
+        FinishReason::Length => "length",
+    }
+}

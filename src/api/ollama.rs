@@ -1,0 +1,212 @@
+//! Ollama's /api/generate and /api/chat: `options` into sampling settings,
+//! prompts into tokens, and results into Ollama's streamed lines and final
+//! objects (durations in nanoseconds).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Result};
+use serde_json::{json, Map, Value};
+
+use super::fields::{opt_bool, opt_f32, opt_i64, opt_str, opt_u64, stop_strings};
+use super::{finish_name, parse_messages};
+use crate::engine::{FinishReason, GenRequest};
+use crate::loaded::LoadedModel;
+use crate::sampler::SamplingParams;
+use crate::tokenizer::template::Message;
+
+/// Generation settings from `options`.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub params: SamplingParams,
+    /// None: until the end of the context.
+    pub num_predict: Option<usize>,
+    pub stop: Vec<String>,
+    /// A per-request cap on prompt plus answer; never a reservation.
+    pub num_ctx: Option<usize>,
+}
+
+/// `shared` overlaid with `own` (the batch API's item options win).
+pub fn merge_options(shared: Option<&Value>, own: Option<&Value>) -> Result<Value> {
+    let mut out = Map::new();
+    for o in [shared, own].into_iter().flatten() {
+        match o {
+            Value::Object(m) => out.extend(m.iter().map(|(k, v)| (k.clone(), v.clone()))),
+            Value::Null => {}
+            _ => bail!("options must be an object"),
+        }
+    }
+    Ok(Value::Object(out))
+}
+
+/// Reads `options`; keys it does not know (GPU settings and such) are
+/// ignored, as Ollama does.
+pub fn parse_options(options: &Value, seed: u64) -> Result<Options> {
+    let d = SamplingParams::default();
+    let num_predict = match opt_i64(options, "num_predict")? {
+        // Ollama's -1 is "no limit" and -2 "fill the context".
+        None | Some(-1) | Some(-2) => None,
+        Some(n) if n >= 1 => Some(n as usize),
+        Some(n) => bail!("num_predict must be -1, -2 or at least 1, got {n}"),
+    };
+    let params = SamplingParams {
+        temperature: opt_f32(options, "temperature", (0.0, 100.0))?.unwrap_or(d.temperature),
+        top_k: opt_u64(options, "top_k", 0)?.map(|k| k as usize).unwrap_or(d.top_k),
+        top_p: opt_f32(options, "top_p", (0.0, 1.0))?.map(|p| if p == 0.0 { 1.0 } else { p }).unwrap_or(d.top_p),
+        min_p: opt_f32(options, "min_p", (0.0, 1.0))?.unwrap_or(d.min_p),
+        repeat_penalty: opt_f32(options, "repeat_penalty", (f32::MIN_POSITIVE, 100.0))?.unwrap_or(d.repeat_penalty),
+        repeat_last_n: opt_u64(options, "repeat_last_n", 0)?.map(|n| n as usize).unwrap_or(d.repeat_last_n),
+        seed: match opt_i64(options, "seed")? {
+            Some(s) if s >= 0 => s as u64,
+            _ => seed,
+        },
+    };
+    let num_ctx = opt_u64(options, "num_ctx", 1)?.map(|n| n as usize);
+    Ok(Options { params, num_predict, stop: stop_strings(options)?, num_ctx })
+}
+
+/// Fields Ollama has that we do not implement: an error, not silence.
+fn reject_unsupported(body: &Value) -> Result<()> {
+    for key in ["format", "images", "suffix", "template", "context", "tools"] {
+        let set = match body.get(key) {
+            None | Some(Value::Null) => false,
+            Some(Value::String(s)) => !s.is_empty(),
+            Some(Value::Array(a)) => !a.is_empty(),
+            Some(_) => true,
+        };
+        if set {
+            bail!("{key} is not supported");
+        }
+    }
+    Ok(())
+}
+
+/// The prompt tokens of a generate request (`prompt`, `system`, `raw`), or
+/// None for a request without a prompt, which only loads the model.
+pub fn generate_prompt(m: &LoadedModel, body: &Value) -> Result<Option<Vec<u32>>> {
+    reject_unsupported(body)?;
+    let prompt = opt_str(body, "prompt")?.unwrap_or_default();
+    let system = opt_str(body, "system")?;
+    if prompt.is_empty() {
+        return Ok(None);
+    }
+    if opt_bool(body, "raw")?.unwrap_or(false) {
+        return Ok(Some(m.raw_tokens(prompt)?));
+    }
+    let mut messages = Vec::new();
+    if let Some(s) = system.filter(|s| !s.is_empty()) {
+        messages.push(Message::new("system", s));
+    }
+    messages.push(Message::new("user", prompt));
+    Ok(Some(m.chat_tokens(&messages)?))
+}
+
+/// The prompt tokens of a chat request.
+pub fn chat_prompt(m: &LoadedModel, body: &Value) -> Result<Vec<u32>> {
+    reject_unsupported(body)?;
+    m.chat_tokens(&parse_messages(body)?)
+}
+
+/// An engine request for `prompt` under `options` and a model context.
+pub fn gen_request(prompt: Vec<u32>, o: &Options, context: usize) -> Result<GenRequest> {
+    let ctx = o.num_ctx.map_or(context, |n| n.min(context));
+    if prompt.len() >= ctx {
+        bail!("the prompt is {} tokens; the context (num_ctx) is {ctx}", prompt.len());
+    }
+    let room = ctx - prompt.len();
+    let max_tokens = o.num_predict.map_or(room, |n| n.min(room));
+    Ok(GenRequest { prompt, params: o.params.clone(), max_tokens, stop: o.stop.clone(), ignore_eos: false })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    Generate,
+    Chat,
+}
+
+/// Timings and counts of a finished request.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stats {
+    pub total: Duration,
+    pub load: Duration,
+    pub prompt_eval_count: usize,
+    pub prompt_eval_duration: Duration,
+    pub eval_count: usize,
+    pub eval_duration: Duration,
+}
+
+/// One line of an answer: text so far (streamed) or all of it, and, when
+/// `done` is given, the finish and the stats.
+pub fn line(shape: Shape, model: &str, text: &str, done: Option<(FinishReason, &Stats)>) -> Value {
+    let mut v = json!({ "model": model, "created_at": rfc3339(SystemTime::now()) });
+    match shape {
+        Shape::Generate => v["response"] = json!(text),
+        Shape::Chat => v["message"] = json!({ "role": "assistant", "content": text }),
+    }
+    v["done"] = json!(done.is_some());
+    if let Some((finish, s)) = done {
+        v["done_reason"] = json!(finish_name(finish));
+        v["total_duration"] = json!(s.total.as_nanos() as u64);
+        v["load_duration"] = json!(s.load.as_nanos() as u64);
+        v["prompt_eval_count"] = json!(s.prompt_eval_count);
+        v["prompt_eval_duration"] = json!(s.prompt_eval_duration.as_nanos() as u64);
+        v["eval_count"] = json!(s.eval_count);
+        v["eval_duration"] = json!(s.eval_duration.as_nanos() as u64);
+    }
+    v
+}
+
+/// The answer to a generate request without a prompt: the model is loaded.
+pub fn load_line(shape: Shape, model: &str) -> Value {
+    let mut v = line(shape, model, "", None);
+    v["done"] = json!(true);
+    v["done_reason"] = json!("load");
+    v
+}
+
+/// "2026-11-28T01:02:03.456789012Z", as Ollama writes times.
+pub fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z", rem / 3600, rem % 3600 / 60, rem % 60, d.subsec_nanos())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_format_as_rfc3339() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000000000Z");
+        // 2024-02-29 12:34:56.5 UTC, a leap day.
+        let t = UNIX_EPOCH + Duration::new(1_709_210_096, 500_000_000);
+        assert_eq!(rfc3339(t), "2024-02-29T12:34:56.500000000Z");
+    }
+
+    #[test]
+    fn options_follow_ollama() {
+        let o = parse_options(&json!({"num_predict": -1, "temperature": 0, "seed": 7, "stop": ["x"], "num_gpu": 99}), 1).unwrap();
+        assert_eq!((o.num_predict, o.params.temperature, o.params.seed, o.stop.len()), (None, 0.0, 7, 1));
+        assert!(parse_options(&json!({"num_predict": -3}), 1).is_err());
+        assert!(parse_options(&json!({"temperature": "hot"}), 1).is_err());
+        let merged = merge_options(Some(&json!({"temperature": 1, "seed": 2})), Some(&json!({"seed": 3}))).unwrap();
+        assert_eq!(merged, json!({"temperature": 1, "seed": 3}));
+    }
+
+    #[test]
+    fn num_ctx_caps_without_reserving() {
+        let o = parse_options(&json!({"num_ctx": 10, "num_predict": 100}), 1).unwrap();
+        assert_eq!(gen_request(vec![1; 4], &o, 8192).unwrap().max_tokens, 6);
+        assert!(gen_request(vec![1; 10], &o, 8192).is_err());
+    }
+}

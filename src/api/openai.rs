@@ -1,0 +1,166 @@
+//! OpenAI's /v1/completions and /v1/chat/completions: request bodies into
+//! engine requests, and results into `text_completion` / `chat.completion`
+//! objects and their streamed chunks.
+
+use anyhow::{anyhow, bail, Result};
+use serde_json::{json, Value};
+
+use super::fields::{opt_bool, opt_f32, opt_u64, stop_strings};
+use super::{finish_name, parse_messages};
+use crate::engine::{FinishReason, GenRequest};
+use crate::loaded::LoadedModel;
+use crate::sampler::SamplingParams;
+
+/// Most choices (`n`) one request may ask for.
+pub const MAX_N: usize = 16;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Chat,
+    Completion,
+}
+
+/// A request ready for the engine: one gang of `prompts x n` sequences,
+/// prompt-major (choice `p * n + k` is the k-th answer to prompt p).
+pub struct Job {
+    pub kind: Kind,
+    pub prompt_tokens: Vec<usize>,
+    pub n: usize,
+    pub requests: Vec<GenRequest>,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+/// Fields we do not implement: asking for them is an error, not silence.
+const UNSUPPORTED: [&str; 7] = ["logprobs", "top_logprobs", "echo", "suffix", "tools", "functions", "logit_bias"];
+
+/// `prompt` of /v1/completions: a string, an array of strings, an array of
+/// token ids, or an array of such arrays.
+fn completion_prompts(m: &LoadedModel, body: &Value) -> Result<Vec<Vec<u32>>> {
+    let vocab = m.tokenizer.vocab_size() as u64;
+    let text = |s: &str| -> Result<Vec<u32>> { Ok(m.tokenizer.with_bos(m.tokenizer.encode(s, false)?)) };
+    let ids = |a: &[Value]| -> Result<Vec<u32>> {
+        a.iter().map(|t| t.as_u64().filter(|&t| t < vocab).map(|t| t as u32).ok_or_else(|| anyhow!("prompt token ids must be whole numbers below {vocab}"))).collect()
+    };
+    match body.get("prompt") {
+        Some(Value::String(s)) => Ok(vec![text(s)?]),
+        Some(Value::Array(a)) if a.is_empty() => bail!("prompt must not be empty"),
+        Some(Value::Array(a)) if a.iter().all(Value::is_string) => a.iter().map(|s| text(s.as_str().unwrap_or_default())).collect(),
+        Some(Value::Array(a)) if a.iter().all(Value::is_number) => Ok(vec![ids(a)?]),
+        Some(Value::Array(a)) if a.iter().all(Value::is_array) => a.iter().map(|p| ids(p.as_array().map(Vec::as_slice).unwrap_or_default())).collect(),
+        None | Some(Value::Null) => bail!("prompt is required"),
+        Some(_) => bail!("prompt must be a string, an array of strings, an array of token ids or an array of such arrays"),
+    }
+}
+
+/// Reads a request body. `default_max` is the max_tokens of requests that
+/// set none (else: 16 for completions, the context for chat, as OpenAI);
+/// `max_sequences` bounds `prompts x n`.
+pub fn parse(m: &LoadedModel, kind: Kind, body: &Value, seed: u64, default_max: Option<usize>, max_sequences: usize) -> Result<Job> {
+    if !body.is_object() {
+        bail!("the request body must be a JSON object");
+    }
+    if let Some(key) = UNSUPPORTED.iter().find(|k| !matches!(body.get(**k), None | Some(Value::Null) | Some(Value::Bool(false)))) {
+        bail!("{key} is not supported");
+    }
+    for key in ["presence_penalty", "frequency_penalty"] {
+        if opt_f32(body, key, (-2.0, 2.0))?.is_some_and(|p| p != 0.0) {
+            bail!("{key} is not supported (only 0)");
+        }
+    }
+    let prompts = match kind {
+        Kind::Chat => vec![m.chat_tokens(&parse_messages(body)?)?],
+        Kind::Completion => completion_prompts(m, body)?,
+    };
+    let ctx = m.model.config.context_length;
+    let asked = match kind {
+        Kind::Chat => opt_u64(body, "max_completion_tokens", 1)?.or(opt_u64(body, "max_tokens", 1)?).map(|n| n as usize).or(default_max),
+        Kind::Completion => Some(opt_u64(body, "max_tokens", 1)?.map(|n| n as usize).or(default_max).unwrap_or(16)),
+    };
+    let n = opt_u64(body, "n", 1)?.unwrap_or(1) as usize;
+    if n > MAX_N {
+        bail!("n must be at most {MAX_N}");
+    }
+    if prompts.len() * n > max_sequences {
+        bail!("{} prompts x n = {} sequences; the limit is {max_sequences}", prompts.len(), prompts.len() * n);
+    }
+    let params = SamplingParams {
+        temperature: opt_f32(body, "temperature", (0.0, 2.0))?.unwrap_or(1.0),
+        top_k: 0,
+        top_p: opt_f32(body, "top_p", (f32::MIN_POSITIVE, 1.0))?.unwrap_or(1.0),
+        min_p: 0.0,
+        repeat_penalty: 1.0,
+        repeat_last_n: 64,
+        seed: opt_u64(body, "seed", 0)?.unwrap_or(seed),
+    };
+    let stop = stop_strings(body)?;
+    let ignore_eos = opt_bool(body, "ignore_eos")?.unwrap_or(false);
+    let max_tokens = asked.unwrap_or(ctx).min(ctx);
+    let requests = prompts
+        .iter()
+        .flat_map(|p| (0..n as u64).map(move |k| (p, k)))
+        .map(|(p, k)| GenRequest { prompt: p.clone(), params: SamplingParams { seed: params.seed.wrapping_add(k), ..params.clone() }, max_tokens, stop: stop.clone(), ignore_eos })
+        .collect();
+    let stream = opt_bool(body, "stream")?.unwrap_or(false);
+    let include_usage = body.get("stream_options").map(|o| opt_bool(o, "include_usage")).transpose()?.flatten().unwrap_or(false);
+    Ok(Job { kind, prompt_tokens: prompts.iter().map(Vec::len).collect(), n, requests, stream, include_usage })
+}
+
+/// What one choice produced.
+#[derive(Debug, Default, Clone)]
+pub struct Choice {
+    pub text: String,
+    pub tokens: usize,
+    pub finish: Option<FinishReason>,
+}
+
+fn object(kind: Kind, chunk: bool) -> &'static str {
+    match (kind, chunk) {
+        (Kind::Chat, false) => "chat.completion",
+        (Kind::Chat, true) => "chat.completion.chunk",
+        (Kind::Completion, _) => "text_completion",
+    }
+}
+
+pub fn usage(prompt_tokens: usize, completion_tokens: usize) -> Value {
+    json!({ "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens })
+}
+
+/// The whole answer: every choice, and usage.
+pub fn response_body(job: &Job, id: &str, created: u64, model: &str, choices: &[Choice]) -> Value {
+    let finish = |c: &Choice| c.finish.map(finish_name);
+    let list: Vec<Value> = choices
+        .iter()
+        .enumerate()
+        .map(|(k, c)| match job.kind {
+            Kind::Chat => json!({ "index": k, "message": { "role": "assistant", "content": c.text }, "finish_reason": finish(c), "logprobs": null }),
+            Kind::Completion => json!({ "index": k, "text": c.text, "finish_reason": finish(c), "logprobs": null }),
+        })
+        .collect();
+    let completion: usize = choices.iter().map(|c| c.tokens).sum();
+    // Every prompt counts once, however many choices it has.
+    let prompt: usize = job.prompt_tokens.iter().sum();
+    json!({ "id": id, "object": object(job.kind, false), "created": created, "model": model, "choices": list, "usage": usage(prompt, completion) })
+}
+
+/// One streamed chunk for choice `index`: new text, or (with `finish`) its
+/// end. A chat stream's first chunk for a choice carries the role.
+pub fn chunk(kind: Kind, id: &str, created: u64, model: &str, index: usize, text: &str, first: bool, finish: Option<FinishReason>) -> Value {
+    let choice = match kind {
+        Kind::Chat => {
+            let delta = match (first, finish) {
+                (_, Some(_)) => json!({}),
+                (true, None) => json!({ "role": "assistant", "content": text }),
+                (false, None) => json!({ "content": text }),
+            };
+            json!({ "index": index, "delta": delta, "finish_reason": finish.map(finish_name), "logprobs": null })
+        }
+        Kind::Completion => json!({ "index": index, "text": text, "finish_reason": finish.map(finish_name), "logprobs": null }),
+    };
+    json!({ "id": id, "object": object(kind, true), "created": created, "model": model, "choices": [choice] })
+}
+
+/// The last chunk when the client asked for usage: no choices.
+pub fn usage_chunk(kind: Kind, id: &str, created: u64, model: &str, prompt_tokens: usize, completion_tokens: usize) -> Value {
+    json!({ "id": id, "object": object(kind, true), "created": created, "model": model, "choices": [], "usage": usage(prompt_tokens, completion_tokens) })
+}

@@ -1,0 +1,77 @@
+//! `caravan serve`: the HTTP server's settings, as flags with matching
+//! CARAVAN_* environment variables.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Result};
+use caravan::engine::EngineHandle;
+use caravan::loaded::LoadedModel;
+use caravan::server::metrics::Metrics;
+use caravan::server::models::{Loader, Registry};
+use caravan::server::{listen_addr, serve as run_server, ServerConfig};
+use caravan::store::{Store, DEFAULT_MODEL};
+
+use super::engine_args::{parse_bytes, EngineArgs};
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on: host or host:port (port 11434 if none given)
+    #[arg(long, env = "CARAVAN_HOST", default_value = "127.0.0.1:11434")]
+    host: String,
+    /// Model loaded at start (pulled first if it is the default and missing);
+    /// requests may name any installed model
+    #[arg(long, env = "CARAVAN_MODEL", default_value = DEFAULT_MODEL)]
+    model: String,
+    /// Where models are installed (default ~/.caravan/models)
+    #[arg(long, env = "CARAVAN_MODELS")]
+    models_dir: Option<PathBuf>,
+    /// Most requests waiting to be admitted; more get 503 (Ollama routes)
+    /// or 429 (OpenAI routes) with Retry-After
+    #[arg(long, env = "CARAVAN_MAX_QUEUE", default_value_t = 512)]
+    max_queue: usize,
+    /// Most models with an engine at once; the least recently used idle one
+    /// is unloaded to make room
+    #[arg(long, env = "CARAVAN_MAX_LOADED_MODELS", default_value_t = 1)]
+    max_loaded_models: usize,
+    /// Most items in one /api/batch request (and prompts x n, and inputs to
+    /// embed, in one request); more is a 400
+    #[arg(long, env = "CARAVAN_MAX_BATCH_ITEMS", default_value_t = 256)]
+    max_batch_items: usize,
+    /// Largest request body (e.g. 32MiB); larger is a 413
+    #[arg(long, env = "CARAVAN_MAX_BODY", value_parser = parse_bytes, default_value = "32MiB")]
+    max_body: u64,
+    #[command(flatten)]
+    engine: EngineArgs,
+    /// Compute threads per loaded model
+    #[arg(long, env = "CARAVAN_THREADS", default_value_t = super::default_threads())]
+    threads: usize,
+}
+
+pub fn serve(a: ServeArgs) -> Result<()> {
+    let config = a.engine.config()?;
+    if a.threads == 0 || a.max_queue == 0 || a.max_loaded_models == 0 || a.max_batch_items == 0 {
+        bail!("--threads, --max-queue, --max-loaded-models and --max-batch-items must be at least 1");
+    }
+    let store = a.models_dir.clone().map(Store::new).unwrap_or_else(Store::from_env);
+    // The default model is pulled before listening, so that the server
+    // does not start without it.
+    store.resolve(&a.model)?;
+    let (engine, threads) = (a.engine.clone(), a.threads);
+    let loader: Loader = Box::new(move |path, observer| {
+        let m = Arc::new(LoadedModel::open(path, threads)?);
+        let kv = engine.pool(&m, false)?;
+        let handle = EngineHandle::spawn(m.clone(), kv, config, engine.batch_window(), Some(observer));
+        Ok((m, handle))
+    });
+    let metrics = Arc::new(Metrics::new());
+    let registry = Registry::new(store, loader, metrics.observer(), a.max_loaded_models);
+    let server = ServerConfig {
+        addr: listen_addr(&a.host),
+        default_model: a.model,
+        max_queue: a.max_queue,
+        max_batch_items: a.max_batch_items,
+        max_body_bytes: a.max_body.min(usize::MAX as u64) as usize,
+    };
+    run_server(server, registry, metrics)
+}

@@ -1,0 +1,118 @@
+//! POST /api/batch: many generate or chat items in one request, admitted
+//! to the engine together (one gang, so they start in the same step).
+//! Answered as Ollama-shaped results in order, or streamed as NDJSON lines
+//! that carry each item's `index`, ending with a summary line.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde_json::{json, Value};
+
+use super::error::{Api, ApiError};
+use super::log::RequestLog;
+use super::ollama::stats;
+use super::{ndjson, read_json, App};
+use crate::api::fields::{fresh_seed, opt_bool, req_str};
+use crate::api::ollama::{self as shape, rfc3339, Shape};
+use crate::engine::{Event, GenRequest};
+use crate::loaded::LoadedModel;
+
+const API: Api = Api::Ollama;
+
+/// One item: its shape and engine request.
+fn item(m: &LoadedModel, v: &Value, shared: Option<&Value>, context: usize, seed: u64) -> anyhow::Result<(Shape, GenRequest)> {
+    if !v.is_object() {
+        anyhow::bail!("must be an object");
+    }
+    let options = shape::parse_options(&shape::merge_options(shared, v.get("options"))?, seed)?;
+    let (kind, prompt) = if v.get("messages").is_some() {
+        (Shape::Chat, shape::chat_prompt(m, v)?)
+    } else {
+        let prompt = shape::generate_prompt(m, v)?.ok_or_else(|| anyhow::anyhow!("needs a non-empty prompt or messages"))?;
+        (Shape::Generate, prompt)
+    };
+    Ok((kind, shape::gen_request(prompt, &options, context)?))
+}
+
+/// The summary line: the step the items started at, and whether all
+/// started in that same step.
+fn summary(name: &str, n: usize, steps: &[Option<u64>], arrived: Instant, load: std::time::Duration) -> Value {
+    let first = steps.iter().flatten().min().copied();
+    let together = steps.iter().all(|s| s.is_some() && *s == first);
+    json!({
+        "model": name, "created_at": rfc3339(std::time::SystemTime::now()), "done": true, "items": n,
+        "admitted_step": first, "admitted_together": together,
+        "total_duration": arrived.elapsed().as_nanos() as u64, "load_duration": load.as_nanos() as u64,
+    })
+}
+
+pub async fn batch(State(app): State<Arc<App>>, Extension(log): Extension<RequestLog>, body: Body) -> Result<Response, ApiError> {
+    let arrived = Instant::now();
+    let body = read_json(&app, API, body).await?;
+    let name = req_str(&body, "model").map_err(|e| ApiError::bad(API, e))?.to_string();
+    let stream = opt_bool(&body, "stream").map_err(|e| ApiError::bad(API, e))?.unwrap_or(false);
+    let list = match body.get("requests") {
+        Some(Value::Array(a)) if a.is_empty() => return Err(ApiError::bad(API, "requests must not be empty")),
+        Some(Value::Array(a)) => a,
+        None | Some(Value::Null) => return Err(ApiError::bad(API, "requests is required")),
+        Some(_) => return Err(ApiError::bad(API, "requests must be an array")),
+    };
+    let limit = app.config.max_batch_items;
+    if list.len() > limit {
+        return Err(ApiError::bad(API, format!("{} requests; the limit is {limit} (--max-batch-items)", list.len())));
+    }
+    let (loaded, load) = app.model(API, &name, &log).await?;
+    let ctx = loaded.engine.context_length();
+    let seed = fresh_seed();
+    let items: Vec<(Shape, GenRequest)> = list
+        .iter()
+        .enumerate()
+        .map(|(i, v)| item(&loaded.model, v, body.get("options"), ctx, seed.wrapping_add(i as u64)).map_err(|e| ApiError::bad(API, format!("requests[{i}]: {e:#}"))))
+        .collect::<Result<_, _>>()?;
+    let shapes: Vec<Shape> = items.iter().map(|(s, _)| *s).collect();
+    let gang = app.submit(API, &loaded, items.into_iter().map(|(_, r)| r).collect(), arrived, &log)?;
+    let n = gang.len();
+    if !stream {
+        let outputs = gang.collect(API).await?;
+        let steps: Vec<Option<u64>> = outputs.iter().map(|o| Some(o.started_step)).collect();
+        let responses: Vec<Value> = outputs
+            .iter()
+            .zip(&shapes)
+            .enumerate()
+            .map(|(i, (o, &sh))| {
+                let mut v = shape::line(sh, &name, &o.text, Some((o.finish, &stats(&o.summary, arrived, load))));
+                v["index"] = json!(i);
+                v["started_step"] = json!(o.started_step);
+                v
+            })
+            .collect();
+        let mut out = summary(&name, n, &steps, arrived, load);
+        out["responses"] = json!(responses);
+        return Ok(Json(out).into_response());
+    }
+    let lines = futures_util::stream::unfold(Some(gang), move |state| {
+        let (name, shapes) = (name.clone(), shapes.clone());
+        async move {
+            let mut gang = state?;
+            loop {
+                let (i, mut v) = match gang.next().await {
+                    Some((i, Event::Token { text, .. })) if !text.is_empty() => (i, shape::line(shapes[i], &name, &text, None)),
+                    Some((i, Event::Done(s))) => {
+                        let mut v = shape::line(shapes[i], &name, "", Some((s.finish, &stats(&s, gang.arrived, load))));
+                        v["started_step"] = json!(gang.started_steps[i]);
+                        (i, v)
+                    }
+                    Some(_) => continue,
+                    None => return Some((summary(&name, gang.len(), &gang.started_steps, gang.arrived, load), None)),
+                };
+                v["index"] = json!(i);
+                return Some((v, Some(gang)));
+            }
+        }
+    });
+    Ok(ndjson(lines))
+}

@@ -1,0 +1,139 @@
+//! Prometheus metrics: what the engines hold now (read from their
+//! snapshots when scraped), counters of tokens and preemptions, and
+//! histograms of latency and of the batch each step ran.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::engine::{EngineSnapshot, StepObserver, StepReport, Summary};
+
+#[derive(Default)]
+struct Gauges {
+    running: Gauge,
+    waiting: Gauge,
+    queued_requests: Gauge,
+    kv_used: Gauge,
+    kv_cached: Gauge,
+    kv_total: Gauge,
+    loaded_models: Gauge,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    gauges: Gauges,
+    prefix_hit_tokens: Counter,
+    preemptions: Counter,
+    prompt_tokens: Counter,
+    generation_tokens: Counter,
+    rejected: Counter,
+    ttft: Histogram,
+    tpot: Histogram,
+    queue_time: Histogram,
+    batch_size: Histogram,
+    step_tokens: Histogram,
+    /// Requests waiting for their first sequence to be admitted.
+    pub queued: AtomicUsize,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("caravan");
+        let g = Gauges::default();
+        registry.register("running_sequences", "Sequences admitted to an engine and not finished", g.running.clone());
+        registry.register("waiting_sequences", "Sequences queued in an engine, not yet admitted", g.waiting.clone());
+        registry.register("queued_requests", "Requests whose sequences are not admitted yet", g.queued_requests.clone());
+        registry.register("kv_blocks_used", "KV blocks held by sequences", g.kv_used.clone());
+        registry.register("kv_blocks_cached", "Unused KV blocks keeping a cached prefix (evictable)", g.kv_cached.clone());
+        registry.register("kv_blocks_total", "KV blocks in the pools", g.kv_total.clone());
+        registry.register("loaded_models", "Models with a running engine", g.loaded_models.clone());
+        let m = Metrics {
+            gauges: g,
+            prefix_hit_tokens: Counter::default(),
+            preemptions: Counter::default(),
+            prompt_tokens: Counter::default(),
+            generation_tokens: Counter::default(),
+            rejected: Counter::default(),
+            ttft: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
+            tpot: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            queue_time: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
+            step_tokens: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+            queued: AtomicUsize::new(0),
+            registry,
+        };
+        let mut m = m;
+        let r = &mut m.registry;
+        r.register("prefix_cache_hit_tokens", "Prompt tokens whose KV came from the prefix cache", m.prefix_hit_tokens.clone());
+        r.register("preemptions", "Sequences preempted for lack of KV blocks", m.preemptions.clone());
+        r.register("prompt_tokens", "Prompt tokens of finished sequences", m.prompt_tokens.clone());
+        r.register("generation_tokens", "Tokens generated", m.generation_tokens.clone());
+        r.register("rejected_requests", "Requests refused because the queue was full", m.rejected.clone());
+        r.register("time_to_first_token_seconds", "From a request's arrival to its first token", m.ttft.clone());
+        r.register("time_per_output_token_seconds", "Between a sequence's tokens after the first", m.tpot.clone());
+        r.register("queue_time_seconds", "From a request's arrival to its admission", m.queue_time.clone());
+        r.register("batch_size", "Sequences in one engine step", m.batch_size.clone());
+        r.register("batch_tokens", "Tokens in one engine step", m.step_tokens.clone());
+        m
+    }
+
+    /// The engines call this after every step.
+    pub fn observer(self: &Arc<Self>) -> StepObserver {
+        let m = self.clone();
+        Arc::new(move |r: &StepReport| {
+            m.batch_size.observe(r.sequences as f64);
+            m.step_tokens.observe(r.tokens as f64);
+            m.preemptions.inc_by(r.preemptions);
+        })
+    }
+
+    pub fn reject(&self) {
+        self.rejected.inc();
+    }
+
+    pub fn admitted(&self, waited: Duration) {
+        self.queue_time.observe(waited.as_secs_f64());
+    }
+
+    pub fn first_token(&self, after: Duration) {
+        self.ttft.observe(after.as_secs_f64());
+    }
+
+    /// A finished sequence; `decoding` is the time from its first token on.
+    pub fn finished(&self, s: &Summary, decoding: Duration) {
+        self.prompt_tokens.inc_by(s.prompt_tokens as u64);
+        self.prefix_hit_tokens.inc_by(s.cached_tokens as u64);
+        self.generation_tokens.inc_by(s.generated as u64);
+        if s.generated > 1 {
+            self.tpot.observe(decoding.as_secs_f64() / (s.generated - 1) as f64);
+        }
+    }
+
+    /// The exposition text, with the engines' current state.
+    pub fn render(&self, engines: &[EngineSnapshot]) -> String {
+        let sum = |f: fn(&EngineSnapshot) -> usize| engines.iter().map(f).sum::<usize>() as i64;
+        let g = &self.gauges;
+        g.running.set(sum(|s| s.running));
+        g.waiting.set(sum(|s| s.waiting));
+        g.queued_requests.set(self.queued.load(Ordering::Relaxed) as i64);
+        g.kv_used.set(sum(|s| s.total_blocks - s.free_blocks));
+        g.kv_cached.set(sum(|s| s.cached_blocks));
+        g.kv_total.set(sum(|s| s.total_blocks));
+        g.loaded_models.set(engines.len() as i64);
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}

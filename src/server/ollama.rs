@@ -1,0 +1,223 @@
+//! Ollama's routes: /api/generate, /api/chat, /api/embed, /api/embeddings,
+//! /api/tags, /api/show and /api/ps.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde_json::{json, Value};
+
+use super::error::{Api, ApiError};
+use super::log::RequestLog;
+use super::models::Loaded;
+use super::{ndjson, read_json, App};
+use crate::api::fields::{fresh_seed, opt_bool, req_str};
+use crate::api::ollama::{self as shape, Shape, Stats};
+use crate::engine::{Event, Summary};
+use crate::gguf::GgufFile;
+use crate::store::{human_count, Manifest};
+
+const API: Api = Api::Ollama;
+
+pub async fn generate(State(app): State<Arc<App>>, Extension(log): Extension<RequestLog>, body: Body) -> Result<Response, ApiError> {
+    answer(app, log, body, Shape::Generate).await
+}
+
+pub async fn chat(State(app): State<Arc<App>>, Extension(log): Extension<RequestLog>, body: Body) -> Result<Response, ApiError> {
+    answer(app, log, body, Shape::Chat).await
+}
+
+/// Timings of a finished sequence, as Ollama reports them.
+pub(super) fn stats(s: &Summary, arrived: Instant, load: Duration) -> Stats {
+    Stats {
+        total: arrived.elapsed(),
+        load,
+        prompt_eval_count: s.prompt_tokens,
+        prompt_eval_duration: s.prompt_duration,
+        eval_count: s.generated,
+        eval_duration: s.decode_duration,
+    }
+}
+
+async fn answer(app: Arc<App>, log: RequestLog, body: Body, shape_of: Shape) -> Result<Response, ApiError> {
+    let arrived = Instant::now();
+    let body = read_json(&app, API, body).await?;
+    let name = req_str(&body, "model").map_err(|e| ApiError::bad(API, e))?.to_string();
+    let stream = opt_bool(&body, "stream").map_err(|e| ApiError::bad(API, e))?.unwrap_or(true);
+    let options = shape::merge_options(body.get("options"), None).and_then(|o| shape::parse_options(&o, fresh_seed())).map_err(|e| ApiError::bad(API, e))?;
+    let (loaded, load) = app.model(API, &name, &log).await?;
+    let prompt = match shape_of {
+        Shape::Generate => shape::generate_prompt(&loaded.model, &body),
+        Shape::Chat => shape::chat_prompt(&loaded.model, &body).map(Some),
+    }
+    .map_err(|e| ApiError::bad(API, e))?;
+    let Some(prompt) = prompt else {
+        return Ok(Json(shape::load_line(shape_of, &name)).into_response());
+    };
+    let request = shape::gen_request(prompt, &options, loaded.engine.context_length()).map_err(|e| ApiError::bad(API, e))?;
+    let gang = app.submit(API, &loaded, vec![request], arrived, &log)?;
+    if !stream {
+        let out = gang.collect(API).await?.remove(0);
+        let s = stats(&out.summary, arrived, load);
+        return Ok(Json(shape::line(shape_of, &name, &out.text, Some((out.finish, &s)))).into_response());
+    }
+    let lines = futures_util::stream::unfold(Some(gang), move |state| {
+        let name = name.clone();
+        async move {
+            let mut gang = state?;
+            loop {
+                match gang.next().await {
+                    Some((_, Event::Token { text, .. })) if !text.is_empty() => return Some((shape::line(shape_of, &name, &text, None), Some(gang))),
+                    Some((_, Event::Done(s))) => {
+                        let st = stats(&s, gang.arrived, load);
+                        return Some((shape::line(shape_of, &name, "", Some((s.finish, &st))), None));
+                    }
+                    Some(_) => continue,
+                    None => return None,
+                }
+            }
+        }
+    });
+    // Keep the gang alive with the stream: dropping it cancels.
+    Ok(ndjson(lines))
+}
+
+/// /api/embed: `input` is a string or an array of strings.
+pub async fn embed(State(app): State<Arc<App>>, Extension(log): Extension<RequestLog>, body: Body) -> Result<Response, ApiError> {
+    let arrived = Instant::now();
+    let body = read_json(&app, API, body).await?;
+    let name = req_str(&body, "model").map_err(|e| ApiError::bad(API, e))?.to_string();
+    let inputs: Vec<String> = match body.get("input") {
+        None | Some(Value::Null) => vec![],
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(a)) => a.iter().map(|s| s.as_str().map(String::from).ok_or_else(|| ApiError::bad(API, "input must hold strings"))).collect::<Result<_, _>>()?,
+        Some(_) => return Err(ApiError::bad(API, "input must be a string or an array of strings")),
+    };
+    let truncate = opt_bool(&body, "truncate").map_err(|e| ApiError::bad(API, e))?.unwrap_or(true);
+    let (loaded, load) = app.model(API, &name, &log).await?;
+    let texts: Vec<Vec<u32>> = inputs.iter().map(|t| embed_tokens(&loaded, t, truncate, API)).collect::<Result<_, _>>()?;
+    let count: usize = texts.iter().map(Vec::len).sum();
+    let embeddings = embed_all(&app, &loaded, texts, API).await?;
+    Ok(Json(json!({
+        "model": name, "embeddings": embeddings,
+        "total_duration": arrived.elapsed().as_nanos() as u64, "load_duration": load.as_nanos() as u64, "prompt_eval_count": count,
+    }))
+    .into_response())
+}
+
+/// The legacy /api/embeddings: one `prompt`, one `embedding`.
+pub async fn embeddings(State(app): State<Arc<App>>, Extension(log): Extension<RequestLog>, body: Body) -> Result<Response, ApiError> {
+    let body = read_json(&app, API, body).await?;
+    let name = req_str(&body, "model").map_err(|e| ApiError::bad(API, e))?.to_string();
+    let prompt = req_str(&body, "prompt").map_err(|e| ApiError::bad(API, e))?.to_string();
+    let (loaded, _) = app.model(API, &name, &log).await?;
+    let tokens = embed_tokens(&loaded, &prompt, true, API)?;
+    let mut v = embed_all(&app, &loaded, vec![tokens], API).await?;
+    Ok(Json(json!({ "embedding": v.remove(0) })).into_response())
+}
+
+/// An input's tokens: BOS and the text (never control tokens), cut to the
+/// context when `truncate`, else refused when too long.
+pub(super) fn embed_tokens(loaded: &Loaded, text: &str, truncate: bool, api: Api) -> Result<Vec<u32>, ApiError> {
+    if text.is_empty() {
+        return Err(ApiError::bad(api, "an input to embed must not be empty"));
+    }
+    let tok = &loaded.model.tokenizer;
+    let mut tokens = tok.with_bos(tok.encode(text, false).map_err(|e| ApiError::bad(api, e))?);
+    let ctx = loaded.engine.context_length();
+    if tokens.len() > ctx {
+        if !truncate {
+            return Err(ApiError::bad(api, format!("the input is {} tokens; the context is {ctx}", tokens.len())));
+        }
+        tokens.truncate(ctx);
+    }
+    Ok(tokens)
+}
+
+/// Embeds each input on the model's engine, in order.
+pub(super) async fn embed_all(app: &App, loaded: &Loaded, inputs: Vec<Vec<u32>>, api: Api) -> Result<Vec<Vec<f32>>, ApiError> {
+    if inputs.len() > app.config.max_batch_items {
+        return Err(ApiError::bad(api, format!("{} inputs; the limit is {} (--max-batch-items)", inputs.len(), app.config.max_batch_items)));
+    }
+    let pending: Vec<_> = inputs.into_iter().map(|t| loaded.engine.embed(t).map_err(|e| ApiError::bad(api, e))).collect::<Result<_, _>>()?;
+    let mut out = Vec::new();
+    for rx in pending {
+        out.push(rx.await.map_err(|_| ApiError::internal(api, "the engine stopped"))?.map_err(|e| ApiError::bad(api, e))?);
+    }
+    Ok(out)
+}
+
+/// Ollama's `details` of a model.
+pub(super) fn details(m: &Manifest) -> Value {
+    json!({
+        "parent_model": "", "format": "gguf", "family": m.architecture, "families": [m.architecture],
+        "parameter_size": human_count(m.parameters), "quantization_level": m.quantization,
+    })
+}
+
+fn modified_at(app: &App, m: &Manifest) -> String {
+    let t = std::fs::metadata(app.registry.store().blob_path(m)).and_then(|md| md.modified()).unwrap_or(SystemTime::UNIX_EPOCH);
+    shape::rfc3339(t)
+}
+
+pub async fn tags(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
+    let list = app.registry.store().list().map_err(|e| ApiError::internal(API, e))?;
+    let models: Vec<Value> = list
+        .iter()
+        .map(|m| json!({ "name": m.name, "model": m.name, "modified_at": modified_at(&app, m), "size": m.size, "digest": m.sha256, "details": details(m) }))
+        .collect();
+    Ok(Json(json!({ "models": models })).into_response())
+}
+
+pub async fn show(State(app): State<Arc<App>>, Extension(log): Extension<RequestLog>, body: Body) -> Result<Response, ApiError> {
+    let body = read_json(&app, API, body).await?;
+    // "name" is the older spelling.
+    let name = req_str(&body, "model").or_else(|_| req_str(&body, "name")).map_err(|_| ApiError::bad(API, "model is required"))?.to_string();
+    log.set_model(&name);
+    let m = app.registry.find_manifest(&name).ok_or_else(|| ApiError::not_found(API, &name))?;
+    let path = app.registry.store().blob_path(&m);
+    let f = GgufFile::open(&path).map_err(|e| ApiError::internal(API, e))?;
+    let text = |k: &str| f.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+    let number = |k: &str| f.get_u64(k).ok();
+    let arch = m.architecture.clone();
+    let mut info = serde_json::Map::new();
+    info.insert("general.architecture".into(), json!(arch));
+    info.insert("general.parameter_count".into(), json!(m.parameters));
+    for key in ["context_length", "embedding_length", "block_count", "feed_forward_length", "attention.head_count", "attention.head_count_kv"] {
+        if let Some(n) = number(&format!("{arch}.{key}")) {
+            info.insert(format!("{arch}.{key}"), json!(n));
+        }
+    }
+    Ok(Json(json!({
+        "license": text("general.license"),
+        "modelfile": format!("FROM {}\n", path.display()),
+        "parameters": "",
+        "template": text("tokenizer.chat_template"),
+        "details": details(&m),
+        "model_info": info,
+        "capabilities": ["completion"],
+        "modified_at": modified_at(&app, &m),
+    }))
+    .into_response())
+}
+
+/// Loaded models. They stay until another model needs the room, so
+/// `expires_at` is far away.
+pub async fn ps(State(app): State<Arc<App>>) -> Response {
+    let loaded = app.registry.loaded().await;
+    let models: Vec<Value> = loaded
+        .iter()
+        .map(|l| {
+            let m = &l.manifest;
+            json!({
+                "name": m.name, "model": m.name, "size": m.size, "digest": m.sha256, "details": details(m),
+                "expires_at": "9999-12-31T23:59:59Z", "size_vram": 0, "context_length": l.engine.context_length(),
+                "loaded_at": shape::rfc3339(l.loaded_at),
+            })
+        })
+        .collect();
+    Json(json!({ "models": models })).into_response()
+}

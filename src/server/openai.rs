@@ -1,0 +1,150 @@
+//! OpenAI's routes: /v1/completions, /v1/chat/completions, /v1/models and
+//! /v1/embeddings. Every prompt of a request and every one of its `n`
+//! choices run as one gang, sharing the prompt's KV.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+use super::error::{Api, ApiError};
+use super::log::RequestLog;
+use super::ollama::{embed_all, embed_tokens};
+use super::{read_json, sse, App};
+use crate::api::fields::{fresh_seed, opt_str, req_str};
+use crate::api::openai::{self as shape, Choice, Kind};
+use crate::engine::Event;
+use crate::store::Manifest;
+
+const API: Api = Api::OpenAi;
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+pub async fn completions(State(app): State<Arc<App>>, Extension(log): Extension<RequestLog>, body: Body) -> Result<Response, ApiError> {
+    complete(app, log, body, Kind::Completion).await
+}
+
+pub async fn chat(State(app): State<Arc<App>>, Extension(log): Extension<RequestLog>, body: Body) -> Result<Response, ApiError> {
+    complete(app, log, body, Kind::Chat).await
+}
+
+async fn complete(app: Arc<App>, log: RequestLog, body: Body, kind: Kind) -> Result<Response, ApiError> {
+    let arrived = Instant::now();
+    let body = read_json(&app, API, body).await?;
+    let name = req_str(&body, "model").map_err(|e| ApiError::bad(API, e))?.to_string();
+    let (loaded, _) = app.model(API, &name, &log).await?;
+    let job = shape::parse(&loaded.model, kind, &body, fresh_seed(), None, app.config.max_batch_items).map_err(|e| ApiError::bad(API, e))?;
+    let gang = app.submit(API, &loaded, job.requests.clone(), arrived, &log)?;
+    let prefix = if kind == Kind::Chat { "chatcmpl" } else { "cmpl" };
+    let id = format!("{prefix}-{:016x}", fresh_seed());
+    let created = now_secs();
+    if !job.stream {
+        let outputs = gang.collect(API).await?;
+        let choices: Vec<Choice> = outputs.into_iter().map(|o| Choice { text: o.text, tokens: o.tokens, finish: Some(o.finish) }).collect();
+        return Ok(Json(shape::response_body(&job, &id, created, &name, &choices)).into_response());
+    }
+    let prompt_tokens: usize = job.prompt_tokens.iter().sum();
+    let include_usage = job.include_usage;
+    // State: the gang (dropping it cancels) and the tokens generated so far.
+    let chunks = futures_util::stream::unfold(Some((gang, 0usize)), move |state| {
+        let (id, name) = (id.clone(), name.clone());
+        async move {
+            let (mut gang, mut generated) = state?;
+            loop {
+                let chunk = match gang.next().await {
+                    Some((i, Event::Started { .. })) if kind == Kind::Chat => shape::chunk(kind, &id, created, &name, i, "", true, None),
+                    Some((i, Event::Token { text, .. })) if !text.is_empty() => {
+                        generated += 1;
+                        shape::chunk(kind, &id, created, &name, i, &text, false, None)
+                    }
+                    Some((_, Event::Token { .. })) => {
+                        generated += 1;
+                        continue;
+                    }
+                    Some((i, Event::Done(s))) => shape::chunk(kind, &id, created, &name, i, "", false, Some(s.finish)),
+                    Some(_) => continue,
+                    None if include_usage => return Some((shape::usage_chunk(kind, &id, created, &name, prompt_tokens, generated), None)),
+                    None => return None,
+                };
+                return Some((chunk, Some((gang, generated))));
+            }
+        }
+    });
+    Ok(sse(chunks))
+}
+
+fn model_object(app: &App, m: &Manifest) -> Value {
+    let created = std::fs::metadata(app.registry.store().blob_path(m))
+        .and_then(|md| md.modified())
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs());
+    json!({ "id": m.name, "object": "model", "created": created, "owned_by": "caravan" })
+}
+
+pub async fn models(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
+    let list = app.registry.store().list().map_err(|e| ApiError::internal(API, e))?;
+    Ok(Json(json!({ "object": "list", "data": list.iter().map(|m| model_object(&app, m)).collect::<Vec<_>>() })).into_response())
+}
+
+pub async fn model(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let m = app.registry.find_manifest(&id).ok_or_else(|| ApiError::not_found(API, &id))?;
+    Ok(Json(model_object(&app, &m)).into_response())
+}
+
+/// `input`: a string, an array of strings, an array of token ids or an
+/// array of such arrays; `encoding_format` float or base64 (what the
+/// official client asks for by default).
+pub async fn embeddings(State(app): State<Arc<App>>, Extension(log): Extension<RequestLog>, body: Body) -> Result<Response, ApiError> {
+    let body = read_json(&app, API, body).await?;
+    let name = req_str(&body, "model").map_err(|e| ApiError::bad(API, e))?.to_string();
+    let base64 = match opt_str(&body, "encoding_format").map_err(|e| ApiError::bad(API, e))? {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(f) => return Err(ApiError::bad(API, format!("encoding_format must be float or base64, got {f:?}"))),
+    };
+    if !matches!(body.get("dimensions"), None | Some(Value::Null)) {
+        return Err(ApiError::bad(API, "dimensions is not supported"));
+    }
+    let (loaded, _) = app.model(API, &name, &log).await?;
+    let vocab = loaded.model.tokenizer.vocab_size() as u64;
+    let ids = |a: &[Value]| -> Result<Vec<u32>, ApiError> {
+        let t: Option<Vec<u32>> = a.iter().map(|t| t.as_u64().filter(|&t| t < vocab).map(|t| t as u32)).collect();
+        match t {
+            Some(t) if !t.is_empty() && t.len() <= loaded.engine.context_length() => Ok(t),
+            _ => Err(ApiError::bad(API, format!("input token arrays must be non-empty, fit the context, and hold ids below {vocab}"))),
+        }
+    };
+    let inputs: Vec<Vec<u32>> = match body.get("input") {
+        Some(Value::String(s)) => vec![embed_tokens(&loaded, s, false, API)?],
+        Some(Value::Array(a)) if a.is_empty() => return Err(ApiError::bad(API, "input must not be empty")),
+        Some(Value::Array(a)) if a.iter().all(Value::is_string) => a.iter().map(|s| embed_tokens(&loaded, s.as_str().unwrap_or_default(), false, API)).collect::<Result<_, _>>()?,
+        Some(Value::Array(a)) if a.iter().all(Value::is_number) => vec![ids(a)?],
+        Some(Value::Array(a)) if a.iter().all(Value::is_array) => a.iter().map(|p| ids(p.as_array().map(Vec::as_slice).unwrap_or_default())).collect::<Result<_, _>>()?,
+        None | Some(Value::Null) => return Err(ApiError::bad(API, "input is required")),
+        Some(_) => return Err(ApiError::bad(API, "input must be a string, an array of strings, an array of token ids or an array of such arrays")),
+    };
+    let tokens: usize = inputs.iter().map(Vec::len).sum();
+    let vectors = embed_all(&app, &loaded, inputs, API).await?;
+    let data: Vec<Value> = vectors
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let embedding = if base64 {
+                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(v)
+            };
+            json!({ "object": "embedding", "index": i, "embedding": embedding })
+        })
+        .collect();
+    Ok(Json(json!({ "object": "list", "data": data, "model": name, "usage": { "prompt_tokens": tokens, "total_tokens": tokens } })).into_response())
+}

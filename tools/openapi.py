@@ -1,0 +1,124 @@
+"""Writes src/server/openapi.json, the OpenAPI 3.1 description of every
+route `caravan serve` answers. Edit this file, then run it:
+    python3 tools/openapi.py"""
+
+import json
+import pathlib
+
+def obj(props, required=(), extra=True):
+    o = {"type": "object", "properties": props}
+    if required:
+        o["required"] = list(required)
+    if not extra:
+        o["additionalProperties"] = False
+    return o
+
+S = {"type": "string"}
+I = {"type": "integer"}
+N = {"type": "number"}
+B = {"type": "boolean"}
+def arr(x): return {"type": "array", "items": x}
+def ref(name): return {"$ref": f"#/components/schemas/{name}"}
+
+schemas = {
+    "OllamaOptions": obj({
+        "num_predict": {"type": "integer", "description": "Most tokens to generate; -1 (default) or -2: until the end of the context"},
+        "temperature": N, "top_k": I, "top_p": N, "min_p": N, "seed": I, "repeat_penalty": N, "repeat_last_n": I,
+        "stop": {"oneOf": [S, arr(S)], "description": "At most 16 sequences of at most 256 bytes"},
+        "num_ctx": {"type": "integer", "description": "A per-request cap on prompt plus answer; never a reservation"},
+    }),
+    "OllamaError": obj({"error": S}, ["error"]),
+    "OpenAIError": obj({"error": obj({"message": S, "type": S, "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}, ["message", "type", "param", "code"])}, ["error"]),
+    "Message": obj({"role": {"enum": ["system", "user", "assistant", "tool"]}, "content": {"oneOf": [S, arr(obj({"type": {"const": "text"}, "text": S}))]}}, ["role"]),
+    "GenerateRequest": obj({
+        "model": S, "prompt": {"type": "string", "description": "Empty or absent: only load the model (done_reason \"load\")"}, "system": S,
+        "raw": {"type": "boolean", "description": "Send the prompt without the chat template"}, "stream": {"type": "boolean", "default": True},
+        "keep_alive": {"description": "Accepted; models stay loaded until another model needs the room"}, "options": ref("OllamaOptions"),
+    }, ["model"]),
+    "ChatRequest": obj({"model": S, "messages": arr(ref("Message")), "stream": {"type": "boolean", "default": True}, "keep_alive": {}, "options": ref("OllamaOptions")}, ["model", "messages"]),
+    "OllamaFinal": obj({
+        "model": S, "created_at": S, "response": S, "message": ref("Message"), "done": B, "done_reason": {"enum": ["stop", "length", "load"]},
+        "total_duration": {"type": "integer", "description": "nanoseconds"}, "load_duration": I, "prompt_eval_count": I,
+        "prompt_eval_duration": I, "eval_count": I, "eval_duration": I,
+    }),
+    "BatchItem": obj({"prompt": S, "system": S, "raw": B, "messages": arr(ref("Message")), "options": ref("OllamaOptions")},
+                     extra=True),
+    "BatchRequest": obj({
+        "model": S, "requests": {**arr(ref("BatchItem")), "description": "Generate items (prompt) or chat items (messages); at most --max-batch-items (default 256)"},
+        "options": {**ref("OllamaOptions"), "description": "Shared options; an item's own options override them"}, "stream": {"type": "boolean", "default": False},
+    }, ["model", "requests"]),
+    "BatchResponse": obj({
+        "model": S, "created_at": S, "done": B, "items": I,
+        "admitted_step": {"type": "integer", "description": "The engine step the items started at"},
+        "admitted_together": {"type": "boolean", "description": "Every item started in that same step"},
+        "total_duration": I, "load_duration": I,
+        "responses": arr({"allOf": [ref("OllamaFinal"), obj({"index": I, "started_step": I})]}),
+    }),
+    "CompletionRequest": obj({
+        "model": S, "prompt": {"oneOf": [S, arr(S), arr(I), arr(arr(I))]}, "n": {"type": "integer", "minimum": 1, "maximum": 16},
+        "max_tokens": {"type": "integer", "minimum": 1, "default": 16}, "temperature": N, "top_p": N, "stop": {"oneOf": [S, arr(S)]}, "seed": I,
+        "stream": B, "stream_options": obj({"include_usage": B}), "ignore_eos": {"type": "boolean", "description": "Extension: generate past end-of-sequence (benchmarks)"},
+    }, ["model", "prompt"]),
+    "ChatCompletionRequest": obj({
+        "model": S, "messages": arr(ref("Message")), "n": {"type": "integer", "minimum": 1, "maximum": 16}, "max_tokens": I, "max_completion_tokens": I,
+        "temperature": N, "top_p": N, "stop": {"oneOf": [S, arr(S)]}, "seed": I, "stream": B, "stream_options": obj({"include_usage": B}), "ignore_eos": B,
+    }, ["model", "messages"]),
+    "Usage": obj({"prompt_tokens": I, "completion_tokens": I, "total_tokens": I}),
+    "Completion": obj({"id": S, "object": {"enum": ["text_completion", "chat.completion"]}, "created": I, "model": S,
+                       "choices": arr(obj({"index": I, "text": S, "message": ref("Message"), "finish_reason": {"enum": ["stop", "length"]}})), "usage": ref("Usage")}),
+    "EmbeddingRequest": obj({"model": S, "input": {"oneOf": [S, arr(S), arr(I), arr(arr(I))]}, "encoding_format": {"enum": ["float", "base64"]}}, ["model", "input"]),
+    "Embeddings": obj({"object": S, "model": S, "data": arr(obj({"object": S, "index": I, "embedding": {"oneOf": [arr(N), S]}})), "usage": ref("Usage")}),
+    "ModelRequest": obj({"model": S}, ["model"]),
+    "OllamaEmbedRequest": obj({"model": S, "input": {"oneOf": [S, arr(S)]}, "truncate": {"type": "boolean", "default": True}, "keep_alive": {}}, ["model"]),
+    "OllamaEmbeddingsRequest": obj({"model": S, "prompt": S}, ["model", "prompt"]),
+    "ModelDetails": obj({"parent_model": S, "format": S, "family": S, "families": arr(S), "parameter_size": S, "quantization_level": S}),
+}
+
+def body(schema): return {"required": True, "content": {"application/json": {"schema": ref(schema)}}}
+def ok(schema=None, desc="OK", stream=None):
+    content = {"application/json": {"schema": ref(schema) if isinstance(schema, str) else (schema or {})}}
+    if stream:
+        content[stream] = {"schema": S}
+    return {"description": desc, "content": content}
+def errors(kind):
+    e = {"content": {"application/json": {"schema": ref("OllamaError" if kind == "ollama" else "OpenAIError")}}}
+    busy = "503" if kind == "ollama" else "429"
+    return {"400": {"description": "Malformed JSON, a wrong type, a missing field, a limit broken", **e},
+            "404": {"description": "Unknown model", **e}, "413": {"description": "Body over --max-body", **e},
+            busy: {"description": "More than --max-queue requests wait; see Retry-After", **e}}
+
+def post(summary, req, resp, kind, stream=None):
+    return {"post": {"summary": summary, "requestBody": body(req), "responses": {"200": ok(resp, stream=stream), **errors(kind)}}}
+def get(summary, resp=None, text=False):
+    r = {"description": "OK", "content": {"text/plain": {"schema": S}}} if text else ok(resp)
+    return {"get": {"summary": summary, "responses": {"200": r}}}
+
+paths = {
+    "/": {**get("\"Caravan is running\"", text=True), "head": {"summary": "Liveness", "responses": {"200": {"description": "OK"}}}},
+    "/health": {"get": {"summary": "200 once the default model is loaded, 503 before", "responses": {"200": {"description": "Ready"}, "503": {"description": "Loading"}}}},
+    "/metrics": get("Prometheus metrics: sequences, KV blocks, tokens, preemptions, latency and batch-size histograms", text=True),
+    "/openapi.json": get("This description"),
+    "/api/version": get("Server version", obj({"version": S})),
+    "/api/generate": post("Generate from a prompt (NDJSON stream unless stream is false)", "GenerateRequest", "OllamaFinal", "ollama", "application/x-ndjson"),
+    "/api/chat": post("Answer a conversation (NDJSON stream unless stream is false)", "ChatRequest", "OllamaFinal", "ollama", "application/x-ndjson"),
+    "/api/embed": post("Embed one or many inputs (mean-pooled, unit length)",
+                       "OllamaEmbedRequest", obj({"model": S, "embeddings": arr(arr(N)), "total_duration": I, "load_duration": I, "prompt_eval_count": I}), "ollama"),
+    "/api/embeddings": post("Embed one prompt (legacy)", "OllamaEmbeddingsRequest", obj({"embedding": arr(N)}), "ollama"),
+    "/api/tags": get("Installed models", obj({"models": arr(obj({"name": S, "model": S, "modified_at": S, "size": I, "digest": S, "details": ref("ModelDetails")}))})),
+    "/api/show": post("A model's details, template and parameters", "ModelRequest", obj({"template": S, "details": ref("ModelDetails"), "model_info": {"type": "object"}, "modelfile": S, "capabilities": arr(S)}), "ollama"),
+    "/api/ps": get("Loaded models", obj({"models": arr(obj({"name": S, "model": S, "size": I, "digest": S, "expires_at": S, "size_vram": I, "context_length": I}))})),
+    "/api/batch": post("Many generate or chat items admitted to the engine in the same step; NDJSON lines with each item's index when streaming, then a summary line",
+                       "BatchRequest", "BatchResponse", "ollama", "application/x-ndjson"),
+    "/v1/completions": post("OpenAI completions; every prompt and every one of n choices run as one gang (SSE when stream)", "CompletionRequest", "Completion", "openai", "text/event-stream"),
+    "/v1/chat/completions": post("OpenAI chat completions (SSE when stream)", "ChatCompletionRequest", "Completion", "openai", "text/event-stream"),
+    "/v1/embeddings": post("OpenAI embeddings", "EmbeddingRequest", "Embeddings", "openai"),
+    "/v1/models": get("Installed models", obj({"object": S, "data": arr(obj({"id": S, "object": S, "created": I, "owned_by": S}))})),
+    "/v1/models/{model}": {"get": {"summary": "One installed model", "parameters": [{"name": "model", "in": "path", "required": True, "schema": S}],
+                                   "responses": {"200": ok(obj({"id": S, "object": S, "created": I, "owned_by": S})), "404": errors("openai")["404"]}}},
+}
+
+spec = {"openapi": "3.1.0", "info": {"title": "Caravan", "version": "0.1.0", "description": "Ollama- and OpenAI-compatible LLM server with continuous batching and a batch API"},
+        "paths": paths, "components": {"schemas": schemas}}
+out = pathlib.Path(__file__).resolve().parent.parent / "src/server/openapi.json"
+out.write_text(json.dumps(spec, indent=1) + "\n")
+print(f"wrote {out}")
