@@ -16,12 +16,18 @@ use super::error::{Api, ApiError};
 use super::log::RequestLog;
 use super::ollama::{embed_all, embed_tokens};
 use super::{read_json, sse, App};
-use crate::api::fields::{fresh_seed, opt_str, req_str};
+use crate::api::fields::{fresh_seed, opt_str};
 use crate::api::openai::{self as shape, Choice, Kind};
 use crate::engine::Event;
 use crate::store::Manifest;
 
 const API: Api = Api::OpenAi;
+
+/// `model`, or the server's default model when absent (as llama.cpp's
+/// and vLLM's servers allow).
+fn model_name(app: &App, body: &Value) -> Result<String, ApiError> {
+    Ok(opt_str(body, "model").map_err(|e| ApiError::bad(API, e))?.unwrap_or(&app.config.default_model).to_string())
+}
 
 fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
@@ -38,7 +44,7 @@ pub async fn chat(State(app): State<Arc<App>>, Extension(log): Extension<Request
 async fn complete(app: Arc<App>, log: RequestLog, body: Body, kind: Kind) -> Result<Response, ApiError> {
     let arrived = Instant::now();
     let body = read_json(&app, API, body).await?;
-    let name = req_str(&body, "model").map_err(|e| ApiError::bad(API, e))?.to_string();
+    let name = model_name(&app, &body)?;
     let (loaded, _) = app.model(API, &name, &log).await?;
     let job = shape::parse(&loaded.model, kind, &body, fresh_seed(), None, app.config.max_batch_items).map_err(|e| ApiError::bad(API, e))?;
     let gang = app.submit(API, &loaded, job.requests.clone(), arrived, &log)?;
@@ -104,7 +110,7 @@ pub async fn model(State(app): State<Arc<App>>, Path(id): Path<String>) -> Resul
 /// official client asks for by default).
 pub async fn embeddings(State(app): State<Arc<App>>, Extension(log): Extension<RequestLog>, body: Body) -> Result<Response, ApiError> {
     let body = read_json(&app, API, body).await?;
-    let name = req_str(&body, "model").map_err(|e| ApiError::bad(API, e))?.to_string();
+    let name = model_name(&app, &body)?;
     let base64 = match opt_str(&body, "encoding_format").map_err(|e| ApiError::bad(API, e))? {
         None | Some("float") => false,
         Some("base64") => true,

@@ -142,6 +142,9 @@ class OpenAIClient(unittest.TestCase):
         r = request("POST", "/v1/completions", {"model": MODEL, "prompt": [[19556]], "max_tokens": 4, "temperature": 0})
         self.assertEqual(r[0], 200)
         self.assertEqual(r[2]["choices"][0]["text"], text)
+        # Without a model, the default model answers (as llama.cpp's and vLLM's servers do).
+        r = request("POST", "/v1/completions", {"prompt": "Hello", "max_tokens": 4, "temperature": 0})
+        self.assertEqual((r[0], r[2]["model"], r[2]["choices"][0]["text"]), (200, MODEL, text))
 
     def test_chat_with_n(self):
         r = openai_client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Say hi"}], n=2, max_tokens=10, seed=7)
@@ -265,6 +268,7 @@ class BadInput(unittest.TestCase):
             ("/v1/chat/completions", None, b"[1, 2", 400),
             ("/v1/chat/completions", {"model": MODEL, "messages": []}, None, 400),
             ("/v1/chat/completions", {"model": MODEL}, None, 400),
+            ("/v1/chat/completions", {"model": 7, "messages": msgs}, None, 400),
             ("/v1/chat/completions", {"model": MODEL, "messages": msgs, "n": 0}, None, 400),
             ("/v1/chat/completions", {"model": MODEL, "messages": msgs, "n": 17}, None, 400),
             ("/v1/chat/completions", {"model": MODEL, "messages": msgs, "temperature": "warm"}, None, 400),
