@@ -180,7 +180,7 @@ fn batch_answers_every_line_in_order_with_errors_in_place() {
     assert_eq!(lines[1]["response"]["body"]["choices"][0]["message"]["role"], "assistant");
     assert_eq!(lines[2]["response"]["body"]["choices"].as_array().unwrap().len(), 3);
     assert!(lines[3]["response"].is_null());
-    assert!(lines[3]["error"]["message"].as_str().unwrap().contains("messages must be a non-empty array"));
+    assert!(lines[3]["error"]["message"].as_str().unwrap().contains("messages must not be empty"));
     // Cut at the stop string, which is not included.
     let text = lines[4]["response"]["body"]["choices"][0]["text"].as_str().unwrap();
     assert!(!text.contains('\n') && lines[4]["response"]["body"]["choices"][0]["finish_reason"] == "stop", "{text:?}");
