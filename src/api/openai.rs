@@ -143,24 +143,40 @@ pub fn response_body(job: &Job, id: &str, created: u64, model: &str, choices: &[
     json!({ "id": id, "object": object(job.kind, false), "created": created, "model": model, "choices": list, "usage": usage(prompt, completion) })
 }
 
-/// One streamed chunk for choice `index`: new text, or (with `finish`) its
-/// end. A chat stream's first chunk for a choice carries the role.
-pub fn chunk(kind: Kind, id: &str, created: u64, model: &str, index: usize, text: &str, first: bool, finish: Option<FinishReason>) -> Value {
-    let choice = match kind {
-        Kind::Chat => {
-            let delta = match (first, finish) {
-                (_, Some(_)) => json!({}),
-                (true, None) => json!({ "role": "assistant", "content": text }),
-                (false, None) => json!({ "content": text }),
-            };
-            json!({ "index": index, "delta": delta, "finish_reason": finish.map(finish_name), "logprobs": null })
-        }
-        Kind::Completion => json!({ "index": index, "text": text, "finish_reason": finish.map(finish_name), "logprobs": null }),
-    };
-    json!({ "id": id, "object": object(kind, true), "created": created, "model": model, "choices": [choice] })
+/// What every chunk of one streamed answer carries.
+pub struct StreamHead<'a> {
+    pub kind: Kind,
+    pub id: &'a str,
+    pub created: u64,
+    pub model: &'a str,
 }
 
-/// The last chunk when the client asked for usage: no choices.
-pub fn usage_chunk(kind: Kind, id: &str, created: u64, model: &str, prompt_tokens: usize, completion_tokens: usize) -> Value {
-    json!({ "id": id, "object": object(kind, true), "created": created, "model": model, "choices": [], "usage": usage(prompt_tokens, completion_tokens) })
+impl StreamHead<'_> {
+    fn wrap(&self, choices: Value) -> Value {
+        json!({ "id": self.id, "object": object(self.kind, true), "created": self.created, "model": self.model, "choices": choices })
+    }
+
+    /// One chunk for choice `index`: new text, or (with `finish`) its end.
+    /// A chat stream's first chunk for a choice carries the role.
+    pub fn chunk(&self, index: usize, text: &str, first: bool, finish: Option<FinishReason>) -> Value {
+        let choice = match self.kind {
+            Kind::Chat => {
+                let delta = match (first, finish) {
+                    (_, Some(_)) => json!({}),
+                    (true, None) => json!({ "role": "assistant", "content": text }),
+                    (false, None) => json!({ "content": text }),
+                };
+                json!({ "index": index, "delta": delta, "finish_reason": finish.map(finish_name), "logprobs": null })
+            }
+            Kind::Completion => json!({ "index": index, "text": text, "finish_reason": finish.map(finish_name), "logprobs": null }),
+        };
+        self.wrap(json!([choice]))
+    }
+
+    /// The last chunk when the client asked for usage: no choices.
+    pub fn usage(&self, prompt_tokens: usize, completion_tokens: usize) -> Value {
+        let mut v = self.wrap(json!([]));
+        v["usage"] = usage(prompt_tokens, completion_tokens);
+        v
+    }
 }

@@ -44,17 +44,9 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("caravan");
-        let g = Gauges::default();
-        registry.register("running_sequences", "Sequences admitted to an engine and not finished", g.running.clone());
-        registry.register("waiting_sequences", "Sequences queued in an engine, not yet admitted", g.waiting.clone());
-        registry.register("queued_requests", "Requests whose sequences are not admitted yet", g.queued_requests.clone());
-        registry.register("kv_blocks_used", "KV blocks held by sequences", g.kv_used.clone());
-        registry.register("kv_blocks_cached", "Unused KV blocks keeping a cached prefix (evictable)", g.kv_cached.clone());
-        registry.register("kv_blocks_total", "KV blocks in the pools", g.kv_total.clone());
-        registry.register("loaded_models", "Models with a running engine", g.loaded_models.clone());
-        let m = Metrics {
-            gauges: g,
+        let mut m = Metrics {
+            registry: Registry::with_prefix("caravan"),
+            gauges: Gauges::default(),
             prefix_hit_tokens: Counter::default(),
             preemptions: Counter::default(),
             prompt_tokens: Counter::default(),
@@ -66,10 +58,15 @@ impl Metrics {
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
             step_tokens: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             queued: AtomicUsize::new(0),
-            registry,
         };
-        let mut m = m;
-        let r = &mut m.registry;
+        let (r, g) = (&mut m.registry, &m.gauges);
+        r.register("running_sequences", "Sequences admitted to an engine and not finished", g.running.clone());
+        r.register("waiting_sequences", "Sequences queued in an engine, not yet admitted", g.waiting.clone());
+        r.register("queued_requests", "Requests whose sequences are not admitted yet", g.queued_requests.clone());
+        r.register("kv_blocks_used", "KV blocks held by sequences", g.kv_used.clone());
+        r.register("kv_blocks_cached", "Unused KV blocks keeping a cached prefix (evictable)", g.kv_cached.clone());
+        r.register("kv_blocks_total", "KV blocks in the pools", g.kv_total.clone());
+        r.register("loaded_models", "Models with a running engine", g.loaded_models.clone());
         r.register("prefix_cache_hit_tokens", "Prompt tokens whose KV came from the prefix cache", m.prefix_hit_tokens.clone());
         r.register("preemptions", "Sequences preempted for lack of KV blocks", m.preemptions.clone());
         r.register("prompt_tokens", "Prompt tokens of finished sequences", m.prompt_tokens.clone());

@@ -62,21 +62,22 @@ async fn complete(app: Arc<App>, log: RequestLog, body: Body, kind: Kind) -> Res
     let chunks = futures_util::stream::unfold(Some((gang, 0usize)), move |state| {
         let (id, name) = (id.clone(), name.clone());
         async move {
+            let head = shape::StreamHead { kind, id: &id, created, model: &name };
             let (mut gang, mut generated) = state?;
             loop {
                 let chunk = match gang.next().await {
-                    Some((i, Event::Started { .. })) if kind == Kind::Chat => shape::chunk(kind, &id, created, &name, i, "", true, None),
+                    Some((i, Event::Started { .. })) if kind == Kind::Chat => head.chunk(i, "", true, None),
                     Some((i, Event::Token { text, .. })) if !text.is_empty() => {
                         generated += 1;
-                        shape::chunk(kind, &id, created, &name, i, &text, false, None)
+                        head.chunk(i, &text, false, None)
                     }
                     Some((_, Event::Token { .. })) => {
                         generated += 1;
                         continue;
                     }
-                    Some((i, Event::Done(s))) => shape::chunk(kind, &id, created, &name, i, "", false, Some(s.finish)),
+                    Some((i, Event::Done(s))) => head.chunk(i, "", false, Some(s.finish)),
                     Some(_) => continue,
-                    None if include_usage => return Some((shape::usage_chunk(kind, &id, created, &name, prompt_tokens, generated), None)),
+                    None if include_usage => return Some((head.usage(prompt_tokens, generated), None)),
                     None => return None,
                 };
                 return Some((chunk, Some((gang, generated))));
