@@ -4,7 +4,7 @@
 //! special tokens are parsed) and message text (always plain): a user who
 //! types `<|im_end|>` gets those characters, not the control token.
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Result};
 use minijinja::{Environment, Error, ErrorKind};
 use serde::Serialize;
 
@@ -36,6 +36,12 @@ pub enum Segment {
     Content(String),
 }
 
+/// Instructions one render may run: thousands of messages' worth.
+const RENDER_FUEL: u64 = 5_000_000;
+
+/// Bytes of its own text a template may add to the messages.
+const MAX_TEMPLATE_TEXT: usize = 1 << 20;
+
 pub struct ChatTemplate {
     env: Environment<'static>,
     bos: String,
@@ -51,6 +57,10 @@ impl ChatTemplate {
 
     pub fn new(source: &str, bos: String, eos: String) -> Result<ChatTemplate> {
         let mut env = Environment::new();
+        // Templates come with model files from strangers: bound the work a
+        // render may do (loops, recursion) so that a hostile one errors out
+        // instead of hanging a worker. There is no loader: no file access.
+        env.set_fuel(Some(RENDER_FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", |msg: String| -> Result<String, Error> {
             Err(Error::new(ErrorKind::InvalidOperation, msg))
@@ -78,6 +88,10 @@ impl ChatTemplate {
             .get_template("chat")
             .and_then(|t| t.render(ctx))
             .map_err(|e| anyhow!("chat template failed: {e}"))?;
+        let content: usize = messages.iter().map(|m| m.content.len() + m.role.len()).sum();
+        if rendered.len() > content + MAX_TEMPLATE_TEXT {
+            bail!("chat template failed: it wrote {} bytes around {content} bytes of messages (limit: {MAX_TEMPLATE_TEXT} bytes of its own)", rendered.len());
+        }
         let mut segments = Vec::new();
         let mut rest = rendered.as_str();
         while let Some(open) = rest.find(OPEN) {
@@ -147,5 +161,23 @@ mod tests {
                 Segment::Template("<|im_end|>\n<|im_start|>assistant\n".into()),
             ]
         );
+    }
+
+    #[test]
+    fn hostile_templates_fail_quickly_instead_of_hanging() {
+        let started = std::time::Instant::now();
+        let endless = "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}";
+        let deep = "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}";
+        let huge = "{{ 'x' * 1000000000 }}";
+        let wide = "{% for i in range(10000) %}{{ 'x' * 10000 }}{% endfor %}";
+        for source in [endless, deep, huge, wide] {
+            let t = ChatTemplate::new(source, String::new(), String::new()).unwrap();
+            let err = t.render(&[Message::new("user", "hi")], true).unwrap_err().to_string();
+            assert!(err.starts_with("chat template failed"), "{source}: {err}");
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "took {:?}", started.elapsed());
+        // The bounds leave room for long conversations.
+        let long: Vec<Message> = (0..5000).map(|i| Message::new(if i % 2 == 0 { "user" } else { "assistant" }, "some words here")).collect();
+        assert!(ChatTemplate::new(CHATML, String::new(), String::new()).unwrap().render(&long, true).is_ok());
     }
 }
