@@ -46,6 +46,7 @@ pub fn generate(m: &LoadedModel, kv: &mut KvPool, reqs: &[GenRequest], mut on_te
                             texts[i].push_str(&text);
                         }
                     }
+                    Event::Failed(message) => bail!("request {i} failed: {message}"),
                     Event::Done(s) => {
                         outputs[i] = Some(GenOutput {
                             tokens: std::mem::take(&mut tokens[i]),

@@ -1,10 +1,12 @@
 //! `caravan serve` on loopback, driven by the official `ollama` and
 //! `openai` Python packages and by raw HTTP (tests/python/test_server.py).
-//! Two servers: one with the defaults (and --max-batch-items 16), and a
-//! tight one (one sequence at a time, a queue of one) for backpressure.
+//! Three servers: one with the defaults (and --max-batch-items 16, a 2 MiB
+//! body limit and test faults on), a tight one (one sequence at a time, a
+//! queue of one) for backpressure, and one with an API key and CORS.
 
 mod common;
 
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,12 +20,17 @@ struct Server {
 
 impl Server {
     fn start(store: &Path, log: &Path, extra: &[&str]) -> Server {
+        Server::start_with(store, log, extra, &[])
+    }
+
+    fn start_with(store: &Path, log: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let url = format!("http://127.0.0.1:{port}");
         let child = Command::new(env!("CARGO_BIN_EXE_caravan"))
             .args(["serve", "--host", &format!("127.0.0.1:{port}"), "--kv-memory", "256MiB"])
             .args(extra)
             .env("CARAVAN_MODELS", store)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(log).unwrap())
             .spawn()
@@ -55,12 +62,60 @@ fn official_clients_batch_api_errors_backpressure_and_disconnects() {
     for name in ["smollm2:135m", "smol-copy:latest"] {
         Store::new(store.clone()).pull(model.to_str().unwrap(), Some(name)).unwrap();
     }
-    let main = Server::start(&store, &dir.path().join("main.log"), &["--max-batch-items", "16"]);
+    let main = Server::start_with(&store, &dir.path().join("main.log"), &["--max-batch-items", "16", "--max-body", "2MiB"], &[("CARAVAN_TEST_FAULTS", "1")]);
     let tight = Server::start(&store, &dir.path().join("tight.log"), &["--max-seqs", "1", "--max-queue", "1"]);
+    let secure = Server::start(&store, &dir.path().join("secure.log"), &["--api-key", "s3cret", "--cors-origin", "http://app.example"]);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/test_server.py");
-    let out = Command::new("python3").arg(&script).env("CARAVAN_URL", &main.url).env("CARAVAN_TIGHT_URL", &tight.url).output().expect("python3 runs");
+    let out = Command::new("python3")
+        .arg(&script)
+        .env("CARAVAN_URL", &main.url)
+        .env("CARAVAN_TIGHT_URL", &tight.url)
+        .env("CARAVAN_SECURE_URL", &secure.url)
+        .output()
+        .expect("python3 runs");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     println!("{text}");
-    drop((main, tight));
+    drop((main, tight, secure));
     assert!(out.status.success(), "the Python client tests failed:\n{text}\nserver log:\n{}", std::fs::read_to_string(dir.path().join("main.log")).unwrap_or_default());
+}
+
+/// SIGTERM: the server stops accepting, lets a running stream go on for
+/// the grace period, then ends it with a final `done` line and exits 0.
+#[test]
+fn sigterm_ends_streams_with_a_final_message_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("models");
+    Store::new(store.clone()).pull(common::model_path().to_str().unwrap(), Some("smollm2:135m")).unwrap();
+    let mut server = Server::start(&store, &dir.path().join("server.log"), &["--shutdown-grace", "1"]);
+    let addr = server.url.trim_start_matches("http://").to_string();
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    let body = r#"{"model": "smollm2:135m", "prompt": "Tell me a very long story.", "options": {"num_predict": 5000, "temperature": 0}}"#;
+    write!(stream, "POST /api/generate HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut lines = Vec::new();
+    // Wait for the stream to run, then ask the server to stop.
+    while !lines.iter().any(|l: &String| l.contains("\"response\"")) {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        lines.push(line);
+    }
+    let asked = Instant::now();
+    Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().unwrap();
+    let mut rest = String::new();
+    reader.read_to_string(&mut rest).unwrap();
+    let last = rest.lines().filter(|l| l.starts_with('{')).last().expect("a final line").to_string();
+    let v: serde_json::Value = serde_json::from_str(&last).unwrap();
+    assert_eq!((v["done"].as_bool(), v["done_reason"].as_str()), (Some(true), Some("length")), "{last}");
+    assert!(v["eval_count"].as_u64().unwrap() > 1);
+    let status = loop {
+        if let Some(s) = server.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(asked.elapsed() < Duration::from_secs(15), "the server did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    // The grace period was given, and not much more.
+    assert!(asked.elapsed() >= Duration::from_millis(900), "{:?}", asked.elapsed());
+    assert!(std::net::TcpStream::connect(&addr).is_err(), "no longer accepting");
 }

@@ -112,6 +112,9 @@ pub fn gen_request(prompt: Vec<u32>, o: &Options, context: usize) -> Result<GenR
     if prompt.len() >= ctx {
         bail!("the prompt is {} tokens; the context (num_ctx) is {ctx}", prompt.len());
     }
+    if let Some(n) = o.num_predict.filter(|&n| n > context) {
+        bail!("num_predict is {n}; the limit is the context, {context} tokens");
+    }
     let room = ctx - prompt.len();
     let max_tokens = o.num_predict.map_or(room, |n| n.min(room));
     Ok(GenRequest { prompt, params: o.params.clone(), max_tokens, stop: o.stop.clone(), ignore_eos: false })

@@ -95,7 +95,10 @@ pub fn parse(m: &LoadedModel, kind: Kind, body: &Value, seed: u64, default_max: 
     };
     let stop = stop_strings(body)?;
     let ignore_eos = opt_bool(body, "ignore_eos")?.unwrap_or(false);
-    let max_tokens = asked.unwrap_or(ctx).min(ctx);
+    if let Some(n) = asked.filter(|&n| n > ctx) {
+        bail!("max_tokens is {n}; the limit is the context, {ctx} tokens");
+    }
+    let max_tokens = asked.unwrap_or(ctx);
     let requests = prompts
         .iter()
         .flat_map(|p| (0..n as u64).map(move |k| (p, k)))

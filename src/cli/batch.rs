@@ -116,12 +116,13 @@ pub fn batch(a: BatchArgs) -> Result<()> {
     let engine = EngineHandle::spawn(m.clone(), kv, config, a.engine.batch_window(), None);
     // Per item: its streams and choices, or the error line it becomes.
     let mut lines: Vec<Option<Value>> = vec![None; items.len()];
-    let mut running: Vec<(usize, Vec<EventStream>, Vec<Choice>)> = Vec::new();
+    // Per item: its index, streams, choices so far, and a failure if one came.
+    let mut running: Vec<(usize, Vec<EventStream>, Vec<Choice>, Option<String>)> = Vec::new();
     for (i, item) in items.iter().enumerate() {
         match item {
             Err((id, msg)) => lines[i] = Some(error_line(i, id, msg)),
             Ok(item) => match engine.submit(item.job.requests.clone()) {
-                Ok(streams) => running.push((i, streams, vec![Choice::default(); item.job.requests.len()])),
+                Ok(streams) => running.push((i, streams, vec![Choice::default(); item.job.requests.len()], None)),
                 Err(e) => lines[i] = Some(error_line(i, &item.custom_id, &format!("{e:#}"))),
             },
         }
@@ -133,7 +134,7 @@ pub fn batch(a: BatchArgs) -> Result<()> {
     // The engine runs on its own thread; this one follows the streams.
     while !running.is_empty() {
         let before = generated + running.len();
-        running.retain_mut(|(i, streams, choices)| {
+        running.retain_mut(|(i, streams, choices, failure)| {
             for (stream, choice) in streams.iter_mut().zip(choices.iter_mut()) {
                 while let Ok(e) = stream.events.try_recv() {
                     match e {
@@ -143,12 +144,19 @@ pub fn batch(a: BatchArgs) -> Result<()> {
                             generated += 1;
                         }
                         Event::Done(s) => choice.finish = Some(s.finish),
+                        Event::Failed(message) => *failure = Some(message),
                         Event::Started { .. } => {}
                     }
                 }
             }
+            let item = items[*i].as_ref().ok().expect("submitted items parsed");
+            if let Some(message) = failure.as_deref() {
+                // Dropping the item's streams cancels its other choices.
+                lines[*i] = Some(error_line(*i, &item.custom_id, message));
+                bar.inc(1);
+                return false;
+            }
             if choices.iter().all(|c| c.finish.is_some()) {
-                let item = items[*i].as_ref().ok().expect("submitted items parsed");
                 lines[*i] = Some(response_line(*i, item, choices, &a.model, created));
                 bar.inc(1);
                 return false;

@@ -41,6 +41,17 @@ pub struct ServeArgs {
     /// Largest request body (e.g. 32MiB); larger is a 413
     #[arg(long, env = "CARAVAN_MAX_BODY", value_parser = parse_bytes, default_value = "32MiB")]
     max_body: u64,
+    /// Require `Authorization: Bearer KEY` on every route but /health
+    #[arg(long, env = "CARAVAN_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Allow browsers from this origin (repeatable; "*" for any); CORS is
+    /// off without it
+    #[arg(long, env = "CARAVAN_CORS_ORIGIN", value_delimiter = ',')]
+    cors_origin: Vec<String>,
+    /// On SIGINT/SIGTERM, seconds that requests in flight may take to
+    /// finish before they are ended with a final message
+    #[arg(long, env = "CARAVAN_SHUTDOWN_GRACE", default_value_t = 5.0)]
+    shutdown_grace: f64,
     #[command(flatten)]
     engine: EngineArgs,
     /// Compute threads per loaded model
@@ -50,6 +61,9 @@ pub struct ServeArgs {
 
 pub fn serve(a: ServeArgs) -> Result<()> {
     let config = a.engine.config()?;
+    if !(0.0..=3600.0).contains(&a.shutdown_grace) {
+        bail!("--shutdown-grace must be 0 to 3600 seconds");
+    }
     if a.threads == 0 || a.max_queue == 0 || a.max_loaded_models == 0 || a.max_batch_items == 0 {
         bail!("--threads, --max-queue, --max-loaded-models and --max-batch-items must be at least 1");
     }
@@ -72,6 +86,9 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         max_queue: a.max_queue,
         max_batch_items: a.max_batch_items,
         max_body_bytes: a.max_body.min(usize::MAX as u64) as usize,
+        api_key: a.api_key.filter(|k| !k.is_empty()),
+        cors_origins: a.cors_origin,
+        shutdown_grace: std::time::Duration::from_secs_f64(a.shutdown_grace),
     };
     run_server(server, registry, metrics)
 }

@@ -61,6 +61,9 @@ pub enum Event {
     /// A generated token and the text it completes (possibly empty).
     Token { id: u32, text: String },
     Done(Summary),
+    /// The sequence failed inside the engine (a bug caught, not a panic
+    /// of the server); it has ended.
+    Failed(String),
 }
 
 /// A sequence's events. Dropping it cancels the sequence. Synchronous
@@ -227,18 +230,34 @@ impl<'a> Engine<'a> {
                         f.follows = None;
                         f.blocks = self.kv.fork(&shared.1);
                         (f.computed, f.registered, f.cached_tokens, f.prompt_duration) = (shared.2, shared.3, shared.4, shared.5);
-                        let token = f.sampler.sample(row_logits, &f.history);
-                        f.accept(token, &self.model.tokenizer, ctx);
+                        sample_into(f, row_logits, &self.model.tokenizer, ctx);
                     }
                 }
-                let s = &mut running[p.seq];
-                let token = s.sampler.sample(row_logits, &s.history);
-                s.accept(token, &self.model.tokenizer, ctx);
+                sample_into(&mut running[p.seq], row_logits, &self.model.tokenizer, ctx);
             }
         }
         self.scheduler.requeue_preempted();
         self.retire_finished();
         true
+    }
+
+    /// Ends every sequence now, running or waiting, as if it had reached
+    /// its length (shutdown).
+    pub fn finish_all(&mut self) {
+        self.end_all(|s| s.finish(FinishReason::Length));
+    }
+
+    /// Ends every sequence with an error (a step failed).
+    pub fn fail_all(&mut self, message: &str) {
+        self.end_all(|s| s.fail(message));
+    }
+
+    fn end_all(&mut self, end: impl Fn(&mut Sequence)) {
+        self.scheduler.running.iter_mut().for_each(&end);
+        for gang in self.scheduler.waiting.drain(..) {
+            gang.into_iter().for_each(|mut s| end(&mut s));
+        }
+        self.retire_finished();
     }
 
     fn drop_cancelled(&mut self) {
@@ -269,6 +288,30 @@ impl<'a> Engine<'a> {
             !s.finished
         });
     }
+}
+
+/// Samples the sequence's next token and takes it. A panic here (a bug)
+/// fails this sequence alone; the others in the step go on.
+fn sample_into(s: &mut Sequence, logits: &[f32], tok: &crate::tokenizer::Tokenizer, ctx: usize) {
+    let taken = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        if faults_enabled() && s.req.params.seed == FAULT_SEED {
+            panic!("injected fault");
+        }
+        let token = s.sampler.sample(logits, &s.history);
+        s.accept(token, tok, ctx);
+    }));
+    if taken.is_err() {
+        s.fail("internal error while sampling this sequence");
+    }
+}
+
+/// With CARAVAN_TEST_FAULTS=1 (tests only), a sequence whose seed is this
+/// panics while sampling: the tests prove the failure stays with it.
+pub const FAULT_SEED: u64 = 0xFA17;
+
+pub fn faults_enabled() -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENABLED.get_or_init(|| std::env::var_os("CARAVAN_TEST_FAULTS").is_some_and(|v| v == "1"))
 }
 
 /// A request checked and given its stream, on its way to the engine.

@@ -116,6 +116,11 @@ impl Sequence {
         }
     }
 
+    pub fn fail(&mut self, message: &str) {
+        self.finished = true;
+        self.send(Event::Failed(message.to_string()));
+    }
+
     pub fn finish(&mut self, finish: FinishReason) {
         self.finished = true;
         self.send(Event::Done(Summary {

@@ -5,6 +5,7 @@
 //! between steps.
 
 use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -44,6 +45,8 @@ pub type StepObserver = Arc<dyn Fn(&StepReport) + Send + Sync>;
 
 enum Job {
     Gang(Vec<Prepared>),
+    /// End every sequence now (shutdown).
+    FinishAll,
     Embed { tokens: Vec<u32>, reply: oneshot::Sender<Result<Vec<f32>>> },
 }
 
@@ -91,6 +94,12 @@ impl EngineHandle {
         self.submissions.as_ref().expect("open until drop").send(job).map_err(|_| anyhow!("the engine has stopped"))
     }
 
+    /// Ends every running and waiting sequence at the next step, each with a
+    /// final `Done` (finish: length): for shutdown.
+    pub fn finish_all(&self) {
+        let _ = self.send(Job::FinishAll);
+    }
+
     /// Tokens one sequence may hold: prompt and generated.
     pub fn context_length(&self) -> usize {
         self.limits.context
@@ -117,6 +126,7 @@ type EmbedQueue = VecDeque<(Vec<u32>, oneshot::Sender<Result<Vec<f32>>>)>;
 fn accept(engine: &mut Engine, embeds: &mut EmbedQueue, job: Job) {
     match job {
         Job::Gang(gang) => engine.enqueue(gang),
+        Job::FinishAll => engine.finish_all(),
         Job::Embed { tokens, reply } => embeds.push_back((tokens, reply)),
     }
 }
@@ -145,7 +155,7 @@ fn run(model: &LoadedModel, mut kv: KvPool, config: EngineConfig, window: Durati
             accept(&mut engine, &mut embeds, job);
         }
         if let Some((tokens, _)) = embeds.front() {
-            let answer = engine.embed(tokens).transpose();
+            let answer = catch_unwind(AssertUnwindSafe(|| engine.embed(tokens))).unwrap_or_else(|_| Err(anyhow!("internal error while embedding"))).transpose();
             if let Some(answer) = answer {
                 let (_, reply) = embeds.pop_front().expect("front exists");
                 let _ = reply.send(answer);
@@ -153,7 +163,12 @@ fn run(model: &LoadedModel, mut kv: KvPool, config: EngineConfig, window: Durati
         }
         let preempted_before = engine.stats().preemptions;
         let started = Instant::now();
-        let worked = engine.step();
+        // A panic in a step (a bug) fails the sequences in the engine; the
+        // engine itself goes on serving.
+        let worked = catch_unwind(AssertUnwindSafe(|| engine.step())).unwrap_or_else(|_| {
+            engine.fail_all("internal error in the engine step");
+            true
+        });
         let stats = engine.stats();
         if let Some(observe) = observer.as_ref().filter(|_| worked) {
             observe(&StepReport {

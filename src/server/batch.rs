@@ -101,6 +101,7 @@ pub async fn batch(State(app): State<Arc<App>>, Extension(log): Extension<Reques
             loop {
                 let (i, mut v) = match gang.next().await {
                     Some((i, Event::Token { text, .. })) if !text.is_empty() => (i, shape::line(shapes[i], &name, &text, None)),
+                    Some((i, Event::Failed(message))) => (i, json!({ "error": message, "done": true })),
                     Some((i, Event::Done(s))) => {
                         let mut v = shape::line(shapes[i], &name, "", Some((s.finish, &stats(&s, gang.arrived, load))));
                         v["started_step"] = json!(gang.started_steps[i]);

@@ -47,9 +47,10 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = match self.api {
+impl ApiError {
+    /// The error as its API's JSON.
+    pub fn body(&self) -> serde_json::Value {
+        match self.api {
             Api::Ollama => json!({ "error": self.message }),
             Api::OpenAi => {
                 let (kind, code) = match self.status {
@@ -60,7 +61,13 @@ impl IntoResponse for ApiError {
                 };
                 json!({ "error": { "message": self.message, "type": kind, "param": null, "code": code } })
             }
-        };
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = self.body();
         let mut r = (self.status, axum::Json(body)).into_response();
         if matches!(self.status, StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS) {
             r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));

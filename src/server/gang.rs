@@ -113,6 +113,7 @@ impl Gang {
                 }
                 self.log.add_tokens(1);
             }
+            Event::Failed(_) => self.done[i] = true,
             Event::Done(s) => {
                 self.done[i] = true;
                 let decoding = self.first_token[i].map_or(Duration::ZERO, |t| now - t);
@@ -134,6 +135,7 @@ impl Gang {
                     texts[i].push_str(&text);
                     tokens[i] += 1;
                 }
+                Event::Failed(message) => return Err(ApiError::internal(api, message)),
                 Event::Done(summary) => {
                     let started_step = self.started_steps[i].unwrap_or(0);
                     outputs[i] = Some(Output { text: std::mem::take(&mut texts[i]), tokens: tokens[i], finish: summary.finish, summary, started_step });

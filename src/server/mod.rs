@@ -2,6 +2,7 @@
 //! the batching engine. Handlers parse a request into engine requests (see
 //! `api`), submit them as one gang and stream or collect the events.
 
+mod access;
 mod batch;
 mod error;
 mod gang;
@@ -38,6 +39,13 @@ pub struct ServerConfig {
     /// Items one /api/batch request (or prompts x n) may hold.
     pub max_batch_items: usize,
     pub max_body_bytes: usize,
+    /// Required as `Authorization: Bearer KEY` on every route but /health.
+    pub api_key: Option<String>,
+    /// Origins allowed by CORS ("*": any); empty: CORS off.
+    pub cors_origins: Vec<String>,
+    /// On SIGINT/SIGTERM, how long requests in flight may take to finish
+    /// before they are ended (with a final message).
+    pub shutdown_grace: Duration,
 }
 
 pub struct App {
@@ -75,6 +83,9 @@ async fn read_json(app: &App, api: Api, body: Body) -> Result<Value, ApiError> {
     if !v.is_object() {
         return Err(ApiError::bad(api, "the body must be a JSON object"));
     }
+    if crate::engine::faults_enabled() && v.get("caravan_test_panic").is_some() {
+        panic!("injected fault while handling a request");
+    }
     Ok(v)
 }
 
@@ -109,10 +120,13 @@ pub fn listen_addr(host: &str) -> String {
     }
 }
 
-/// Runs the server until SIGINT or SIGTERM.
+/// Runs the server until SIGINT or SIGTERM, then stops accepting, gives
+/// requests in flight the grace period, ends the rest with a final message,
+/// and returns.
 pub fn serve(config: ServerConfig, registry: Registry, metrics: Arc<Metrics>) -> Result<()> {
+    let cors = access::cors(&config.cors_origins)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&config.addr).await.with_context(|| format!("cannot listen on {}", config.addr))?;
         eprintln!("caravan listening on http://{}", listener.local_addr()?);
         let app = Arc::new(App { config, registry: Arc::new(registry), metrics, ready: AtomicBool::new(false) });
@@ -132,23 +146,37 @@ pub fn serve(config: ServerConfig, registry: Registry, metrics: Arc<Metrics>) ->
                 }
             }
         });
-        let router = routes::router(app);
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut router = routes::router(app.clone());
+        if let Some(cors) = cors {
+            router = router.layer(cors);
+        }
+        let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+        let grace = app.config.shutdown_grace;
         let server = axum::serve(listener, router).with_graceful_shutdown(async move {
             shutdown_signal().await;
-            eprintln!("shutting down: no new connections; finishing requests in flight");
+            eprintln!("shutting down: no new connections; requests in flight have {grace:?} to finish");
             let _ = stop_tx.send(true);
         });
+        let end_the_rest = async move {
+            let _ = stop_rx.wait_for(|stopping| *stopping).await;
+            tokio::time::sleep(grace).await;
+            let loaded = app.registry.loaded().await;
+            eprintln!("shutting down: ending the requests still running");
+            for l in &loaded {
+                l.engine.finish_all();
+            }
+            // Their final messages go out; then the connections close.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        };
         tokio::select! {
             r = server => r?,
-            _ = async move {
-                let mut rx = stop_rx;
-                let _ = rx.wait_for(|s| *s).await;
-                tokio::time::sleep(Duration::from_secs(10)).await;
-            } => eprintln!("shutdown: requests still running after 10 s were ended"),
+            _ = end_the_rest => eprintln!("shutting down: connections still open after the final messages were closed"),
         }
-        Ok(())
-    })
+        Ok::<_, anyhow::Error>(())
+    });
+    // Engine threads and blocking loads are not waited for beyond this.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
 }
 
 async fn shutdown_signal() {

@@ -71,6 +71,8 @@ async fn answer(app: Arc<App>, log: RequestLog, body: Body, shape_of: Shape) -> 
             loop {
                 match gang.next().await {
                     Some((_, Event::Token { text, .. })) if !text.is_empty() => return Some((shape::line(shape_of, &name, &text, None), Some(gang))),
+                    // Ollama reports a failure mid-stream as an error line.
+                    Some((_, Event::Failed(message))) => return Some((json!({ "error": message }), None)),
                     Some((_, Event::Done(s))) => {
                         let st = stats(&s, gang.arrived, load);
                         return Some((shape::line(shape_of, &name, "", Some((s.finish, &st))), None));

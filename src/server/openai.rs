@@ -76,6 +76,10 @@ async fn complete(app: Arc<App>, log: RequestLog, body: Body, kind: Kind) -> Res
                         continue;
                     }
                     Some((i, Event::Done(s))) => head.chunk(i, "", false, Some(s.finish)),
+                    Some((_, Event::Failed(message))) => {
+                        let error = ApiError::internal(API, message).body();
+                        return Some((error, None));
+                    }
                     Some(_) => continue,
                     None if include_usage => return Some((head.usage(prompt_tokens, generated), None)),
                     None => return None,

@@ -11,8 +11,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
-use super::error::{Api, ApiError};
-use super::{batch, ollama, openai, App};
+use super::error::ApiError;
+use super::{access, batch, ollama, openai, App};
 
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
@@ -35,6 +35,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/chat/completions", post(openai::chat))
         .route("/v1/embeddings", post(openai::embeddings))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(Arc::new(app.config.api_key.clone()), access::require_key))
+        .layer(axum::middleware::from_fn(access::catch_panics))
         .layer(axum::middleware::from_fn(super::log::log_requests))
         .with_state(app)
 }
@@ -66,6 +68,5 @@ async fn openapi() -> Response {
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {
-    let api = if uri.path().starts_with("/v1/") { Api::OpenAi } else { Api::Ollama };
-    ApiError::new(api, StatusCode::NOT_FOUND, format!("no route for {}", uri.path()))
+    ApiError::new(access::api_of(uri.path()), StatusCode::NOT_FOUND, format!("no route for {}", uri.path()))
 }

@@ -1,8 +1,10 @@
 """Drives a running `caravan serve` with the official ollama and openai
 Python packages, unchanged, and with raw HTTP for what clients hide
 (status codes, error shapes, disconnects). Run by tests/server.rs, which
-starts the servers: CARAVAN_URL (defaults, --max-batch-items 16) and
-CARAVAN_TIGHT_URL (--max-seqs 1 --max-queue 1)."""
+starts the servers: CARAVAN_URL (defaults, --max-batch-items 16,
+--max-body 2MiB, CARAVAN_TEST_FAULTS=1), CARAVAN_TIGHT_URL (--max-seqs 1
+--max-queue 1) and CARAVAN_SECURE_URL (--api-key s3cret --cors-origin
+http://app.example)."""
 
 import http.client
 import json
@@ -20,6 +22,8 @@ import openai
 
 URL = os.environ["CARAVAN_URL"]
 TIGHT_URL = os.environ["CARAVAN_TIGHT_URL"]
+SECURE_URL = os.environ["CARAVAN_SECURE_URL"]
+FAULT_SEED = 0xFA17
 MODEL = "smollm2:135m"
 GREEDY = {"temperature": 0, "num_predict": 12}
 
@@ -27,12 +31,12 @@ ollama_client = ollama.Client(host=URL)
 openai_client = openai.OpenAI(base_url=URL + "/v1", api_key="unused", max_retries=0)
 
 
-def request(method, path, body=None, url=URL, raw=None):
+def request(method, path, body=None, url=URL, raw=None, headers=None):
     """(status, headers, parsed JSON or text) of one HTTP request."""
     u = urllib.parse.urlparse(url)
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=120)
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
+    conn.request(method, path, body=data, headers={"Content-Type": "application/json", **(headers or {})})
     r = conn.getresponse()
     text = r.read().decode()
     headers = {k.lower(): v for k, v in r.getheaders()}
@@ -253,6 +257,12 @@ class BadInput(unittest.TestCase):
             ("/api/batch", {"model": MODEL, "requests": []}, None, 400),
             ("/api/batch", {"model": MODEL, "requests": [{"prompt": "x"}] * 17}, None, 400),
             ("/api/batch", {"model": MODEL, "requests": [{"prompt": "x"}, {"nothing": 1}]}, None, 400),
+            # Limits, each named in the message.
+            ("/api/generate", {"model": MODEL, "prompt": "hi", "options": {"num_predict": 100000}}, None, 400),
+            ("/api/generate", {"model": MODEL, "prompt": "hi", "options": {"stop": ["x"] * 17}}, None, 400),
+            ("/api/generate", {"model": MODEL, "prompt": "hi", "options": {"stop": ["x" * 300]}}, None, 400),
+            ("/api/generate", {"model": MODEL, "prompt": "x" * (3 << 20)}, None, 413),
+            ("/api/embed", {"model": MODEL, "input": ["x"] * 17}, None, 400),
         ]
         for path, body, raw, want in cases:
             with self.subTest(path=path, body=str(body)[:80]):
@@ -278,6 +288,10 @@ class BadInput(unittest.TestCase):
             ("/v1/completions", {"model": MODEL, "prompt": [[99999999]]}, None, 400),
             ("/v1/completions", {"model": MODEL, "prompt": {"a": 1}}, None, 400),
             ("/v1/embeddings", {"model": MODEL, "input": 5}, None, 400),
+            ("/v1/completions", {"model": MODEL, "prompt": "hi", "max_tokens": 100000}, None, 400),
+            ("/v1/completions", {"model": MODEL, "prompt": ["a"] * 9, "n": 2}, None, 400),
+            ("/v1/chat/completions", {"model": MODEL, "messages": msgs, "stop": ["a"] * 17}, None, 400),
+            ("/v1/chat/completions", {"model": MODEL, "messages": msgs, "logprobs": True}, None, 400),
         ]
         for path, body, raw, want in cases:
             with self.subTest(path=path, body=str(body)[:80]):
@@ -358,6 +372,65 @@ class Backpressure(unittest.TestCase):
         self.assertEqual(sorted(r[2]["usage"]["completion_tokens"] for r in results), [3, 400])
         self.assertGreaterEqual(metrics(TIGHT_URL)["caravan_rejected_requests_total"], 2)
         wait_until_idle(TIGHT_URL)
+
+
+class Access(unittest.TestCase):
+    def test_api_key_guards_every_route_but_health(self):
+        self.assertEqual(request("GET", "/health", url=SECURE_URL)[0], 200)
+        for path, shape in [("/api/tags", assert_ollama_error), ("/v1/models", assert_openai_error), ("/metrics", assert_ollama_error)]:
+            with self.subTest(path=path):
+                status, headers, body = request("GET", path, url=SECURE_URL)
+                shape(self, status, 401, body)
+                self.assertEqual(headers.get("www-authenticate"), "Bearer")
+                self.assertEqual(request("GET", path, url=SECURE_URL, headers={"Authorization": "Bearer wrong"})[0], 401)
+                self.assertEqual(request("GET", path, url=SECURE_URL, headers={"Authorization": "Bearer s3cret"})[0], 200)
+        # The official clients pass the key as they always do.
+        keyed = ollama.Client(host=SECURE_URL, headers={"Authorization": "Bearer s3cret"})
+        self.assertTrue(keyed.generate(model=MODEL, prompt="hi", options={"num_predict": 2}).done)
+        with self.assertRaises(ollama.ResponseError):
+            ollama.Client(host=SECURE_URL).generate(model=MODEL, prompt="hi")
+        client = openai.OpenAI(base_url=SECURE_URL + "/v1", api_key="s3cret", max_retries=0)
+        self.assertEqual(len(client.completions.create(model=MODEL, prompt="hi", max_tokens=2).choices), 1)
+        with self.assertRaises(openai.AuthenticationError):
+            openai.OpenAI(base_url=SECURE_URL + "/v1", api_key="nope", max_retries=0).models.list()
+
+    def test_cors_only_when_an_origin_is_set(self):
+        preflight = {"Origin": "http://app.example", "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization,content-type"}
+        status, headers, _ = request("OPTIONS", "/api/chat", url=SECURE_URL, headers=preflight)
+        self.assertEqual(status, 200)
+        self.assertEqual(headers.get("access-control-allow-origin"), "http://app.example")
+        _, headers, _ = request("GET", "/api/version", url=SECURE_URL, headers={"Origin": "http://evil.example", "Authorization": "Bearer s3cret"})
+        self.assertNotIn("access-control-allow-origin", headers)
+        _, headers, _ = request("GET", "/api/version", headers={"Origin": "http://app.example"})
+        self.assertNotIn("access-control-allow-origin", headers)
+
+
+class Faults(unittest.TestCase):
+    def test_a_panicking_handler_fails_only_its_request(self):
+        status, _, body = request("POST", "/api/generate", {"model": MODEL, "prompt": "hi", "caravan_test_panic": True})
+        assert_ollama_error(self, status, 500, body)
+        status, _, body = request("POST", "/v1/completions", {"model": MODEL, "prompt": "hi", "caravan_test_panic": True})
+        assert_openai_error(self, status, 500, body)
+        self.assertTrue(ollama_client.generate(model=MODEL, prompt="hi", options={"num_predict": 2}).done)
+
+    def test_a_sequence_failing_in_the_engine_fails_alone(self):
+        wait_until_idle()
+        alone = ollama_client.generate(model=MODEL, prompt="Why is the sky blue?", options={"temperature": 0, "num_predict": 40}).response
+        results = {}
+        def good():
+            results["good"] = ollama_client.generate(model=MODEL, prompt="Why is the sky blue?", options={"temperature": 0, "num_predict": 40}).response
+        t = threading.Thread(target=good)
+        t.start()
+        time.sleep(0.2)
+        status, _, body = request("POST", "/api/generate", {"model": MODEL, "prompt": "hi", "stream": False, "options": {"seed": FAULT_SEED, "num_predict": 5}})
+        assert_ollama_error(self, status, 500, body)
+        # Streaming, the failure is the stream's last line, as Ollama does.
+        status, _, body = request("POST", "/api/generate", {"model": MODEL, "prompt": "hi", "options": {"seed": FAULT_SEED}})
+        self.assertEqual(status, 200)
+        self.assertIsInstance(body["error"], str)
+        t.join()
+        self.assertEqual(results["good"], alone)
+        wait_until_idle()
 
 
 class Surface(unittest.TestCase):
