@@ -14,3 +14,4 @@ pub mod loaded;
 pub mod engine;
 pub mod api;
 pub mod server;
+pub mod fuzz_targets;

@@ -10,6 +10,7 @@ use anyhow::{bail, Result};
 use serde_json::Value;
 
 use crate::engine::FinishReason;
+use crate::loaded::LoadedModel;
 use crate::tokenizer::template::Message;
 
 /// Roles a chat message may have.
@@ -47,6 +48,24 @@ pub fn parse_messages(body: &Value) -> Result<Vec<Message>> {
             Ok(Message::new(role, &content))
         })
         .collect()
+}
+
+/// An input to embed as tokens: BOS and the text (never control tokens),
+/// cut to the context when `truncate`, else refused when too long.
+pub fn embed_tokens(m: &LoadedModel, text: &str, truncate: bool) -> Result<Vec<u32>> {
+    if text.is_empty() {
+        bail!("an input to embed must not be empty");
+    }
+    let tok = &m.tokenizer;
+    let mut tokens = tok.with_bos(tok.encode(text, false)?);
+    let ctx = m.model.config.context_length;
+    if tokens.len() > ctx {
+        if !truncate {
+            bail!("the input is {} tokens; the context is {ctx}", tokens.len());
+        }
+        tokens.truncate(ctx);
+    }
+    Ok(tokens)
 }
 
 /// "stop" or "length", as both APIs name them.

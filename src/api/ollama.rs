@@ -120,6 +120,35 @@ pub fn gen_request(prompt: Vec<u32>, o: &Options, context: usize) -> Result<GenR
     Ok(GenRequest { prompt, params: o.params.clone(), max_tokens, stop: o.stop.clone(), ignore_eos: false })
 }
 
+/// One /api/batch item: a chat item (`messages`) or a generate item
+/// (`prompt`), its options over the batch's shared ones.
+pub fn batch_item(m: &LoadedModel, v: &Value, shared: Option<&Value>, seed: u64) -> Result<(Shape, GenRequest)> {
+    if !v.is_object() {
+        bail!("must be an object");
+    }
+    let options = parse_options(&merge_options(shared, v.get("options"))?, seed)?;
+    let (kind, prompt) = if v.get("messages").is_some() {
+        (Shape::Chat, chat_prompt(m, v)?)
+    } else {
+        let prompt = generate_prompt(m, v)?.ok_or_else(|| anyhow::anyhow!("needs a non-empty prompt or messages"))?;
+        (Shape::Generate, prompt)
+    };
+    Ok((kind, gen_request(prompt, &options, m.model.config.context_length)?))
+}
+
+/// /api/embed's `input` (a string or an array of strings; absent: none)
+/// and `truncate` (default true), as tokens.
+pub fn embed_inputs(m: &LoadedModel, body: &Value) -> Result<Vec<Vec<u32>>> {
+    let truncate = opt_bool(body, "truncate")?.unwrap_or(true);
+    let texts: Vec<&str> = match body.get("input") {
+        None | Some(Value::Null) => vec![],
+        Some(Value::String(s)) => vec![s],
+        Some(Value::Array(a)) => a.iter().map(|s| s.as_str().ok_or_else(|| anyhow::anyhow!("input must hold strings"))).collect::<Result<_>>()?,
+        Some(_) => bail!("input must be a string or an array of strings"),
+    };
+    texts.into_iter().map(|t| super::embed_tokens(m, t, truncate)).collect()
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shape {
     Generate,

@@ -109,6 +109,29 @@ pub fn parse(m: &LoadedModel, kind: Kind, body: &Value, seed: u64, default_max: 
     Ok(Job { kind, prompt_tokens: prompts.iter().map(Vec::len).collect(), n, requests, stream, include_usage })
 }
 
+/// /v1/embeddings' `input` as tokens: a string, an array of strings, an
+/// array of token ids or an array of such arrays; too long is an error.
+pub fn embedding_inputs(m: &LoadedModel, body: &Value) -> Result<Vec<Vec<u32>>> {
+    let (vocab, ctx) = (m.tokenizer.vocab_size() as u64, m.model.config.context_length);
+    let ids = |a: &[Value]| -> Result<Vec<u32>> {
+        let t: Option<Vec<u32>> = a.iter().map(|t| t.as_u64().filter(|&t| t < vocab).map(|t| t as u32)).collect();
+        match t {
+            Some(t) if !t.is_empty() && t.len() <= ctx => Ok(t),
+            _ => bail!("input token arrays must be non-empty, fit the context of {ctx}, and hold ids below {vocab}"),
+        }
+    };
+    let text = |s: &str| super::embed_tokens(m, s, false);
+    match body.get("input") {
+        Some(Value::String(s)) => Ok(vec![text(s)?]),
+        Some(Value::Array(a)) if a.is_empty() => bail!("input must not be empty"),
+        Some(Value::Array(a)) if a.iter().all(Value::is_string) => a.iter().map(|s| text(s.as_str().unwrap_or_default())).collect(),
+        Some(Value::Array(a)) if a.iter().all(Value::is_number) => Ok(vec![ids(a)?]),
+        Some(Value::Array(a)) if a.iter().all(Value::is_array) => a.iter().map(|p| ids(p.as_array().map(Vec::as_slice).unwrap_or_default())).collect(),
+        None | Some(Value::Null) => bail!("input is required"),
+        Some(_) => bail!("input must be a string, an array of strings, an array of token ids or an array of such arrays"),
+    }
+}
+
 /// What one choice produced.
 #[derive(Debug, Default, Clone)]
 pub struct Choice {

@@ -125,7 +125,7 @@ impl GgufFile {
     }
 }
 
-struct Parsed {
+pub(crate) struct Parsed {
     version: u32,
     metadata: BTreeMap<String, Value>,
     tensors: Vec<TensorInfo>,
@@ -177,7 +177,7 @@ impl<'a> Cursor<'a> {
     }
 }
 
-fn parse(bytes: &[u8]) -> Result<Parsed, String> {
+pub(crate) fn parse(bytes: &[u8]) -> Result<Parsed, String> {
     let mut c = Cursor { bytes, pos: 0 };
     let magic = c.take(4, "magic").map_err(|_| "not a GGUF file (too short for a header)".to_string())?;
     if magic != MAGIC {

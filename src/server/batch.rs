@@ -19,24 +19,8 @@ use super::{ndjson, read_json, App};
 use crate::api::fields::{fresh_seed, opt_bool, req_str};
 use crate::api::ollama::{self as shape, rfc3339, Shape};
 use crate::engine::{Event, GenRequest};
-use crate::loaded::LoadedModel;
 
 const API: Api = Api::Ollama;
-
-/// One item: its shape and engine request.
-fn item(m: &LoadedModel, v: &Value, shared: Option<&Value>, context: usize, seed: u64) -> anyhow::Result<(Shape, GenRequest)> {
-    if !v.is_object() {
-        anyhow::bail!("must be an object");
-    }
-    let options = shape::parse_options(&shape::merge_options(shared, v.get("options"))?, seed)?;
-    let (kind, prompt) = if v.get("messages").is_some() {
-        (Shape::Chat, shape::chat_prompt(m, v)?)
-    } else {
-        let prompt = shape::generate_prompt(m, v)?.ok_or_else(|| anyhow::anyhow!("needs a non-empty prompt or messages"))?;
-        (Shape::Generate, prompt)
-    };
-    Ok((kind, shape::gen_request(prompt, &options, context)?))
-}
 
 /// The summary line: the step the items started at, and whether all
 /// started in that same step.
@@ -66,12 +50,11 @@ pub async fn batch(State(app): State<Arc<App>>, Extension(log): Extension<Reques
         return Err(ApiError::bad(API, format!("{} requests; the limit is {limit} (--max-batch-items)", list.len())));
     }
     let (loaded, load) = app.model(API, &name, &log).await?;
-    let ctx = loaded.engine.context_length();
     let seed = fresh_seed();
     let items: Vec<(Shape, GenRequest)> = list
         .iter()
         .enumerate()
-        .map(|(i, v)| item(&loaded.model, v, body.get("options"), ctx, seed.wrapping_add(i as u64)).map_err(|e| ApiError::bad(API, format!("requests[{i}]: {e:#}"))))
+        .map(|(i, v)| shape::batch_item(&loaded.model, v, body.get("options"), seed.wrapping_add(i as u64)).map_err(|e| ApiError::bad(API, format!("requests[{i}]: {e:#}"))))
         .collect::<Result<_, _>>()?;
     let shapes: Vec<Shape> = items.iter().map(|(s, _)| *s).collect();
     let gang = app.submit(API, &loaded, items.into_iter().map(|(_, r)| r).collect(), arrived, &log)?;

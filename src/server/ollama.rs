@@ -14,6 +14,7 @@ use super::error::{Api, ApiError};
 use super::log::RequestLog;
 use super::models::Loaded;
 use super::{ndjson, read_json, App};
+use crate::api::embed_tokens;
 use crate::api::fields::{fresh_seed, opt_bool, req_str};
 use crate::api::ollama::{self as shape, Shape, Stats};
 use crate::engine::{Event, Summary};
@@ -92,15 +93,8 @@ pub async fn embed(State(app): State<Arc<App>>, Extension(log): Extension<Reques
     let arrived = Instant::now();
     let body = read_json(&app, API, body).await?;
     let name = req_str(&body, "model").map_err(|e| ApiError::bad(API, e))?.to_string();
-    let inputs: Vec<String> = match body.get("input") {
-        None | Some(Value::Null) => vec![],
-        Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(a)) => a.iter().map(|s| s.as_str().map(String::from).ok_or_else(|| ApiError::bad(API, "input must hold strings"))).collect::<Result<_, _>>()?,
-        Some(_) => return Err(ApiError::bad(API, "input must be a string or an array of strings")),
-    };
-    let truncate = opt_bool(&body, "truncate").map_err(|e| ApiError::bad(API, e))?.unwrap_or(true);
     let (loaded, load) = app.model(API, &name, &log).await?;
-    let texts: Vec<Vec<u32>> = inputs.iter().map(|t| embed_tokens(&loaded, t, truncate, API)).collect::<Result<_, _>>()?;
+    let texts = shape::embed_inputs(&loaded.model, &body).map_err(|e| ApiError::bad(API, e))?;
     let count: usize = texts.iter().map(Vec::len).sum();
     let embeddings = embed_all(&app, &loaded, texts, API).await?;
     Ok(Json(json!({
@@ -116,27 +110,9 @@ pub async fn embeddings(State(app): State<Arc<App>>, Extension(log): Extension<R
     let name = req_str(&body, "model").map_err(|e| ApiError::bad(API, e))?.to_string();
     let prompt = req_str(&body, "prompt").map_err(|e| ApiError::bad(API, e))?.to_string();
     let (loaded, _) = app.model(API, &name, &log).await?;
-    let tokens = embed_tokens(&loaded, &prompt, true, API)?;
+    let tokens = embed_tokens(&loaded.model, &prompt, true).map_err(|e| ApiError::bad(API, e))?;
     let mut v = embed_all(&app, &loaded, vec![tokens], API).await?;
     Ok(Json(json!({ "embedding": v.remove(0) })).into_response())
-}
-
-/// An input's tokens: BOS and the text (never control tokens), cut to the
-/// context when `truncate`, else refused when too long.
-pub(super) fn embed_tokens(loaded: &Loaded, text: &str, truncate: bool, api: Api) -> Result<Vec<u32>, ApiError> {
-    if text.is_empty() {
-        return Err(ApiError::bad(api, "an input to embed must not be empty"));
-    }
-    let tok = &loaded.model.tokenizer;
-    let mut tokens = tok.with_bos(tok.encode(text, false).map_err(|e| ApiError::bad(api, e))?);
-    let ctx = loaded.engine.context_length();
-    if tokens.len() > ctx {
-        if !truncate {
-            return Err(ApiError::bad(api, format!("the input is {} tokens; the context is {ctx}", tokens.len())));
-        }
-        tokens.truncate(ctx);
-    }
-    Ok(tokens)
 }
 
 /// Embeds each input on the model's engine, in order.

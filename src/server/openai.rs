@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use super::error::{Api, ApiError};
 use super::log::RequestLog;
-use super::ollama::{embed_all, embed_tokens};
+use super::ollama::embed_all;
 use super::{read_json, sse, App};
 use crate::api::fields::{fresh_seed, opt_str};
 use crate::api::openai::{self as shape, Choice, Kind};
@@ -125,23 +125,7 @@ pub async fn embeddings(State(app): State<Arc<App>>, Extension(log): Extension<R
         return Err(ApiError::bad(API, "dimensions is not supported"));
     }
     let (loaded, _) = app.model(API, &name, &log).await?;
-    let vocab = loaded.model.tokenizer.vocab_size() as u64;
-    let ids = |a: &[Value]| -> Result<Vec<u32>, ApiError> {
-        let t: Option<Vec<u32>> = a.iter().map(|t| t.as_u64().filter(|&t| t < vocab).map(|t| t as u32)).collect();
-        match t {
-            Some(t) if !t.is_empty() && t.len() <= loaded.engine.context_length() => Ok(t),
-            _ => Err(ApiError::bad(API, format!("input token arrays must be non-empty, fit the context, and hold ids below {vocab}"))),
-        }
-    };
-    let inputs: Vec<Vec<u32>> = match body.get("input") {
-        Some(Value::String(s)) => vec![embed_tokens(&loaded, s, false, API)?],
-        Some(Value::Array(a)) if a.is_empty() => return Err(ApiError::bad(API, "input must not be empty")),
-        Some(Value::Array(a)) if a.iter().all(Value::is_string) => a.iter().map(|s| embed_tokens(&loaded, s.as_str().unwrap_or_default(), false, API)).collect::<Result<_, _>>()?,
-        Some(Value::Array(a)) if a.iter().all(Value::is_number) => vec![ids(a)?],
-        Some(Value::Array(a)) if a.iter().all(Value::is_array) => a.iter().map(|p| ids(p.as_array().map(Vec::as_slice).unwrap_or_default())).collect::<Result<_, _>>()?,
-        None | Some(Value::Null) => return Err(ApiError::bad(API, "input is required")),
-        Some(_) => return Err(ApiError::bad(API, "input must be a string, an array of strings, an array of token ids or an array of such arrays")),
-    };
+    let inputs = shape::embedding_inputs(&loaded.model, &body).map_err(|e| ApiError::bad(API, e))?;
     let tokens: usize = inputs.iter().map(Vec::len).sum();
     let vectors = embed_all(&app, &loaded, inputs, API).await?;
     let data: Vec<Value> = vectors

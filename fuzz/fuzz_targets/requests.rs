@@ -1,0 +1,2 @@
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| caravan::fuzz_targets::requests(caravan_fuzz::model(), data));
