@@ -31,6 +31,7 @@ fn drain(streams: &mut [EventStream], seen: &mut [Seen]) {
                     out.text.push_str(&text);
                 }
                 Event::Done(_) => out.done = true,
+                Event::Failed(m) => panic!("the sequence failed: {m}"),
             }
         }
     }
@@ -201,6 +202,7 @@ mod threaded {
                     seen.tokens.push(id);
                     seen.text.push_str(&text);
                 }
+                Event::Failed(m) => panic!("the sequence failed: {m}"),
                 Event::Done(_) => {
                     seen.done = true;
                     break;

@@ -58,7 +58,7 @@ def metrics(url=URL):
     return out
 
 
-def wait_until_idle(url=URL, seconds=20):
+def wait_until_idle(url=URL, seconds=60):
     """Waits until no sequence runs or waits and no KV block is held."""
     deadline = time.time() + seconds
     while time.time() < deadline:
