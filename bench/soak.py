@@ -5,9 +5,9 @@ Starts the server (a small KV pool, so that long prompts preempt), runs a
 warm-up of the same mix, then N mixed requests from C concurrent clients:
 Ollama and OpenAI routes, streaming and not, /api/batch, n > 1, shared
 system prompts, prompt lengths up to the context limit (and past it, which
-must be a 400), embeddings, and about 30% of streaming clients leaving
-mid-stream (three in five streams). Then an overload phase against a second server with a tiny
-queue. It checks that:
+must be a 400), embeddings, and three in five streaming clients (about 30%
+of all) leaving mid-stream. Then an overload phase against a second server
+with a tiny queue. It checks that:
 
 * every request that was not cancelled completed, or got a documented
   error (400 for a prompt past the context, 503/429 when the queue is full);
