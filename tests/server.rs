@@ -103,7 +103,7 @@ fn sigterm_ends_streams_with_a_final_message_and_exits_zero() {
     Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().unwrap();
     let mut rest = String::new();
     reader.read_to_string(&mut rest).unwrap();
-    let last = rest.lines().filter(|l| l.starts_with('{')).last().expect("a final line").to_string();
+    let last = rest.lines().rfind(|l| l.starts_with('{')).expect("a final line").to_string();
     let v: serde_json::Value = serde_json::from_str(&last).unwrap();
     assert_eq!((v["done"].as_bool(), v["done_reason"].as_str()), (Some(true), Some("length")), "{last}");
     assert!(v["eval_count"].as_u64().unwrap() > 1);

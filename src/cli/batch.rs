@@ -93,6 +93,15 @@ fn error_line(index: usize, custom_id: &str, message: &str) -> Value {
     json!({ "id": format!("batch_req_{index}"), "custom_id": custom_id, "response": null, "error": { "code": "invalid_request", "message": message } })
 }
 
+/// An item on the engine: its index, streams, choices so far, and a
+/// failure if one came.
+struct Running {
+    index: usize,
+    streams: Vec<EventStream>,
+    choices: Vec<Choice>,
+    failure: Option<String>,
+}
+
 fn response_line(index: usize, item: &Item, choices: &[Choice], model: &str, created: u64) -> Value {
     let prefix = if item.job.kind == Kind::Chat { "chatcmpl" } else { "cmpl" };
     let body = openai::response_body(&item.job, &format!("{prefix}-{index}"), created, model, choices);
@@ -116,13 +125,12 @@ pub fn batch(a: BatchArgs) -> Result<()> {
     let engine = EngineHandle::spawn(m.clone(), kv, config, a.engine.batch_window(), None);
     // Per item: its streams and choices, or the error line it becomes.
     let mut lines: Vec<Option<Value>> = vec![None; items.len()];
-    // Per item: its index, streams, choices so far, and a failure if one came.
-    let mut running: Vec<(usize, Vec<EventStream>, Vec<Choice>, Option<String>)> = Vec::new();
+    let mut running: Vec<Running> = Vec::new();
     for (i, item) in items.iter().enumerate() {
         match item {
             Err((id, msg)) => lines[i] = Some(error_line(i, id, msg)),
             Ok(item) => match engine.submit(item.job.requests.clone()) {
-                Ok(streams) => running.push((i, streams, vec![Choice::default(); item.job.requests.len()], None)),
+                Ok(streams) => running.push(Running { index: i, streams, choices: vec![Choice::default(); item.job.requests.len()], failure: None }),
                 Err(e) => lines[i] = Some(error_line(i, &item.custom_id, &format!("{e:#}"))),
             },
         }
@@ -134,7 +142,7 @@ pub fn batch(a: BatchArgs) -> Result<()> {
     // The engine runs on its own thread; this one follows the streams.
     while !running.is_empty() {
         let before = generated + running.len();
-        running.retain_mut(|(i, streams, choices, failure)| {
+        running.retain_mut(|Running { index: i, streams, choices, failure }| {
             for (stream, choice) in streams.iter_mut().zip(choices.iter_mut()) {
                 while let Ok(e) = stream.events.try_recv() {
                     match e {
@@ -149,7 +157,7 @@ pub fn batch(a: BatchArgs) -> Result<()> {
                     }
                 }
             }
-            let item = items[*i].as_ref().ok().expect("submitted items parsed");
+            let Ok(item) = &items[*i] else { unreachable!("only parsed items are submitted") };
             if let Some(message) = failure.as_deref() {
                 // Dropping the item's streams cancels its other choices.
                 lines[*i] = Some(error_line(*i, &item.custom_id, message));
