@@ -21,19 +21,23 @@ struct Seen {
     done: bool,
 }
 
+impl Seen {
+    fn record(&mut self, e: Event) {
+        match e {
+            Event::Started { step } => self.started = Some(step),
+            Event::Token { id, text } => {
+                self.tokens.push(id);
+                self.text.push_str(&text);
+            }
+            Event::Done(_) => self.done = true,
+            Event::Failed(m) => panic!("the sequence failed: {m}"),
+        }
+    }
+}
+
 fn drain(streams: &mut [EventStream], seen: &mut [Seen]) {
     for (s, out) in streams.iter_mut().zip(seen.iter_mut()) {
-        for e in s.ready() {
-            match e {
-                Event::Started { step } => out.started = Some(step),
-                Event::Token { id, text } => {
-                    out.tokens.push(id);
-                    out.text.push_str(&text);
-                }
-                Event::Done(_) => out.done = true,
-                Event::Failed(m) => panic!("the sequence failed: {m}"),
-            }
-        }
+        s.ready().for_each(|e| out.record(e));
     }
 }
 
@@ -196,17 +200,9 @@ mod threaded {
     fn collect(mut stream: EventStream) -> Seen {
         let mut seen = Seen::default();
         for e in stream.blocking() {
-            match e {
-                Event::Started { step } => seen.started = Some(step),
-                Event::Token { id, text } => {
-                    seen.tokens.push(id);
-                    seen.text.push_str(&text);
-                }
-                Event::Failed(m) => panic!("the sequence failed: {m}"),
-                Event::Done(_) => {
-                    seen.done = true;
-                    break;
-                }
+            seen.record(e);
+            if seen.done {
+                break;
             }
         }
         seen

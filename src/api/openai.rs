@@ -34,23 +34,29 @@ pub struct Job {
 /// Fields we do not implement: asking for them is an error, not silence.
 const UNSUPPORTED: [&str; 7] = ["logprobs", "top_logprobs", "echo", "suffix", "tools", "functions", "logit_bias"];
 
-/// `prompt` of /v1/completions: a string, an array of strings, an array of
-/// token ids, or an array of such arrays.
+/// A field holding token lists as OpenAI spells them: a string, an array
+/// of strings, an array of token ids, or an array of such arrays; `text`
+/// and `ids` turn one string or one id array into tokens.
+fn token_lists(body: &Value, key: &str, text: impl Fn(&str) -> Result<Vec<u32>>, ids: impl Fn(&[Value]) -> Result<Vec<u32>>) -> Result<Vec<Vec<u32>>> {
+    match body.get(key) {
+        Some(Value::String(s)) => Ok(vec![text(s)?]),
+        Some(Value::Array(a)) if a.is_empty() => bail!("{key} must not be empty"),
+        Some(Value::Array(a)) if a.iter().all(Value::is_string) => a.iter().map(|s| text(s.as_str().unwrap_or_default())).collect(),
+        Some(Value::Array(a)) if a.iter().all(Value::is_number) => Ok(vec![ids(a)?]),
+        Some(Value::Array(a)) if a.iter().all(Value::is_array) => a.iter().map(|p| ids(p.as_array().map(Vec::as_slice).unwrap_or_default())).collect(),
+        None | Some(Value::Null) => bail!("{key} is required"),
+        Some(_) => bail!("{key} must be a string, an array of strings, an array of token ids or an array of such arrays"),
+    }
+}
+
+/// `prompt` of /v1/completions, as tokens (text never holds control tokens).
 fn completion_prompts(m: &LoadedModel, body: &Value) -> Result<Vec<Vec<u32>>> {
     let vocab = m.tokenizer.vocab_size() as u64;
     let text = |s: &str| -> Result<Vec<u32>> { Ok(m.tokenizer.with_bos(m.tokenizer.encode(s, false)?)) };
     let ids = |a: &[Value]| -> Result<Vec<u32>> {
         a.iter().map(|t| t.as_u64().filter(|&t| t < vocab).map(|t| t as u32).ok_or_else(|| anyhow!("prompt token ids must be whole numbers below {vocab}"))).collect()
     };
-    match body.get("prompt") {
-        Some(Value::String(s)) => Ok(vec![text(s)?]),
-        Some(Value::Array(a)) if a.is_empty() => bail!("prompt must not be empty"),
-        Some(Value::Array(a)) if a.iter().all(Value::is_string) => a.iter().map(|s| text(s.as_str().unwrap_or_default())).collect(),
-        Some(Value::Array(a)) if a.iter().all(Value::is_number) => Ok(vec![ids(a)?]),
-        Some(Value::Array(a)) if a.iter().all(Value::is_array) => a.iter().map(|p| ids(p.as_array().map(Vec::as_slice).unwrap_or_default())).collect(),
-        None | Some(Value::Null) => bail!("prompt is required"),
-        Some(_) => bail!("prompt must be a string, an array of strings, an array of token ids or an array of such arrays"),
-    }
+    token_lists(body, "prompt", text, ids)
 }
 
 /// Reads a request body. `default_max` is the max_tokens of requests that
@@ -109,8 +115,7 @@ pub fn parse(m: &LoadedModel, kind: Kind, body: &Value, seed: u64, default_max: 
     Ok(Job { kind, prompt_tokens: prompts.iter().map(Vec::len).collect(), n, requests, stream, include_usage })
 }
 
-/// /v1/embeddings' `input` as tokens: a string, an array of strings, an
-/// array of token ids or an array of such arrays; too long is an error.
+/// /v1/embeddings' `input` as tokens; too long is an error.
 pub fn embedding_inputs(m: &LoadedModel, body: &Value) -> Result<Vec<Vec<u32>>> {
     let (vocab, ctx) = (m.tokenizer.vocab_size() as u64, m.model.config.context_length);
     let ids = |a: &[Value]| -> Result<Vec<u32>> {
@@ -120,16 +125,7 @@ pub fn embedding_inputs(m: &LoadedModel, body: &Value) -> Result<Vec<Vec<u32>>> 
             _ => bail!("input token arrays must be non-empty, fit the context of {ctx}, and hold ids below {vocab}"),
         }
     };
-    let text = |s: &str| super::embed_tokens(m, s, false);
-    match body.get("input") {
-        Some(Value::String(s)) => Ok(vec![text(s)?]),
-        Some(Value::Array(a)) if a.is_empty() => bail!("input must not be empty"),
-        Some(Value::Array(a)) if a.iter().all(Value::is_string) => a.iter().map(|s| text(s.as_str().unwrap_or_default())).collect(),
-        Some(Value::Array(a)) if a.iter().all(Value::is_number) => Ok(vec![ids(a)?]),
-        Some(Value::Array(a)) if a.iter().all(Value::is_array) => a.iter().map(|p| ids(p.as_array().map(Vec::as_slice).unwrap_or_default())).collect(),
-        None | Some(Value::Null) => bail!("input is required"),
-        Some(_) => bail!("input must be a string, an array of strings, an array of token ids or an array of such arrays"),
-    }
+    token_lists(body, "input", |s| super::embed_tokens(m, s, false), ids)
 }
 
 /// What one choice produced.

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, Result};
 use tokio::sync::oneshot;
 
 use super::{Engine, EngineConfig, EngineStats, EventStream, GenRequest, Limits, Prepared};
@@ -77,14 +77,9 @@ impl EngineHandle {
         Ok(streams)
     }
 
-    /// Queues an embedding of `tokens`; the answer comes on the receiver.
+    /// Queues an embedding of `tokens`; the answer (or why the input cannot
+    /// be embedded) comes on the receiver.
     pub fn embed(&self, tokens: Vec<u32>) -> Result<oneshot::Receiver<Result<Vec<f32>>>> {
-        if tokens.is_empty() {
-            bail!("the input is empty");
-        }
-        if tokens.len() > self.limits.context {
-            bail!("input of {} tokens does not fit the context of {}", tokens.len(), self.limits.context);
-        }
         let (reply, rx) = oneshot::channel();
         self.send(Job::Embed { tokens, reply })?;
         Ok(rx)
