@@ -108,3 +108,88 @@ fn quantized_matmul_tracks_the_float_product() {
         }
     }
 }
+
+/// ggml's own dequantization of one row, written from its reference C.
+fn ggml_dequantize(t: TensorType, row: &[u8]) -> Vec<f32> {
+    let f16 = |b: &[u8], i: usize| half::f16::from_le_bytes([b[i], b[i + 1]]).to_f32();
+    let mut y = Vec::new();
+    for b in row.chunks_exact(t.block_bytes()) {
+        match t {
+            TensorType::F32 => y.push(f32::from_le_bytes(b.try_into().unwrap())),
+            TensorType::F16 => y.push(f16(b, 0)),
+            TensorType::BF16 => y.push(half::bf16::from_le_bytes([b[0], b[1]]).to_f32()),
+            TensorType::Q4_0 => {
+                let d = f16(b, 0);
+                y.extend(b[2..18].iter().map(|&q| ((q & 0xF) as i32 - 8) as f32 * d));
+                y.extend(b[2..18].iter().map(|&q| ((q >> 4) as i32 - 8) as f32 * d));
+            }
+            TensorType::Q4_1 => {
+                let (d, m) = (f16(b, 0), f16(b, 2));
+                y.extend(b[4..20].iter().map(|&q| (q & 0xF) as f32 * d + m));
+                y.extend(b[4..20].iter().map(|&q| (q >> 4) as f32 * d + m));
+            }
+            TensorType::Q8_0 => y.extend(b[2..34].iter().map(|&q| q as i8 as f32 * f16(b, 0))),
+            TensorType::Q4K => {
+                let (d, dmin, s) = (f16(b, 0), f16(b, 2), &b[4..16]);
+                let sm = |j: usize| -> (f32, f32) {
+                    let (sc, m) = if j < 4 {
+                        (s[j] & 63, s[j + 4] & 63)
+                    } else {
+                        ((s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4), (s[j + 4] >> 4) | ((s[j] >> 6) << 4))
+                    };
+                    (d * sc as f32, dmin * m as f32)
+                };
+                for j in 0..4 {
+                    let q = &b[16 + 32 * j..48 + 32 * j];
+                    let ((d1, m1), (d2, m2)) = (sm(2 * j), sm(2 * j + 1));
+                    y.extend(q.iter().map(|&v| d1 * (v & 0xF) as f32 - m1));
+                    y.extend(q.iter().map(|&v| d2 * (v >> 4) as f32 - m2));
+                }
+            }
+            TensorType::Q6K => {
+                let d = f16(b, 208);
+                let mut out = [0f32; 256];
+                for n in 0..2 {
+                    let (ql, qh, sc) = (&b[64 * n..], &b[128 + 32 * n..], &b[192 + 8 * n..]);
+                    for l in 0..32 {
+                        let is = l / 16;
+                        let q1 = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) as i32 - 32;
+                        let q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
+                        let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
+                        let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
+                        let o = &mut out[128 * n..];
+                        o[l] = d * (sc[is] as i8) as f32 * q1 as f32;
+                        o[l + 32] = d * (sc[is + 2] as i8) as f32 * q2 as f32;
+                        o[l + 64] = d * (sc[is + 4] as i8) as f32 * q3 as f32;
+                        o[l + 96] = d * (sc[is + 6] as i8) as f32 * q4 as f32;
+                    }
+                }
+                y.extend(out);
+            }
+        }
+    }
+    y
+}
+
+#[test]
+fn repacked_rows_equal_ggml_dequantization() {
+    let mut rng = Rng(SplitMix(3));
+    let (rows, cols) = (35, 512);
+    for t in TYPES {
+        let data = random_tensor(&mut rng, t, rows, cols);
+        let w = repack(t, &data, rows, cols);
+        let row_bytes = data.len() / rows;
+        let mut got = vec![0f32; cols];
+        for r in 0..rows {
+            w.row_f32(r, cols, &mut got);
+            let want = ggml_dequantize(t, &data[r * row_bytes..(r + 1) * row_bytes]);
+            // Q4_K's scale and minimum products are rounded to f16 (relative
+            // 2^-11 each); every other format repacks exactly.
+            let largest = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let tol = if t == TensorType::Q4K { largest * 2e-3 } else { 0.0 };
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!((g - w).abs() <= tol, "{t:?} row {r} element {i}: {g} vs {w}");
+            }
+        }
+    }
+}

@@ -1,22 +1,22 @@
 //! Batched matmul `out[m][n] = x[m][k] · W[n][k]ᵀ` over packed weights.
 //!
-//! Activations are quantized once per matmul to 8-bit blocks of 32 (scale and
-//! scaled sum kept in f32), so each weight block is loaded and unpacked once
-//! and reused against up to four activation rows (a 4 x 4 tile). Integer sums
-//! are exact, and each output element is accumulated in an order that does
-//! not depend on how many rows are in the batch: a sequence's results are the
-//! same alone or batched.
+//! Activations are quantized once per matmul to 8-bit blocks of 32, so each
+//! weight panel (16 rows, see `quant`) is loaded and unpacked once per block
+//! and reused against up to TILE_ACTS activation rows. Integer sums are
+//! exact; each output then accumulates `isum * (w_scale * x_scale)` terms
+//! with fused multiply-adds in a fixed order (`portable_dot` spells it out)
+//! that does not depend on the ISA or on how many rows are in the batch:
+//! every kernel gives the portable reference's bits, and a sequence's
+//! results are the same alone or batched.
 
 use super::pool::{ComputePool, SharedOut};
-use super::quant::{tile_index, Packed, SCALE_TILE};
+use super::quant::{byte_offset, nibble_offset, Packed, BYTE_BLOCK, NIBBLE_BLOCK, PANEL};
 use super::Isa;
 
-/// Weight rows per tile, and the most activation rows a tile takes.
-pub const TILE_ROWS: usize = SCALE_TILE;
-pub const TILE_ACTS: usize = 4;
-/// Weight rows per parallel task: small enough to balance two threads on the
-/// 192-row K/V projections, large enough to amortize the hand-off.
-const ROWS_PER_TASK: usize = 32;
+/// The most activation rows a kernel call takes against one weight panel.
+pub const TILE_ACTS: usize = 8;
+/// A kernel's output: `tile[act][lane]`.
+pub type Tile = [[f32; PANEL]; TILE_ACTS];
 
 /// A weight matrix: `rows` output features of `cols` inputs each.
 pub struct Matrix {
@@ -26,7 +26,9 @@ pub struct Matrix {
 }
 
 /// Activations quantized to blocks of 32: `qs[row * cols + i]`,
-/// `scale[row * blocks + b]`, `sum[...] = scale * Σ qs` over the block.
+/// `scale[row * blocks + b]`, `sum[...] = scale * Σ qs` over the block, and
+/// `isum16[row * cols / 16 + h]`, the integer sum of each 16 codes (for
+/// weight codes stored with an offset).
 #[derive(Default)]
 pub struct QuantizedActs {
     pub rows: usize,
@@ -34,6 +36,7 @@ pub struct QuantizedActs {
     pub qs: Vec<i8>,
     pub scale: Vec<f32>,
     pub sum: Vec<f32>,
+    pub isum16: Vec<i32>,
 }
 
 impl QuantizedActs {
@@ -46,21 +49,24 @@ impl QuantizedActs {
         self.qs.resize(rows * cols, 0);
         self.scale.resize(blocks, 0.0);
         self.sum.resize(blocks, 0.0);
+        self.isum16.resize(2 * blocks, 0);
         for (b, xb) in x.chunks_exact(32).enumerate() {
             let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
             let d = amax / 127.0;
             let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
             let q = &mut self.qs[b * 32..(b + 1) * 32];
-            let mut total = 0i32;
             for (qi, &v) in q.iter_mut().zip(xb) {
                 *qi = round_ties_even(v * inv) as i8;
-                total += *qi as i32;
             }
+            let half = |h: usize| q[16 * h..16 * h + 16].iter().map(|&v| v as i32).sum::<i32>();
+            let (lo, hi) = (half(0), half(1));
+            self.isum16[2 * b] = lo;
+            self.isum16[2 * b + 1] = hi;
             // Scales are kept at f16 precision, as ggml's Q8_1 blocks keep
             // them: it measurably brings greedy outputs closer to llama.cpp's.
             let f16 = |v: f32| half::f16::from_f32(v).to_f32();
             self.scale[b] = f16(d);
-            self.sum[b] = f16(d * total as f32);
+            self.sum[b] = f16(d * (lo + hi) as f32);
         }
     }
 }
@@ -71,65 +77,64 @@ pub fn matmul(pool: &ComputePool, isa: Isa, w: &Matrix, x: &[f32], q: &Quantized
     let m = q.rows;
     assert_eq!(q.cols, w.cols);
     assert_eq!(out.len(), m * w.rows);
-    let tasks = w.rows.div_ceil(ROWS_PER_TASK);
+    let panels = w.rows.div_ceil(PANEL);
+    // About a dozen tasks per thread balances the cores; at most 8 panels
+    // per task keeps the hand-off cost small against the work.
+    let per_task = (panels / (12 * pool.threads())).clamp(1, 8);
     let shared = SharedOut::new(out);
-    pool.run(tasks, &|t| {
-        let r0 = t * ROWS_PER_TASK;
-        let r1 = (r0 + ROWS_PER_TASK).min(w.rows);
-        // SAFETY: each task writes only columns r0..r1 of every output row.
+    pool.run(panels.div_ceil(per_task), &|t| {
+        // SAFETY: each task writes only its own panels' columns of every output row.
         let out = unsafe { shared.slice() };
-        rows_range(isa, w, x, q, r0, r1, out);
+        for p in t * per_task..((t + 1) * per_task).min(panels) {
+            panel_rows(isa, w, x, q, p, out);
+        }
     });
 }
 
-fn rows_range(isa: Isa, w: &Matrix, x: &[f32], q: &QuantizedActs, r0: usize, r1: usize, out: &mut [f32]) {
-    let m = q.rows;
-    let mut r = r0;
-    while r < r1 {
-        let wr = TILE_ROWS.min(r1 - r);
-        let mut i = 0;
-        while i < m {
-            let ar = TILE_ACTS.min(m - i);
-            let mut tile = [[0f32; TILE_ACTS]; TILE_ROWS];
-            tile_dot(isa, w, x, q, r, wr, i, ar, &mut tile);
-            for (dr, row) in tile.iter().enumerate().take(wr) {
-                for (da, v) in row.iter().enumerate().take(ar) {
-                    out[(i + da) * w.rows + r + dr] = *v;
-                }
-            }
-            i += ar;
+/// Weight panel `p` against every activation row, TILE_ACTS rows at a time.
+fn panel_rows(isa: Isa, w: &Matrix, x: &[f32], q: &QuantizedActs, p: usize, out: &mut [f32]) {
+    let lanes = PANEL.min(w.rows - p * PANEL);
+    let mut tile = [[0f32; PANEL]; TILE_ACTS];
+    for i in (0..q.rows).step_by(TILE_ACTS) {
+        let acts = TILE_ACTS.min(q.rows - i);
+        tile_dot(isa, w, x, q, p, i, acts, &mut tile);
+        for (a, row) in tile.iter().enumerate().take(acts) {
+            let at = (i + a) * w.rows + p * PANEL;
+            out[at..at + lanes].copy_from_slice(&row[..lanes]);
         }
-        r += wr;
     }
 }
 
-/// Dots of weight rows `r..r+wr` with activation rows `i..i+ar` into `tile[row][act]`.
+/// Dots of panel `p` with activation rows `i..i+acts` into `tile[act][lane]`.
 #[allow(clippy::too_many_arguments)]
-fn tile_dot(isa: Isa, w: &Matrix, x: &[f32], q: &QuantizedActs, r: usize, wr: usize, i: usize, ar: usize, tile: &mut [[f32; TILE_ACTS]; TILE_ROWS]) {
+fn tile_dot(isa: Isa, w: &Matrix, x: &[f32], q: &QuantizedActs, p: usize, i: usize, acts: usize, tile: &mut Tile) {
     #[cfg(target_arch = "x86_64")]
-    if isa != Isa::Portable && wr == TILE_ROWS && super::x86::tile_dot(isa, w, q, r, i, ar, tile) {
+    if isa != Isa::Portable && super::x86::tile_dot(isa, &w.w, q, p, i, acts, tile) {
         return;
     }
     let _ = isa;
-    for dr in 0..wr {
-        for da in 0..ar {
-            tile[dr][da] = portable_dot(w, x, q, r + dr, i + da);
+    let lanes = PANEL.min(w.rows - p * PANEL);
+    for (a, row) in tile.iter_mut().enumerate().take(acts) {
+        for (lane, v) in row.iter_mut().enumerate().take(lanes) {
+            *v = portable_dot(w, x, q, p * PANEL + lane, i + a);
         }
     }
 }
 
-/// The reference dot product of weight row `r` with activation row `a`.
-///
-/// For the 8-bit-activation formats it reproduces, operation for operation,
-/// the SIMD kernels' order (and ggml's, whose AVX2 dot products they follow):
-/// eight lanes of four-element integer sums, one fused multiply-add per block
-/// and lane, a fixed horizontal sum, the block minimums fused in block order.
-/// Every instruction set therefore gives bitwise the same results.
+/// The reference dot product of weight row `r` with activation row `a`,
+/// in the order every SIMD kernel uses: exact integer sums of 4 (4-bit
+/// weights) or 32 (8-bit) or 16 (6-bit) weights, each fused into a float
+/// accumulator in block order.
 pub fn portable_dot(w: &Matrix, x: &[f32], q: &QuantizedActs, r: usize, a: usize) -> f32 {
     let k = w.cols;
     let nb = k / 32;
+    let (panel, lane) = (r / PANEL, r % PANEL);
     let xq = &q.qs[a * k..(a + 1) * k];
-    let (xs, xsum) = (&q.scale[a * nb..(a + 1) * nb], &q.sum[a * nb..(a + 1) * nb]);
+    let (xs, xsum, xisum) = (&q.scale[a * nb..(a + 1) * nb], &q.sum[a * nb..(a + 1) * nb], &q.isum16[a * 2 * nb..(a + 1) * 2 * nb]);
+    // Σ code * x over elements `range` of block b, codes read by `code`.
+    let isum = |b: usize, range: std::ops::Range<usize>, code: &dyn Fn(usize) -> i32| -> i32 {
+        range.map(|e| code(e) * xq[b * 32 + e] as i32).sum()
+    };
     let mut acc = 0f32;
     match &w.w {
         Packed::Float(wf) => {
@@ -138,41 +143,49 @@ pub fn portable_dot(w: &Matrix, x: &[f32], q: &QuantizedActs, r: usize, a: usize
                 acc += wc.iter().zip(xc).map(|(a, b)| a * b).sum::<f32>();
             }
         }
-        Packed::Nibble32 { qs, scale, min } => {
+        Packed::Nibble { qs, scale, min } => {
+            // ggml's order for 4-bit weights (its AVX2 `vec_dot_q4_1_q8_1`):
+            // eight lanes, lane j fusing the sum of elements 4j..4j+4 of
+            // each block in block order; the minimums summed apart; then a
+            // fixed tree. Greedy outputs then match llama.cpp's bit for bit,
+            // where any other order drifts within a few tokens (activation
+            // quantization turns last-bit differences into whole steps).
             let mut lanes = [0f32; 8];
             let mut mins = 0f32;
             for b in 0..nb {
-                let wb = &qs[(r * nb + b) * 16..(r * nb + b + 1) * 16];
-                let xb = &xq[b * 32..(b + 1) * 32];
-                let nibble = |e: usize| if e < 16 { wb[e] & 0xF } else { wb[e - 16] >> 4 } as i32;
-                let at = tile_index(r, b, nb);
-                let block_scale = scale[at].to_f32() * xs[b];
-                for (j, lane) in lanes.iter_mut().enumerate() {
-                    let part: i32 = (4 * j..4 * j + 4).map(|e| nibble(e) * xb[e] as i32).sum();
-                    *lane = (part as f32).mul_add(block_scale, *lane);
+                let blk = panel * nb + b;
+                let code = |e: usize| {
+                    let (at, high) = nibble_offset(lane, e);
+                    let byte = qs[blk * NIBBLE_BLOCK + at];
+                    (if high { byte >> 4 } else { byte & 0xF }) as i32
+                };
+                let ws = scale[blk * PANEL + lane].to_f32() * xs[b];
+                for (j, l) in lanes.iter_mut().enumerate() {
+                    *l = (isum(b, 4 * j..4 * j + 4, &code) as f32).mul_add(ws, *l);
                 }
-                mins = min[at].to_f32().mul_add(xsum[b], mins);
+                mins = min[blk * PANEL + lane].to_f32().mul_add(xsum[b], mins);
             }
-            acc = hsum8(&lanes) + mins;
+            let r = [lanes[0] + lanes[4], lanes[1] + lanes[5], lanes[2] + lanes[6], lanes[3] + lanes[7]];
+            acc = ((r[0] + r[2]) + (r[1] + r[3])) + mins;
         }
-        Packed::Int8x32 { qs, scale } => {
-            let mut lanes = [0f32; 8];
+        Packed::Int8 { qs, scale } => {
             for b in 0..nb {
-                let wb = &qs[(r * nb + b) * 32..(r * nb + b + 1) * 32];
-                let xb = &xq[b * 32..(b + 1) * 32];
-                let block_scale = scale[tile_index(r, b, nb)].to_f32() * xs[b];
-                for (j, lane) in lanes.iter_mut().enumerate() {
-                    let part: i32 = (4 * j..4 * j + 4).map(|e| wb[e] as i32 * xb[e] as i32).sum();
-                    *lane = (part as f32).mul_add(block_scale, *lane);
-                }
+                let blk = panel * nb + b;
+                let code = |e: usize| qs[blk * BYTE_BLOCK + byte_offset(lane, e)] as i32;
+                let offset = 128 * (xisum[2 * b] + xisum[2 * b + 1]);
+                let ws = scale[blk * PANEL + lane].to_f32() * xs[b];
+                acc = ((isum(b, 0..32, &code) - offset) as f32).mul_add(ws, acc);
             }
-            acc = hsum8(&lanes);
         }
-        Packed::Int8x16 { qs, scale } => {
-            for h in 0..2 * nb {
-                let wb = &qs[(r * 2 * nb + h) * 16..(r * 2 * nb + h + 1) * 16];
-                let sumi: i32 = wb.iter().zip(&xq[h * 16..(h + 1) * 16]).map(|(&a, &b)| a as i32 * b as i32).sum();
-                acc += sumi as f32 * (scale[r * 2 * nb + h] * xs[h / 2]);
+        Packed::Int6 { qs, scale } => {
+            for b in 0..nb {
+                let blk = panel * nb + b;
+                let code = |e: usize| qs[blk * BYTE_BLOCK + byte_offset(lane, e)] as i32;
+                for h in 0..2 {
+                    let sum = isum(b, 16 * h..16 * h + 16, &code) - 32 * xisum[2 * b + h];
+                    let ws = scale[(blk * 2 + h) * PANEL + lane] * xs[b];
+                    acc = (sum as f32).mul_add(ws, acc);
+                }
             }
         }
     }
@@ -186,10 +199,4 @@ pub fn portable_dot(w: &Matrix, x: &[f32], q: &QuantizedActs, r: usize, a: usize
 fn round_ties_even(x: f32) -> f32 {
     const MAGIC: f32 = 12_582_912.0;
     (x + MAGIC) - MAGIC
-}
-
-/// Horizontal sum of eight lanes in the order of ggml's `hsum_float_8`.
-fn hsum8(l: &[f32; 8]) -> f32 {
-    let r = [l[0] + l[4], l[1] + l[5], l[2] + l[6], l[3] + l[7]];
-    (r[0] + r[2]) + (r[1] + r[3])
 }

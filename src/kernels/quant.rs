@@ -1,6 +1,12 @@
 //! GGML tensor types and their block layouts, and the repacking of each into
 //! the few internal weight formats the matmul kernels are written for.
 //!
+//! Quantized weights are stored in panels of 16 rows: for each block of 32
+//! inputs, 32-bit lane r of a 512-bit register holds four consecutive codes
+//! of row r, so one `vpdpbusd` against four broadcast activation bytes
+//! advances 16 rows' dot products at once, and the 16 rows' block scales
+//! are one vector. No horizontal sums are needed, whatever the row length.
+//!
 //! Block scales are kept as f16, as ggml stores them: weight bytes are what
 //! a decode step waits for. Repacking Q4_0, Q4_1, Q8_0 and Q6_K is exact
 //! (every weight equals ggml's dequantization bit for bit); Q4_K's scales are
@@ -85,86 +91,54 @@ impl TensorType {
     }
 }
 
-fn f16_bits(b: &[u8], i: usize) -> f16 {
-    f16::from_le_bytes([b[i], b[i + 1]])
-}
-
 fn f16_at(b: &[u8], i: usize) -> f32 {
-    f16_bits(b, i).to_f32()
+    f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
 }
 
-/// Rows whose block scales are stored together (the matmul's tile height).
-pub const SCALE_TILE: usize = 4;
+/// Weight rows per panel: one per 32-bit lane of a 512-bit register.
+pub const PANEL: usize = 16;
+/// Bytes of one block of 32 codes of a whole panel: 4-bit and 8-bit codes.
+pub const NIBBLE_BLOCK: usize = PANEL * 16;
+pub const BYTE_BLOCK: usize = PANEL * 32;
 
-/// Where the scale of block `b` of row `r` lives, for rows of `nb` blocks:
-/// tiles of four rows, block-major inside a tile, so a kernel gets the four
-/// rows' scales of a block with one load. Arrays are padded to whole tiles.
+/// Where code `e` (0..32) of panel row `lane` sits in its 8-bit panel block:
+/// step e / 4 (64 bytes each), the lane's four bytes, byte e % 4.
 #[inline(always)]
-pub fn tile_index(r: usize, b: usize, nb: usize) -> usize {
-    (r / SCALE_TILE) * nb * SCALE_TILE + b * SCALE_TILE + r % SCALE_TILE
+pub fn byte_offset(lane: usize, e: usize) -> usize {
+    (e / 4) * 64 + lane * 4 + e % 4
 }
 
-fn tiled_len(rows: usize, nb: usize) -> usize {
-    rows.div_ceil(SCALE_TILE) * SCALE_TILE * nb
+/// Where code `e` of panel row `lane` sits in its 4-bit panel block, and
+/// whether it is the high nibble: 64-byte vector e / 8 holds steps 2j (low
+/// nibbles) and 2j + 1 (high nibbles), so one load and two masks give both.
+#[inline(always)]
+pub fn nibble_offset(lane: usize, e: usize) -> (usize, bool) {
+    ((e / 8) * 64 + lane * 4 + e % 4, e % 8 >= 4)
 }
 
-/// Weights as the kernels read them; one row per output feature. Block
-/// scales (and minimums) of the 8-bit-activation formats are in
-/// `tile_index` order.
+/// Weights as the kernels read them; one row per output feature. The
+/// quantized formats are in panels (rows padded with zero weights to a
+/// multiple of PANEL); per-block scales are indexed `(panel * nb + block) *
+/// PANEL + lane` (Q6_K: per half block, `((panel * nb + block) * 2 + half)
+/// * PANEL + lane`).
 #[derive(Debug, Clone)]
 pub enum Packed {
-    /// Blocks of 32 four-bit values: w = scale * q + min, q in 0..=15.
-    /// Byte j of a block holds element j (low nibble) and j + 16 (high nibble).
-    /// Q4_0, Q4_1 and Q4_K all become this.
-    Nibble32 { qs: Vec<u8>, scale: Vec<f16>, min: Vec<f16> },
-    /// Blocks of 32 signed bytes: w = scale * q. From Q8_0.
-    Int8x32 { qs: Vec<i8>, scale: Vec<f16> },
-    /// Blocks of 16 signed bytes: w = scale * q. From Q6_K (q - 32 stored).
-    Int8x16 { qs: Vec<i8>, scale: Vec<f32> },
-    /// Plain floats. From F32, F16 and BF16.
+    /// 4-bit codes q in 0..=15, w = scale * q + min. From Q4_0, Q4_1, Q4_K.
+    Nibble { qs: Vec<u8>, scale: Vec<f16>, min: Vec<f16> },
+    /// 8-bit codes stored as q + 128 (unsigned, for `vpdpbusd`), w = scale * q. From Q8_0.
+    Int8 { qs: Vec<u8>, scale: Vec<f16> },
+    /// 6-bit codes q in 0..=63, w = scale * (q - 32), a scale per 16 weights. From Q6_K.
+    Int6 { qs: Vec<u8>, scale: Vec<f32> },
+    /// Plain floats, row-major. From F32, F16 and BF16.
     Float(Vec<f32>),
 }
 
-/// Repacks ggml blocks (whole rows of `cols` elements, `rows` of them).
-pub fn repack(ttype: TensorType, data: &[u8], rows: usize, cols: usize) -> Packed {
-    let n = rows * cols;
-    assert_eq!(data.len(), n / ttype.block_elems() * ttype.block_bytes(), "tensor size mismatch");
-    match ttype {
-        TensorType::F32 => Packed::Float(data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()),
-        TensorType::F16 => Packed::Float(data.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()),
-        TensorType::BF16 => Packed::Float(data.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect()),
-        TensorType::Q8_0 => {
-            let nb = cols / 32;
-            let mut qs = Vec::with_capacity(n);
-            let mut scale = vec![f16::ZERO; tiled_len(rows, nb)];
-            for (i, b) in data.chunks_exact(34).enumerate() {
-                scale[tile_index(i / nb, i % nb, nb)] = f16_bits(b, 0);
-                qs.extend(b[2..].iter().map(|&x| x as i8));
-            }
-            Packed::Int8x32 { qs, scale }
-        }
-        TensorType::Q4_0 | TensorType::Q4_1 => {
-            let nb = cols / 32;
-            let mut qs = Vec::with_capacity(n / 2);
-            let (mut scale, mut min) = (vec![f16::ZERO; tiled_len(rows, nb)], vec![f16::ZERO; tiled_len(rows, nb)]);
-            for (i, b) in data.chunks_exact(ttype.block_bytes()).enumerate() {
-                let at = tile_index(i / nb, i % nb, nb);
-                let d = f16_bits(b, 0);
-                scale[at] = d;
-                if ttype == TensorType::Q4_0 {
-                    // -8 d: a power-of-two multiple, exact in f16.
-                    min[at] = f16::from_f32(-8.0 * d.to_f32());
-                    qs.extend_from_slice(&b[2..18]);
-                } else {
-                    min[at] = f16_bits(b, 2);
-                    qs.extend_from_slice(&b[4..20]);
-                }
-            }
-            Packed::Nibble32 { qs, scale, min }
-        }
-        TensorType::Q4K => repack_q4k(data, rows, cols),
-        TensorType::Q6K => repack_q6k(data, n),
-    }
+/// One row decoded from ggml blocks: a code per weight and the scales
+/// (per 32 weights; per 16 for Q6_K) and minimums (per 32) that apply.
+struct RowCodes {
+    codes: Vec<u8>,
+    scale: Vec<f32>,
+    min: Vec<f32>,
 }
 
 /// ggml's get_scale_min_k4: the j-th 6-bit (scale, min) pair of a Q4_K block.
@@ -176,80 +150,138 @@ fn q4k_scale_min(j: usize, s: &[u8]) -> (u8, u8) {
     }
 }
 
-fn repack_q4k(data: &[u8], rows: usize, cols: usize) -> Packed {
-    let nb = cols / 32;
-    let mut qs = Vec::with_capacity(rows * cols / 2);
-    let (mut scale, mut min) = (vec![f16::ZERO; tiled_len(rows, nb)], vec![f16::ZERO; tiled_len(rows, nb)]);
-    for (sb, b) in data.chunks_exact(144).enumerate() {
-        let d = f16_at(b, 0);
-        let dmin = f16_at(b, 2);
-        let scales = &b[4..16];
-        let q = &b[16..144];
-        // Each 32-byte group of q holds two 32-element sub-blocks: low nibbles
-        // then high nibbles. Our layout pairs element j with j + 16 instead.
-        for (g, group) in q.chunks_exact(32).enumerate() {
-            for half in 0..2 {
-                let (sc, m) = q4k_scale_min(2 * g + half, scales);
-                // Sub-block 2g + half of super-block sb: block number in its row.
-                let blk = sb * 8 + 2 * g + half;
-                let at = tile_index(blk / nb, blk % nb, nb);
-                scale[at] = f16::from_f32(d * sc as f32);
-                min[at] = f16::from_f32(-dmin * m as f32);
-                let nib = |l: usize| if half == 0 { group[l] & 0xF } else { group[l] >> 4 };
-                qs.extend((0..16).map(|j| nib(j) | (nib(j + 16) << 4)));
+/// Decodes one row's ggml blocks (`ttype` quantized) following ggml's dequantization.
+fn decode_row(ttype: TensorType, data: &[u8], cols: usize) -> RowCodes {
+    let mut row = RowCodes { codes: Vec::with_capacity(cols), scale: Vec::new(), min: Vec::new() };
+    for b in data.chunks_exact(ttype.block_bytes()) {
+        match ttype {
+            TensorType::Q4_0 | TensorType::Q4_1 => {
+                let d = f16_at(b, 0);
+                let (min, qs) = if ttype == TensorType::Q4_0 { (-8.0 * d, &b[2..18]) } else { (f16_at(b, 2), &b[4..20]) };
+                row.codes.extend(qs.iter().map(|&q| q & 0xF));
+                row.codes.extend(qs.iter().map(|&q| q >> 4));
+                row.scale.push(d);
+                row.min.push(min);
             }
+            TensorType::Q8_0 => {
+                row.codes.extend(b[2..34].iter().map(|&q| (q as i8 as i16 + 128) as u8));
+                row.scale.push(f16_at(b, 0));
+            }
+            TensorType::Q4K => {
+                let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+                // Each 32-byte group holds two sub-blocks: low nibbles, then high.
+                for (g, group) in b[16..144].chunks_exact(32).enumerate() {
+                    for high in [false, true] {
+                        let (sc, m) = q4k_scale_min(2 * g + high as usize, &b[4..16]);
+                        row.codes.extend(group.iter().map(|&q| if high { q >> 4 } else { q & 0xF }));
+                        // Products of two scales: rounded to f16 as the panel stores them.
+                        row.scale.push(f16::from_f32(d * sc as f32).to_f32());
+                        row.min.push(f16::from_f32(-dmin * m as f32).to_f32());
+                    }
+                }
+            }
+            TensorType::Q6K => {
+                let (ql, qh, sc, d) = (&b[0..128], &b[128..192], &b[192..208], f16_at(b, 208));
+                let mut y = [0u8; 256];
+                for half in 0..2 {
+                    let (ql, qh, y) = (&ql[half * 64..], &qh[half * 32..], &mut y[half * 128..]);
+                    for l in 0..32 {
+                        y[l] = (ql[l] & 0xF) | ((qh[l] & 3) << 4);
+                        y[l + 32] = (ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4);
+                        y[l + 64] = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
+                        y[l + 96] = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
+                    }
+                }
+                row.codes.extend_from_slice(&y);
+                row.scale.extend(sc.iter().map(|&s| d * (s as i8) as f32));
+            }
+            TensorType::F32 | TensorType::F16 | TensorType::BF16 => unreachable!("float rows are not decoded to codes"),
         }
     }
-    Packed::Nibble32 { qs, scale, min }
+    debug_assert_eq!(row.codes.len(), cols);
+    row
 }
 
-fn repack_q6k(data: &[u8], n: usize) -> Packed {
-    let mut qs = vec![0i8; n];
-    let mut scale = vec![0f32; n / 16];
-    for (bi, b) in data.chunks_exact(210).enumerate() {
-        let (ql, qh, sc) = (&b[0..128], &b[128..192], &b[192..208]);
-        let d = f16_at(b, 208);
-        let out = &mut qs[bi * 256..(bi + 1) * 256];
-        for half in 0..2 {
-            let (ql, qh, y) = (&ql[half * 64..], &qh[half * 32..], &mut out[half * 128..]);
-            for l in 0..32 {
-                y[l] = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) as i8 - 32;
-                y[l + 32] = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) as i8 - 32;
-                y[l + 64] = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i8 - 32;
-                y[l + 96] = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i8 - 32;
+/// Repacks ggml blocks (whole rows of `cols` elements, `rows` of them).
+pub fn repack(ttype: TensorType, data: &[u8], rows: usize, cols: usize) -> Packed {
+    let n = rows * cols;
+    assert_eq!(data.len(), n / ttype.block_elems() * ttype.block_bytes(), "tensor size mismatch");
+    let (nb, panels) = (cols / 32, rows.div_ceil(PANEL));
+    let slots = panels * nb * PANEL;
+    let row_bytes = data.len() / rows.max(1);
+    let rows_of = || (0..rows).map(|r| (r / PANEL * nb, r % PANEL, decode_row(ttype, &data[r * row_bytes..(r + 1) * row_bytes], cols)));
+    match ttype {
+        TensorType::F32 => Packed::Float(data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()),
+        TensorType::F16 => Packed::Float(data.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()),
+        TensorType::BF16 => Packed::Float(data.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect()),
+        TensorType::Q4_0 | TensorType::Q4_1 | TensorType::Q4K => {
+            let (mut qs, mut scale, mut min) = (vec![0u8; slots * 16], vec![f16::ZERO; slots], vec![f16::ZERO; slots]);
+            for (first_block, lane, row) in rows_of() {
+                for b in 0..nb {
+                    let blk = first_block + b;
+                    for (e, &code) in row.codes[b * 32..(b + 1) * 32].iter().enumerate() {
+                        let (at, high) = nibble_offset(lane, e);
+                        qs[blk * NIBBLE_BLOCK + at] |= if high { code << 4 } else { code };
+                    }
+                    scale[blk * PANEL + lane] = f16::from_f32(row.scale[b]);
+                    min[blk * PANEL + lane] = f16::from_f32(row.min[b]);
+                }
+            }
+            Packed::Nibble { qs, scale, min }
+        }
+        TensorType::Q8_0 | TensorType::Q6K => {
+            // Padding rows: code 0 with scale 0.
+            let mut qs = vec![0u8; slots * 32];
+            let per_block = if ttype == TensorType::Q6K { 2 } else { 1 };
+            let mut scales = vec![0f32; slots * per_block];
+            for (first_block, lane, row) in rows_of() {
+                for b in 0..nb {
+                    let blk = first_block + b;
+                    for (e, &code) in row.codes[b * 32..(b + 1) * 32].iter().enumerate() {
+                        qs[blk * BYTE_BLOCK + byte_offset(lane, e)] = code;
+                    }
+                    for h in 0..per_block {
+                        scales[(blk * per_block + h) * PANEL + lane] = row.scale[b * per_block + h];
+                    }
+                }
+            }
+            if ttype == TensorType::Q6K {
+                Packed::Int6 { qs, scale: scales }
+            } else {
+                Packed::Int8 { qs, scale: scales.into_iter().map(f16::from_f32).collect() }
             }
         }
-        for (i, &s) in sc.iter().enumerate() {
-            scale[bi * 16 + i] = d * (s as i8) as f32;
-        }
     }
-    Packed::Int8x16 { qs, scale }
 }
 
 impl Packed {
     /// Row `r` (of `cols` elements) as floats: embedding lookup and tests.
     pub fn row_f32(&self, r: usize, cols: usize, out: &mut [f32]) {
-        let base = r * cols;
+        let (nb, lane) = (cols / 32, r % PANEL);
+        let block = |b: usize| r / PANEL * nb + b;
         match self {
-            Packed::Float(w) => out.copy_from_slice(&w[base..base + cols]),
-            Packed::Int8x32 { qs, scale } => {
+            Packed::Float(w) => out.copy_from_slice(&w[r * cols..(r + 1) * cols]),
+            Packed::Nibble { qs, scale, min } => {
                 for (i, o) in out.iter_mut().enumerate() {
-                    *o = scale[tile_index(r, i / 32, cols / 32)].to_f32() * qs[base + i] as f32;
+                    let blk = block(i / 32);
+                    let (at, high) = nibble_offset(lane, i % 32);
+                    let byte = qs[blk * NIBBLE_BLOCK + at];
+                    let q = if high { byte >> 4 } else { byte & 0xF };
+                    *o = scale[blk * PANEL + lane].to_f32() * q as f32 + min[blk * PANEL + lane].to_f32();
                 }
             }
-            Packed::Int8x16 { qs, scale } => {
+            Packed::Int8 { qs, scale } => {
                 for (i, o) in out.iter_mut().enumerate() {
-                    *o = scale[(base + i) / 16] * qs[base + i] as f32;
+                    let blk = block(i / 32);
+                    let q = qs[blk * BYTE_BLOCK + byte_offset(lane, i % 32)] as i32 - 128;
+                    *o = scale[blk * PANEL + lane].to_f32() * q as f32;
                 }
             }
-            Packed::Nibble32 { qs, scale, min } => {
+            Packed::Int6 { qs, scale } => {
                 for (i, o) in out.iter_mut().enumerate() {
-                    let e = base + i;
-                    let (blk, j) = (e / 32, e % 32);
-                    let byte = qs[blk * 16 + j % 16];
-                    let q = if j < 16 { byte & 0xF } else { byte >> 4 };
-                    let at = tile_index(r, i / 32, cols / 32);
-                    *o = scale[at].to_f32() * q as f32 + min[at].to_f32();
+                    let blk = block(i / 32);
+                    let q = qs[blk * BYTE_BLOCK + byte_offset(lane, i % 32)] as i32 - 32;
+                    *o = scale[(blk * 2 + i % 32 / 16) * PANEL + lane] * q as f32;
                 }
             }
         }
@@ -258,31 +290,29 @@ impl Packed {
     pub fn bytes(&self) -> usize {
         match self {
             Packed::Float(w) => w.len() * 4,
-            Packed::Int8x32 { qs, scale } => qs.len() + scale.len() * 2,
-            Packed::Int8x16 { qs, scale } => qs.len() + scale.len() * 4,
-            Packed::Nibble32 { qs, scale, min } => qs.len() + (scale.len() + min.len()) * 2,
+            Packed::Int8 { qs, scale } => qs.len() + scale.len() * 2,
+            Packed::Int6 { qs, scale } => qs.len() + scale.len() * 4,
+            Packed::Nibble { qs, scale, min } => qs.len() + (scale.len() + min.len()) * 2,
         }
     }
-}
 
-impl Packed {
     /// Stacks the rows of matrices of one format; None if formats differ.
-    /// Every part but the last must have whole scale tiles of rows.
+    /// Every part but the last must have whole panels of rows.
     pub fn concat(parts: Vec<Packed>) -> Option<Packed> {
         let mut it = parts.into_iter();
         let mut acc = it.next()?;
         for p in it {
             match (&mut acc, p) {
                 (Packed::Float(a), Packed::Float(b)) => a.extend(b),
-                (Packed::Int8x32 { qs, scale }, Packed::Int8x32 { qs: q2, scale: s2 }) => {
+                (Packed::Int8 { qs, scale }, Packed::Int8 { qs: q2, scale: s2 }) => {
                     qs.extend(q2);
                     scale.extend(s2);
                 }
-                (Packed::Int8x16 { qs, scale }, Packed::Int8x16 { qs: q2, scale: s2 }) => {
+                (Packed::Int6 { qs, scale }, Packed::Int6 { qs: q2, scale: s2 }) => {
                     qs.extend(q2);
                     scale.extend(s2);
                 }
-                (Packed::Nibble32 { qs, scale, min }, Packed::Nibble32 { qs: q2, scale: s2, min: m2 }) => {
+                (Packed::Nibble { qs, scale, min }, Packed::Nibble { qs: q2, scale: s2, min: m2 }) => {
                     qs.extend(q2);
                     scale.extend(s2);
                     min.extend(m2);

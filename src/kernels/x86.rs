@@ -1,274 +1,362 @@
-//! x86-64 tile kernels for the matmul. One macro writes the 256-bit ones,
-//! AVX2 (`vpmaddubsw`) and AVX-512 VNNI (`vpdpbusd`), so that they differ
-//! only in the instruction that multiplies unsigned weight bytes with signed
-//! activation bytes; the 512-bit VNNI kernels take two blocks per
-//! instruction (even block counts). All of them accumulate each output in
-//! the portable reference's order, whatever the batch size: same bits.
+//! x86-64 panel kernels for the matmul. One generic body per weight format,
+//! instantiated for AVX-512 VNNI (a panel's 16 rows in one register,
+//! `vpdpbusd`) and for AVX2 (8 rows per register, two passes per panel,
+//! `vpmaddubsw` + `vpmaddwd`). Integer block sums are exact and the float
+//! accumulation is the portable reference's, lane by lane: same bits.
 
 use std::arch::x86_64::*;
 
 use half::f16;
 
-use super::matmul::{Matrix, QuantizedActs, TILE_ACTS, TILE_ROWS};
-use super::quant::{tile_index, Packed};
+use super::matmul::{QuantizedActs, Tile};
+use super::quant::{Packed, BYTE_BLOCK, NIBBLE_BLOCK, PANEL};
 use super::Isa;
 
-type Tile = [[f32; TILE_ACTS]; TILE_ROWS];
-
-#[inline]
-#[target_feature(enable = "avx2")]
-unsafe fn dot_u8i8_avx2(w: __m256i, x: __m256i) -> __m256i {
-    _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1))
+/// The vector operations the kernels are written in; `N` rows per register.
+trait Lanes {
+    type I: Copy;
+    type F: Copy;
+    const N: usize;
+    unsafe fn load(p: *const u8) -> Self::I;
+    /// The low and high nibbles of every byte.
+    unsafe fn nibbles(v: Self::I) -> (Self::I, Self::I);
+    unsafe fn splat(v: i32) -> Self::I;
+    unsafe fn add(a: Self::I, b: Self::I) -> Self::I;
+    /// `acc` plus, per 32-bit lane, the dot of four unsigned weight bytes
+    /// with the four signed activation bytes at `x`.
+    unsafe fn dot(acc: Self::I, w: Self::I, x: *const i8) -> Self::I;
+    /// The same for 8-bit weights stored as q + 128: with `dot` that is
+    /// Σ(q + 128)x, and `int8_start` supplies the -128Σx that makes it Σqx;
+    /// without `vpdpbusd` the signed product is formed directly instead.
+    unsafe fn dot_int8(acc: Self::I, w: Self::I, x: *const i8) -> Self::I;
+    fn int8_start(isum: i32) -> i32;
+    unsafe fn scales_f16(p: *const f16) -> Self::F;
+    unsafe fn scales_f32(p: *const f32) -> Self::F;
+    unsafe fn zero() -> Self::F;
+    /// `acc + float(isum) * (w_scale * x_scale)`, fused.
+    unsafe fn fma_block(acc: Self::F, isum: Self::I, w_scale: Self::F, x_scale: f32) -> Self::F;
+    /// `acc + w_min * x_sum`, fused.
+    unsafe fn fma_min(acc: Self::F, w_min: Self::F, x_sum: f32) -> Self::F;
+    unsafe fn add_f(a: Self::F, b: Self::F) -> Self::F;
+    unsafe fn store(v: Self::F, out: *mut f32);
 }
 
-#[inline]
-#[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
-unsafe fn dot_u8i8_vnni(w: __m256i, x: __m256i) -> __m256i {
-    _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, x)
+#[inline(always)]
+unsafe fn four_bytes(x: *const i8) -> i32 {
+    (x as *const i32).read_unaligned()
 }
 
-#[inline]
-#[target_feature(enable = "f16c")]
-unsafe fn f16_to_f32(x: f16) -> f32 {
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(x.to_bits() as i32)))
-}
+struct Vnni512;
 
-#[inline]
-#[target_feature(enable = "avx2")]
-unsafe fn hsum(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
-}
-
-/// Loads activation blocks `b` of rows `i..i+AR`: bytes, scale, scaled sum.
-#[inline]
-#[target_feature(enable = "avx2")]
-unsafe fn load_acts<const AR: usize>(q: &QuantizedActs, i: usize, b: usize) -> ([__m256i; AR], [f32; AR], [f32; AR]) {
-    let (k, nb) = (q.cols, q.cols / 32);
-    let mut xv = [_mm256_setzero_si256(); AR];
-    let (mut xs, mut xsum) = ([0f32; AR], [0f32; AR]);
-    for a in 0..AR {
-        xv[a] = _mm256_loadu_si256(q.qs.as_ptr().add((i + a) * k + b * 32) as *const __m256i);
-        xs[a] = q.scale[(i + a) * nb + b];
-        xsum[a] = q.sum[(i + a) * nb + b];
+impl Lanes for Vnni512 {
+    type I = __m512i;
+    type F = __m512;
+    const N: usize = 16;
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> __m512i {
+        _mm512_loadu_si512(p as *const __m512i)
     }
-    (xv, xs, xsum)
+    #[inline(always)]
+    unsafe fn nibbles(v: __m512i) -> (__m512i, __m512i) {
+        let low = _mm512_set1_epi8(0x0F);
+        (_mm512_and_si512(v, low), _mm512_and_si512(_mm512_srli_epi16(v, 4), low))
+    }
+    #[inline(always)]
+    unsafe fn splat(v: i32) -> __m512i {
+        _mm512_set1_epi32(v)
+    }
+    #[inline(always)]
+    unsafe fn add(a: __m512i, b: __m512i) -> __m512i {
+        _mm512_add_epi32(a, b)
+    }
+    #[inline(always)]
+    unsafe fn dot(acc: __m512i, w: __m512i, x: *const i8) -> __m512i {
+        _mm512_dpbusd_epi32(acc, w, _mm512_set1_epi32(four_bytes(x)))
+    }
+    #[inline(always)]
+    unsafe fn dot_int8(acc: __m512i, w: __m512i, x: *const i8) -> __m512i {
+        Self::dot(acc, w, x)
+    }
+    fn int8_start(isum: i32) -> i32 {
+        -128 * isum
+    }
+    #[inline(always)]
+    unsafe fn scales_f16(p: *const f16) -> __m512 {
+        _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
+    }
+    #[inline(always)]
+    unsafe fn scales_f32(p: *const f32) -> __m512 {
+        _mm512_loadu_ps(p)
+    }
+    #[inline(always)]
+    unsafe fn zero() -> __m512 {
+        _mm512_setzero_ps()
+    }
+    #[inline(always)]
+    unsafe fn fma_block(acc: __m512, isum: __m512i, w_scale: __m512, x_scale: f32) -> __m512 {
+        _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(w_scale, _mm512_set1_ps(x_scale)), acc)
+    }
+    #[inline(always)]
+    unsafe fn fma_min(acc: __m512, w_min: __m512, x_sum: f32) -> __m512 {
+        _mm512_fmadd_ps(w_min, _mm512_set1_ps(x_sum), acc)
+    }
+    #[inline(always)]
+    unsafe fn add_f(a: __m512, b: __m512) -> __m512 {
+        _mm512_add_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn store(v: __m512, out: *mut f32) {
+        _mm512_storeu_ps(out, v)
+    }
 }
 
-macro_rules! tile_kernels {
-    ($features:literal, $dot:ident, $nibble:ident, $int8:ident) => {
-        /// Nibble32 weights (w = scale * q + min) against quantized activations.
-        #[target_feature(enable = $features)]
-        unsafe fn $nibble<const AR: usize>(qs: &[u8], scale: &[f16], min: &[f16], q: &QuantizedActs, r: usize, i: usize, tile: &mut Tile) {
-            let nb = q.cols / 32;
-            let low = _mm_set1_epi8(0x0F);
-            let mut acc = [[_mm256_setzero_ps(); AR]; TILE_ROWS];
-            let mut min_acc = [[0f32; AR]; TILE_ROWS];
-            for b in 0..nb {
-                let (xv, xs, xsum) = load_acts::<AR>(q, i, b);
-                for dr in 0..TILE_ROWS {
-                    let blk = (r + dr) * nb + b;
-                    let packed = _mm_loadu_si128(qs.as_ptr().add(blk * 16) as *const __m128i);
-                    let wv = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(packed, 4), low), _mm_and_si128(packed, low));
-                    let at = tile_index(r + dr, b, nb);
-                    let (sw, mw) = (f16_to_f32(scale[at]), f16_to_f32(min[at]));
-                    for a in 0..AR {
-                        let d = _mm256_cvtepi32_ps($dot(wv, xv[a]));
-                        acc[dr][a] = _mm256_fmadd_ps(d, _mm256_set1_ps(sw * xs[a]), acc[dr][a]);
-                        min_acc[dr][a] = mw.mul_add(xsum[a], min_acc[dr][a]);
-                    }
-                }
-            }
-            for dr in 0..TILE_ROWS {
-                for a in 0..AR {
-                    tile[dr][a] = hsum(acc[dr][a]) + min_acc[dr][a];
-                }
-            }
-        }
+struct Avx2;
 
-        /// Int8x32 weights (w = scale * q): signs moved onto the activations
-        /// so that the unsigned-by-signed multiply applies.
-        #[target_feature(enable = $features)]
-        unsafe fn $int8<const AR: usize>(qs: &[i8], scale: &[f16], q: &QuantizedActs, r: usize, i: usize, tile: &mut Tile) {
-            let nb = q.cols / 32;
-            let mut acc = [[_mm256_setzero_ps(); AR]; TILE_ROWS];
-            for b in 0..nb {
-                let (xv, xs, _) = load_acts::<AR>(q, i, b);
-                for dr in 0..TILE_ROWS {
-                    let blk = (r + dr) * nb + b;
-                    let wv = _mm256_loadu_si256(qs.as_ptr().add(blk * 32) as *const __m256i);
-                    let wabs = _mm256_sign_epi8(wv, wv);
-                    let sw = f16_to_f32(scale[tile_index(r + dr, b, nb)]);
-                    for a in 0..AR {
-                        let d = _mm256_cvtepi32_ps($dot(wabs, _mm256_sign_epi8(xv[a], wv)));
-                        acc[dr][a] = _mm256_fmadd_ps(d, _mm256_set1_ps(sw * xs[a]), acc[dr][a]);
-                    }
-                }
-            }
-            for dr in 0..TILE_ROWS {
-                for a in 0..AR {
-                    tile[dr][a] = hsum(acc[dr][a]);
-                }
-            }
-        }
-    };
+impl Avx2 {
+    #[inline(always)]
+    unsafe fn pair_sums(w: __m256i, x: __m256i) -> __m256i {
+        _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1))
+    }
 }
 
-tile_kernels!("avx2,fma,f16c", dot_u8i8_avx2, nibble_avx2, int8_avx2);
-tile_kernels!("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", dot_u8i8_vnni, nibble_vnni, int8_vnni);
-
-
-/// How far ahead (in weight rows) the 512-bit kernels prefetch.
-const PREFETCH_ROWS: usize = 4;
-
-/// Lane `i` of `v` in every lane.
-#[inline]
-#[target_feature(enable = "avx2")]
-unsafe fn lane(v: __m256, i: i32) -> __m256 {
-    _mm256_permutevar8x32_ps(v, _mm256_set1_epi32(i))
+impl Lanes for Avx2 {
+    type I = __m256i;
+    type F = __m256;
+    const N: usize = 8;
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> __m256i {
+        _mm256_loadu_si256(p as *const __m256i)
+    }
+    #[inline(always)]
+    unsafe fn nibbles(v: __m256i) -> (__m256i, __m256i) {
+        let low = _mm256_set1_epi8(0x0F);
+        (_mm256_and_si256(v, low), _mm256_and_si256(_mm256_srli_epi16(v, 4), low))
+    }
+    #[inline(always)]
+    unsafe fn splat(v: i32) -> __m256i {
+        _mm256_set1_epi32(v)
+    }
+    #[inline(always)]
+    unsafe fn add(a: __m256i, b: __m256i) -> __m256i {
+        _mm256_add_epi32(a, b)
+    }
+    /// Codes here are at most 63, so the 16-bit pair sums cannot saturate.
+    #[inline(always)]
+    unsafe fn dot(acc: __m256i, w: __m256i, x: *const i8) -> __m256i {
+        _mm256_add_epi32(acc, Self::pair_sums(w, _mm256_set1_epi32(four_bytes(x))))
+    }
+    /// |q| times x with q's sign: pair sums stay within 2 * 128 * 127.
+    #[inline(always)]
+    unsafe fn dot_int8(acc: __m256i, w: __m256i, x: *const i8) -> __m256i {
+        let q = _mm256_xor_si256(w, _mm256_set1_epi8(-128));
+        let x = _mm256_set1_epi32(four_bytes(x));
+        _mm256_add_epi32(acc, Self::pair_sums(_mm256_sign_epi8(q, q), _mm256_sign_epi8(x, q)))
+    }
+    fn int8_start(_isum: i32) -> i32 {
+        0
+    }
+    #[inline(always)]
+    unsafe fn scales_f16(p: *const f16) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    }
+    #[inline(always)]
+    unsafe fn scales_f32(p: *const f32) -> __m256 {
+        _mm256_loadu_ps(p)
+    }
+    #[inline(always)]
+    unsafe fn zero() -> __m256 {
+        _mm256_setzero_ps()
+    }
+    #[inline(always)]
+    unsafe fn fma_block(acc: __m256, isum: __m256i, w_scale: __m256, x_scale: f32) -> __m256 {
+        _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(w_scale, _mm256_set1_ps(x_scale)), acc)
+    }
+    #[inline(always)]
+    unsafe fn fma_min(acc: __m256, w_min: __m256, x_sum: f32) -> __m256 {
+        _mm256_fmadd_ps(w_min, _mm256_set1_ps(x_sum), acc)
+    }
+    #[inline(always)]
+    unsafe fn add_f(a: __m256, b: __m256) -> __m256 {
+        _mm256_add_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn store(v: __m256, out: *mut f32) {
+        _mm256_storeu_ps(out, v)
+    }
 }
 
-/// The tile's four rows' scales for blocks b and b + 1, as f32:
-/// [b: rows 0-3, b+1: rows 0-3] (tile_index order makes them adjacent).
-#[inline]
-#[target_feature(enable = "avx2,f16c")]
-unsafe fn tile_scales(s: &[f16], r: usize, b: usize, nb: usize) -> __m256 {
-    _mm256_cvtph_ps(_mm_loadu_si128(s.as_ptr().add(tile_index(r, b, nb)) as *const __m128i))
+/// Where a kernel works: panel `p`, activation rows `i..i + AR`, panel rows
+/// `lane0..lane0 + L::N`.
+#[derive(Clone, Copy)]
+struct At {
+    p: usize,
+    i: usize,
+    lane0: usize,
 }
 
-/// Activation row `x`'s values at blocks b and b + 1 as [b x4, b+1 x4].
-#[inline]
-#[target_feature(enable = "avx2")]
-unsafe fn act_pair(v: &[f32], x: usize) -> __m256 {
-    _mm256_set_m128(_mm_set1_ps(v[x + 1]), _mm_set1_ps(v[x]))
-}
-
-/// Nibble32 with 512-bit registers: two blocks' integer dots per
-/// instruction, then the same per-block 8-lane accumulation as the 256-bit
-/// kernels (and ggml), so results are bitwise equal; the four rows' block
-/// minimums run as the lanes of one vector, each lane in block order.
-/// Needs an even block count.
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn nibble_512<const AR: usize>(qs: &[u8], scale: &[f16], min: &[f16], q: &QuantizedActs, r: usize, i: usize, tile: &mut Tile) {
+/// 4-bit panels in ggml's order (see `portable_dot`): pass t keeps the
+/// float lanes 2t and 2t + 1 of every row (the low and high nibbles of
+/// vector t of each block) over all blocks, so only two accumulators per
+/// activation row are live; the panel's weights stay in L1 between passes.
+#[inline(always)]
+unsafe fn nibble_panel<L: Lanes, const AR: usize>(qs: &[u8], scale: &[f16], min: &[f16], q: &QuantizedActs, at: At, tile: &mut Tile) {
     let (k, nb) = (q.cols, q.cols / 32);
-    let low = _mm256_set1_epi8(0x0F);
-    let mut acc = [[_mm256_setzero_ps(); AR]; TILE_ROWS];
-    let mut min_acc = [_mm_setzero_ps(); AR];
-    for b in (0..nb).step_by(2) {
-        // Weights stream from memory once per token: fetch the next
-        // tile's bytes while this one computes.
-        let ahead = (r + PREFETCH_ROWS) * nb + b;
-        for dr in 0..TILE_ROWS {
-            _mm_prefetch::<_MM_HINT_T0>(qs.as_ptr().wrapping_add((ahead + dr * nb) * 16) as *const i8);
-        }
-        _mm_prefetch::<_MM_HINT_T0>(scale.as_ptr().wrapping_add(tile_index(r + PREFETCH_ROWS, b, nb)) as *const i8);
-        _mm_prefetch::<_MM_HINT_T0>(min.as_ptr().wrapping_add(tile_index(r + PREFETCH_ROWS, b, nb)) as *const i8);
-        let (sw, mw) = (tile_scales(scale, r, b, nb), tile_scales(min, r, b, nb));
-        let mut xv = [_mm512_setzero_si512(); AR];
-        let mut ws = [_mm256_setzero_ps(); AR];
-        for a in 0..AR {
-            let x = (i + a) * nb + b;
-            xv[a] = _mm512_loadu_si512(q.qs.as_ptr().add((i + a) * k + b * 32) as *const __m512i);
-            ws[a] = _mm256_mul_ps(sw, act_pair(&q.scale, x));
-            let sums = act_pair(&q.sum, x);
-            min_acc[a] = _mm_fmadd_ps(_mm256_castps256_ps128(mw), _mm256_castps256_ps128(sums), min_acc[a]);
-            min_acc[a] = _mm_fmadd_ps(_mm256_extractf128_ps(mw, 1), _mm256_extractf128_ps(sums, 1), min_acc[a]);
-        }
-        for dr in 0..TILE_ROWS {
-            let blk = (r + dr) * nb + b;
-            let packed = _mm256_loadu_si256(qs.as_ptr().add(blk * 16) as *const __m256i);
-            let lo = _mm256_and_si256(packed, low);
-            let hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low);
-            // [lo0, lo1, hi0, hi1] -> [lo0, hi0, lo1, hi1]: block order.
-            let w = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-            let w = _mm512_shuffle_i64x2(w, w, 0b11_01_10_00);
+    let first = at.p * nb;
+    let w = qs.as_ptr().add(first * NIBBLE_BLOCK + 4 * at.lane0);
+    let x = q.qs.as_ptr().add(at.i * k);
+    let mut lanes = [[L::zero(); 8]; AR];
+    for t in 0..4 {
+        let (mut low_acc, mut high_acc) = ([L::zero(); AR], [L::zero(); AR]);
+        for b in 0..nb {
+            let (low, high) = L::nibbles(L::load(w.add(b * NIBBLE_BLOCK + 64 * t)));
+            let sw = L::scales_f16(scale.as_ptr().add((first + b) * PANEL + at.lane0));
             for a in 0..AR {
-                let d = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), w, xv[a]));
-                let (d0, d1) = (_mm512_castps512_ps256(d), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(d), 1)));
-                acc[dr][a] = _mm256_fmadd_ps(d0, lane(ws[a], dr as i32), acc[dr][a]);
-                acc[dr][a] = _mm256_fmadd_ps(d1, lane(ws[a], dr as i32 + 4), acc[dr][a]);
+                let xa = x.add(a * k + b * 32 + 8 * t);
+                let xs = *q.scale.get_unchecked((at.i + a) * nb + b);
+                low_acc[a] = L::fma_block(low_acc[a], L::dot(L::splat(0), low, xa), sw, xs);
+                high_acc[a] = L::fma_block(high_acc[a], L::dot(L::splat(0), high, xa.add(4)), sw, xs);
             }
+        }
+        for a in 0..AR {
+            lanes[a][2 * t] = low_acc[a];
+            lanes[a][2 * t + 1] = high_acc[a];
+        }
+    }
+    let mut mins = [L::zero(); AR];
+    for b in 0..nb {
+        let mw = L::scales_f16(min.as_ptr().add((first + b) * PANEL + at.lane0));
+        for a in 0..AR {
+            mins[a] = L::fma_min(mins[a], mw, *q.sum.get_unchecked((at.i + a) * nb + b));
         }
     }
     for a in 0..AR {
-        let mut mins = [0f32; 4];
-        _mm_storeu_ps(mins.as_mut_ptr(), min_acc[a]);
-        for dr in 0..TILE_ROWS {
-            tile[dr][a] = hsum(acc[dr][a]) + mins[dr];
-        }
+        let l = &lanes[a];
+        let r = [L::add_f(l[0], l[4]), L::add_f(l[1], l[5]), L::add_f(l[2], l[6]), L::add_f(l[3], l[7])];
+        let sum = L::add_f(L::add_f(L::add_f(r[0], r[2]), L::add_f(r[1], r[3])), mins[a]);
+        L::store(sum, tile[a].as_mut_ptr().add(at.lane0));
     }
 }
 
-/// Int8x32 with 512-bit registers, accumulated like the 256-bit kernel;
-/// the weights' signs move onto the activations for the unsigned-by-signed
-/// multiply.
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn int8_512<const AR: usize>(qs: &[i8], scale: &[f16], q: &QuantizedActs, r: usize, i: usize, tile: &mut Tile) {
+/// 8-bit panels (codes q + 128).
+#[inline(always)]
+unsafe fn int8_panel<L: Lanes, const AR: usize>(qs: &[u8], scale: &[f16], q: &QuantizedActs, at: At, tile: &mut Tile) {
     let (k, nb) = (q.cols, q.cols / 32);
-    let zero = _mm512_setzero_si512();
-    let mut acc = [[_mm256_setzero_ps(); AR]; TILE_ROWS];
-    for b in (0..nb).step_by(2) {
-        let ahead = (r + PREFETCH_ROWS) * nb + b;
-        for dr in 0..TILE_ROWS {
-            _mm_prefetch::<_MM_HINT_T0>(qs.as_ptr().wrapping_add((ahead + dr * nb) * 32) as *const i8);
-            _mm_prefetch::<_MM_HINT_T0>(qs.as_ptr().wrapping_add((ahead + dr * nb) * 32 + 64) as *const i8);
+    let mut acc = [L::zero(); AR];
+    for b in 0..nb {
+        let blk = at.p * nb + b;
+        let w = qs.as_ptr().add(blk * BYTE_BLOCK + 4 * at.lane0);
+        let x = q.qs.as_ptr().add(at.i * k + b * 32);
+        let mut even = [L::splat(0); AR];
+        for (a, e) in even.iter_mut().enumerate() {
+            let xb = (at.i + a) * nb + b;
+            *e = L::splat(L::int8_start(q.isum16[2 * xb] + q.isum16[2 * xb + 1]));
         }
-        _mm_prefetch::<_MM_HINT_T0>(scale.as_ptr().wrapping_add(tile_index(r + PREFETCH_ROWS, b, nb)) as *const i8);
-        let sw = tile_scales(scale, r, b, nb);
-        let mut xv = [zero; AR];
-        let mut ws = [_mm256_setzero_ps(); AR];
-        for a in 0..AR {
-            xv[a] = _mm512_loadu_si512(q.qs.as_ptr().add((i + a) * k + b * 32) as *const __m512i);
-            ws[a] = _mm256_mul_ps(sw, act_pair(&q.scale, (i + a) * nb + b));
-        }
-        for dr in 0..TILE_ROWS {
-            let blk = (r + dr) * nb + b;
-            let w = _mm512_loadu_si512(qs.as_ptr().add(blk * 32) as *const __m512i);
-            let negative = _mm512_movepi8_mask(w);
-            let wabs = _mm512_abs_epi8(w);
+        let mut odd = [L::splat(0); AR];
+        for t in (0..8).step_by(2) {
+            let (w0, w1) = (L::load(w.add(64 * t)), L::load(w.add(64 * t + 64)));
             for a in 0..AR {
-                let x = _mm512_mask_sub_epi8(xv[a], negative, zero, xv[a]);
-                let d = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, wabs, x));
-                let (d0, d1) = (_mm512_castps512_ps256(d), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(d), 1)));
-                acc[dr][a] = _mm256_fmadd_ps(d0, lane(ws[a], dr as i32), acc[dr][a]);
-                acc[dr][a] = _mm256_fmadd_ps(d1, lane(ws[a], dr as i32 + 4), acc[dr][a]);
+                let xa = x.add(a * k + 4 * t);
+                even[a] = L::dot_int8(even[a], w0, xa);
+                odd[a] = L::dot_int8(odd[a], w1, xa.add(4));
             }
         }
-    }
-    for dr in 0..TILE_ROWS {
+        let sw = L::scales_f16(scale.as_ptr().add(blk * PANEL + at.lane0));
         for a in 0..AR {
-            tile[dr][a] = hsum(acc[dr][a]);
+            acc[a] = L::fma_block(acc[a], L::add(even[a], odd[a]), sw, *q.scale.get_unchecked((at.i + a) * nb + b));
         }
+    }
+    for a in 0..AR {
+        L::store(acc[a], tile[a].as_mut_ptr().add(at.lane0));
     }
 }
 
-macro_rules! by_act_rows {
-    ($ar:expr, $f:ident ( $($arg:expr),* )) => {
-        match $ar {
-            1 => $f::<1>($($arg),*),
-            2 => $f::<2>($($arg),*),
-            3 => $f::<3>($($arg),*),
-            _ => $f::<4>($($arg),*),
+/// 6-bit panels (codes q, weights q - 32): a chain and a scale per half block.
+#[inline(always)]
+unsafe fn int6_panel<L: Lanes, const AR: usize>(qs: &[u8], scale: &[f32], q: &QuantizedActs, at: At, tile: &mut Tile) {
+    let (k, nb) = (q.cols, q.cols / 32);
+    let mut acc = [L::zero(); AR];
+    for b in 0..nb {
+        let blk = at.p * nb + b;
+        let w = qs.as_ptr().add(blk * BYTE_BLOCK + 4 * at.lane0);
+        let x = q.qs.as_ptr().add(at.i * k + b * 32);
+        let (mut first, mut second) = ([L::splat(0); AR], [L::splat(0); AR]);
+        for a in 0..AR {
+            let xb = (at.i + a) * nb + b;
+            first[a] = L::splat(-32 * q.isum16[2 * xb]);
+            second[a] = L::splat(-32 * q.isum16[2 * xb + 1]);
         }
-    };
+        for t in 0..4 {
+            let (w0, w1) = (L::load(w.add(64 * t)), L::load(w.add(64 * t + 256)));
+            for a in 0..AR {
+                let xa = x.add(a * k + 4 * t);
+                first[a] = L::dot(first[a], w0, xa);
+                second[a] = L::dot(second[a], w1, xa.add(16));
+            }
+        }
+        let s = blk * 2 * PANEL + at.lane0;
+        let (s0, s1) = (L::scales_f32(scale.as_ptr().add(s)), L::scales_f32(scale.as_ptr().add(s + PANEL)));
+        for a in 0..AR {
+            let xs = *q.scale.get_unchecked((at.i + a) * nb + b);
+            acc[a] = L::fma_block(acc[a], first[a], s0, xs);
+            acc[a] = L::fma_block(acc[a], second[a], s1, xs);
+        }
+    }
+    for a in 0..AR {
+        L::store(acc[a], tile[a].as_mut_ptr().add(at.lane0));
+    }
 }
 
-/// Fills a full-height tile with SIMD if this weight format has a kernel;
-/// returns false (leaving the tile to the portable path) otherwise.
-pub(super) fn tile_dot(isa: Isa, w: &Matrix, q: &QuantizedActs, r: usize, i: usize, ar: usize, tile: &mut Tile) -> bool {
-    // SAFETY: callers pass only an Isa that Isa::available() detected on this CPU.
-    unsafe {
-        let pairs = (q.cols / 32) % 2 == 0;
-        match (&w.w, isa) {
-            (Packed::Nibble32 { qs, scale, min }, Isa::Avx512Vnni) if pairs => by_act_rows!(ar, nibble_512(qs, scale, min, q, r, i, tile)),
-            (Packed::Int8x32 { qs, scale }, Isa::Avx512Vnni) if pairs => by_act_rows!(ar, int8_512(qs, scale, q, r, i, tile)),
-            (Packed::Nibble32 { qs, scale, min }, Isa::Avx512Vnni) => by_act_rows!(ar, nibble_vnni(qs, scale, min, q, r, i, tile)),
-            (Packed::Nibble32 { qs, scale, min }, _) => by_act_rows!(ar, nibble_avx2(qs, scale, min, q, r, i, tile)),
-            (Packed::Int8x32 { qs, scale }, Isa::Avx512Vnni) => by_act_rows!(ar, int8_vnni(qs, scale, q, r, i, tile)),
-            (Packed::Int8x32 { qs, scale }, _) => by_act_rows!(ar, int8_avx2(qs, scale, q, r, i, tile)),
-            _ => return false,
+/// A whole panel with lanes of `L`; false for formats without a kernel.
+#[inline(always)]
+unsafe fn panel<L: Lanes, const AR: usize>(w: &Packed, q: &QuantizedActs, p: usize, i: usize, tile: &mut Tile) -> bool {
+    for lane0 in (0..PANEL).step_by(L::N) {
+        let at = At { p, i, lane0 };
+        match w {
+            Packed::Nibble { qs, scale, min } => nibble_panel::<L, AR>(qs, scale, min, q, at, tile),
+            Packed::Int8 { qs, scale } => int8_panel::<L, AR>(qs, scale, q, at, tile),
+            Packed::Int6 { qs, scale } => int6_panel::<L, AR>(qs, scale, q, at, tile),
+            Packed::Float(_) => return false,
         }
     }
     true
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn panel_vnni<const AR: usize>(w: &Packed, q: &QuantizedActs, p: usize, i: usize, tile: &mut Tile) -> bool {
+    panel::<Vnni512, AR>(w, q, p, i, tile)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn panel_avx2<const AR: usize>(w: &Packed, q: &QuantizedActs, p: usize, i: usize, tile: &mut Tile) -> bool {
+    panel::<Avx2, AR>(w, q, p, i, tile)
+}
+
+macro_rules! by_acts {
+    ($acts:expr, $f:ident ( $($arg:expr),* )) => {
+        match $acts {
+            1 => $f::<1>($($arg),*),
+            2 => $f::<2>($($arg),*),
+            3 => $f::<3>($($arg),*),
+            4 => $f::<4>($($arg),*),
+            5 => $f::<5>($($arg),*),
+            6 => $f::<6>($($arg),*),
+            7 => $f::<7>($($arg),*),
+            _ => $f::<8>($($arg),*),
+        }
+    };
+}
+
+/// Fills `tile` for panel `p` and activation rows `i..i + acts` (at most
+/// TILE_ACTS) with SIMD if this weight format has a kernel; returns false
+/// (leaving the tile to the portable path) otherwise.
+pub(super) fn tile_dot(isa: Isa, w: &Packed, q: &QuantizedActs, p: usize, i: usize, acts: usize, tile: &mut Tile) -> bool {
+    // SAFETY: callers pass only an Isa that Isa::available() detected on
+    // this CPU; packed arrays hold whole panels, activations `acts` rows.
+    unsafe {
+        match isa {
+            Isa::Avx512Vnni => by_acts!(acts, panel_vnni(w, q, p, i, tile)),
+            Isa::Avx2 => by_acts!(acts, panel_avx2(w, q, p, i, tile)),
+            Isa::Portable => false,
+        }
+    }
 }

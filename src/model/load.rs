@@ -7,7 +7,7 @@ use crate::gguf::{GgufFile, TensorInfo};
 use crate::kernels::matmul::Matrix;
 use crate::kernels::ops::Rope;
 use crate::kernels::pool::ComputePool;
-use crate::kernels::quant::{repack, Packed, SCALE_TILE};
+use crate::kernels::quant::{repack, Packed, PANEL};
 use crate::kernels::Isa;
 
 use super::attention::{MAX_GROUP, MAX_HEAD_DIM};
@@ -98,8 +98,8 @@ impl Loader<'_> {
     /// Several matrices with the same columns as one, rows stacked.
     fn fused(&self, names: &[(String, usize)], cols: usize) -> Result<Matrix> {
         let parts = names.iter().map(|(n, rows)| self.matrix(n, *rows, cols)).collect::<Result<Vec<_>>>()?;
-        if parts[..parts.len() - 1].iter().any(|m| m.rows % SCALE_TILE != 0) {
-            bail!("{}: cannot fuse matrices whose rows are not a multiple of {SCALE_TILE}", self.f.path.display());
+        if parts[..parts.len() - 1].iter().any(|m| m.rows % PANEL != 0) {
+            bail!("{}: cannot fuse matrices whose rows are not a multiple of {PANEL}", self.f.path.display());
         }
         let rows = parts.iter().map(|m| m.rows).sum();
         match Packed::concat(parts.into_iter().map(|m| m.w).collect()) {
