@@ -5,44 +5,11 @@ use caravan::kernels::matmul::{matmul, portable_dot, Matrix, QuantizedActs};
 use caravan::kernels::pool::ComputePool;
 use caravan::kernels::quant::{repack, TensorType};
 use caravan::kernels::Isa;
-use caravan::sampler::Rng as SplitMix;
+use caravan::kernels::quant::random_blocks;
+use caravan::sampler::Rng;
 
-/// Deterministic inputs, so failures reproduce.
-struct Rng(SplitMix);
-impl Rng {
-    fn float(&mut self) -> f32 {
-        self.0.next_f32() * 2.0 - 1.0
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.0.next_u64() as u8).collect()
-    }
-}
-
-/// Random ggml blocks whose f16 scales are sane (random bytes would make NaNs).
-fn random_tensor(rng: &mut Rng, t: TensorType, rows: usize, cols: usize) -> Vec<u8> {
-    let n_blocks = rows * cols / t.block_elems();
-    let mut out = Vec::new();
-    let f16 = |x: f32| half::f16::from_f32(x).to_le_bytes();
-    for _ in 0..n_blocks {
-        let mut b = rng.bytes(t.block_bytes());
-        match t {
-            TensorType::F32 => b = rng.float().to_le_bytes().to_vec(),
-            TensorType::F16 => b = f16(rng.float()).to_vec(),
-            TensorType::BF16 => b = half::bf16::from_f32(rng.float()).to_le_bytes().to_vec(),
-            TensorType::Q4_0 | TensorType::Q8_0 => b[0..2].copy_from_slice(&f16(rng.float() * 0.05)),
-            TensorType::Q4_1 => {
-                b[0..2].copy_from_slice(&f16(rng.float() * 0.05));
-                b[2..4].copy_from_slice(&f16(rng.float() * 0.1));
-            }
-            TensorType::Q4K => {
-                b[0..2].copy_from_slice(&f16(rng.float() * 0.01));
-                b[2..4].copy_from_slice(&f16(rng.float() * 0.01));
-            }
-            TensorType::Q6K => b[208..210].copy_from_slice(&f16(rng.float() * 0.01)),
-        }
-        out.extend(b);
-    }
-    out
+fn float(rng: &mut Rng) -> f32 {
+    rng.next_f32() * 2.0 - 1.0
 }
 
 const TYPES: [TensorType; 8] = [
@@ -58,19 +25,19 @@ const TYPES: [TensorType; 8] = [
 
 #[test]
 fn simd_matmul_equals_portable_bitwise_for_every_format_and_batch_size() {
-    let mut rng = Rng(SplitMix(42));
+    let mut rng = Rng(42);
     let pool = ComputePool::new(2);
-    // Even and odd block counts (the 512-bit kernels take block pairs), and
-    // a row count that leaves a partial tile for the portable path.
+    // Even and odd block counts, row counts that fill panels or leave a
+    // partial one (padding rows), every tile width and more.
     for (t, rows, cols) in TYPES.iter().flat_map(|&t| [(t, 72, 512), (t, 70, 480)]) {
         if cols % t.block_elems() != 0 {
             continue;
         }
-        let w = Matrix { rows, cols, w: repack(t, &random_tensor(&mut rng, t, rows, cols), rows, cols) };
-        for m in [1usize, 2, 3, 4, 5, 7, 9] {
-            let x: Vec<f32> = (0..m * cols).map(|_| rng.float() * 3.0).collect();
+        let w = Matrix { rows, cols, w: repack(t, &random_blocks(&mut rng, t, rows, cols), rows, cols) };
+        for m in [1usize, 2, 3, 4, 5, 6, 7, 8, 9, 17] {
+            let x: Vec<f32> = (0..m * cols).map(|_| float(&mut rng) * 3.0).collect();
             let mut q = QuantizedActs::default();
-            q.quantize(&x, m, cols);
+            q.quantize(&pool, Isa::Portable, &x, m, cols);
             for isa in Isa::available() {
                 let mut out = vec![0f32; m * rows];
                 matmul(&pool, isa, &w, &x, &q, &mut out);
@@ -91,13 +58,13 @@ fn simd_matmul_equals_portable_bitwise_for_every_format_and_batch_size() {
 fn quantized_matmul_tracks_the_float_product() {
     // The 8-bit activations cost a little precision; the product of the
     // dequantized weights with the float input must stay close.
-    let mut rng = Rng(SplitMix(7));
+    let mut rng = Rng(7);
     let (rows, cols) = (8, 256);
     for t in TYPES {
-        let w = Matrix { rows, cols, w: repack(t, &random_tensor(&mut rng, t, rows, cols), rows, cols) };
-        let x: Vec<f32> = (0..cols).map(|_| rng.float()).collect();
+        let w = Matrix { rows, cols, w: repack(t, &random_blocks(&mut rng, t, rows, cols), rows, cols) };
+        let x: Vec<f32> = (0..cols).map(|_| float(&mut rng)).collect();
         let mut q = QuantizedActs::default();
-        q.quantize(&x, 1, cols);
+        q.quantize(&ComputePool::new(1), Isa::Portable, &x, 1, cols);
         let mut row = vec![0f32; cols];
         for r in 0..rows {
             w.w.row_f32(r, cols, &mut row);
@@ -106,6 +73,25 @@ fn quantized_matmul_tracks_the_float_product() {
             let got = portable_dot(&w, &x, &q, r, 0);
             assert!((got - exact).abs() <= norm + 1e-5, "{t:?} row {r}: {got} vs {exact}");
         }
+    }
+}
+
+#[test]
+fn every_isa_quantizes_activations_to_the_same_bytes() {
+    let mut rng = Rng(11);
+    let pool = ComputePool::new(2);
+    let (rows, cols) = (37, 576);
+    // Values at exact rounding ties and zero blocks as well as random ones.
+    let mut x: Vec<f32> = (0..rows * cols).map(|_| float(&mut rng) * 5.0).collect();
+    x[..32].fill(0.0);
+    x[32..64].iter_mut().enumerate().for_each(|(i, v)| *v = i as f32 - 15.5);
+    let mut want = QuantizedActs::default();
+    want.quantize(&pool, Isa::Portable, &x, rows, cols);
+    for isa in Isa::available() {
+        let mut got = QuantizedActs::default();
+        got.quantize(&pool, isa, &x, rows, cols);
+        assert_eq!(got.qs, want.qs, "{isa}");
+        assert_eq!((&got.scale, &got.sum, &got.isum16), (&want.scale, &want.sum, &want.isum16), "{isa}");
     }
 }
 
@@ -173,10 +159,10 @@ fn ggml_dequantize(t: TensorType, row: &[u8]) -> Vec<f32> {
 
 #[test]
 fn repacked_rows_equal_ggml_dequantization() {
-    let mut rng = Rng(SplitMix(3));
+    let mut rng = Rng(3);
     let (rows, cols) = (35, 512);
     for t in TYPES {
-        let data = random_tensor(&mut rng, t, rows, cols);
+        let data = random_blocks(&mut rng, t, rows, cols);
         let w = repack(t, &data, rows, cols);
         let row_bytes = data.len() / rows;
         let mut got = vec![0f32; cols];

@@ -10,7 +10,7 @@
 //! results are the same alone or batched.
 
 use super::pool::{ComputePool, SharedOut};
-use super::quant::{byte_offset, nibble_offset, Packed, BYTE_BLOCK, NIBBLE_BLOCK, PANEL};
+use super::quant::{byte_offset, nibble_offset, Packed, BYTE_BLOCK, PANEL};
 use super::Isa;
 
 /// The most activation rows a kernel call takes against one weight panel.
@@ -40,8 +40,9 @@ pub struct QuantizedActs {
 }
 
 impl QuantizedActs {
-    /// Quantizes `x` (`rows` x `cols`, cols a multiple of 32), reusing buffers.
-    pub fn quantize(&mut self, x: &[f32], rows: usize, cols: usize) {
+    /// Quantizes `x` (`rows` x `cols`, cols a multiple of 32), reusing
+    /// buffers; rows are shared out over the pool.
+    pub fn quantize(&mut self, pool: &ComputePool, isa: Isa, x: &[f32], rows: usize, cols: usize) {
         assert!(cols % 32 == 0 && x.len() == rows * cols);
         let blocks = rows * cols / 32;
         self.rows = rows;
@@ -50,25 +51,45 @@ impl QuantizedActs {
         self.scale.resize(blocks, 0.0);
         self.sum.resize(blocks, 0.0);
         self.isum16.resize(2 * blocks, 0);
-        for (b, xb) in x.chunks_exact(32).enumerate() {
-            let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
-            let d = amax / 127.0;
-            let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
-            let q = &mut self.qs[b * 32..(b + 1) * 32];
-            for (qi, &v) in q.iter_mut().zip(xb) {
-                *qi = round_ties_even(v * inv) as i8;
+        let nb = cols / 32;
+        let (qs, scale, sum, isum16) =
+            (SharedOut::new(&mut self.qs), SharedOut::new(&mut self.scale), SharedOut::new(&mut self.sum), SharedOut::new(&mut self.isum16));
+        pool.run_rows(rows, 16, &|range| {
+            // SAFETY: each task writes the blocks of its own rows only.
+            let (qs, scale, sum, isum16) =
+                unsafe { (qs.rows(range.clone(), cols), scale.rows(range.clone(), nb), sum.rows(range.clone(), nb), isum16.rows(range.clone(), 2 * nb)) };
+            let x = &x[range.start * cols..range.end * cols];
+            for (b, xb) in x.chunks_exact(32).enumerate() {
+                let q: &mut [i8; 32] = (&mut qs[b * 32..(b + 1) * 32]).try_into().unwrap();
+                let (d, lo, hi) = quantize_block(isa, xb.try_into().unwrap(), q);
+                isum16[2 * b] = lo;
+                isum16[2 * b + 1] = hi;
+                // Scales are kept at f16 precision, as ggml's Q8_1 blocks
+                // keep them: greedy outputs then match llama.cpp's.
+                let f16 = |v: f32| half::f16::from_f32(v).to_f32();
+                scale[b] = f16(d);
+                sum[b] = f16(d * (lo + hi) as f32);
             }
-            let half = |h: usize| q[16 * h..16 * h + 16].iter().map(|&v| v as i32).sum::<i32>();
-            let (lo, hi) = (half(0), half(1));
-            self.isum16[2 * b] = lo;
-            self.isum16[2 * b + 1] = hi;
-            // Scales are kept at f16 precision, as ggml's Q8_1 blocks keep
-            // them: it measurably brings greedy outputs closer to llama.cpp's.
-            let f16 = |v: f32| half::f16::from_f32(v).to_f32();
-            self.scale[b] = f16(d);
-            self.sum[b] = f16(d * (lo + hi) as f32);
-        }
+        });
     }
+}
+
+/// One block of 32 to 8 bits, as ggml's `quantize_row_q8_1` rounds it:
+/// the scale, and the integer sums of each half.
+fn quantize_block(isa: Isa, x: &[f32; 32], q: &mut [i8; 32]) -> (f32, i32, i32) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Vnni {
+        // SAFETY: the Isa was detected on this CPU.
+        return unsafe { super::x86::quantize_block(x, q) };
+    }
+    let _ = isa;
+    let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+    for (qi, &v) in q.iter_mut().zip(x) {
+        *qi = round_ties_even(v * inv) as i8;
+    }
+    let half = |h: usize| q[16 * h..16 * h + 16].iter().map(|&v| v as i32).sum::<i32>();
+    (amax / 127.0, half(0), half(1))
 }
 
 /// `out[i * w.rows + r] = Σ_k x[i][k] · W[r][k]` for all activation rows i.
@@ -155,8 +176,8 @@ pub fn portable_dot(w: &Matrix, x: &[f32], q: &QuantizedActs, r: usize, a: usize
             for b in 0..nb {
                 let blk = panel * nb + b;
                 let code = |e: usize| {
-                    let (at, high) = nibble_offset(lane, e);
-                    let byte = qs[blk * NIBBLE_BLOCK + at];
+                    let (at, high) = nibble_offset(nb, blk, lane, e);
+                    let byte = qs[at];
                     (if high { byte >> 4 } else { byte & 0xF }) as i32
                 };
                 let ws = scale[blk * PANEL + lane].to_f32() * xs[b];

@@ -102,6 +102,21 @@ impl ComputePool {
     }
 }
 
+impl ComputePool {
+    /// Calls `f` on ranges that cover `0..rows`, in parallel when there are
+    /// at least `min_rows` rows per range to share out.
+    pub fn run_rows(&self, rows: usize, min_rows: usize, f: &(dyn Fn(std::ops::Range<usize>) + Sync)) {
+        let tasks = (rows / min_rows.max(1)).clamp(1, 4 * self.threads());
+        let per = rows.div_ceil(tasks);
+        self.run(tasks, &|t| {
+            let range = t * per..((t + 1) * per).min(rows);
+            if !range.is_empty() {
+                f(range)
+            }
+        });
+    }
+}
+
 fn claim_tasks(s: &Shared, f: &(dyn Fn(usize) + Sync + '_)) {
     let n = s.n_tasks.load(Ordering::Relaxed);
     loop {
@@ -199,13 +214,18 @@ mod tests {
 }
 
 /// A pointer to an output buffer that parallel tasks write disjoint parts of.
-#[derive(Clone, Copy)]
-pub struct SharedOut(*mut f32, usize);
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
+pub struct SharedOut<T>(*mut T, usize);
+impl<T> Clone for SharedOut<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SharedOut<T> {}
+unsafe impl<T: Send> Send for SharedOut<T> {}
+unsafe impl<T: Send> Sync for SharedOut<T> {}
 
-impl SharedOut {
-    pub fn new(out: &mut [f32]) -> SharedOut {
+impl<T> SharedOut<T> {
+    pub fn new(out: &mut [T]) -> SharedOut<T> {
         SharedOut(out.as_mut_ptr(), out.len())
     }
 
@@ -215,7 +235,16 @@ impl SharedOut {
     /// The buffer must outlive the use, and concurrent callers must write
     /// disjoint elements only.
     #[allow(clippy::mut_from_ref)]
-    pub unsafe fn slice(&self) -> &mut [f32] {
+    pub unsafe fn slice(&self) -> &mut [T] {
         std::slice::from_raw_parts_mut(self.0, self.1)
+    }
+
+    /// Rows `rows` of a buffer of rows of `width` elements.
+    ///
+    /// # Safety
+    /// As for `slice`: concurrent callers must ask for disjoint rows.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn rows(&self, rows: std::ops::Range<usize>, width: usize) -> &mut [T] {
+        &mut self.slice()[rows.start * width..rows.end * width]
     }
 }

@@ -108,12 +108,16 @@ pub fn byte_offset(lane: usize, e: usize) -> usize {
     (e / 4) * 64 + lane * 4 + e % 4
 }
 
-/// Where code `e` of panel row `lane` sits in its 4-bit panel block, and
-/// whether it is the high nibble: 64-byte vector e / 8 holds steps 2j (low
-/// nibbles) and 2j + 1 (high nibbles), so one load and two masks give both.
+/// Where code `e` of row `lane` of block `blk` (numbered `panel * nb + b`
+/// for rows of `nb` blocks) sits in a 4-bit panel array, and whether it is
+/// the high nibble. A block's 64-byte vector t holds codes 8t..8t+4 (low
+/// nibbles) and 8t+4..8t+8 (high) of every row, so one load and two masks
+/// give two steps; a panel stores vector 0 of all its blocks, then vector
+/// 1, ..., because the kernels sweep the blocks once per vector.
 #[inline(always)]
-pub fn nibble_offset(lane: usize, e: usize) -> (usize, bool) {
-    ((e / 8) * 64 + lane * 4 + e % 4, e % 8 >= 4)
+pub fn nibble_offset(nb: usize, blk: usize, lane: usize, e: usize) -> (usize, bool) {
+    let (panel, b) = (blk / nb, blk % nb);
+    (panel * nb * NIBBLE_BLOCK + (e / 8) * nb * 64 + b * 64 + lane * 4 + e % 4, e % 8 >= 4)
 }
 
 /// Weights as the kernels read them; one row per output feature. The
@@ -220,8 +224,8 @@ pub fn repack(ttype: TensorType, data: &[u8], rows: usize, cols: usize) -> Packe
                 for b in 0..nb {
                     let blk = first_block + b;
                     for (e, &code) in row.codes[b * 32..(b + 1) * 32].iter().enumerate() {
-                        let (at, high) = nibble_offset(lane, e);
-                        qs[blk * NIBBLE_BLOCK + at] |= if high { code << 4 } else { code };
+                        let (at, high) = nibble_offset(nb, blk, lane, e);
+                        qs[at] |= if high { code << 4 } else { code };
                     }
                     scale[blk * PANEL + lane] = f16::from_f32(row.scale[b]);
                     min[blk * PANEL + lane] = f16::from_f32(row.min[b]);
@@ -264,8 +268,8 @@ impl Packed {
             Packed::Nibble { qs, scale, min } => {
                 for (i, o) in out.iter_mut().enumerate() {
                     let blk = block(i / 32);
-                    let (at, high) = nibble_offset(lane, i % 32);
-                    let byte = qs[blk * NIBBLE_BLOCK + at];
+                    let (at, high) = nibble_offset(nb, blk, lane, i % 32);
+                    let byte = qs[at];
                     let q = if high { byte >> 4 } else { byte & 0xF };
                     *o = scale[blk * PANEL + lane].to_f32() * q as f32 + min[blk * PANEL + lane].to_f32();
                 }
@@ -322,4 +326,32 @@ impl Packed {
         }
         Some(acc)
     }
+}
+
+/// Random ggml blocks of type `t` with sane scales (random bytes would make
+/// NaNs and infinities): the weights of kernel tests and microbenchmarks.
+pub fn random_blocks(rng: &mut crate::sampler::Rng, t: TensorType, rows: usize, cols: usize) -> Vec<u8> {
+    let mut float = || rng.next_f32() * 2.0 - 1.0;
+    let f16 = |x: f32| f16::from_f32(x).to_le_bytes();
+    let mut out = Vec::with_capacity(rows * cols / t.block_elems() * t.block_bytes());
+    for _ in 0..rows * cols / t.block_elems() {
+        let mut b: Vec<u8> = (0..t.block_bytes()).map(|_| (float() * 128.0 + 128.0) as u8).collect();
+        match t {
+            TensorType::F32 => b = float().to_le_bytes().to_vec(),
+            TensorType::F16 => b = f16(float()).to_vec(),
+            TensorType::BF16 => b = bf16::from_f32(float()).to_le_bytes().to_vec(),
+            TensorType::Q4_0 | TensorType::Q8_0 => b[0..2].copy_from_slice(&f16(float() * 0.05)),
+            TensorType::Q4_1 => {
+                b[0..2].copy_from_slice(&f16(float() * 0.05));
+                b[2..4].copy_from_slice(&f16(float() * 0.1));
+            }
+            TensorType::Q4K => {
+                b[0..2].copy_from_slice(&f16(float() * 0.01));
+                b[2..4].copy_from_slice(&f16(float() * 0.01));
+            }
+            TensorType::Q6K => b[208..210].copy_from_slice(&f16(float() * 0.01)),
+        }
+        out.extend(b);
+    }
+    out
 }

@@ -197,7 +197,7 @@ struct At {
 /// 4-bit panels in ggml's order (see `portable_dot`): pass t keeps the
 /// float lanes 2t and 2t + 1 of every row (the low and high nibbles of
 /// vector t of each block) over all blocks, so only two accumulators per
-/// activation row are live; the panel's weights stay in L1 between passes.
+/// activation row are live, and each pass reads its vectors in a row.
 #[inline(always)]
 unsafe fn nibble_panel<L: Lanes, const AR: usize>(qs: &[u8], scale: &[f16], min: &[f16], q: &QuantizedActs, at: At, tile: &mut Tile) {
     let (k, nb) = (q.cols, q.cols / 32);
@@ -208,7 +208,7 @@ unsafe fn nibble_panel<L: Lanes, const AR: usize>(qs: &[u8], scale: &[f16], min:
     for t in 0..4 {
         let (mut low_acc, mut high_acc) = ([L::zero(); AR], [L::zero(); AR]);
         for b in 0..nb {
-            let (low, high) = L::nibbles(L::load(w.add(b * NIBBLE_BLOCK + 64 * t)));
+            let (low, high) = L::nibbles(L::load(w.add((t * nb + b) * 64)));
             let sw = L::scales_f16(scale.as_ptr().add((first + b) * PANEL + at.lane0));
             for a in 0..AR {
                 let xa = x.add(a * k + b * 32 + 8 * t);
@@ -359,4 +359,18 @@ pub(super) fn tile_dot(isa: Isa, w: &Packed, q: &QuantizedActs, p: usize, i: usi
             Isa::Portable => false,
         }
     }
+}
+
+/// `matmul::quantize_block` with 512-bit registers: the same scale and
+/// products, rounded to nearest even by the conversion (as the portable
+/// path rounds), so the same bytes.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub(super) unsafe fn quantize_block(x: &[f32; 32], q: &mut [i8; 32]) -> (f32, i32, i32) {
+    let (v0, v1) = (_mm512_loadu_ps(x.as_ptr()), _mm512_loadu_ps(x.as_ptr().add(16)));
+    let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+    let inv = _mm512_set1_ps(if amax > 0.0 { 127.0 / amax } else { 0.0 });
+    let (q0, q1) = (_mm512_cvtps_epi32(_mm512_mul_ps(v0, inv)), _mm512_cvtps_epi32(_mm512_mul_ps(v1, inv)));
+    _mm_storeu_si128(q.as_mut_ptr() as *mut __m128i, _mm512_cvtepi32_epi8(q0));
+    _mm_storeu_si128(q.as_mut_ptr().add(16) as *mut __m128i, _mm512_cvtepi32_epi8(q1));
+    (amax / 127.0, _mm512_reduce_add_epi32(q0), _mm512_reduce_add_epi32(q1))
 }

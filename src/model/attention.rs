@@ -101,7 +101,7 @@ struct Task<'a> {
     layer: usize,
     qkv: &'a [f32],
     kv: &'a KvPool,
-    out: SharedOut,
+    out: SharedOut<f32>,
 }
 
 /// Attention of token `ti` for every query head sharing KV head `kvh`: each

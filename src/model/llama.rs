@@ -4,7 +4,7 @@
 use crate::kernels::matmul::{matmul, Matrix, QuantizedActs};
 use crate::kernels::expf::silu_mul;
 use crate::kernels::ops::{add_assign, rms_norm, Rope};
-use crate::kernels::pool::ComputePool;
+use crate::kernels::pool::{ComputePool, SharedOut};
 use crate::kernels::Isa;
 use crate::kv::KvPool;
 
@@ -90,9 +90,20 @@ pub(super) struct TokenSlot {
 
 impl Model {
     fn linear(&self, w: &Matrix, x: &[f32], rows: usize, quant: &mut QuantizedActs, out: &mut Vec<f32>) {
-        quant.quantize(x, rows, w.cols);
+        quant.quantize(&self.pool, self.isa, x, rows, w.cols);
         out.resize(rows * w.rows, 0.0);
         matmul(&self.pool, self.isa, w, x, quant, out);
+    }
+
+    /// RMSNorm of every row of `x` into `out`, rows shared over the pool.
+    fn norm_rows(&self, x: &[f32], weight: &[f32], out: &mut [f32]) {
+        let d = weight.len();
+        let shared = SharedOut::new(out);
+        self.pool.run_rows(x.len() / d, 16, &|range| {
+            // SAFETY: each task writes its own rows.
+            let out = unsafe { shared.rows(range.clone(), d) };
+            rms_norm(&x[range.start * d..range.end * d], weight, self.config.norm_eps, out);
+        });
     }
 
     /// Runs one step. Returns the logits (`vocab` floats per row) of the last
@@ -156,12 +167,19 @@ impl Model {
         }
         s.h.resize(t * dim, 0.0);
 
+        let qkv_dim = dim + 2 * kv_dim;
         for (li, layer) in self.layers.iter().enumerate() {
-            rms_norm(&s.x, &layer.attn_norm, c.norm_eps, &mut s.h);
+            self.norm_rows(&s.x, &layer.attn_norm, &mut s.h);
             self.linear(&layer.wqkv, &s.h, t, &mut s.quant, &mut s.qkv);
-            let qkv_dim = dim + 2 * kv_dim;
-            for (row, slot) in s.qkv.chunks_exact_mut(qkv_dim).zip(&slots) {
-                self.rope.apply(&mut row[..dim + kv_dim], c.head_dim, slot.pos);
+            let rows = SharedOut::new(&mut s.qkv);
+            self.pool.run_rows(t, 16, &|range| {
+                // SAFETY: each task rotates its own rows.
+                let qkv = unsafe { rows.rows(range.clone(), qkv_dim) };
+                for (row, slot) in qkv.chunks_exact_mut(qkv_dim).zip(&slots[range]) {
+                    self.rope.apply(&mut row[..dim + kv_dim], c.head_dim, slot.pos);
+                }
+            });
+            for (row, slot) in s.qkv.chunks_exact(qkv_dim).zip(&slots) {
                 let (k, v) = row[dim..].split_at(kv_dim);
                 kv.write(chunks[slot.chunk].blocks, li, slot.pos, k, v);
             }
@@ -170,14 +188,17 @@ impl Model {
             self.linear(&layer.wo, &s.attn, t, &mut s.quant, &mut s.tmp);
             add_assign(&mut s.x, &s.tmp);
 
-            rms_norm(&s.x, &layer.ffn_norm, c.norm_eps, &mut s.h);
+            self.norm_rows(&s.x, &layer.ffn_norm, &mut s.h);
             self.linear(&layer.w_gate_up, &s.h, t, &mut s.quant, &mut s.gate_up);
             s.act.resize(t * c.ffn, 0.0);
-            for (gu, a) in s.gate_up.chunks_exact_mut(2 * c.ffn).zip(s.act.chunks_exact_mut(c.ffn)) {
-                let (gate, up) = gu.split_at_mut(c.ffn);
-                silu_mul(gate, up);
-                a.copy_from_slice(gate);
-            }
+            let (act, gate_up, ffn) = (SharedOut::new(&mut s.act), &s.gate_up, c.ffn);
+            self.pool.run_rows(t, 16, &|range| {
+                // SAFETY: each task writes its own rows.
+                let act = unsafe { act.rows(range.clone(), ffn) };
+                for (gu, a) in gate_up[range.start * 2 * ffn..range.end * 2 * ffn].chunks_exact(2 * ffn).zip(act.chunks_exact_mut(ffn)) {
+                    silu_mul(self.isa, &gu[..ffn], &gu[ffn..], a);
+                }
+            });
             self.linear(&layer.w_down, &s.act, t, &mut s.quant, &mut s.tmp);
             add_assign(&mut s.x, &s.tmp);
         }

@@ -89,8 +89,9 @@ impl Loader<'_> {
 
     fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Matrix> {
         let t = self.info(name, &[cols, rows])?;
-        if cols % 32 != 0 {
-            bail!("{}: tensor {name} has rows of {cols}, not a multiple of 32", self.f.path.display());
+        let block = t.ttype.block_elems().max(32);
+        if cols % block != 0 {
+            bail!("{}: tensor {name} has rows of {cols}, not a multiple of {block}", self.f.path.display());
         }
         Ok(Matrix { rows, cols, w: repack(t.ttype, self.f.tensor_data(t), rows, cols) })
     }

@@ -1,0 +1,101 @@
+//! Microbenchmarks of the CPU kernels, every instruction set this CPU has:
+//! `cargo bench --bench kernels` (optionally a filter: `-- matmul`).
+//!
+//! Matmuls run on random weights of each format, 1536 x 1536 (the default
+//! model's down projection has rows of 1536; K-quants need multiples of
+//! 256), for batches from one token (decode, bound by
+//! memory) to 512 (prefill, bound by compute). Times are medians of 5 runs.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use caravan::kernels::expf::silu_mul;
+use caravan::kernels::matmul::{matmul, Matrix, QuantizedActs};
+use caravan::kernels::ops::{rms_norm, Rope};
+use caravan::kernels::pool::ComputePool;
+use caravan::kernels::quant::{random_blocks, repack, TensorType};
+use caravan::kernels::Isa;
+use caravan::sampler::Rng;
+
+/// Median seconds per call of `f`, each of 5 runs repeating it for ~50 ms.
+fn time(mut f: impl FnMut()) -> f64 {
+    f();
+    let start = Instant::now();
+    let mut calls = 0u32;
+    while start.elapsed() < Duration::from_millis(10) {
+        f();
+        calls += 1;
+    }
+    let per_run = (calls * 5).max(1);
+    let mut runs: Vec<f64> = (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            for _ in 0..per_run {
+                f();
+            }
+            t.elapsed().as_secs_f64() / per_run as f64
+        })
+        .collect();
+    runs.sort_by(f64::total_cmp);
+    runs[2]
+}
+
+fn floats(rng: &mut Rng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.next_f32() * 2.0 - 1.0).collect()
+}
+
+fn bench_matmul(pool: &ComputePool) {
+    let (rows, cols) = (1536, 1536);
+    let mut rng = Rng(1);
+    println!("matmul {rows}x{cols}, {} threads: microseconds per call (GMAC/s; weight GB/s at m=1)", pool.threads());
+    println!("{:<6} {:<12} {:>18} {:>18} {:>18} {:>18} {:>18}", "format", "isa", "m=1", "m=8", "m=32", "m=128", "m=512");
+    for t in [TensorType::Q4_0, TensorType::Q4_1, TensorType::Q8_0, TensorType::Q4K, TensorType::Q6K] {
+        let w = Matrix { rows, cols, w: repack(t, &random_blocks(&mut rng, t, rows, cols), rows, cols) };
+        for isa in Isa::available() {
+            let mut line = format!("{:<6} {:<12}", t.name(), isa.to_string());
+            for m in [1usize, 8, 32, 128, 512] {
+                let x = floats(&mut rng, m * cols);
+                let mut q = QuantizedActs::default();
+                q.quantize(pool, isa, &x, m, cols);
+                let mut out = vec![0f32; m * rows];
+                let s = time(|| matmul(pool, isa, &w, &x, &q, black_box(&mut out)));
+                let gmacs = (m * rows * cols) as f64 / s / 1e9;
+                let cell = if m == 1 { format!("{:.1} ({:.1}; {:.1})", s * 1e6, gmacs, w.w.bytes() as f64 / s / 1e9) } else { format!("{:.1} ({:.1})", s * 1e6, gmacs) };
+                line += &format!(" {cell:>18}");
+            }
+            println!("{line}");
+        }
+    }
+}
+
+fn bench_ops() {
+    let (m, dim, ffn) = (512, 576, 1536);
+    let mut rng = Rng(2);
+    let x = floats(&mut rng, m * 2 * ffn);
+    let weight = floats(&mut rng, dim);
+    let mut out = vec![0f32; m * ffn];
+    println!("\nrow-wise ops over {m} tokens, one thread: microseconds per call");
+    println!("{:<12} {:>12} {:>12} {:>12} {:>12}", "isa", "quantize 1536", "rms_norm 576", "rope 9x64", "silu*up 1536");
+    let single = ComputePool::new(1);
+    for isa in Isa::available() {
+        let mut q = QuantizedActs::default();
+        let quantize = time(|| q.quantize(&single, isa, &x[..m * ffn], m, ffn));
+        let norm = time(|| rms_norm(&x[..m * dim], &weight, 1e-5, black_box(&mut out[..m * dim])));
+        let rope = Rope::new(64, 10000.0);
+        let mut heads = x[..m * dim].to_vec();
+        let rope = time(|| heads.chunks_exact_mut(dim).enumerate().for_each(|(p, row)| rope.apply(row, 64, p)));
+        let silu = time(|| x.chunks_exact(2 * ffn).zip(out.chunks_exact_mut(ffn)).for_each(|(gu, o)| silu_mul(isa, &gu[..ffn], &gu[ffn..], o)));
+        println!("{:<12} {:>12.1} {:>12.1} {:>12.1} {:>12.1}", isa.to_string(), quantize * 1e6, norm * 1e6, rope * 1e6, silu * 1e6);
+    }
+}
+
+fn main() {
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-')).unwrap_or_default();
+    let pool = ComputePool::new(2);
+    if "matmul".contains(filter.as_str()) {
+        bench_matmul(&pool);
+    }
+    if "ops".contains(filter.as_str()) {
+        bench_ops();
+    }
+}
