@@ -8,6 +8,12 @@
 //! with the C library's `expf`, and the weighted V sum kept in f16. Together
 //! with the matmul, RoPE and SiLU orders this makes greedy outputs equal
 //! llama.cpp's bit for bit (see tests/golden.rs).
+//!
+//! What is ours is the schedule: positions go in runs of `RUN`, first every
+//! score of the run, then the softmax bookkeeping and its `expf` calls, then
+//! the V sums. Each stage's operations are independent of one another, so
+//! the core overlaps them, where position by position every step waited on
+//! the one before (score, compare, `expf`, multiply-add, round).
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
@@ -22,6 +28,26 @@ use super::llama::{Model, SeqChunk, TokenSlot};
 pub const MAX_HEAD_DIM: usize = 256;
 /// Query heads sharing one KV head, at most (grouped-query attention).
 pub const MAX_GROUP: usize = 16;
+/// Positions per run.
+const RUN: usize = 16;
+
+/// The vector arithmetic on one head's row of `hd` values.
+trait HeadMath {
+    type Row: Copy;
+    fn zero() -> Self::Row;
+    /// An f16 cache row as f32.
+    unsafe fn load(src: &[f16], hd: usize) -> Self::Row;
+    /// A query row rounded to f16 precision, as ggml converts it.
+    unsafe fn load_query(src: &[f32], hd: usize) -> Self::Row;
+    /// ggml's `vec_dot_f16` order: per 64 elements four 16-lane fused
+    /// accumulators, then a fixed tree.
+    unsafe fn dot(k: &Self::Row, q: &Self::Row, hd: usize) -> f32;
+    /// `acc = f16(acc * r)`.
+    unsafe fn rescale(acc: &mut Self::Row, r: f32, hd: usize);
+    /// `acc = f16(v * w + acc)`, fused.
+    unsafe fn accumulate(acc: &mut Self::Row, v: &Self::Row, w: f32, hd: usize);
+    unsafe fn store(acc: &Self::Row, scale: f32, out: &mut [f32], hd: usize);
+}
 
 /// Rounds floats to f16 precision in place.
 trait HalfRound {
@@ -59,39 +85,151 @@ impl HalfRound for F16cRound {
     }
 }
 
-/// Q·K as ggml's `vec_dot_f16` sums it on AVX-512: per 64 elements, four
-/// accumulators of 16 lanes with fused multiply-adds, then a fixed tree.
-#[inline(always)]
-fn dot_f16_order(k: &[f32], q: &[f32]) -> f32 {
-    let n = k.len();
-    let full = n & !63;
-    let mut acc = [[0f32; 16]; 4];
-    for i in (0..full).step_by(64) {
-        for (j, lanes) in acc.iter_mut().enumerate() {
-            for (l, a) in lanes.iter_mut().enumerate() {
-                let e = i + 16 * j + l;
-                *a = k[e].mul_add(q[e], *a);
+/// Rows as plain arrays: the reference, and (compiled with F16C and FMA)
+/// the AVX2 path.
+struct Scalar<R>(std::marker::PhantomData<R>);
+
+impl<R: HalfRound> HeadMath for Scalar<R> {
+    type Row = [f32; MAX_HEAD_DIM];
+    fn zero() -> Self::Row {
+        [0.0; MAX_HEAD_DIM]
+    }
+    #[inline(always)]
+    unsafe fn load(src: &[f16], hd: usize) -> Self::Row {
+        let mut row = [0.0; MAX_HEAD_DIM];
+        src[..hd].convert_to_f32_slice(&mut row[..hd]);
+        row
+    }
+    #[inline(always)]
+    unsafe fn load_query(src: &[f32], hd: usize) -> Self::Row {
+        let mut row = [0.0; MAX_HEAD_DIM];
+        row[..hd].copy_from_slice(&src[..hd]);
+        R::round(&mut row[..hd]);
+        row
+    }
+    #[inline(always)]
+    unsafe fn dot(k: &Self::Row, q: &Self::Row, hd: usize) -> f32 {
+        let full = hd & !63;
+        let mut acc = [[0f32; 16]; 4];
+        for i in (0..full).step_by(64) {
+            for (j, lanes) in acc.iter_mut().enumerate() {
+                for (l, a) in lanes.iter_mut().enumerate() {
+                    let e = i + 16 * j + l;
+                    *a = k[e].mul_add(q[e], *a);
+                }
+            }
+        }
+        let mut x = [0f32; 16];
+        for l in 0..16 {
+            x[l] = (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]);
+        }
+        let t8: [f32; 8] = std::array::from_fn(|i| x[8 + i] + x[i]);
+        let t4: [f32; 4] = std::array::from_fn(|i| t8[4 + i] + t8[i]);
+        let mut sum = ((t4[0] + t4[2]) + (t4[1] + t4[3])) as f64;
+        for e in full..hd {
+            sum += (k[e] * q[e]) as f64;
+        }
+        sum as f32
+    }
+    #[inline(always)]
+    unsafe fn rescale(acc: &mut Self::Row, r: f32, hd: usize) {
+        acc[..hd].iter_mut().for_each(|a| *a *= r);
+        R::round(&mut acc[..hd]);
+    }
+    #[inline(always)]
+    unsafe fn accumulate(acc: &mut Self::Row, v: &Self::Row, w: f32, hd: usize) {
+        for (a, &x) in acc[..hd].iter_mut().zip(&v[..hd]) {
+            *a = x.mul_add(w, *a);
+        }
+        R::round(&mut acc[..hd]);
+    }
+    #[inline(always)]
+    unsafe fn store(acc: &Self::Row, scale: f32, out: &mut [f32], hd: usize) {
+        for (o, a) in out[..hd].iter_mut().zip(&acc[..hd]) {
+            *o = a * scale;
+        }
+    }
+}
+
+/// Rows of 512-bit registers, for head dimensions that are multiples of 64
+/// (bitwise equal to `Scalar`).
+#[cfg(target_arch = "x86_64")]
+struct Avx512;
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use half::f16;
+
+    use super::{Avx512, HeadMath, MAX_HEAD_DIM};
+
+    const V: usize = MAX_HEAD_DIM / 16;
+
+    #[inline(always)]
+    unsafe fn round(v: __m512) -> __m512 {
+        _mm512_cvtph_ps(_mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v))
+    }
+
+    impl HeadMath for Avx512 {
+        type Row = [__m512; V];
+        fn zero() -> Self::Row {
+            // SAFETY: all-zero bits are a valid __m512.
+            unsafe { std::mem::zeroed() }
+        }
+        #[inline(always)]
+        unsafe fn load(src: &[f16], hd: usize) -> Self::Row {
+            let mut row = Self::zero();
+            for (j, r) in row.iter_mut().enumerate().take(hd / 16) {
+                *r = _mm512_cvtph_ps(_mm256_loadu_si256(src.as_ptr().add(16 * j) as *const __m256i));
+            }
+            row
+        }
+        #[inline(always)]
+        unsafe fn load_query(src: &[f32], hd: usize) -> Self::Row {
+            let mut row = Self::zero();
+            for (j, r) in row.iter_mut().enumerate().take(hd / 16) {
+                *r = round(_mm512_loadu_ps(src.as_ptr().add(16 * j)));
+            }
+            row
+        }
+        #[inline(always)]
+        unsafe fn dot(k: &Self::Row, q: &Self::Row, hd: usize) -> f32 {
+            let mut lanes = [_mm512_setzero_ps(); 4];
+            for i in (0..hd / 16).step_by(4) {
+                for (j, l) in lanes.iter_mut().enumerate() {
+                    *l = _mm512_fmadd_ps(k[i + j], q[i + j], *l);
+                }
+            }
+            // ggml's tree, then GCC's _mm512_reduce_add_ps order, spelled out.
+            let x = _mm512_add_ps(_mm512_add_ps(lanes[0], lanes[2]), _mm512_add_ps(lanes[1], lanes[3]));
+            let t8 = _mm256_add_ps(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1)), _mm512_castps512_ps256(x));
+            let t4 = _mm_add_ps(_mm256_extractf128_ps(t8, 1), _mm256_castps256_ps128(t8));
+            let t2 = _mm_add_ps(t4, _mm_shuffle_ps(t4, t4, 0b01_00_11_10));
+            _mm_cvtss_f32(_mm_add_ss(t2, _mm_shuffle_ps(t2, t2, 1)))
+        }
+        #[inline(always)]
+        unsafe fn rescale(acc: &mut Self::Row, r: f32, hd: usize) {
+            let r = _mm512_set1_ps(r);
+            for a in acc.iter_mut().take(hd / 16) {
+                *a = round(_mm512_mul_ps(*a, r));
+            }
+        }
+        #[inline(always)]
+        unsafe fn accumulate(acc: &mut Self::Row, v: &Self::Row, w: f32, hd: usize) {
+            let w = _mm512_set1_ps(w);
+            for (a, &x) in acc.iter_mut().zip(v).take(hd / 16) {
+                *a = round(_mm512_fmadd_ps(x, w, *a));
+            }
+        }
+        #[inline(always)]
+        unsafe fn store(acc: &Self::Row, scale: f32, out: &mut [f32], hd: usize) {
+            let s = _mm512_set1_ps(scale);
+            for (j, a) in acc.iter().enumerate().take(hd / 16) {
+                _mm512_storeu_ps(out.as_mut_ptr().add(16 * j), _mm512_mul_ps(*a, s));
             }
         }
     }
-    let mut x = [0f32; 16];
-    for l in 0..16 {
-        x[l] = (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]);
-    }
-    let t8: [f32; 8] = std::array::from_fn(|i| x[8 + i] + x[i]);
-    let t4: [f32; 4] = std::array::from_fn(|i| t8[4 + i] + t8[i]);
-    let mut sum = ((t4[0] + t4[2]) + (t4[1] + t4[3])) as f64;
-    for e in full..n {
-        sum += (k[e] * q[e]) as f64;
-    }
-    sum as f32
-}
-
-/// One query head's running state over the positions seen so far.
-struct HeadState {
-    acc: [f32; MAX_HEAD_DIM],
-    max: f32,
-    sum: f32,
 }
 
 struct Task<'a> {
@@ -104,158 +242,145 @@ struct Task<'a> {
     out: SharedOut<f32>,
 }
 
-/// Attention of token `ti` for every query head sharing KV head `kvh`: each
-/// cached K and V row is converted from f16 once for the whole group.
+/// One query head's online-softmax state.
+struct Softmax {
+    max: f32,
+    sum: f32,
+}
+
+/// Query heads one task carries: consecutive tokens of one sequence times
+/// the query heads of one KV head. Each has its own dependency chains, so
+/// more of them keep the core busy, and each K and V row is converted
+/// once for all of them.
+const MAX_PAIRS: usize = MAX_GROUP;
+
+/// Attention of tokens `first..first + tokens` (one sequence's, in order)
+/// for every query head sharing KV head `kvh`.
 #[inline(always)]
-fn attend_group<R: HalfRound>(t: &Task, ti: usize, kvh: usize) {
+unsafe fn attend_group<M: HeadMath>(t: &Task, first: usize, tokens: usize, kvh: usize) {
     let c = &t.model.config;
     let (dim, hd) = (c.dim, c.head_dim);
     let qkv_dim = dim + 2 * c.kv_dim();
     let group = c.heads / c.kv_heads;
+    let pairs = tokens * group;
+    debug_assert!(pairs <= MAX_PAIRS);
     let scale = 1.0 / (hd as f32).sqrt();
-    let slot = t.slots[ti];
-    let blocks = t.chunks[slot.chunk].blocks;
+    let blocks = t.chunks[t.slots[first].chunk].blocks;
     let kv_off = kvh * hd;
-
-    let mut q = [[0f32; MAX_HEAD_DIM]; MAX_GROUP];
-    for (g, qg) in q.iter_mut().enumerate().take(group) {
-        let head = kvh * group + g;
-        qg[..hd].copy_from_slice(&t.qkv[ti * qkv_dim + head * hd..ti * qkv_dim + (head + 1) * hd]);
-        R::round(&mut qg[..hd]);
+    // Pair i is query head i % group of token first + i / group.
+    let head_at = |i: usize| (first + i / group) * qkv_dim + (kvh * group + i % group) * hd;
+    let mut limit = [0usize; MAX_PAIRS];
+    let mut q = [M::zero(); MAX_PAIRS];
+    for i in 0..pairs {
+        limit[i] = t.slots[first + i / group].pos + 1;
+        q[i] = M::load_query(&t.qkv[head_at(i)..], hd);
     }
-    let mut heads: [HeadState; MAX_GROUP] =
-        std::array::from_fn(|_| HeadState { acc: [0.0; MAX_HEAD_DIM], max: f32::NEG_INFINITY, sum: 0.0 });
-    let (mut k, mut v) = ([0f32; MAX_HEAD_DIM], [0f32; MAX_HEAD_DIM]);
-    let (k, v) = (&mut k[..hd], &mut v[..hd]);
-    for p in 0..=slot.pos {
-        let (k16, v16) = t.kv.slot(blocks, t.layer, p);
-        k16[kv_off..kv_off + hd].convert_to_f32_slice(k);
-        v16[kv_off..kv_off + hd].convert_to_f32_slice(v);
-        for (h, qg) in heads.iter_mut().zip(&q).take(group) {
-            let s = dot_f16_order(k, &qg[..hd]) * scale;
-            let acc = &mut h.acc[..hd];
-            let (mut rescale, mut weight) = (1.0f32, 1.0f32);
-            if s > h.max {
-                rescale = (h.max - s).exp();
-                h.max = s;
-                acc.iter_mut().for_each(|a| *a *= rescale);
-                R::round(acc);
-            } else {
-                weight = (s - h.max).exp();
+    let mut acc = [M::zero(); MAX_PAIRS];
+    let mut soft: [Softmax; MAX_PAIRS] = std::array::from_fn(|_| Softmax { max: f32::NEG_INFINITY, sum: 0.0 });
+    let positions = limit[pairs - 1];
+    for start in (0..positions).step_by(RUN) {
+        let run = RUN.min(positions - start);
+        // How much of this run each pair sees (causal: later tokens more).
+        let seen: [usize; MAX_PAIRS] = std::array::from_fn(|i| limit[i].saturating_sub(start).min(run));
+        // Scores of the whole run.
+        let mut score = [[0f32; RUN]; MAX_PAIRS];
+        for p in 0..run {
+            let (k16, _) = t.kv.slot(blocks, t.layer, start + p);
+            let k = M::load(&k16[kv_off..], hd);
+            for i in 0..pairs {
+                if p < seen[i] {
+                    score[i][p] = M::dot(&k, &q[i], hd) * scale;
+                }
             }
-            for (a, &x) in acc.iter_mut().zip(v.iter()) {
-                *a = x.mul_add(weight, *a);
+        }
+        // The softmax steps: a new maximum rescales what came before by
+        // e^(old - new) and weighs this position 1; otherwise the position
+        // weighs e^(s - max). The exponentials do not depend on each other.
+        let mut new_max = [[false; RUN]; MAX_PAIRS];
+        let mut factor = [[0f32; RUN]; MAX_PAIRS];
+        for i in 0..pairs {
+            let s = &mut soft[i];
+            for p in 0..seen[i] {
+                let x = score[i][p];
+                new_max[i][p] = x > s.max;
+                factor[i][p] = if new_max[i][p] { std::mem::replace(&mut s.max, x) - x } else { x - s.max };
             }
-            R::round(acc);
-            h.sum = h.sum.mul_add(rescale, weight);
+            for f in factor[i].iter_mut().take(seen[i]) {
+                *f = f.exp();
+            }
+            for p in 0..seen[i] {
+                let (rescale, weight) = if new_max[i][p] { (factor[i][p], 1.0) } else { (1.0, factor[i][p]) };
+                s.sum = s.sum.mul_add(rescale, weight);
+            }
+        }
+        // The weighted V sums, in position order.
+        for p in 0..run {
+            let (_, v16) = t.kv.slot(blocks, t.layer, start + p);
+            let v = M::load(&v16[kv_off..], hd);
+            for i in 0..pairs {
+                if p >= seen[i] {
+                    continue;
+                }
+                if new_max[i][p] {
+                    M::rescale(&mut acc[i], factor[i][p], hd);
+                    M::accumulate(&mut acc[i], &v, 1.0, hd);
+                } else {
+                    M::accumulate(&mut acc[i], &v, factor[i][p], hd);
+                }
+            }
         }
     }
-    // SAFETY: each task writes only its own token's heads of its group.
-    let out = unsafe { t.out.slice() };
-    for (g, h) in heads.iter().enumerate().take(group) {
-        let head = kvh * group + g;
-        let inv = if h.sum == 0.0 { 0.0 } else { 1.0 / h.sum };
-        for (o, a) in out[ti * dim + head * hd..ti * dim + (head + 1) * hd].iter_mut().zip(&h.acc[..hd]) {
-            *o = a * inv;
-        }
+    // SAFETY: each task writes only its own tokens' heads of its group.
+    let out = t.out.slice();
+    for i in 0..pairs {
+        let inv = if soft[i].sum == 0.0 { 0.0 } else { 1.0 / soft[i].sum };
+        let at = (first + i / group) * dim + (kvh * group + i % group) * hd;
+        M::store(&acc[i], inv, &mut out[at..at + hd], hd);
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn attend_group_avx2(t: &Task, ti: usize, kvh: usize) {
-    attend_group::<F16cRound>(t, ti, kvh)
+unsafe fn attend_group_avx2(t: &Task, first: usize, tokens: usize, kvh: usize) {
+    attend_group::<Scalar<F16cRound>>(t, first, tokens, kvh)
 }
 
-/// The same arithmetic as `attend_group`, written with AVX-512 registers
-/// for head dimensions that are multiples of 64 (bitwise equal results).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c,avx512f")]
-unsafe fn attend_group_avx512(t: &Task, ti: usize, kvh: usize) {
-    use std::arch::x86_64::*;
-    let c = &t.model.config;
-    let (dim, hd) = (c.dim, c.head_dim);
-    if hd % 64 != 0 {
-        return attend_group::<F16cRound>(t, ti, kvh);
-    }
-    let (qkv_dim, group, vecs) = (dim + 2 * c.kv_dim(), c.heads / c.kv_heads, hd / 16);
-    let scale = 1.0 / (hd as f32).sqrt();
-    let slot = t.slots[ti];
-    let blocks = t.chunks[slot.chunk].blocks;
-    let kv_off = kvh * hd;
-    let round = |v: __m512| _mm512_cvtph_ps(_mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v));
-    const V: usize = MAX_HEAD_DIM / 16;
-    let mut q = [[_mm512_setzero_ps(); V]; MAX_GROUP];
-    let mut acc = [[_mm512_setzero_ps(); V]; MAX_GROUP];
-    let (mut max, mut sum) = ([f32::NEG_INFINITY; MAX_GROUP], [0f32; MAX_GROUP]);
-    for (g, qg) in q.iter_mut().enumerate().take(group) {
-        let src = t.qkv.as_ptr().add(ti * qkv_dim + (kvh * group + g) * hd);
-        for (j, v) in qg.iter_mut().enumerate().take(vecs) {
-            *v = round(_mm512_loadu_ps(src.add(16 * j)));
-        }
-    }
-    let (mut k, mut v) = ([_mm512_setzero_ps(); V], [_mm512_setzero_ps(); V]);
-    for p in 0..=slot.pos {
-        let (k16, v16) = t.kv.slot(blocks, t.layer, p);
-        for j in 0..vecs {
-            k[j] = _mm512_cvtph_ps(_mm256_loadu_si256(k16.as_ptr().add(kv_off + 16 * j) as *const __m256i));
-            v[j] = _mm512_cvtph_ps(_mm256_loadu_si256(v16.as_ptr().add(kv_off + 16 * j) as *const __m256i));
-        }
-        for g in 0..group {
-            let mut lanes = [_mm512_setzero_ps(); 4];
-            for i in (0..vecs).step_by(4) {
-                for (j, l) in lanes.iter_mut().enumerate() {
-                    *l = _mm512_fmadd_ps(k[i + j], q[g][i + j], *l);
-                }
-            }
-            // ggml's tree, then GCC's _mm512_reduce_add_ps order, spelled out.
-            let x = _mm512_add_ps(_mm512_add_ps(lanes[0], lanes[2]), _mm512_add_ps(lanes[1], lanes[3]));
-            let t8 = _mm256_add_ps(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1)), _mm512_castps512_ps256(x));
-            let t4 = _mm_add_ps(_mm256_extractf128_ps(t8, 1), _mm256_castps256_ps128(t8));
-            let t2 = _mm_add_ps(t4, _mm_shuffle_ps(t4, t4, 0b01_00_11_10));
-            let s = _mm_cvtss_f32(_mm_add_ss(t2, _mm_shuffle_ps(t2, t2, 1))) * scale;
-            let (mut rescale, mut weight) = (1.0f32, 1.0f32);
-            if s > max[g] {
-                rescale = (max[g] - s).exp();
-                max[g] = s;
-                let r = _mm512_set1_ps(rescale);
-                for a in acc[g].iter_mut().take(vecs) {
-                    *a = round(_mm512_mul_ps(*a, r));
-                }
-            } else {
-                weight = (s - max[g]).exp();
-            }
-            let w = _mm512_set1_ps(weight);
-            for (a, &vj) in acc[g].iter_mut().zip(&v).take(vecs) {
-                *a = round(_mm512_fmadd_ps(vj, w, *a));
-            }
-            sum[g] = sum[g].mul_add(rescale, weight);
-        }
-    }
-    let out = t.out.slice();
-    for g in 0..group {
-        let inv = _mm512_set1_ps(if sum[g] == 0.0 { 0.0 } else { 1.0 / sum[g] });
-        let dst = out.as_mut_ptr().add(ti * dim + (kvh * group + g) * hd);
-        for j in 0..vecs {
-            _mm512_storeu_ps(dst.add(16 * j), _mm512_mul_ps(acc[g][j], inv));
-        }
+unsafe fn attend_group_avx512(t: &Task, first: usize, tokens: usize, kvh: usize) {
+    if t.model.config.head_dim % 64 == 0 {
+        attend_group::<Avx512>(t, first, tokens, kvh)
+    } else {
+        attend_group::<Scalar<F16cRound>>(t, first, tokens, kvh)
     }
 }
 
 /// Writes every token's attention output (heads concatenated) into `out`.
 pub(super) fn attend(model: &Model, chunks: &[SeqChunk], slots: &[TokenSlot], layer: usize, qkv: &[f32], kv: &KvPool, out: &mut [f32]) {
-    let kv_heads = model.config.kv_heads;
+    let c = &model.config;
+    let per_task = (MAX_PAIRS / (c.heads / c.kv_heads)).max(1);
+    // Runs of up to `per_task` consecutive tokens of one chunk.
+    let mut runs = Vec::new();
+    let mut first = 0;
+    for ch in chunks {
+        for offset in (0..ch.tokens.len()).step_by(per_task) {
+            runs.push((first + offset, per_task.min(ch.tokens.len() - offset)));
+        }
+        first += ch.tokens.len();
+    }
     let task = Task { model, chunks, slots, layer, qkv, kv, out: SharedOut::new(out) };
-    model.pool.run(slots.len() * kv_heads, &|i| {
-        let (ti, kvh) = (i / kv_heads, i % kv_heads);
+    model.pool.run(runs.len() * c.kv_heads, &|i| {
+        let ((first, tokens), kvh) = (runs[i / c.kv_heads], i % c.kv_heads);
         // SAFETY: the model's Isa was detected on this CPU, and each Isa
         // implies the features its path is compiled for.
-        match model.isa {
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Vnni => unsafe { attend_group_avx512(&task, ti, kvh) },
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { attend_group_avx2(&task, ti, kvh) },
-            _ => attend_group::<SoftwareRound>(&task, ti, kvh),
+        unsafe {
+            match model.isa {
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512Vnni => attend_group_avx512(&task, first, tokens, kvh),
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => attend_group_avx2(&task, first, tokens, kvh),
+                _ => attend_group::<Scalar<SoftwareRound>>(&task, first, tokens, kvh),
+            }
         }
     });
 }
