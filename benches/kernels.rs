@@ -4,7 +4,8 @@
 //! Matmuls run on random weights of each format, 1536 x 1536 (the default
 //! model's down projection has rows of 1536; K-quants need multiples of
 //! 256), for batches from one token (decode, bound by
-//! memory) to 512 (prefill, bound by compute). Times are medians of 5 runs.
+//! memory) to 512 (prefill, bound by compute); attention at the default
+//! model's shape; row-wise ops over 512 tokens. Times are medians of 5 runs.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -13,7 +14,10 @@ use caravan::kernels::expf::silu_mul;
 use caravan::kernels::matmul::{matmul, Matrix, QuantizedActs};
 use caravan::kernels::ops::{rms_norm, Rope};
 use caravan::kernels::pool::ComputePool;
-use caravan::kernels::quant::{random_blocks, repack, TensorType};
+use caravan::kernels::quant::{random_blocks, repack, Packed, TensorType};
+use caravan::kv::KvPool;
+use caravan::model::attention::attend;
+use caravan::model::{Model, ModelConfig, SeqChunk, TokenSlot};
 use caravan::kernels::Isa;
 use caravan::sampler::Rng;
 
@@ -89,11 +93,78 @@ fn bench_ops() {
     }
 }
 
+/// A model with the default model's attention shape and no weights.
+fn attention_model(isa: Isa) -> Model {
+    let config = ModelConfig {
+        architecture: "llama".into(),
+        vocab: 0,
+        dim: 576,
+        layers: 1,
+        heads: 9,
+        kv_heads: 3,
+        head_dim: 64,
+        ffn: 1536,
+        context_length: 8192,
+        norm_eps: 1e-5,
+        rope_base: 10000.0,
+        rope_dims: 64,
+    };
+    let empty = Matrix { rows: 0, cols: 0, w: Packed::Float(Vec::new()) };
+    Model {
+        config,
+        token_embd: empty,
+        layers: Vec::new(),
+        output_norm: Vec::new(),
+        output: None,
+        rope: Rope::new(64, 10000.0),
+        isa,
+        pool: ComputePool::new(2),
+        parameters: 0,
+    }
+}
+
+/// Attention over random K and V: 32 sequences decoding one token each at
+/// position 1024, and one 512-token prefill chunk at positions 2048..2560.
+fn bench_attention() {
+    println!("\nattention (9 heads of 64, 3 KV heads), 2 threads: milliseconds per call (ns per head and position)");
+    println!("{:<12} {:>24} {:>24}", "isa", "decode 32 x ctx 1025", "prefill 512 at 2048");
+    let mut rng = Rng(3);
+    for isa in Isa::available() {
+        let model = attention_model(isa);
+        let c = &model.config;
+        let (dim, kv_dim) = (c.dim, c.kv_dim());
+        let mut line = format!("{:<12}", isa.to_string());
+        for (seqs, queries, first_pos) in [(32usize, 1usize, 1024usize), (1, 512, 2048)] {
+            let context = first_pos + queries;
+            let mut kv = KvPool::new(1, kv_dim, 16, seqs * context.div_ceil(16));
+            let mut tables = vec![Vec::new(); seqs];
+            for table in tables.iter_mut() {
+                kv.reserve(table, context).unwrap();
+                for pos in 0..context {
+                    kv.write(table, 0, pos, &floats(&mut rng, kv_dim), &floats(&mut rng, kv_dim));
+                }
+            }
+            let tokens = vec![0u32; queries];
+            let chunks: Vec<SeqChunk> = tables.iter().map(|b| SeqChunk { tokens: &tokens, start_pos: first_pos, blocks: b, logits: false }).collect();
+            let slots: Vec<TokenSlot> = (0..seqs).flat_map(|chunk| (0..queries).map(move |j| TokenSlot { chunk, pos: first_pos + j })).collect();
+            let qkv = floats(&mut rng, slots.len() * (dim + 2 * kv_dim));
+            let mut out = vec![0f32; slots.len() * dim];
+            let s = time(|| attend(&model, &chunks, &slots, 0, &qkv, &kv, black_box(&mut out)));
+            let head_positions: usize = slots.iter().map(|t| (t.pos + 1) * c.heads).sum();
+            line += &format!(" {:>24}", format!("{:.2} ({:.2})", s * 1e3, s * 1e9 / head_positions as f64));
+        }
+        println!("{line}");
+    }
+}
+
 fn main() {
     let filter = std::env::args().skip(1).find(|a| !a.starts_with('-')).unwrap_or_default();
     let pool = ComputePool::new(2);
     if "matmul".contains(filter.as_str()) {
         bench_matmul(&pool);
+    }
+    if "attention".contains(filter.as_str()) {
+        bench_attention();
     }
     if "ops".contains(filter.as_str()) {
         bench_ops();

@@ -132,6 +132,72 @@ pub fn silu_mul(isa: Isa, gate: &[f32], up: &[f32], out: &mut [f32]) {
     silu_mul_body(gate, up, out)
 }
 
+/// The C library's `expf` as glibc's FMA build computes it (Arm's
+/// table-driven algorithm in double precision), sixteen values at a time,
+/// bit for bit: llama.cpp's attention softmax calls `expf`. The scalar form
+/// is the C library's own.
+#[cfg(target_arch = "x86_64")]
+pub mod libm16 {
+    use std::arch::x86_64::*;
+    use std::sync::OnceLock;
+
+    const INV_LN2_SCALED: u64 = 0x4047_1547_652b_82fe; // 32 / ln 2
+    const C0: u64 = 0x3ebc_6af8_4b91_2394;
+    const C1: u64 = 0x3f2e_bfce_50fa_c4f3;
+    const C2: u64 = 0x3f96_2e42_ff0c_52d6;
+    const SHIFT: u64 = 0x4338_0000_0000_0000; // 1.5 * 2^52
+    /// |x| from 88 up (and NaN, infinities) take the C library's own path.
+    const LAST_FAST_TOP12: i32 = 0x42a;
+
+    /// 2^(i/32) with i moved out of the exponent field: the table glibc
+    /// ships, computed (its entries are the correctly rounded powers).
+    fn table() -> &'static [u64; 32] {
+        static TABLE: OnceLock<[u64; 32]> = OnceLock::new();
+        TABLE.get_or_init(|| std::array::from_fn(|i| ((i as f64) / 32.0).exp2().to_bits().wrapping_sub((i as u64) << 47)))
+    }
+
+    #[inline(always)]
+    unsafe fn pd(bits: u64) -> __m512d {
+        _mm512_set1_pd(f64::from_bits(bits))
+    }
+
+    /// `x[i] = expf(x[i])` for all sixteen.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn exp(x: &mut [f32; 16]) {
+        let t = table();
+        let tab: [__m512i; 4] = std::array::from_fn(|j| _mm512_loadu_si512(t.as_ptr().add(8 * j) as *const __m512i));
+        let all = _mm512_loadu_ps(x.as_ptr());
+        let top12 = _mm512_and_si512(_mm512_srli_epi32(_mm512_castps_si512(all), 20), _mm512_set1_epi32(0x7ff));
+        let slow = _mm512_cmpgt_epi32_mask(top12, _mm512_set1_epi32(LAST_FAST_TOP12));
+        let original = *x;
+        for half in 0..2 {
+            let xd = _mm512_cvtps_pd(_mm256_loadu_ps(x.as_ptr().add(8 * half)));
+            // The same fused operations as the compiled C, in its order.
+            let kd = _mm512_fmadd_pd(xd, pd(INV_LN2_SCALED), pd(SHIFT));
+            let ki = _mm512_castpd_si512(kd);
+            let kd = _mm512_sub_pd(kd, pd(SHIFT));
+            let r = _mm512_fmsub_pd(pd(INV_LN2_SCALED), xd, kd);
+            let index = _mm512_and_si512(ki, _mm512_set1_epi64(31));
+            let low = _mm512_permutex2var_epi64(tab[0], index, tab[1]);
+            let high = _mm512_permutex2var_epi64(tab[2], index, tab[3]);
+            let upper = _mm512_test_epi64_mask(index, _mm512_set1_epi64(16));
+            let s = _mm512_add_epi64(_mm512_mask_blend_epi64(upper, low, high), _mm512_slli_epi64(ki, 47));
+            let z = _mm512_fmadd_pd(r, pd(C0), pd(C1));
+            let r2 = _mm512_mul_pd(r, r);
+            let y = _mm512_fmadd_pd(r, pd(C2), _mm512_set1_pd(1.0));
+            let y = _mm512_mul_pd(_mm512_fmadd_pd(z, r2, y), _mm512_castsi512_pd(s));
+            _mm256_storeu_ps(x.as_mut_ptr().add(8 * half), _mm512_cvtpd_ps(y));
+        }
+        if slow != 0 {
+            for (i, v) in x.iter_mut().enumerate() {
+                if slow & (1 << i) != 0 {
+                    *v = original[i].exp();
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,6 +221,29 @@ mod tests {
         let silu = |x: f64| x / (1.0 + (-x).exp());
         for (got, want) in out.iter().zip([0.0, silu(2.0) * 0.5, silu(-3.0) * 2.0]) {
             assert!((*got as f64 - want).abs() < 1e-6, "{got} vs {want}");
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn sixteen_wide_expf_equals_the_c_library() {
+        if !is_x86_feature_detected!("avx512f") {
+            return;
+        }
+        // Every 61st float from -104 to 0 (the softmax's arguments), then
+        // the edges: zeros, tiny, huge, infinities, NaN.
+        let mut values: Vec<f32> = ((-0f32).to_bits()..=(-104f32).to_bits()).step_by(61).map(f32::from_bits).collect();
+        values.extend((0..(88f32).to_bits()).step_by(997).map(f32::from_bits));
+        values.extend([0.0, -0.0, 1e-45, -1e-45, 88.7, 89.0, -87.5, -103.5, -104.0, -1e30, f32::INFINITY, f32::NEG_INFINITY, f32::NAN]);
+        for chunk in values.chunks(16) {
+            let mut x = [0f32; 16];
+            x[..chunk.len()].copy_from_slice(chunk);
+            let want = x.map(f32::exp);
+            // SAFETY: avx512f was detected above.
+            unsafe { libm16::exp(&mut x) };
+            for (i, (got, want)) in x.iter().zip(want).enumerate().take(chunk.len()) {
+                assert!(got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()), "expf({}) = {got}, want {want}", chunk[i]);
+            }
         }
     }
 

@@ -15,6 +15,8 @@
 //! the core overlaps them, where position by position every step waited on
 //! the one before (score, compare, `expf`, multiply-add, round).
 
+use std::mem::MaybeUninit;
+
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
@@ -28,17 +30,17 @@ use super::llama::{Model, SeqChunk, TokenSlot};
 pub const MAX_HEAD_DIM: usize = 256;
 /// Query heads sharing one KV head, at most (grouped-query attention).
 pub const MAX_GROUP: usize = 16;
-/// Positions per run.
+/// Positions per run: one 16-wide `expf` call per query head.
 const RUN: usize = 16;
 
 /// The vector arithmetic on one head's row of `hd` values.
 trait HeadMath {
     type Row: Copy;
     fn zero() -> Self::Row;
-    /// An f16 cache row as f32.
-    unsafe fn load(src: &[f16], hd: usize) -> Self::Row;
+    /// An f16 cache row as f32, into `row`.
+    unsafe fn load(src: &[f16], hd: usize, row: &mut Self::Row);
     /// A query row rounded to f16 precision, as ggml converts it.
-    unsafe fn load_query(src: &[f32], hd: usize) -> Self::Row;
+    unsafe fn load_query(src: &[f32], hd: usize, row: &mut Self::Row);
     /// ggml's `vec_dot_f16` order: per 64 elements four 16-lane fused
     /// accumulators, then a fixed tree.
     unsafe fn dot(k: &Self::Row, q: &Self::Row, hd: usize) -> f32;
@@ -47,6 +49,31 @@ trait HeadMath {
     /// `acc = f16(v * w + acc)`, fused.
     unsafe fn accumulate(acc: &mut Self::Row, v: &Self::Row, w: f32, hd: usize);
     unsafe fn store(acc: &Self::Row, scale: f32, out: &mut [f32], hd: usize);
+    /// The online softmax over the first `seen` scores of a run: for each
+    /// position, a new maximum rescales what came before by e^(old - new)
+    /// and weighs the position 1; otherwise the position weighs e^(s - max)
+    /// (`expf` as the C library computes it). Returns the positions that
+    /// set a new maximum as bits, with their rescale factors, and the other
+    /// positions' weights, in `factor`.
+    #[inline(always)]
+    unsafe fn softmax_run(score: &[f32; RUN], seen: usize, state: &mut Softmax, factor: &mut [f32; RUN]) -> u32 {
+        let mut new_max = 0u32;
+        for p in 0..seen {
+            let x = score[p];
+            if x > state.max {
+                new_max |= 1 << p;
+                factor[p] = std::mem::replace(&mut state.max, x) - x;
+            } else {
+                factor[p] = x - state.max;
+            }
+        }
+        factor[..seen].iter_mut().for_each(|v| *v = v.exp());
+        for (p, &f) in factor.iter().enumerate().take(seen) {
+            let (rescale, weight) = if new_max & (1 << p) != 0 { (f, 1.0) } else { (1.0, f) };
+            state.sum = state.sum.mul_add(rescale, weight);
+        }
+        new_max
+    }
 }
 
 /// Rounds floats to f16 precision in place.
@@ -95,17 +122,13 @@ impl<R: HalfRound> HeadMath for Scalar<R> {
         [0.0; MAX_HEAD_DIM]
     }
     #[inline(always)]
-    unsafe fn load(src: &[f16], hd: usize) -> Self::Row {
-        let mut row = [0.0; MAX_HEAD_DIM];
+    unsafe fn load(src: &[f16], hd: usize, row: &mut Self::Row) {
         src[..hd].convert_to_f32_slice(&mut row[..hd]);
-        row
     }
     #[inline(always)]
-    unsafe fn load_query(src: &[f32], hd: usize) -> Self::Row {
-        let mut row = [0.0; MAX_HEAD_DIM];
+    unsafe fn load_query(src: &[f32], hd: usize, row: &mut Self::Row) {
         row[..hd].copy_from_slice(&src[..hd]);
         R::round(&mut row[..hd]);
-        row
     }
     #[inline(always)]
     unsafe fn dot(k: &Self::Row, q: &Self::Row, hd: usize) -> f32 {
@@ -151,10 +174,10 @@ impl<R: HalfRound> HeadMath for Scalar<R> {
     }
 }
 
-/// Rows of 512-bit registers, for head dimensions that are multiples of 64
-/// (bitwise equal to `Scalar`).
+/// Rows of `V` 512-bit registers, for head dimensions of 64, 128 and 256
+/// (bitwise equal to `Scalar`). The fixed width unrolls every row loop.
 #[cfg(target_arch = "x86_64")]
-struct Avx512;
+struct Avx512<const V: usize>;
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
@@ -162,41 +185,35 @@ mod avx512 {
 
     use half::f16;
 
-    use super::{Avx512, HeadMath, MAX_HEAD_DIM};
-
-    const V: usize = MAX_HEAD_DIM / 16;
+    use super::{Avx512, HeadMath, Softmax, RUN};
 
     #[inline(always)]
     unsafe fn round(v: __m512) -> __m512 {
         _mm512_cvtph_ps(_mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v))
     }
 
-    impl HeadMath for Avx512 {
+    impl<const V: usize> HeadMath for Avx512<V> {
         type Row = [__m512; V];
         fn zero() -> Self::Row {
             // SAFETY: all-zero bits are a valid __m512.
             unsafe { std::mem::zeroed() }
         }
         #[inline(always)]
-        unsafe fn load(src: &[f16], hd: usize) -> Self::Row {
-            let mut row = Self::zero();
-            for (j, r) in row.iter_mut().enumerate().take(hd / 16) {
+        unsafe fn load(src: &[f16], _hd: usize, row: &mut Self::Row) {
+            for (j, r) in row.iter_mut().enumerate() {
                 *r = _mm512_cvtph_ps(_mm256_loadu_si256(src.as_ptr().add(16 * j) as *const __m256i));
             }
-            row
         }
         #[inline(always)]
-        unsafe fn load_query(src: &[f32], hd: usize) -> Self::Row {
-            let mut row = Self::zero();
-            for (j, r) in row.iter_mut().enumerate().take(hd / 16) {
+        unsafe fn load_query(src: &[f32], _hd: usize, row: &mut Self::Row) {
+            for (j, r) in row.iter_mut().enumerate() {
                 *r = round(_mm512_loadu_ps(src.as_ptr().add(16 * j)));
             }
-            row
         }
         #[inline(always)]
-        unsafe fn dot(k: &Self::Row, q: &Self::Row, hd: usize) -> f32 {
+        unsafe fn dot(k: &Self::Row, q: &Self::Row, _hd: usize) -> f32 {
             let mut lanes = [_mm512_setzero_ps(); 4];
-            for i in (0..hd / 16).step_by(4) {
+            for i in (0..V).step_by(4) {
                 for (j, l) in lanes.iter_mut().enumerate() {
                     *l = _mm512_fmadd_ps(k[i + j], q[i + j], *l);
                 }
@@ -209,23 +226,62 @@ mod avx512 {
             _mm_cvtss_f32(_mm_add_ss(t2, _mm_shuffle_ps(t2, t2, 1)))
         }
         #[inline(always)]
-        unsafe fn rescale(acc: &mut Self::Row, r: f32, hd: usize) {
+        unsafe fn rescale(acc: &mut Self::Row, r: f32, _hd: usize) {
             let r = _mm512_set1_ps(r);
-            for a in acc.iter_mut().take(hd / 16) {
+            for a in acc.iter_mut() {
                 *a = round(_mm512_mul_ps(*a, r));
             }
         }
         #[inline(always)]
-        unsafe fn accumulate(acc: &mut Self::Row, v: &Self::Row, w: f32, hd: usize) {
+        unsafe fn accumulate(acc: &mut Self::Row, v: &Self::Row, w: f32, _hd: usize) {
             let w = _mm512_set1_ps(w);
-            for (a, &x) in acc.iter_mut().zip(v).take(hd / 16) {
+            for (a, &x) in acc.iter_mut().zip(v) {
                 *a = round(_mm512_fmadd_ps(x, w, *a));
             }
         }
+        /// The same steps sixteen positions at a time: the running maximum
+        /// as a prefix scan, the choices as masks, one 16-wide `expf`.
         #[inline(always)]
-        unsafe fn store(acc: &Self::Row, scale: f32, out: &mut [f32], hd: usize) {
+        unsafe fn softmax_run(score: &[f32; RUN], seen: usize, state: &mut Softmax, factor: &mut [f32; RUN]) -> u32 {
+            let valid: __mmask16 = ((1u32 << seen) - 1) as __mmask16;
+            let neg_inf = _mm512_set1_ps(f32::NEG_INFINITY);
+            let x = _mm512_mask_loadu_ps(neg_inf, valid, score.as_ptr());
+            // prefix[p] = max(score[0..=p]), lanes shifted in with -inf.
+            let lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+            let shifted = |v: __m512, by: i32| -> __m512 {
+                let from = _mm512_sub_epi32(lane, _mm512_set1_epi32(by));
+                let keep = _mm512_cmpge_epi32_mask(from, _mm512_setzero_si512());
+                _mm512_mask_permutexvar_ps(neg_inf, keep, from, v)
+            };
+            let mut prefix = x;
+            for by in [1, 2, 4, 8] {
+                prefix = _mm512_max_ps(prefix, shifted(prefix, by));
+            }
+            // The maximum before each position: x > max ? x : max, as the
+            // scalar steps choose it.
+            let before = _mm512_max_ps(shifted(prefix, 1), _mm512_set1_ps(state.max));
+            let new_max = _mm512_mask_cmp_ps_mask::<_CMP_GT_OQ>(valid, x, before);
+            let arg = _mm512_mask_blend_ps(new_max, _mm512_sub_ps(x, before), _mm512_sub_ps(before, x));
+            _mm512_storeu_ps(factor.as_mut_ptr(), _mm512_maskz_mov_ps(valid, arg));
+            crate::kernels::expf::libm16::exp(factor);
+            let all = _mm512_max_ps(prefix, _mm512_set1_ps(state.max));
+            let mut maxes = [0f32; RUN];
+            _mm512_storeu_ps(maxes.as_mut_ptr(), all);
+            state.max = maxes[seen - 1];
+            let e = _mm512_loadu_ps(factor.as_ptr());
+            let one = _mm512_set1_ps(1.0);
+            let (mut rescale, mut weight) = ([0f32; RUN], [0f32; RUN]);
+            _mm512_storeu_ps(rescale.as_mut_ptr(), _mm512_mask_blend_ps(new_max, one, e));
+            _mm512_storeu_ps(weight.as_mut_ptr(), _mm512_mask_blend_ps(new_max, e, one));
+            for p in 0..seen {
+                state.sum = state.sum.mul_add(rescale[p], weight[p]);
+            }
+            new_max as u32
+        }
+        #[inline(always)]
+        unsafe fn store(acc: &Self::Row, scale: f32, out: &mut [f32], _hd: usize) {
             let s = _mm512_set1_ps(scale);
-            for (j, a) in acc.iter().enumerate().take(hd / 16) {
+            for (j, a) in acc.iter().enumerate() {
                 _mm512_storeu_ps(out.as_mut_ptr().add(16 * j), _mm512_mul_ps(*a, s));
             }
         }
@@ -270,14 +326,23 @@ unsafe fn attend_group<M: HeadMath>(t: &Task, first: usize, tokens: usize, kvh: 
     // Pair i is query head i % group of token first + i / group.
     let head_at = |i: usize| (first + i / group) * qkv_dim + (kvh * group + i % group) * hd;
     let mut limit = [0usize; MAX_PAIRS];
-    let mut q = [M::zero(); MAX_PAIRS];
+    // Rows are large (MAX_HEAD_DIM wide): only the pairs' own are set up.
+    let mut q_rows = MaybeUninit::<[M::Row; MAX_PAIRS]>::uninit();
+    let mut acc_rows = MaybeUninit::<[M::Row; MAX_PAIRS]>::uninit();
+    let (q, acc) = (q_rows.as_mut_ptr() as *mut M::Row, acc_rows.as_mut_ptr() as *mut M::Row);
     for i in 0..pairs {
         limit[i] = t.slots[first + i / group].pos + 1;
-        q[i] = M::load_query(&t.qkv[head_at(i)..], hd);
+        q.add(i).write(M::zero());
+        acc.add(i).write(M::zero());
     }
-    let mut acc = [M::zero(); MAX_PAIRS];
+    // SAFETY: the first `pairs` rows of each were written just above.
+    let (q, acc) = (std::slice::from_raw_parts_mut(q, pairs), std::slice::from_raw_parts_mut(acc, pairs));
+    for (i, row) in q.iter_mut().enumerate() {
+        M::load_query(&t.qkv[head_at(i)..], hd, row);
+    }
     let mut soft: [Softmax; MAX_PAIRS] = std::array::from_fn(|_| Softmax { max: f32::NEG_INFINITY, sum: 0.0 });
     let positions = limit[pairs - 1];
+    let mut row = M::zero();
     for start in (0..positions).step_by(RUN) {
         let run = RUN.min(positions - start);
         // How much of this run each pair sees (causal: later tokens more).
@@ -286,46 +351,33 @@ unsafe fn attend_group<M: HeadMath>(t: &Task, first: usize, tokens: usize, kvh: 
         let mut score = [[0f32; RUN]; MAX_PAIRS];
         for p in 0..run {
             let (k16, _) = t.kv.slot(blocks, t.layer, start + p);
-            let k = M::load(&k16[kv_off..], hd);
+            M::load(&k16[kv_off..], hd, &mut row);
             for i in 0..pairs {
                 if p < seen[i] {
-                    score[i][p] = M::dot(&k, &q[i], hd) * scale;
+                    score[i][p] = M::dot(&row, &q[i], hd) * scale;
                 }
             }
         }
-        // The softmax steps: a new maximum rescales what came before by
-        // e^(old - new) and weighs this position 1; otherwise the position
-        // weighs e^(s - max). The exponentials do not depend on each other.
-        let mut new_max = [[false; RUN]; MAX_PAIRS];
+        let mut new_max = [0u32; MAX_PAIRS];
         let mut factor = [[0f32; RUN]; MAX_PAIRS];
         for i in 0..pairs {
-            let s = &mut soft[i];
-            for p in 0..seen[i] {
-                let x = score[i][p];
-                new_max[i][p] = x > s.max;
-                factor[i][p] = if new_max[i][p] { std::mem::replace(&mut s.max, x) - x } else { x - s.max };
-            }
-            for f in factor[i].iter_mut().take(seen[i]) {
-                *f = f.exp();
-            }
-            for p in 0..seen[i] {
-                let (rescale, weight) = if new_max[i][p] { (factor[i][p], 1.0) } else { (1.0, factor[i][p]) };
-                s.sum = s.sum.mul_add(rescale, weight);
+            if seen[i] > 0 {
+                new_max[i] = M::softmax_run(&score[i], seen[i], &mut soft[i], &mut factor[i]);
             }
         }
         // The weighted V sums, in position order.
         for p in 0..run {
             let (_, v16) = t.kv.slot(blocks, t.layer, start + p);
-            let v = M::load(&v16[kv_off..], hd);
+            M::load(&v16[kv_off..], hd, &mut row);
             for i in 0..pairs {
                 if p >= seen[i] {
                     continue;
                 }
-                if new_max[i][p] {
+                if new_max[i] & (1 << p) != 0 {
                     M::rescale(&mut acc[i], factor[i][p], hd);
-                    M::accumulate(&mut acc[i], &v, 1.0, hd);
+                    M::accumulate(&mut acc[i], &row, 1.0, hd);
                 } else {
-                    M::accumulate(&mut acc[i], &v, factor[i][p], hd);
+                    M::accumulate(&mut acc[i], &row, factor[i][p], hd);
                 }
             }
         }
@@ -348,15 +400,16 @@ unsafe fn attend_group_avx2(t: &Task, first: usize, tokens: usize, kvh: usize) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c,avx512f")]
 unsafe fn attend_group_avx512(t: &Task, first: usize, tokens: usize, kvh: usize) {
-    if t.model.config.head_dim % 64 == 0 {
-        attend_group::<Avx512>(t, first, tokens, kvh)
-    } else {
-        attend_group::<Scalar<F16cRound>>(t, first, tokens, kvh)
+    match t.model.config.head_dim {
+        64 => attend_group::<Avx512<4>>(t, first, tokens, kvh),
+        128 => attend_group::<Avx512<8>>(t, first, tokens, kvh),
+        256 => attend_group::<Avx512<16>>(t, first, tokens, kvh),
+        _ => attend_group::<Scalar<F16cRound>>(t, first, tokens, kvh),
     }
 }
 
 /// Writes every token's attention output (heads concatenated) into `out`.
-pub(super) fn attend(model: &Model, chunks: &[SeqChunk], slots: &[TokenSlot], layer: usize, qkv: &[f32], kv: &KvPool, out: &mut [f32]) {
+pub fn attend(model: &Model, chunks: &[SeqChunk], slots: &[TokenSlot], layer: usize, qkv: &[f32], kv: &KvPool, out: &mut [f32]) {
     let c = &model.config;
     let per_task = (MAX_PAIRS / (c.heads / c.kv_heads)).max(1);
     // Runs of up to `per_task` consecutive tokens of one chunk.

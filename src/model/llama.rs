@@ -83,7 +83,7 @@ pub struct Scratch {
 
 /// Where each batch token sits: its sequence chunk and position.
 #[derive(Clone, Copy)]
-pub(super) struct TokenSlot {
+pub struct TokenSlot {
     pub chunk: usize,
     pub pos: usize,
 }
