@@ -157,11 +157,32 @@ fn bench_attention() {
     }
 }
 
+fn bench_stream(pool: &ComputePool) {
+    // Four times the default model's lm_head: far larger than the caches,
+    // so m=1 shows the memory bandwidth a decode step can draw.
+    let (rows, cols) = (4 * 49152, 576);
+    let mut rng = Rng(5);
+    println!("\nmatmul {rows}x{cols} at m=1 (weights from memory): microseconds per call (weight GB/s)");
+    for t in [TensorType::Q4_1, TensorType::Q8_0] {
+        let w = Matrix { rows, cols, w: repack(t, &random_blocks(&mut rng, t, rows, cols), rows, cols) };
+        let x = floats(&mut rng, cols);
+        let mut q = QuantizedActs::default();
+        let isa = *Isa::available().last().unwrap();
+        q.quantize(pool, isa, &x, 1, cols);
+        let mut out = vec![0f32; rows];
+        let s = time(|| matmul(pool, isa, &w, &x, &q, black_box(&mut out)));
+        println!("{:<6} {:<12} {:>10.1} ({:.1})", t.name(), isa.to_string(), s * 1e6, w.w.bytes() as f64 / s / 1e9);
+    }
+}
+
 fn main() {
     let filter = std::env::args().skip(1).find(|a| !a.starts_with('-')).unwrap_or_default();
     let pool = ComputePool::new(2);
     if "matmul".contains(filter.as_str()) {
         bench_matmul(&pool);
+    }
+    if "stream".contains(filter.as_str()) {
+        bench_stream(&pool);
     }
     if "attention".contains(filter.as_str()) {
         bench_attention();

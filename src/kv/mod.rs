@@ -152,12 +152,19 @@ impl KvPool {
         (((block as usize * self.layers + layer) * 2 + value as usize) * self.block_size + slot) * self.kv_dim
     }
 
-    /// K and V rows of position `pos` of the sequence with `table`.
-    pub fn slot(&self, table: &[u32], layer: usize, pos: usize) -> (&[f16], &[f16]) {
-        let (block, slot) = (table[pos / self.block_size], pos % self.block_size);
-        let k = self.offset(block, layer, false, slot);
-        let v = self.offset(block, layer, true, slot);
-        (&self.data[k..k + self.kv_dim], &self.data[v..v + self.kv_dim])
+    /// K and V rows of positions `start..start + k.len()` of the sequence
+    /// with `table`, into `k` and `v`: one division for the whole run.
+    pub fn rows<'a>(&'a self, table: &[u32], layer: usize, start: usize, k: &mut [&'a [f16]], v: &mut [&'a [f16]]) {
+        let (mut block, mut slot) = (start / self.block_size, start % self.block_size);
+        for (kr, vr) in k.iter_mut().zip(v.iter_mut()) {
+            let ko = self.offset(table[block], layer, false, slot);
+            let vo = ko + self.block_size * self.kv_dim;
+            (*kr, *vr) = (&self.data[ko..ko + self.kv_dim], &self.data[vo..vo + self.kv_dim]);
+            slot += 1;
+            if slot == self.block_size {
+                (block, slot) = (block + 1, 0);
+            }
+        }
     }
 
     pub fn write(&mut self, table: &[u32], layer: usize, pos: usize, k: &[f32], v: &[f32]) {
@@ -193,10 +200,14 @@ mod tests {
         // b writes position 1: the first block is copied with its contents.
         kv.make_writable(&mut b, 1, 2).unwrap();
         assert_ne!(b[0], a[0]);
-        let (k, v) = kv.slot(&b, 0, 1);
-        assert_eq!((k[0].to_f32(), v[1].to_f32()), (1.0, 4.0));
+        let row = |kv: &KvPool, table: &[u32]| {
+            let (mut k, mut v) = ([&[][..]], [&[][..]]);
+            kv.rows(table, 0, 1, &mut k, &mut v);
+            (k[0][0].to_f32(), v[0][1].to_f32())
+        };
+        assert_eq!(row(&kv, &b), (1.0, 4.0));
         kv.write(&b, 0, 1, &[9.0, 9.0], &[9.0, 9.0]);
-        assert_eq!(kv.slot(&a, 0, 1).0[0].to_f32(), 1.0, "the original is untouched");
+        assert_eq!(row(&kv, &a).0, 1.0, "the original is untouched");
         kv.release(&mut a);
         kv.release(&mut b);
         assert_eq!(kv.free_blocks(), kv.total_blocks());

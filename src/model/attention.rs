@@ -347,11 +347,12 @@ unsafe fn attend_group<M: HeadMath>(t: &Task, first: usize, tokens: usize, kvh: 
         let run = RUN.min(positions - start);
         // How much of this run each pair sees (causal: later tokens more).
         let seen: [usize; MAX_PAIRS] = std::array::from_fn(|i| limit[i].saturating_sub(start).min(run));
+        let (mut k_rows, mut v_rows): ([&[f16]; RUN], [&[f16]; RUN]) = ([&[]; RUN], [&[]; RUN]);
+        t.kv.rows(blocks, t.layer, start, &mut k_rows[..run], &mut v_rows[..run]);
         // Scores of the whole run.
         let mut score = [[0f32; RUN]; MAX_PAIRS];
         for p in 0..run {
-            let (k16, _) = t.kv.slot(blocks, t.layer, start + p);
-            M::load(&k16[kv_off..], hd, &mut row);
+            M::load(&k_rows[p][kv_off..], hd, &mut row);
             for i in 0..pairs {
                 if p < seen[i] {
                     score[i][p] = M::dot(&row, &q[i], hd) * scale;
@@ -367,8 +368,7 @@ unsafe fn attend_group<M: HeadMath>(t: &Task, first: usize, tokens: usize, kvh: 
         }
         // The weighted V sums, in position order.
         for p in 0..run {
-            let (_, v16) = t.kv.slot(blocks, t.layer, start + p);
-            M::load(&v16[kv_off..], hd, &mut row);
+            M::load(&v_rows[p][kv_off..], hd, &mut row);
             for i in 0..pairs {
                 if p >= seen[i] {
                     continue;
