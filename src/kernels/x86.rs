@@ -5,6 +5,7 @@
 //! accumulation is the portable reference's, lane by lane: same bits.
 
 use std::arch::x86_64::*;
+use std::mem::MaybeUninit;
 
 use half::f16;
 
@@ -204,7 +205,9 @@ unsafe fn nibble_panel<L: Lanes, const AR: usize>(qs: &[u8], scale: &[f16], min:
     let first = at.p * nb;
     let w = qs.as_ptr().add(first * NIBBLE_BLOCK + 4 * at.lane0);
     let x = q.qs.as_ptr().add(at.i * k);
-    let mut lanes = [[L::zero(); 8]; AR];
+    // Every lane is written by its pass before the sums read it; left
+    // uninitialized, the array costs no clearing on every call.
+    let mut lanes = [[MaybeUninit::<L::F>::uninit(); 8]; AR];
     for t in 0..4 {
         let (mut low_acc, mut high_acc) = ([L::zero(); AR], [L::zero(); AR]);
         for b in 0..nb {
@@ -218,8 +221,8 @@ unsafe fn nibble_panel<L: Lanes, const AR: usize>(qs: &[u8], scale: &[f16], min:
             }
         }
         for a in 0..AR {
-            lanes[a][2 * t] = low_acc[a];
-            lanes[a][2 * t + 1] = high_acc[a];
+            lanes[a][2 * t].write(low_acc[a]);
+            lanes[a][2 * t + 1].write(high_acc[a]);
         }
     }
     let mut mins = [L::zero(); AR];
@@ -230,7 +233,7 @@ unsafe fn nibble_panel<L: Lanes, const AR: usize>(qs: &[u8], scale: &[f16], min:
         }
     }
     for a in 0..AR {
-        let l = &lanes[a];
+        let l = lanes[a].map(|v| v.assume_init());
         let r = [L::add_f(l[0], l[4]), L::add_f(l[1], l[5]), L::add_f(l[2], l[6]), L::add_f(l[3], l[7])];
         let sum = L::add_f(L::add_f(L::add_f(r[0], r[2]), L::add_f(r[1], r[3])), mins[a]);
         L::store(sum, tile[a].as_mut_ptr().add(at.lane0));
