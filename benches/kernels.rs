@@ -14,10 +14,10 @@ use caravan::kernels::expf::silu_mul;
 use caravan::kernels::matmul::{matmul, Matrix, QuantizedActs};
 use caravan::kernels::ops::{rms_norm, Rope};
 use caravan::kernels::pool::ComputePool;
-use caravan::kernels::quant::{random_blocks, repack, Packed, TensorType};
+use caravan::kernels::quant::{random_blocks, repack, TensorType};
 use caravan::kv::KvPool;
 use caravan::model::attention::attend;
-use caravan::model::{Model, ModelConfig, SeqChunk, TokenSlot};
+use caravan::model::{Model, SeqChunk, TokenSlot};
 use caravan::kernels::Isa;
 use caravan::sampler::Rng;
 
@@ -93,36 +93,6 @@ fn bench_ops() {
     }
 }
 
-/// A model with the default model's attention shape and no weights.
-fn attention_model(isa: Isa) -> Model {
-    let config = ModelConfig {
-        architecture: "llama".into(),
-        vocab: 0,
-        dim: 576,
-        layers: 1,
-        heads: 9,
-        kv_heads: 3,
-        head_dim: 64,
-        ffn: 1536,
-        context_length: 8192,
-        norm_eps: 1e-5,
-        rope_base: 10000.0,
-        rope_dims: 64,
-    };
-    let empty = Matrix { rows: 0, cols: 0, w: Packed::Float(Vec::new()) };
-    Model {
-        config,
-        token_embd: empty,
-        layers: Vec::new(),
-        output_norm: Vec::new(),
-        output: None,
-        rope: Rope::new(64, 10000.0),
-        isa,
-        pool: ComputePool::new(2),
-        parameters: 0,
-    }
-}
-
 /// Attention over random K and V: 32 sequences decoding one token each at
 /// position 1024, and one 512-token prefill chunk at positions 2048..2560.
 fn bench_attention() {
@@ -130,7 +100,7 @@ fn bench_attention() {
     println!("{:<12} {:>24} {:>24}", "isa", "decode 32 x ctx 1025", "prefill 512 at 2048");
     let mut rng = Rng(3);
     for isa in Isa::available() {
-        let model = attention_model(isa);
+        let model = Model::attention_only(9, 3, 64, isa, 2);
         let c = &model.config;
         let (dim, kv_dim) = (c.dim, c.kv_dim());
         let mut line = format!("{:<12}", isa.to_string());

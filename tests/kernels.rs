@@ -1,11 +1,15 @@
 //! Every SIMD kernel the CPU has must match the portable reference, on random
-//! weights of every packed format and on every batch size a tile can see.
+//! weights of every packed format and on every batch size a tile can see,
+//! and attention on every head shape.
 
 use caravan::kernels::matmul::{matmul, portable_dot, Matrix, QuantizedActs};
 use caravan::kernels::pool::ComputePool;
 use caravan::kernels::quant::{repack, TensorType};
 use caravan::kernels::Isa;
 use caravan::kernels::quant::random_blocks;
+use caravan::kv::KvPool;
+use caravan::model::attention::attend;
+use caravan::model::{Model, SeqChunk, TokenSlot};
 use caravan::sampler::Rng;
 
 fn float(rng: &mut Rng) -> f32 {
@@ -176,6 +180,74 @@ fn repacked_rows_equal_ggml_dequantization() {
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                 assert!((g - w).abs() <= tol, "{t:?} row {r} element {i}: {g} vs {w}");
             }
+        }
+    }
+}
+
+/// Plain softmax attention in f64 over the same f16-rounded cache, as a
+/// check on the reference itself.
+fn exact_attention(q: &[f32], keys: &[Vec<f32>], values: &[Vec<f32>]) -> Vec<f64> {
+    let hd = q.len();
+    let round = |x: f32| half::f16::from_f32(x).to_f32() as f64;
+    let scores: Vec<f64> = keys.iter().map(|k| k.iter().zip(q).map(|(&a, &b)| round(a) * round(b)).sum::<f64>() / (hd as f64).sqrt()).collect();
+    let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+    let total: f64 = weights.iter().sum();
+    (0..hd).map(|e| weights.iter().zip(values).map(|(w, v)| w * round(v[e])).sum::<f64>() / total).collect()
+}
+
+#[test]
+fn simd_attention_equals_portable_bitwise_for_every_head_shape() {
+    let mut rng = Rng(19);
+    // Head sizes with vector rows (64, 128, 256) and without (80); groups of
+    // 3, 1 and 2 query heads per KV head.
+    for (heads, kv_heads, hd) in [(9, 3, 64), (4, 4, 128), (2, 1, 256), (6, 3, 80)] {
+        let portable = Model::attention_only(heads, kv_heads, hd, Isa::Portable, 2);
+        let c = &portable.config;
+        let (dim, kv_dim) = (c.dim, c.kv_dim());
+        // A decode at position 40, a 37-token chunk at 5..42 (runs its
+        // tokens see only part of), and a first token at position 0.
+        let shapes = [(40usize, 1usize), (5, 37), (0, 1)];
+        let mut kv = KvPool::new(1, kv_dim, 16, 16);
+        let mut cache = Vec::new();
+        let mut tables = Vec::new();
+        for &(start, tokens) in &shapes {
+            let mut table = Vec::new();
+            kv.reserve(&mut table, start + tokens).unwrap();
+            let rows: Vec<(Vec<f32>, Vec<f32>)> = (0..start + tokens).map(|_| ((0..kv_dim).map(|_| float(&mut rng)).collect(), (0..kv_dim).map(|_| float(&mut rng)).collect())).collect();
+            for (pos, (k, v)) in rows.iter().enumerate() {
+                kv.write(&table, 0, pos, k, v);
+            }
+            cache.push(rows);
+            tables.push(table);
+        }
+        let tokens = [0u32; 37];
+        let chunks: Vec<SeqChunk> = shapes.iter().zip(&tables).map(|(&(start, n), b)| SeqChunk { tokens: &tokens[..n], start_pos: start, blocks: b, logits: false }).collect();
+        let slots: Vec<TokenSlot> = shapes.iter().enumerate().flat_map(|(chunk, &(start, n))| (start..start + n).map(move |pos| TokenSlot { chunk, pos })).collect();
+        let qkv_dim = dim + 2 * kv_dim;
+        let qkv: Vec<f32> = (0..slots.len() * qkv_dim).map(|_| float(&mut rng) * 2.0).collect();
+        let mut want = vec![0f32; slots.len() * dim];
+        attend(&portable, &chunks, &slots, 0, &qkv, &kv, &mut want);
+        // The reference is attention, up to its f16 accumulator.
+        for (t, slot) in slots.iter().enumerate() {
+            let rows = &cache[slot.chunk][..=slot.pos];
+            for h in 0..heads {
+                let kvh = h / (heads / kv_heads);
+                let keys: Vec<Vec<f32>> = rows.iter().map(|(k, _)| k[kvh * hd..(kvh + 1) * hd].to_vec()).collect();
+                let values: Vec<Vec<f32>> = rows.iter().map(|(_, v)| v[kvh * hd..(kvh + 1) * hd].to_vec()).collect();
+                let exact = exact_attention(&qkv[t * qkv_dim + h * hd..][..hd], &keys, &values);
+                for (e, x) in exact.iter().enumerate() {
+                    let got = want[t * dim + h * hd + e] as f64;
+                    assert!((got - x).abs() < 1e-2, "hd {hd} token {t} head {h} element {e}: {got} vs {x}");
+                }
+            }
+        }
+        for isa in Isa::available() {
+            let model = Model::attention_only(heads, kv_heads, hd, isa, 2);
+            let mut got = vec![0f32; want.len()];
+            attend(&model, &chunks, &slots, 0, &qkv, &kv, &mut got);
+            let differ = got.iter().zip(&want).position(|(g, w)| g.to_bits() != w.to_bits());
+            assert!(differ.is_none(), "{isa} hd {hd}: output {differ:?} differs");
         }
     }
 }

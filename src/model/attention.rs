@@ -57,23 +57,29 @@ trait HeadMath {
     /// positions' weights, in `factor`.
     #[inline(always)]
     unsafe fn softmax_run(score: &[f32; RUN], seen: usize, state: &mut Softmax, factor: &mut [f32; RUN]) -> u32 {
-        let mut new_max = 0u32;
-        for p in 0..seen {
-            let x = score[p];
-            if x > state.max {
-                new_max |= 1 << p;
-                factor[p] = std::mem::replace(&mut state.max, x) - x;
-            } else {
-                factor[p] = x - state.max;
-            }
-        }
-        factor[..seen].iter_mut().for_each(|v| *v = v.exp());
-        for (p, &f) in factor.iter().enumerate().take(seen) {
-            let (rescale, weight) = if new_max & (1 << p) != 0 { (f, 1.0) } else { (1.0, f) };
-            state.sum = state.sum.mul_add(rescale, weight);
-        }
-        new_max
+        scalar_softmax_run(score, seen, state, factor)
     }
+}
+
+/// `HeadMath::softmax_run` one position at a time, `expf` from the C library.
+#[inline(always)]
+fn scalar_softmax_run(score: &[f32; RUN], seen: usize, state: &mut Softmax, factor: &mut [f32; RUN]) -> u32 {
+    let mut new_max = 0u32;
+    for p in 0..seen {
+        let x = score[p];
+        if x > state.max {
+            new_max |= 1 << p;
+            factor[p] = std::mem::replace(&mut state.max, x) - x;
+        } else {
+            factor[p] = x - state.max;
+        }
+    }
+    factor[..seen].iter_mut().for_each(|v| *v = v.exp());
+    for (p, &f) in factor.iter().enumerate().take(seen) {
+        let (rescale, weight) = if new_max & (1 << p) != 0 { (f, 1.0) } else { (1.0, f) };
+        state.sum = state.sum.mul_add(rescale, weight);
+    }
+    new_max
 }
 
 /// Rounds floats to f16 precision in place.
@@ -174,119 +180,10 @@ impl<R: HalfRound> HeadMath for Scalar<R> {
     }
 }
 
-/// Rows of `V` 512-bit registers, for head dimensions of 64, 128 and 256
-/// (bitwise equal to `Scalar`). The fixed width unrolls every row loop.
 #[cfg(target_arch = "x86_64")]
-struct Avx512<const V: usize>;
-
+mod wide;
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
-    use std::arch::x86_64::*;
-
-    use half::f16;
-
-    use super::{Avx512, HeadMath, Softmax, RUN};
-
-    #[inline(always)]
-    unsafe fn round(v: __m512) -> __m512 {
-        _mm512_cvtph_ps(_mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v))
-    }
-
-    impl<const V: usize> HeadMath for Avx512<V> {
-        type Row = [__m512; V];
-        fn zero() -> Self::Row {
-            // SAFETY: all-zero bits are a valid __m512.
-            unsafe { std::mem::zeroed() }
-        }
-        #[inline(always)]
-        unsafe fn load(src: &[f16], _hd: usize, row: &mut Self::Row) {
-            for (j, r) in row.iter_mut().enumerate() {
-                *r = _mm512_cvtph_ps(_mm256_loadu_si256(src.as_ptr().add(16 * j) as *const __m256i));
-            }
-        }
-        #[inline(always)]
-        unsafe fn load_query(src: &[f32], _hd: usize, row: &mut Self::Row) {
-            for (j, r) in row.iter_mut().enumerate() {
-                *r = round(_mm512_loadu_ps(src.as_ptr().add(16 * j)));
-            }
-        }
-        #[inline(always)]
-        unsafe fn dot(k: &Self::Row, q: &Self::Row, _hd: usize) -> f32 {
-            let mut lanes = [_mm512_setzero_ps(); 4];
-            for i in (0..V).step_by(4) {
-                for (j, l) in lanes.iter_mut().enumerate() {
-                    *l = _mm512_fmadd_ps(k[i + j], q[i + j], *l);
-                }
-            }
-            // ggml's tree, then GCC's _mm512_reduce_add_ps order, spelled out.
-            let x = _mm512_add_ps(_mm512_add_ps(lanes[0], lanes[2]), _mm512_add_ps(lanes[1], lanes[3]));
-            let t8 = _mm256_add_ps(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1)), _mm512_castps512_ps256(x));
-            let t4 = _mm_add_ps(_mm256_extractf128_ps(t8, 1), _mm256_castps256_ps128(t8));
-            let t2 = _mm_add_ps(t4, _mm_shuffle_ps(t4, t4, 0b01_00_11_10));
-            _mm_cvtss_f32(_mm_add_ss(t2, _mm_shuffle_ps(t2, t2, 1)))
-        }
-        #[inline(always)]
-        unsafe fn rescale(acc: &mut Self::Row, r: f32, _hd: usize) {
-            let r = _mm512_set1_ps(r);
-            for a in acc.iter_mut() {
-                *a = round(_mm512_mul_ps(*a, r));
-            }
-        }
-        #[inline(always)]
-        unsafe fn accumulate(acc: &mut Self::Row, v: &Self::Row, w: f32, _hd: usize) {
-            let w = _mm512_set1_ps(w);
-            for (a, &x) in acc.iter_mut().zip(v) {
-                *a = round(_mm512_fmadd_ps(x, w, *a));
-            }
-        }
-        /// The same steps sixteen positions at a time: the running maximum
-        /// as a prefix scan, the choices as masks, one 16-wide `expf`.
-        #[inline(always)]
-        unsafe fn softmax_run(score: &[f32; RUN], seen: usize, state: &mut Softmax, factor: &mut [f32; RUN]) -> u32 {
-            let valid: __mmask16 = ((1u32 << seen) - 1) as __mmask16;
-            let neg_inf = _mm512_set1_ps(f32::NEG_INFINITY);
-            let x = _mm512_mask_loadu_ps(neg_inf, valid, score.as_ptr());
-            // prefix[p] = max(score[0..=p]), lanes shifted in with -inf.
-            let lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-            let shifted = |v: __m512, by: i32| -> __m512 {
-                let from = _mm512_sub_epi32(lane, _mm512_set1_epi32(by));
-                let keep = _mm512_cmpge_epi32_mask(from, _mm512_setzero_si512());
-                _mm512_mask_permutexvar_ps(neg_inf, keep, from, v)
-            };
-            let mut prefix = x;
-            for by in [1, 2, 4, 8] {
-                prefix = _mm512_max_ps(prefix, shifted(prefix, by));
-            }
-            // The maximum before each position: x > max ? x : max, as the
-            // scalar steps choose it.
-            let before = _mm512_max_ps(shifted(prefix, 1), _mm512_set1_ps(state.max));
-            let new_max = _mm512_mask_cmp_ps_mask::<_CMP_GT_OQ>(valid, x, before);
-            let arg = _mm512_mask_blend_ps(new_max, _mm512_sub_ps(x, before), _mm512_sub_ps(before, x));
-            _mm512_storeu_ps(factor.as_mut_ptr(), _mm512_maskz_mov_ps(valid, arg));
-            crate::kernels::expf::libm16::exp(factor);
-            let all = _mm512_max_ps(prefix, _mm512_set1_ps(state.max));
-            let mut maxes = [0f32; RUN];
-            _mm512_storeu_ps(maxes.as_mut_ptr(), all);
-            state.max = maxes[seen - 1];
-            let e = _mm512_loadu_ps(factor.as_ptr());
-            let one = _mm512_set1_ps(1.0);
-            let (mut rescale, mut weight) = ([0f32; RUN], [0f32; RUN]);
-            _mm512_storeu_ps(rescale.as_mut_ptr(), _mm512_mask_blend_ps(new_max, one, e));
-            _mm512_storeu_ps(weight.as_mut_ptr(), _mm512_mask_blend_ps(new_max, e, one));
-            for p in 0..seen {
-                state.sum = state.sum.mul_add(rescale[p], weight[p]);
-            }
-            new_max as u32
-        }
-        #[inline(always)]
-        unsafe fn store(acc: &Self::Row, scale: f32, out: &mut [f32], _hd: usize) {
-            let s = _mm512_set1_ps(scale);
-            for (j, a) in acc.iter().enumerate() {
-                _mm512_storeu_ps(out.as_mut_ptr().add(16 * j), _mm512_mul_ps(*a, s));
-            }
-        }
-    }
-}
+use wide::{Simd, W256x2, W512};
 
 struct Task<'a> {
     model: &'a Model,
@@ -394,16 +291,21 @@ unsafe fn attend_group<M: HeadMath>(t: &Task, first: usize, tokens: usize, kvh: 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn attend_group_avx2(t: &Task, first: usize, tokens: usize, kvh: usize) {
-    attend_group::<Scalar<F16cRound>>(t, first, tokens, kvh)
+    match t.model.config.head_dim {
+        64 => attend_group::<Simd<W256x2, 4>>(t, first, tokens, kvh),
+        128 => attend_group::<Simd<W256x2, 8>>(t, first, tokens, kvh),
+        256 => attend_group::<Simd<W256x2, 16>>(t, first, tokens, kvh),
+        _ => attend_group::<Scalar<F16cRound>>(t, first, tokens, kvh),
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c,avx512f")]
 unsafe fn attend_group_avx512(t: &Task, first: usize, tokens: usize, kvh: usize) {
     match t.model.config.head_dim {
-        64 => attend_group::<Avx512<4>>(t, first, tokens, kvh),
-        128 => attend_group::<Avx512<8>>(t, first, tokens, kvh),
-        256 => attend_group::<Avx512<16>>(t, first, tokens, kvh),
+        64 => attend_group::<Simd<W512, 4>>(t, first, tokens, kvh),
+        128 => attend_group::<Simd<W512, 8>>(t, first, tokens, kvh),
+        256 => attend_group::<Simd<W512, 16>>(t, first, tokens, kvh),
         _ => attend_group::<Scalar<F16cRound>>(t, first, tokens, kvh),
     }
 }

@@ -89,6 +89,38 @@ pub struct TokenSlot {
 }
 
 impl Model {
+    /// A model with attention's shape and no weights (`head_dim` a head,
+    /// `heads` query heads over `kv_heads`): what tests and benchmarks of
+    /// `attend` need.
+    pub fn attention_only(heads: usize, kv_heads: usize, head_dim: usize, isa: Isa, threads: usize) -> Model {
+        let config = ModelConfig {
+            architecture: "llama".into(),
+            vocab: 0,
+            dim: heads * head_dim,
+            layers: 1,
+            heads,
+            kv_heads,
+            head_dim,
+            ffn: 0,
+            context_length: 1 << 16,
+            norm_eps: 1e-5,
+            rope_base: 10000.0,
+            rope_dims: head_dim,
+        };
+        let empty = Matrix { rows: 0, cols: 0, w: crate::kernels::quant::Packed::Float(Vec::new()) };
+        Model {
+            config,
+            token_embd: empty,
+            layers: Vec::new(),
+            output_norm: Vec::new(),
+            output: None,
+            rope: Rope::new(head_dim, 10000.0),
+            isa,
+            pool: ComputePool::new(threads),
+            parameters: 0,
+        }
+    }
+
     fn linear(&self, w: &Matrix, x: &[f32], rows: usize, quant: &mut QuantizedActs, out: &mut Vec<f32>) {
         quant.quantize(&self.pool, self.isa, x, rows, w.cols);
         out.resize(rows * w.rows, 0.0);

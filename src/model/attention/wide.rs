@@ -1,0 +1,245 @@
+//! Head rows in 16-lane vectors, for head dimensions of 64, 128 and 256:
+//! one 512-bit register per vector with AVX-512, two 256-bit ones with AVX2.
+//! ggml's dot product works on 16 lanes whatever the hardware it was
+//! measured on, so both widths do the same lane arithmetic as `Scalar` and
+//! give its bits; the fixed width unrolls every row loop.
+
+use std::arch::x86_64::*;
+
+use half::f16;
+
+use super::{scalar_softmax_run, HeadMath, Softmax, RUN};
+
+/// Sixteen f32 lanes. Only used inside functions compiled with the
+/// features the implementation needs (AVX2/FMA/F16C, plus AVX-512F for
+/// `W512`).
+pub(super) trait Wide: Copy {
+    unsafe fn zero() -> Self;
+    unsafe fn splat(x: f32) -> Self;
+    unsafe fn load_f16(src: *const f16) -> Self;
+    unsafe fn load(src: *const f32) -> Self;
+    unsafe fn store(self, dst: *mut f32);
+    unsafe fn add(self, b: Self) -> Self;
+    unsafe fn mul(self, b: Self) -> Self;
+    /// `self * b + c`, fused.
+    unsafe fn fmadd(self, b: Self, c: Self) -> Self;
+    /// Rounded to f16 precision.
+    unsafe fn round(self) -> Self;
+    /// Lanes 8..16 onto 0..8, then 4..8 onto 0..4, then (0 + 2) + (1 + 3):
+    /// GCC's `_mm512_reduce_add_ps` order, after ggml's tree.
+    unsafe fn reduce(self) -> f32;
+    /// The online softmax over a run (see `HeadMath::softmax_run`).
+    #[inline(always)]
+    unsafe fn softmax_run(score: &[f32; RUN], seen: usize, state: &mut Softmax, factor: &mut [f32; RUN]) -> u32 {
+        scalar_softmax_run(score, seen, state, factor)
+    }
+}
+
+/// The last two steps of `Wide::reduce`, shared by both widths.
+#[inline(always)]
+unsafe fn reduce_halves(t8: __m256) -> f32 {
+    let t4 = _mm_add_ps(_mm256_extractf128_ps(t8, 1), _mm256_castps256_ps128(t8));
+    let t2 = _mm_add_ps(t4, _mm_shuffle_ps(t4, t4, 0b01_00_11_10));
+    _mm_cvtss_f32(_mm_add_ss(t2, _mm_shuffle_ps(t2, t2, 1)))
+}
+
+#[derive(Clone, Copy)]
+pub(super) struct W512(__m512);
+
+impl Wide for W512 {
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        W512(_mm512_setzero_ps())
+    }
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> Self {
+        W512(_mm512_set1_ps(x))
+    }
+    #[inline(always)]
+    unsafe fn load_f16(src: *const f16) -> Self {
+        W512(_mm512_cvtph_ps(_mm256_loadu_si256(src as *const __m256i)))
+    }
+    #[inline(always)]
+    unsafe fn load(src: *const f32) -> Self {
+        W512(_mm512_loadu_ps(src))
+    }
+    #[inline(always)]
+    unsafe fn store(self, dst: *mut f32) {
+        _mm512_storeu_ps(dst, self.0)
+    }
+    #[inline(always)]
+    unsafe fn add(self, b: Self) -> Self {
+        W512(_mm512_add_ps(self.0, b.0))
+    }
+    #[inline(always)]
+    unsafe fn mul(self, b: Self) -> Self {
+        W512(_mm512_mul_ps(self.0, b.0))
+    }
+    #[inline(always)]
+    unsafe fn fmadd(self, b: Self, c: Self) -> Self {
+        W512(_mm512_fmadd_ps(self.0, b.0, c.0))
+    }
+    #[inline(always)]
+    unsafe fn round(self) -> Self {
+        W512(_mm512_cvtph_ps(_mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(self.0)))
+    }
+    #[inline(always)]
+    unsafe fn reduce(self) -> f32 {
+        let x = self.0;
+        reduce_halves(_mm256_add_ps(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1)), _mm512_castps512_ps256(x)))
+    }
+    /// The same steps sixteen positions at a time: the running maximum
+    /// as a prefix scan, the choices as masks, one 16-wide `expf`.
+    #[inline(always)]
+    unsafe fn softmax_run(score: &[f32; RUN], seen: usize, state: &mut Softmax, factor: &mut [f32; RUN]) -> u32 {
+        let valid: __mmask16 = ((1u32 << seen) - 1) as __mmask16;
+        let neg_inf = _mm512_set1_ps(f32::NEG_INFINITY);
+        let x = _mm512_mask_loadu_ps(neg_inf, valid, score.as_ptr());
+        // prefix[p] = max(score[0..=p]), lanes shifted in with -inf.
+        let lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+        let shifted = |v: __m512, by: i32| -> __m512 {
+            let from = _mm512_sub_epi32(lane, _mm512_set1_epi32(by));
+            let keep = _mm512_cmpge_epi32_mask(from, _mm512_setzero_si512());
+            _mm512_mask_permutexvar_ps(neg_inf, keep, from, v)
+        };
+        let mut prefix = x;
+        for by in [1, 2, 4, 8] {
+            prefix = _mm512_max_ps(prefix, shifted(prefix, by));
+        }
+        // The maximum before each position: x > max ? x : max, as the
+        // scalar steps choose it.
+        let before = _mm512_max_ps(shifted(prefix, 1), _mm512_set1_ps(state.max));
+        let new_max = _mm512_mask_cmp_ps_mask::<_CMP_GT_OQ>(valid, x, before);
+        let arg = _mm512_mask_blend_ps(new_max, _mm512_sub_ps(x, before), _mm512_sub_ps(before, x));
+        _mm512_storeu_ps(factor.as_mut_ptr(), _mm512_maskz_mov_ps(valid, arg));
+        crate::kernels::expf::libm16::exp(factor);
+        let all = _mm512_max_ps(prefix, _mm512_set1_ps(state.max));
+        let mut maxes = [0f32; RUN];
+        _mm512_storeu_ps(maxes.as_mut_ptr(), all);
+        state.max = maxes[seen - 1];
+        let e = _mm512_loadu_ps(factor.as_ptr());
+        let one = _mm512_set1_ps(1.0);
+        let (mut rescale, mut weight) = ([0f32; RUN], [0f32; RUN]);
+        _mm512_storeu_ps(rescale.as_mut_ptr(), _mm512_mask_blend_ps(new_max, one, e));
+        _mm512_storeu_ps(weight.as_mut_ptr(), _mm512_mask_blend_ps(new_max, e, one));
+        for p in 0..seen {
+            state.sum = state.sum.mul_add(rescale[p], weight[p]);
+        }
+        new_max as u32
+    }
+}
+
+/// Lanes 0..8 in `.0`, 8..16 in `.1`.
+#[derive(Clone, Copy)]
+pub(super) struct W256x2(__m256, __m256);
+
+impl W256x2 {
+    #[inline(always)]
+    unsafe fn each(self, b: Self, f: impl Fn(__m256, __m256) -> __m256) -> Self {
+        W256x2(f(self.0, b.0), f(self.1, b.1))
+    }
+}
+
+impl Wide for W256x2 {
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        W256x2(_mm256_setzero_ps(), _mm256_setzero_ps())
+    }
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> Self {
+        W256x2(_mm256_set1_ps(x), _mm256_set1_ps(x))
+    }
+    #[inline(always)]
+    unsafe fn load_f16(src: *const f16) -> Self {
+        let h = |at: usize| _mm256_cvtph_ps(_mm_loadu_si128(src.add(at) as *const __m128i));
+        W256x2(h(0), h(8))
+    }
+    #[inline(always)]
+    unsafe fn load(src: *const f32) -> Self {
+        W256x2(_mm256_loadu_ps(src), _mm256_loadu_ps(src.add(8)))
+    }
+    #[inline(always)]
+    unsafe fn store(self, dst: *mut f32) {
+        _mm256_storeu_ps(dst, self.0);
+        _mm256_storeu_ps(dst.add(8), self.1);
+    }
+    #[inline(always)]
+    unsafe fn add(self, b: Self) -> Self {
+        self.each(b, |x, y| _mm256_add_ps(x, y))
+    }
+    #[inline(always)]
+    unsafe fn mul(self, b: Self) -> Self {
+        self.each(b, |x, y| _mm256_mul_ps(x, y))
+    }
+    #[inline(always)]
+    unsafe fn fmadd(self, b: Self, c: Self) -> Self {
+        W256x2(_mm256_fmadd_ps(self.0, b.0, c.0), _mm256_fmadd_ps(self.1, b.1, c.1))
+    }
+    #[inline(always)]
+    unsafe fn round(self) -> Self {
+        let r = |v: __m256| _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v));
+        W256x2(r(self.0), r(self.1))
+    }
+    #[inline(always)]
+    unsafe fn reduce(self) -> f32 {
+        reduce_halves(_mm256_add_ps(self.1, self.0))
+    }
+}
+
+/// Rows of `V` sixteen-lane vectors (head dimension 16 V, V a multiple of 4).
+pub(super) struct Simd<W, const V: usize>(std::marker::PhantomData<W>);
+
+impl<W: Wide, const V: usize> HeadMath for Simd<W, V> {
+    type Row = [W; V];
+    fn zero() -> Self::Row {
+        // SAFETY: every Wide is plain vector registers, valid as all-zero bits.
+        unsafe { std::mem::zeroed() }
+    }
+    #[inline(always)]
+    unsafe fn load(src: &[f16], _hd: usize, row: &mut Self::Row) {
+        for (j, r) in row.iter_mut().enumerate() {
+            *r = W::load_f16(src.as_ptr().add(16 * j));
+        }
+    }
+    #[inline(always)]
+    unsafe fn load_query(src: &[f32], _hd: usize, row: &mut Self::Row) {
+        for (j, r) in row.iter_mut().enumerate() {
+            *r = W::load(src.as_ptr().add(16 * j)).round();
+        }
+    }
+    #[inline(always)]
+    unsafe fn dot(k: &Self::Row, q: &Self::Row, _hd: usize) -> f32 {
+        let mut lanes = [W::zero(); 4];
+        for i in (0..V).step_by(4) {
+            for (j, l) in lanes.iter_mut().enumerate() {
+                *l = k[i + j].fmadd(q[i + j], *l);
+            }
+        }
+        lanes[0].add(lanes[2]).add(lanes[1].add(lanes[3])).reduce()
+    }
+    #[inline(always)]
+    unsafe fn rescale(acc: &mut Self::Row, r: f32, _hd: usize) {
+        let r = W::splat(r);
+        for a in acc.iter_mut() {
+            *a = a.mul(r).round();
+        }
+    }
+    #[inline(always)]
+    unsafe fn accumulate(acc: &mut Self::Row, v: &Self::Row, w: f32, _hd: usize) {
+        let w = W::splat(w);
+        for (a, &x) in acc.iter_mut().zip(v) {
+            *a = x.fmadd(w, *a).round();
+        }
+    }
+    #[inline(always)]
+    unsafe fn softmax_run(score: &[f32; RUN], seen: usize, state: &mut Softmax, factor: &mut [f32; RUN]) -> u32 {
+        W::softmax_run(score, seen, state, factor)
+    }
+    #[inline(always)]
+    unsafe fn store(acc: &Self::Row, scale: f32, out: &mut [f32], _hd: usize) {
+        let s = W::splat(scale);
+        for (j, a) in acc.iter().enumerate() {
+            a.mul(s).store(out.as_mut_ptr().add(16 * j));
+        }
+    }
+}
