@@ -20,7 +20,7 @@ pub struct EngineArgs {
     #[arg(long, env = "CARAVAN_MAX_SEQS", default_value_t = 256)]
     pub max_seqs: usize,
     /// Most tokens in one step's batch (decodes and prompt chunks)
-    #[arg(long, env = "CARAVAN_MAX_BATCH_TOKENS", default_value_t = 512)]
+    #[arg(long, env = "CARAVAN_MAX_BATCH_TOKENS", default_value_t = 256)]
     pub max_batch_tokens: usize,
     /// When idle, how long a new request waits for others to start with it
     #[arg(long, env = "CARAVAN_BATCH_WINDOW_MS", default_value_t = 0)]

@@ -57,13 +57,14 @@ trait HeadMath {
     /// positions' weights, in `factor`.
     #[inline(always)]
     unsafe fn softmax_run(score: &[f32; RUN], seen: usize, state: &mut Softmax, factor: &mut [f32; RUN]) -> u32 {
-        scalar_softmax_run(score, seen, state, factor)
+        scalar_softmax_run(score, seen, state, factor, |f| f[..seen].iter_mut().for_each(|v| *v = v.exp()))
     }
 }
 
-/// `HeadMath::softmax_run` one position at a time, `expf` from the C library.
+/// `HeadMath::softmax_run` one position at a time; `exp` applies the C
+/// library's `expf` to the first `seen` factors (the rest may change too).
 #[inline(always)]
-fn scalar_softmax_run(score: &[f32; RUN], seen: usize, state: &mut Softmax, factor: &mut [f32; RUN]) -> u32 {
+fn scalar_softmax_run(score: &[f32; RUN], seen: usize, state: &mut Softmax, factor: &mut [f32; RUN], exp: impl FnOnce(&mut [f32; RUN])) -> u32 {
     let mut new_max = 0u32;
     for p in 0..seen {
         let x = score[p];
@@ -74,7 +75,7 @@ fn scalar_softmax_run(score: &[f32; RUN], seen: usize, state: &mut Softmax, fact
             factor[p] = x - state.max;
         }
     }
-    factor[..seen].iter_mut().for_each(|v| *v = v.exp());
+    exp(factor);
     for (p, &f) in factor.iter().enumerate().take(seen) {
         let (rescale, weight) = if new_max & (1 << p) != 0 { (f, 1.0) } else { (1.0, f) };
         state.sum = state.sum.mul_add(rescale, weight);

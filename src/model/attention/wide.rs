@@ -9,6 +9,7 @@ use std::arch::x86_64::*;
 use half::f16;
 
 use super::{scalar_softmax_run, HeadMath, Softmax, RUN};
+use crate::kernels::expf::libm16;
 
 /// Sixteen f32 lanes. Only used inside functions compiled with the
 /// features the implementation needs (AVX2/FMA/F16C, plus AVX-512F for
@@ -29,10 +30,7 @@ pub(super) trait Wide: Copy {
     /// GCC's `_mm512_reduce_add_ps` order, after ggml's tree.
     unsafe fn reduce(self) -> f32;
     /// The online softmax over a run (see `HeadMath::softmax_run`).
-    #[inline(always)]
-    unsafe fn softmax_run(score: &[f32; RUN], seen: usize, state: &mut Softmax, factor: &mut [f32; RUN]) -> u32 {
-        scalar_softmax_run(score, seen, state, factor)
-    }
+    unsafe fn softmax_run(score: &[f32; RUN], seen: usize, state: &mut Softmax, factor: &mut [f32; RUN]) -> u32;
 }
 
 /// The last two steps of `Wide::reduce`, shared by both widths.
@@ -112,7 +110,7 @@ impl Wide for W512 {
         let new_max = _mm512_mask_cmp_ps_mask::<_CMP_GT_OQ>(valid, x, before);
         let arg = _mm512_mask_blend_ps(new_max, _mm512_sub_ps(x, before), _mm512_sub_ps(before, x));
         _mm512_storeu_ps(factor.as_mut_ptr(), _mm512_maskz_mov_ps(valid, arg));
-        crate::kernels::expf::libm16::exp(factor);
+        libm16::exp(factor);
         let all = _mm512_max_ps(prefix, _mm512_set1_ps(state.max));
         let mut maxes = [0f32; RUN];
         _mm512_storeu_ps(maxes.as_mut_ptr(), all);
@@ -183,6 +181,12 @@ impl Wide for W256x2 {
     #[inline(always)]
     unsafe fn reduce(self) -> f32 {
         reduce_halves(_mm256_add_ps(self.1, self.0))
+    }
+    /// Position by position, with the run's `expf` calls eight at a time.
+    #[inline(always)]
+    unsafe fn softmax_run(score: &[f32; RUN], seen: usize, state: &mut Softmax, factor: &mut [f32; RUN]) -> u32 {
+        // SAFETY: W256x2 only runs where AVX2 and FMA are enabled.
+        scalar_softmax_run(score, seen, state, factor, |f| unsafe { libm16::exp_avx2(f) })
     }
 }
 
