@@ -176,6 +176,9 @@ pub mod libm16 {
     }
 
     /// The same with AVX2: four doubles at a time, the table gathered.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn exp_avx2(x: &mut [f32; 16]) {
         let t = table();
@@ -201,6 +204,9 @@ pub mod libm16 {
     }
 
     /// `x[i] = expf(x[i])` for all sixteen.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn exp(x: &mut [f32; 16]) {
         let t = table();
