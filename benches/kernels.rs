@@ -5,7 +5,8 @@
 //! model's down projection has rows of 1536; K-quants need multiples of
 //! 256), for batches from one token (decode, bound by
 //! memory) to 512 (prefill, bound by compute); attention at the default
-//! model's shape; row-wise ops over 512 tokens. Times are medians of 5 runs.
+//! model's shape; row-wise ops over 512 tokens; sampling one token. Times
+//! are medians of 5 runs.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -19,7 +20,7 @@ use caravan::kv::KvPool;
 use caravan::model::attention::attend;
 use caravan::model::{Model, SeqChunk, TokenSlot};
 use caravan::kernels::Isa;
-use caravan::sampler::Rng;
+use caravan::sampler::{Rng, Sampler, SamplingParams};
 
 /// Median seconds per call of `f`, each of 5 runs repeating it for ~50 ms.
 fn time(mut f: impl FnMut()) -> f64 {
@@ -159,5 +160,27 @@ fn main() {
     }
     if "ops".contains(filter.as_str()) {
         bench_ops();
+    }
+    if "sample".contains(filter.as_str()) {
+        bench_sample();
+    }
+}
+
+/// One token drawn from the default model's vocabulary of logits.
+fn bench_sample() {
+    let logits = floats(&mut Rng(13), 49152).iter().map(|x| x * 8.0).collect::<Vec<_>>();
+    println!("\nsampling over 49152 logits: microseconds per token");
+    let settings = [
+        ("greedy", SamplingParams::greedy()),
+        ("ollama defaults (top-k 40, top-p 0.9, t 0.8, penalty)", SamplingParams::default()),
+        ("openai defaults (t 1, no top-k)", SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, repeat_penalty: 1.0, ..SamplingParams::default() }),
+    ];
+    let history: Vec<u32> = (0..64).collect();
+    for (name, params) in settings {
+        let mut sampler = Sampler::new(params);
+        let s = time(|| {
+            black_box(sampler.sample(&logits, &history));
+        });
+        println!("{name:<56} {:>10.1}", s * 1e6);
     }
 }

@@ -88,32 +88,38 @@ impl Sampler {
             return argmax(self.candidates.iter().copied());
         }
         let c = &mut self.candidates;
-        // Most likely first, ties to the lowest id. With top-k only the k
-        // best are sorted: selecting them costs one pass over the vocabulary,
-        // where sorting it all cost a sort of ~50k entries per token.
-        let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-        if p.top_k > 0 && p.top_k < c.len() {
-            c.select_nth_unstable_by(p.top_k - 1, order);
-            c.truncate(p.top_k);
+        let cut_by_rank = p.top_k > 0 && p.top_k < c.len() || p.top_p < 1.0 || p.min_p > 0.0;
+        if cut_by_rank {
+            // Most likely first, ties to the lowest id. With top-k only the
+            // k best are sorted: selecting them is one pass over the
+            // vocabulary, where sorting it all cost a sort of ~50k entries.
+            let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+            if p.top_k > 0 && p.top_k < c.len() {
+                c.select_nth_unstable_by(p.top_k - 1, order);
+                c.truncate(p.top_k);
+            }
+            c.sort_unstable_by(order);
+            // Probabilities at temperature 1 decide top-p and min-p, as llama.cpp does.
+            let max = c[0].1;
+            let weights: Vec<f32> = c.iter().map(|x| (x.1 - max).exp()).collect();
+            let total: f32 = weights.iter().sum();
+            if p.top_p < 1.0 {
+                let mut cum = 0.0;
+                let keep = weights.iter().position(|w| {
+                    cum += w / total;
+                    cum >= p.top_p
+                });
+                c.truncate(keep.map_or(c.len(), |k| k + 1));
+            }
+            if p.min_p > 0.0 {
+                // weights[0] is the top candidate's (unnormalized) probability, 1.
+                let keep = weights.iter().take(c.len()).take_while(|&&w| w >= p.min_p).count().max(1);
+                c.truncate(keep);
+            }
         }
-        c.sort_unstable_by(order);
-        // Probabilities at temperature 1 decide top-p and min-p, as llama.cpp does.
-        let max = c[0].1;
-        let weights: Vec<f32> = c.iter().map(|x| (x.1 - max).exp()).collect();
-        let total: f32 = weights.iter().sum();
-        if p.top_p < 1.0 {
-            let mut cum = 0.0;
-            let keep = weights.iter().position(|w| {
-                cum += w / total;
-                cum >= p.top_p
-            });
-            c.truncate(keep.map_or(c.len(), |k| k + 1));
-        }
-        if p.min_p > 0.0 {
-            // weights[0] is the top candidate's (unnormalized) probability, 1.
-            let keep = weights.iter().take(c.len()).take_while(|&&w| w >= p.min_p).count().max(1);
-            c.truncate(keep);
-        }
+        // The draw goes over the kept candidates in their order: by rank
+        // after a cut, else the vocabulary's own (no sort needed).
+        let max = c.iter().fold(f32::NEG_INFINITY, |m, x| m.max(x.1));
         let probs: Vec<f32> = c.iter().map(|x| ((x.1 - max) / p.temperature).exp()).collect();
         let total: f32 = probs.iter().sum();
         let mut r = self.rng.next_f32() * total;
@@ -166,6 +172,19 @@ mod tests {
             assert!(draws.contains(&id), "{id} never drawn");
         }
         assert!(draws.iter().all(|t| (496..499).contains(t)), "{draws:?}");
+    }
+
+    #[test]
+    fn without_a_cut_draws_follow_the_softmax() {
+        // Odds 1:3:0 at temperature 1, no top-k/top-p/min-p (drawn in the
+        // vocabulary's order, unsorted).
+        let logits = [0.0f32, 3f32.ln(), -200.0];
+        let p = SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0, repeat_penalty: 1.0, repeat_last_n: 0, seed: 21 };
+        let mut s = Sampler::new(p);
+        let draws: Vec<u32> = (0..4000).map(|_| s.sample(&logits, &[])).collect();
+        let ones = draws.iter().filter(|&&t| t == 1).count();
+        assert!((2850..3150).contains(&ones), "{ones} of 4000 drew id 1, expected ~3000");
+        assert!(!draws.contains(&2));
     }
 
     #[test]
