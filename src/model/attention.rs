@@ -49,6 +49,20 @@ trait HeadMath {
     /// `acc = f16(v * w + acc)`, fused.
     unsafe fn accumulate(acc: &mut Self::Row, v: &Self::Row, w: f32, hd: usize);
     unsafe fn store(acc: &Self::Row, scale: f32, out: &mut [f32], hd: usize);
+    /// `score[i][p] = dot(k_p, q_i) * scale` for every pair i and at least
+    /// the positions p < seen[i] of the run (the rest are never read).
+    #[inline(always)]
+    unsafe fn scores(k_rows: &[&[f16]], kv_off: usize, hd: usize, q: &[Self::Row], seen: &[usize], scale: f32, score: &mut [[f32; RUN]; MAX_PAIRS]) {
+        let mut row = Self::zero();
+        for (p, k) in k_rows.iter().enumerate() {
+            Self::load(&k[kv_off..], hd, &mut row);
+            for (i, q) in q.iter().enumerate() {
+                if p < seen[i] {
+                    score[i][p] = Self::dot(&row, q, hd) * scale;
+                }
+            }
+        }
+    }
     /// The online softmax over the first `seen` scores of a run: for each
     /// position, a new maximum rescales what came before by e^(old - new)
     /// and weighs the position 1; otherwise the position weighs e^(s - max)
@@ -249,14 +263,7 @@ unsafe fn attend_group<M: HeadMath>(t: &Task, first: usize, tokens: usize, kvh: 
         t.kv.rows(blocks, t.layer, start, &mut k_rows[..run], &mut v_rows[..run]);
         // Scores of the whole run.
         let mut score = [[0f32; RUN]; MAX_PAIRS];
-        for p in 0..run {
-            M::load(&k_rows[p][kv_off..], hd, &mut row);
-            for i in 0..pairs {
-                if p < seen[i] {
-                    score[i][p] = M::dot(&row, &q[i], hd) * scale;
-                }
-            }
-        }
+        M::scores(&k_rows[..run], kv_off, hd, q, &seen[..pairs], scale, &mut score);
         let mut new_max = [0u32; MAX_PAIRS];
         let mut factor = [[0f32; RUN]; MAX_PAIRS];
         for i in 0..pairs {

@@ -5,10 +5,11 @@
 //! give its bits; the fixed width unrolls every row loop.
 
 use std::arch::x86_64::*;
+use std::mem::MaybeUninit;
 
 use half::f16;
 
-use super::{scalar_softmax_run, HeadMath, Softmax, RUN};
+use super::{scalar_softmax_run, HeadMath, Softmax, MAX_PAIRS, RUN};
 use crate::kernels::expf::libm16;
 
 /// Sixteen f32 lanes. Only used inside functions compiled with the
@@ -26,11 +27,38 @@ pub(super) trait Wide: Copy {
     unsafe fn fmadd(self, b: Self, c: Self) -> Self;
     /// Rounded to f16 precision.
     unsafe fn round(self) -> Self;
+    /// Lanes 8..16 added onto 0..8: the first step of `reduce`.
+    unsafe fn fold8(self) -> __m256;
     /// Lanes 8..16 onto 0..8, then 4..8 onto 0..4, then (0 + 2) + (1 + 3):
     /// GCC's `_mm512_reduce_add_ps` order, after ggml's tree.
-    unsafe fn reduce(self) -> f32;
+    #[inline(always)]
+    unsafe fn reduce(self) -> f32 {
+        reduce_halves(self.fold8())
+    }
     /// The online softmax over a run (see `HeadMath::softmax_run`).
     unsafe fn softmax_run(score: &[f32; RUN], seen: usize, state: &mut Softmax, factor: &mut [f32; RUN]) -> u32;
+}
+
+/// `reduce_halves` of eight folded dot products at once, one per lane of
+/// the result: the same additions of the same operands (each pairwise step
+/// adds two lanes of one product, whichever side each lands on), with the
+/// shuffles shared by all eight.
+#[inline(always)]
+unsafe fn reduce_halves8(t8: &[__m256; 8]) -> __m256 {
+    // [a lanes 0-3 + 4-7 | b lanes 0-3 + 4-7] for the pairs (0,1) (2,3) ...
+    let t4: [__m256; 4] = std::array::from_fn(|j| {
+        let (a, b) = (t8[2 * j], t8[2 * j + 1]);
+        _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31))
+    });
+    // [a0+a2, a1+a3, c0+c2, c1+c3 | the same for b, d], and for e..h.
+    let t2: [__m256; 2] = std::array::from_fn(|j| {
+        let (x, y) = (t4[2 * j], t4[2 * j + 1]);
+        _mm256_add_ps(_mm256_shuffle_ps(x, y, 0b01_00_01_00), _mm256_shuffle_ps(x, y, 0b11_10_11_10))
+    });
+    // [a, c, e, g | b, d, f, h], then in order.
+    let (x, y) = (t2[0], t2[1]);
+    let t1 = _mm256_add_ps(_mm256_shuffle_ps(x, y, 0b10_00_10_00), _mm256_shuffle_ps(x, y, 0b11_01_11_01));
+    _mm256_permutevar8x32_ps(t1, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
 }
 
 /// The last two steps of `Wide::reduce`, shared by both widths.
@@ -82,9 +110,9 @@ impl Wide for W512 {
         W512(_mm512_cvtph_ps(_mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(self.0)))
     }
     #[inline(always)]
-    unsafe fn reduce(self) -> f32 {
+    unsafe fn fold8(self) -> __m256 {
         let x = self.0;
-        reduce_halves(_mm256_add_ps(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1)), _mm512_castps512_ps256(x)))
+        _mm256_add_ps(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1)), _mm512_castps512_ps256(x))
     }
     /// The same steps sixteen positions at a time: the running maximum
     /// as a prefix scan, the choices as masks, one 16-wide `expf`.
@@ -179,8 +207,8 @@ impl Wide for W256x2 {
         W256x2(r(self.0), r(self.1))
     }
     #[inline(always)]
-    unsafe fn reduce(self) -> f32 {
-        reduce_halves(_mm256_add_ps(self.1, self.0))
+    unsafe fn fold8(self) -> __m256 {
+        _mm256_add_ps(self.1, self.0)
     }
     /// Position by position, with the run's `expf` calls eight at a time.
     #[inline(always)]
@@ -188,6 +216,18 @@ impl Wide for W256x2 {
         // SAFETY: W256x2 only runs where AVX2 and FMA are enabled.
         scalar_softmax_run(score, seen, state, factor, |f| unsafe { libm16::exp_avx2(f) })
     }
+}
+
+/// ggml's four 16-lane accumulators over a row, combined as (0 + 2) + (1 + 3).
+#[inline(always)]
+unsafe fn dot_lanes<W: Wide, const V: usize>(k: &[W; V], q: &[W; V]) -> W {
+    let mut lanes = [W::zero(); 4];
+    for i in (0..V).step_by(4) {
+        for (j, l) in lanes.iter_mut().enumerate() {
+            *l = k[i + j].fmadd(q[i + j], *l);
+        }
+    }
+    lanes[0].add(lanes[2]).add(lanes[1].add(lanes[3]))
 }
 
 /// Rows of `V` sixteen-lane vectors (head dimension 16 V, V a multiple of 4).
@@ -213,13 +253,38 @@ impl<W: Wide, const V: usize> HeadMath for Simd<W, V> {
     }
     #[inline(always)]
     unsafe fn dot(k: &Self::Row, q: &Self::Row, _hd: usize) -> f32 {
-        let mut lanes = [W::zero(); 4];
-        for i in (0..V).step_by(4) {
-            for (j, l) in lanes.iter_mut().enumerate() {
-                *l = k[i + j].fmadd(q[i + j], *l);
+        dot_lanes::<W, V>(k, q).reduce()
+    }
+    /// Eight positions at a time, their final sums shared (`reduce_halves8`).
+    #[inline(always)]
+    unsafe fn scores(k_rows: &[&[f16]], kv_off: usize, hd: usize, q: &[Self::Row], seen: &[usize], scale: f32, score: &mut [[f32; RUN]; MAX_PAIRS]) {
+        let mut row = Self::zero();
+        // Only the pairs' own rows are set up (zeroed: a run shorter than
+        // eight leaves lanes that are summed but never read).
+        let mut folded = MaybeUninit::<[[__m256; 8]; MAX_PAIRS]>::uninit();
+        let folded = folded.as_mut_ptr() as *mut [__m256; 8];
+        for i in 0..q.len() {
+            folded.add(i).write([_mm256_setzero_ps(); 8]);
+        }
+        // SAFETY: the first q.len() rows were written just above.
+        let folded = std::slice::from_raw_parts_mut(folded, q.len());
+        for first in (0..k_rows.len()).step_by(8) {
+            for (j, k) in k_rows[first..].iter().take(8).enumerate() {
+                Self::load(&k[kv_off..], hd, &mut row);
+                for (i, q) in q.iter().enumerate() {
+                    if first < seen[i] {
+                        folded[i][j] = dot_lanes::<W, V>(&row, q).fold8();
+                    }
+                }
+            }
+            // Lanes past the run hold earlier values: scores never read.
+            for i in 0..q.len() {
+                if first < seen[i] {
+                    let s = _mm256_mul_ps(reduce_halves8(&folded[i]), _mm256_set1_ps(scale));
+                    _mm256_storeu_ps(score[i].as_mut_ptr().add(first), s);
+                }
             }
         }
-        lanes[0].add(lanes[2]).add(lanes[1].add(lanes[3])).reduce()
     }
     #[inline(always)]
     unsafe fn rescale(acc: &mut Self::Row, r: f32, _hd: usize) {
