@@ -272,12 +272,12 @@ impl<W: Wide, const V: usize> HeadMath for Simd<W, V> {
             for (j, k) in k_rows[first..].iter().take(8).enumerate() {
                 Self::load(&k[kv_off..], hd, &mut row);
                 for (i, q) in q.iter().enumerate() {
-                    if first < seen[i] {
+                    if first + j < seen[i] {
                         folded[i][j] = dot_lanes::<W, V>(&row, q).fold8();
                     }
                 }
             }
-            // Lanes past the run hold earlier values: scores never read.
+            // Lanes past what a pair sees hold earlier values: scores never read.
             for i in 0..q.len() {
                 if first < seen[i] {
                     let s = _mm256_mul_ps(reduce_halves8(&folded[i]), _mm256_set1_ps(scale));
