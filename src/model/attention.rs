@@ -41,28 +41,16 @@ trait HeadMath {
     unsafe fn load(src: &[f16], hd: usize, row: &mut Self::Row);
     /// A query row rounded to f16 precision, as ggml converts it.
     unsafe fn load_query(src: &[f32], hd: usize, row: &mut Self::Row);
-    /// ggml's `vec_dot_f16` order: per 64 elements four 16-lane fused
-    /// accumulators, then a fixed tree.
-    unsafe fn dot(k: &Self::Row, q: &Self::Row, hd: usize) -> f32;
     /// `acc = f16(acc * r)`.
     unsafe fn rescale(acc: &mut Self::Row, r: f32, hd: usize);
     /// `acc = f16(v * w + acc)`, fused.
     unsafe fn accumulate(acc: &mut Self::Row, v: &Self::Row, w: f32, hd: usize);
     unsafe fn store(acc: &Self::Row, scale: f32, out: &mut [f32], hd: usize);
     /// `score[i][p] = dot(k_p, q_i) * scale` for every pair i and at least
-    /// the positions p < seen[i] of the run (the rest are never read).
-    #[inline(always)]
-    unsafe fn scores(k_rows: &[&[f16]], kv_off: usize, hd: usize, q: &[Self::Row], seen: &[usize], scale: f32, score: &mut [[f32; RUN]; MAX_PAIRS]) {
-        let mut row = Self::zero();
-        for (p, k) in k_rows.iter().enumerate() {
-            Self::load(&k[kv_off..], hd, &mut row);
-            for (i, q) in q.iter().enumerate() {
-                if p < seen[i] {
-                    score[i][p] = Self::dot(&row, q, hd) * scale;
-                }
-            }
-        }
-    }
+    /// the positions p < seen[i] of the run (the rest are never read), the
+    /// dot in ggml's `vec_dot_f16` order: per 64 elements four 16-lane fused
+    /// accumulators, then a fixed tree.
+    unsafe fn scores(k_rows: &[&[f16]], kv_off: usize, hd: usize, q: &[Self::Row], seen: &[usize], scale: f32, score: &mut [[f32; RUN]; MAX_PAIRS]);
     /// The online softmax over the first `seen` scores of a run: for each
     /// position, a new maximum rescales what came before by e^(old - new)
     /// and weighs the position 1; otherwise the position weighs e^(s - max)
@@ -152,28 +140,16 @@ impl<R: HalfRound> HeadMath for Scalar<R> {
         R::round(&mut row[..hd]);
     }
     #[inline(always)]
-    unsafe fn dot(k: &Self::Row, q: &Self::Row, hd: usize) -> f32 {
-        let full = hd & !63;
-        let mut acc = [[0f32; 16]; 4];
-        for i in (0..full).step_by(64) {
-            for (j, lanes) in acc.iter_mut().enumerate() {
-                for (l, a) in lanes.iter_mut().enumerate() {
-                    let e = i + 16 * j + l;
-                    *a = k[e].mul_add(q[e], *a);
+    unsafe fn scores(k_rows: &[&[f16]], kv_off: usize, hd: usize, q: &[Self::Row], seen: &[usize], scale: f32, score: &mut [[f32; RUN]; MAX_PAIRS]) {
+        let mut row = Self::zero();
+        for (p, k) in k_rows.iter().enumerate() {
+            Self::load(&k[kv_off..], hd, &mut row);
+            for (i, q) in q.iter().enumerate() {
+                if p < seen[i] {
+                    score[i][p] = scalar_dot(&row, q, hd) * scale;
                 }
             }
         }
-        let mut x = [0f32; 16];
-        for l in 0..16 {
-            x[l] = (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]);
-        }
-        let t8: [f32; 8] = std::array::from_fn(|i| x[8 + i] + x[i]);
-        let t4: [f32; 4] = std::array::from_fn(|i| t8[4 + i] + t8[i]);
-        let mut sum = ((t4[0] + t4[2]) + (t4[1] + t4[3])) as f64;
-        for e in full..hd {
-            sum += (k[e] * q[e]) as f64;
-        }
-        sum as f32
     }
     #[inline(always)]
     unsafe fn rescale(acc: &mut Self::Row, r: f32, hd: usize) {
@@ -193,6 +169,33 @@ impl<R: HalfRound> HeadMath for Scalar<R> {
             *o = a * scale;
         }
     }
+}
+
+/// One dot product in `HeadMath::scores`'s order; past the last whole 64
+/// elements (head sizes with no vector rows) the rest is summed in f64.
+#[inline(always)]
+fn scalar_dot(k: &[f32; MAX_HEAD_DIM], q: &[f32; MAX_HEAD_DIM], hd: usize) -> f32 {
+    let full = hd & !63;
+    let mut acc = [[0f32; 16]; 4];
+    for i in (0..full).step_by(64) {
+        for (j, lanes) in acc.iter_mut().enumerate() {
+            for (l, a) in lanes.iter_mut().enumerate() {
+                let e = i + 16 * j + l;
+                *a = k[e].mul_add(q[e], *a);
+            }
+        }
+    }
+    let mut x = [0f32; 16];
+    for l in 0..16 {
+        x[l] = (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]);
+    }
+    let t8: [f32; 8] = std::array::from_fn(|i| x[8 + i] + x[i]);
+    let t4: [f32; 4] = std::array::from_fn(|i| t8[4 + i] + t8[i]);
+    let mut sum = ((t4[0] + t4[2]) + (t4[1] + t4[3])) as f64;
+    for e in full..hd {
+        sum += (k[e] * q[e]) as f64;
+    }
+    sum as f32
 }
 
 #[cfg(target_arch = "x86_64")]

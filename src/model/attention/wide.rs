@@ -27,22 +27,17 @@ pub(super) trait Wide: Copy {
     unsafe fn fmadd(self, b: Self, c: Self) -> Self;
     /// Rounded to f16 precision.
     unsafe fn round(self) -> Self;
-    /// Lanes 8..16 added onto 0..8: the first step of `reduce`.
+    /// Lanes 8..16 added onto 0..8: the first step of the final sum.
     unsafe fn fold8(self) -> __m256;
-    /// Lanes 8..16 onto 0..8, then 4..8 onto 0..4, then (0 + 2) + (1 + 3):
-    /// GCC's `_mm512_reduce_add_ps` order, after ggml's tree.
-    #[inline(always)]
-    unsafe fn reduce(self) -> f32 {
-        reduce_halves(self.fold8())
-    }
     /// The online softmax over a run (see `HeadMath::softmax_run`).
     unsafe fn softmax_run(score: &[f32; RUN], seen: usize, state: &mut Softmax, factor: &mut [f32; RUN]) -> u32;
 }
 
-/// `reduce_halves` of eight folded dot products at once, one per lane of
-/// the result: the same additions of the same operands (each pairwise step
-/// adds two lanes of one product, whichever side each lands on), with the
-/// shuffles shared by all eight.
+/// The rest of the final sum of eight folded dot products at once, one per
+/// lane of the result: lanes 4..8 onto 0..4, then (0 + 2) + (1 + 3), GCC's
+/// `_mm512_reduce_add_ps` order after ggml's tree. Each step adds the same
+/// two lanes of one product as the one-product form would, whichever side
+/// each lands on; the shuffles are shared by all eight.
 #[inline(always)]
 unsafe fn reduce_halves8(t8: &[__m256; 8]) -> __m256 {
     // [a lanes 0-3 + 4-7 | b lanes 0-3 + 4-7] for the pairs (0,1) (2,3) ...
@@ -59,14 +54,6 @@ unsafe fn reduce_halves8(t8: &[__m256; 8]) -> __m256 {
     let (x, y) = (t2[0], t2[1]);
     let t1 = _mm256_add_ps(_mm256_shuffle_ps(x, y, 0b10_00_10_00), _mm256_shuffle_ps(x, y, 0b11_01_11_01));
     _mm256_permutevar8x32_ps(t1, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
-}
-
-/// The last two steps of `Wide::reduce`, shared by both widths.
-#[inline(always)]
-unsafe fn reduce_halves(t8: __m256) -> f32 {
-    let t4 = _mm_add_ps(_mm256_extractf128_ps(t8, 1), _mm256_castps256_ps128(t8));
-    let t2 = _mm_add_ps(t4, _mm_shuffle_ps(t4, t4, 0b01_00_11_10));
-    _mm_cvtss_f32(_mm_add_ss(t2, _mm_shuffle_ps(t2, t2, 1)))
 }
 
 #[derive(Clone, Copy)]
@@ -250,10 +237,6 @@ impl<W: Wide, const V: usize> HeadMath for Simd<W, V> {
         for (j, r) in row.iter_mut().enumerate() {
             *r = W::load(src.as_ptr().add(16 * j)).round();
         }
-    }
-    #[inline(always)]
-    unsafe fn dot(k: &Self::Row, q: &Self::Row, _hd: usize) -> f32 {
-        dot_lanes::<W, V>(k, q).reduce()
     }
     /// Eight positions at a time, their final sums shared (`reduce_halves8`).
     #[inline(always)]
