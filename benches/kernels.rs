@@ -165,6 +165,21 @@ fn main() {
     if "sample".contains(filter.as_str()) {
         bench_sample();
     }
+    if "pool".contains(filter.as_str()) {
+        bench_pool(&pool);
+    }
+}
+
+/// The pool's hand-off: one `run` of empty tasks, the fixed cost that every
+/// parallel kernel call pays (a decode step makes about 150 of them).
+fn bench_pool(pool: &ComputePool) {
+    println!("\ncompute pool, {} threads: microseconds per run of empty tasks", pool.threads());
+    for tasks in [2, 8, 64] {
+        let per_run = time(|| pool.run(tasks, &|i| {
+            black_box(i);
+        }));
+        println!("{tasks:>3} tasks {:>8.2}", per_run * 1e6);
+    }
 }
 
 /// One token drawn from the default model's vocabulary of logits.

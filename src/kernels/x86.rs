@@ -195,6 +195,16 @@ struct At {
     lane0: usize,
 }
 
+/// Asks for the line at `p` half a panel before the kernel reads it, once
+/// per line (in the pass over a panel's first lanes). A decode step streams
+/// every weight from memory once, and the hardware prefetcher alone leaves
+/// the loads waiting: `cargo bench --bench kernels -- stream` drew about a
+/// fifth more bandwidth with it. A hint, so past the last panel it is a no-op.
+#[inline(always)]
+unsafe fn prefetch(p: *const u8) {
+    _mm_prefetch::<_MM_HINT_T0>(p as *const i8)
+}
+
 /// 4-bit panels in ggml's order (see `portable_dot`): pass t keeps the
 /// float lanes 2t and 2t + 1 of every row (the low and high nibbles of
 /// vector t of each block) over all blocks, so only two accumulators per
@@ -208,9 +218,13 @@ unsafe fn nibble_panel<L: Lanes, const AR: usize>(qs: &[u8], scale: &[f16], min:
     // Every lane is written by its pass before the sums read it; left
     // uninitialized, the array costs no clearing on every call.
     let mut lanes = [[MaybeUninit::<L::F>::uninit(); 8]; AR];
+    let ahead = w.sub(4 * at.lane0).wrapping_add(nb * NIBBLE_BLOCK / 2);
     for t in 0..4 {
         let (mut low_acc, mut high_acc) = ([L::zero(); AR], [L::zero(); AR]);
         for b in 0..nb {
+            if at.lane0 == 0 {
+                prefetch(ahead.wrapping_add((t * nb + b) * 64));
+            }
             let (low, high) = L::nibbles(L::load(w.add((t * nb + b) * 64)));
             let sw = L::scales_f16(scale.as_ptr().add((first + b) * PANEL + at.lane0));
             for a in 0..AR {
@@ -248,6 +262,9 @@ unsafe fn int8_panel<L: Lanes, const AR: usize>(qs: &[u8], scale: &[f16], q: &Qu
     for b in 0..nb {
         let blk = at.p * nb + b;
         let w = qs.as_ptr().add(blk * BYTE_BLOCK + 4 * at.lane0);
+        if at.lane0 == 0 {
+            (0..BYTE_BLOCK).step_by(64).for_each(|line| prefetch(w.wrapping_add(nb * BYTE_BLOCK / 2 + line)));
+        }
         let x = q.qs.as_ptr().add(at.i * k + b * 32);
         let mut even = [L::splat(0); AR];
         for (a, e) in even.iter_mut().enumerate() {
