@@ -224,6 +224,11 @@ unsafe fn nibble_panel<L: Lanes, const AR: usize>(qs: &[u8], scale: &[f16], min:
         for b in 0..nb {
             if at.lane0 == 0 {
                 prefetch(ahead.wrapping_add((t * nb + b) * 64));
+                if t == 0 && b % 2 == 0 {
+                    let next = (first + b + nb / 2) * PANEL;
+                    prefetch(scale.as_ptr().wrapping_add(next) as *const u8);
+                    prefetch(min.as_ptr().wrapping_add(next) as *const u8);
+                }
             }
             let (low, high) = L::nibbles(L::load(w.add((t * nb + b) * 64)));
             let sw = L::scales_f16(scale.as_ptr().add((first + b) * PANEL + at.lane0));
@@ -264,6 +269,9 @@ unsafe fn int8_panel<L: Lanes, const AR: usize>(qs: &[u8], scale: &[f16], q: &Qu
         let w = qs.as_ptr().add(blk * BYTE_BLOCK + 4 * at.lane0);
         if at.lane0 == 0 {
             (0..BYTE_BLOCK).step_by(64).for_each(|line| prefetch(w.wrapping_add(nb * BYTE_BLOCK / 2 + line)));
+            if b % 2 == 0 {
+                prefetch(scale.as_ptr().wrapping_add((blk + nb / 2) * PANEL) as *const u8);
+            }
         }
         let x = q.qs.as_ptr().add(at.i * k + b * 32);
         let mut even = [L::splat(0); AR];
