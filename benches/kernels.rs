@@ -145,6 +145,35 @@ fn bench_stream(pool: &ComputePool) {
         let s = time(|| matmul(pool, isa, &w, &x, &q, black_box(&mut out)));
         println!("{:<6} {:<12} {:>10.1} ({:.1})", t.name(), isa.to_string(), s * 1e6, w.w.bytes() as f64 / s / 1e9);
     }
+    bench_decode_step(pool);
+}
+
+/// Every matmul of one decode token of the default model, in order, on
+/// random weights of its shapes and formats: 30 layers of Q/K/V (fused),
+/// output, gate/up (fused) and down projections in Q4_1, then the Q8_0
+/// lm_head. Most of these matrices are small, so this shows what the
+/// hand-offs and the starts of short streams cost against `stream`'s one
+/// long matrix.
+fn bench_decode_step(pool: &ComputePool) {
+    let (dim, qkv, ffn, vocab, layers) = (576, 960, 1536, 49152, 30);
+    let mut rng = Rng(6);
+    let mut make = |t: TensorType, rows: usize, cols: usize| Matrix { rows, cols, w: repack(t, &random_blocks(&mut rng, t, rows, cols), rows, cols) };
+    let mut step: Vec<Matrix> = Vec::new();
+    for _ in 0..layers {
+        step.extend([make(TensorType::Q4_1, qkv, dim), make(TensorType::Q4_1, dim, dim), make(TensorType::Q4_1, 2 * ffn, dim), make(TensorType::Q4_1, dim, ffn)]);
+    }
+    step.push(make(TensorType::Q8_0, vocab, dim));
+    let bytes: usize = step.iter().map(|w| w.w.bytes()).sum();
+    let isa = *Isa::available().last().unwrap();
+    let x = floats(&mut Rng(7), ffn);
+    let (mut q, mut out) = (QuantizedActs::default(), vec![0f32; vocab]);
+    let s = time(|| {
+        for w in &step {
+            q.quantize(pool, isa, &x[..w.cols], 1, w.cols);
+            matmul(pool, isa, w, &x[..w.cols], &q, black_box(&mut out[..w.rows]));
+        }
+    });
+    println!("decode step's {} matmuls ({:.1} MB) {:<12} {:>10.1} ({:.1})", step.len(), bytes as f64 / 1e6, isa.to_string(), s * 1e6, bytes as f64 / s / 1e9);
 }
 
 fn main() {
