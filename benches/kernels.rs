@@ -94,19 +94,19 @@ fn bench_ops() {
     }
 }
 
-/// Attention over random K and V: 32 sequences decoding one token each at
-/// position 1024, a 512-token prompt's first chunk (positions 0..512), and
+/// Attention over random K and V: one and 32 sequences decoding one token
+/// each at position 1024, a 512-token prompt's first chunk (positions 0..512), and
 /// a 512-token chunk at positions 2048..2560.
 fn bench_attention() {
     println!("\nattention (9 heads of 64, 3 KV heads), 2 threads: milliseconds per call (ns per head and position)");
-    println!("{:<12} {:>24} {:>24} {:>24}", "isa", "decode 32 x ctx 1025", "prefill 512 at 0", "prefill 512 at 2048");
+    println!("{:<12} {:>24} {:>24} {:>24} {:>24}", "isa", "decode 1 x ctx 1025", "decode 32 x ctx 1025", "prefill 512 at 0", "prefill 512 at 2048");
     let mut rng = Rng(3);
     for isa in Isa::available() {
         let model = Model::attention_only(9, 3, 64, isa, 2);
         let c = &model.config;
         let (dim, kv_dim) = (c.dim, c.kv_dim());
         let mut line = format!("{:<12}", isa.to_string());
-        for (seqs, queries, first_pos) in [(32usize, 1usize, 1024usize), (1, 512, 0), (1, 512, 2048)] {
+        for (seqs, queries, first_pos) in [(1usize, 1usize, 1024usize), (32, 1, 1024), (1, 512, 0), (1, 512, 2048)] {
             let context = first_pos + queries;
             let mut kv = KvPool::new(1, kv_dim, 16, seqs * context.div_ceil(16));
             let mut tables = vec![Vec::new(); seqs];

@@ -248,6 +248,17 @@ fn simd_attention_equals_portable_bitwise_for_every_head_shape() {
             attend(&model, &chunks, &slots, 0, &qkv, &kv, &mut got);
             let differ = got.iter().zip(&want).position(|(g, w)| g.to_bits() != w.to_bits());
             assert!(differ.is_none(), "{isa} hd {hd}: output {differ:?} differs");
+            // Each chunk alone gives the bits it had in the batch.
+            let mut row = 0;
+            for (ci, chunk) in chunks.iter().enumerate() {
+                let n = chunk.tokens.len();
+                let alone: Vec<TokenSlot> = slots[row..row + n].iter().map(|s| TokenSlot { chunk: 0, pos: s.pos }).collect();
+                let mut out = vec![0f32; n * dim];
+                attend(&model, std::slice::from_ref(chunk), &alone, 0, &qkv[row * qkv_dim..(row + n) * qkv_dim], &kv, &mut out);
+                let differ = out.iter().zip(&want[row * dim..]).position(|(g, w)| g.to_bits() != w.to_bits());
+                assert!(differ.is_none(), "{isa} hd {hd}: chunk {ci} alone differs at {differ:?}");
+                row += n;
+            }
         }
     }
 }
