@@ -211,6 +211,9 @@ unsafe fn prefetch(p: *const u8) {
 /// activation row are live, and each pass reads its vectors in a row.
 #[inline(always)]
 unsafe fn nibble_panel<L: Lanes, const AR: usize>(qs: &[u8], scale: &[f16], min: &[f16], q: &QuantizedActs, at: At, tile: &mut Tile) {
+    if AR == 1 {
+        return nibble_panel_one::<L>(qs, scale, min, q, at, tile);
+    }
     let (k, nb) = (q.cols, q.cols / 32);
     let first = at.p * nb;
     let w = qs.as_ptr().add(first * NIBBLE_BLOCK + 4 * at.lane0);
@@ -252,11 +255,52 @@ unsafe fn nibble_panel<L: Lanes, const AR: usize>(qs: &[u8], scale: &[f16], min:
         }
     }
     for a in 0..AR {
-        let l = lanes[a].map(|v| v.assume_init());
-        let r = [L::add_f(l[0], l[4]), L::add_f(l[1], l[5]), L::add_f(l[2], l[6]), L::add_f(l[3], l[7])];
-        let sum = L::add_f(L::add_f(L::add_f(r[0], r[2]), L::add_f(r[1], r[3])), mins[a]);
-        L::store(sum, tile[a].as_mut_ptr().add(at.lane0));
+        nibble_sum::<L>(lanes[a].map(|v| v.assume_init()), mins[a], tile[a].as_mut_ptr().add(at.lane0));
     }
+}
+
+/// `nibble_panel` for one activation row (a decode step), blocks outermost:
+/// all eight float lanes stay live, so each block's weight scales are
+/// loaded and multiplied by the activation scale once instead of once per
+/// pass, and eight independent chains hide the latency of the fused adds.
+/// Each lane still sums its blocks in order: the same bits.
+#[inline(always)]
+unsafe fn nibble_panel_one<L: Lanes>(qs: &[u8], scale: &[f16], min: &[f16], q: &QuantizedActs, at: At, tile: &mut Tile) {
+    let nb = q.cols / 32;
+    let first = at.p * nb;
+    let w = qs.as_ptr().add(first * NIBBLE_BLOCK + 4 * at.lane0);
+    let x = q.qs.as_ptr().add(at.i * q.cols);
+    let ahead = w.sub(4 * at.lane0).wrapping_add(nb * NIBBLE_BLOCK / 2);
+    let (mut lanes, mut mins) = ([L::zero(); 8], L::zero());
+    for b in 0..nb {
+        if at.lane0 == 0 {
+            (0..4).for_each(|t| prefetch(ahead.wrapping_add((t * nb + b) * 64)));
+            if b % 2 == 0 {
+                let next = (first + b + nb / 2) * PANEL;
+                prefetch(scale.as_ptr().wrapping_add(next) as *const u8);
+                prefetch(min.as_ptr().wrapping_add(next) as *const u8);
+            }
+        }
+        let sw = L::scales_f16(scale.as_ptr().add((first + b) * PANEL + at.lane0));
+        let xs = *q.scale.get_unchecked(at.i * nb + b);
+        for t in 0..4 {
+            let (low, high) = L::nibbles(L::load(w.add((t * nb + b) * 64)));
+            let xa = x.add(b * 32 + 8 * t);
+            lanes[2 * t] = L::fma_block(lanes[2 * t], L::dot(L::splat(0), low, xa), sw, xs);
+            lanes[2 * t + 1] = L::fma_block(lanes[2 * t + 1], L::dot(L::splat(0), high, xa.add(4)), sw, xs);
+        }
+        let mw = L::scales_f16(min.as_ptr().add((first + b) * PANEL + at.lane0));
+        mins = L::fma_min(mins, mw, *q.sum.get_unchecked(at.i * nb + b));
+    }
+    nibble_sum::<L>(lanes, mins, tile[0].as_mut_ptr().add(at.lane0));
+}
+
+/// A 4-bit panel's eight float lanes and minimum terms, summed in ggml's
+/// fixed tree, stored at `out`.
+#[inline(always)]
+unsafe fn nibble_sum<L: Lanes>(l: [L::F; 8], mins: L::F, out: *mut f32) {
+    let r = [L::add_f(l[0], l[4]), L::add_f(l[1], l[5]), L::add_f(l[2], l[6]), L::add_f(l[3], l[7])];
+    L::store(L::add_f(L::add_f(L::add_f(r[0], r[2]), L::add_f(r[1], r[3])), mins), out);
 }
 
 /// 8-bit panels (codes q + 128).
