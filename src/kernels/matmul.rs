@@ -100,8 +100,11 @@ pub fn matmul(pool: &ComputePool, isa: Isa, w: &Matrix, x: &[f32], q: &Quantized
     assert_eq!(out.len(), m * w.rows);
     let panels = w.rows.div_ceil(PANEL);
     // About a dozen tasks per thread balances the cores; at most 8 panels
-    // per task keeps the hand-off cost small against the work.
-    let per_task = (panels / (12 * pool.threads())).clamp(1, 8);
+    // per task keeps the hand-off cost small against the work. One row (a
+    // decode step) is bound by reading the weights from memory instead:
+    // four long runs of panels per thread, so that each thread's prefetches
+    // (half a panel ahead, see x86) land on panels it reads next itself.
+    let per_task = if m == 1 { panels.div_ceil(4 * pool.threads()) } else { (panels / (12 * pool.threads())).clamp(1, 8) };
     let shared = SharedOut::new(out);
     pool.run(panels.div_ceil(per_task), &|t| {
         // SAFETY: each task writes only its own panels' columns of every output row.
