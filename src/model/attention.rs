@@ -258,6 +258,10 @@ unsafe fn attend_group<M: HeadMath>(t: &Task, first: usize, tokens: usize, kvh: 
     let mut soft: [Softmax; MAX_PAIRS] = std::array::from_fn(|_| Softmax { max: f32::NEG_INFINITY, sum: 0.0 });
     let positions = limit[pairs - 1];
     let mut row = M::zero();
+    // A run reads only the scores and factors it wrote itself: set up once
+    // per task, not cleared for every run of 16 positions.
+    let mut score = [[0f32; RUN]; MAX_PAIRS];
+    let mut factor = [[0f32; RUN]; MAX_PAIRS];
     for start in (0..positions).step_by(RUN) {
         let run = RUN.min(positions - start);
         // How much of this run each pair sees (causal: later tokens more).
@@ -265,10 +269,8 @@ unsafe fn attend_group<M: HeadMath>(t: &Task, first: usize, tokens: usize, kvh: 
         let (mut k_rows, mut v_rows): ([&[f16]; RUN], [&[f16]; RUN]) = ([&[]; RUN], [&[]; RUN]);
         t.kv.rows(blocks, t.layer, start, &mut k_rows[..run], &mut v_rows[..run]);
         // Scores of the whole run.
-        let mut score = [[0f32; RUN]; MAX_PAIRS];
         M::scores(&k_rows[..run], kv_off, hd, q, &seen[..pairs], scale, &mut score);
         let mut new_max = [0u32; MAX_PAIRS];
-        let mut factor = [[0f32; RUN]; MAX_PAIRS];
         for i in 0..pairs {
             if seen[i] > 0 {
                 new_max[i] = M::softmax_run(&score[i], seen[i], &mut soft[i], &mut factor[i]);
