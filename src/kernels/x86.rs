@@ -205,6 +205,20 @@ unsafe fn prefetch(p: *const u8) {
     _mm_prefetch::<_MM_HINT_T0>(p as *const i8)
 }
 
+/// The prefetches of a 4-bit panel's block `b` (panel blocks from `first`,
+/// codes from `ahead`, half a panel on): its code lines of passes
+/// `passes`, and with the first pass, on even blocks, the line of scales
+/// and the line of minimums that hold it and the next block.
+#[inline(always)]
+unsafe fn prefetch_nibbles(ahead: *const u8, scale: &[f16], min: &[f16], first: usize, nb: usize, b: usize, passes: std::ops::Range<usize>) {
+    if passes.start == 0 && b % 2 == 0 {
+        let next = (first + b + nb / 2) * PANEL;
+        prefetch(scale.as_ptr().wrapping_add(next) as *const u8);
+        prefetch(min.as_ptr().wrapping_add(next) as *const u8);
+    }
+    passes.for_each(|t| prefetch(ahead.wrapping_add((t * nb + b) * 64)));
+}
+
 /// 4-bit panels in ggml's order (see `portable_dot`): pass t keeps the
 /// float lanes 2t and 2t + 1 of every row (the low and high nibbles of
 /// vector t of each block) over all blocks, so only two accumulators per
@@ -226,12 +240,7 @@ unsafe fn nibble_panel<L: Lanes, const AR: usize>(qs: &[u8], scale: &[f16], min:
         let (mut low_acc, mut high_acc) = ([L::zero(); AR], [L::zero(); AR]);
         for b in 0..nb {
             if at.lane0 == 0 {
-                prefetch(ahead.wrapping_add((t * nb + b) * 64));
-                if t == 0 && b % 2 == 0 {
-                    let next = (first + b + nb / 2) * PANEL;
-                    prefetch(scale.as_ptr().wrapping_add(next) as *const u8);
-                    prefetch(min.as_ptr().wrapping_add(next) as *const u8);
-                }
+                prefetch_nibbles(ahead, scale, min, first, nb, b, t..t + 1);
             }
             let (low, high) = L::nibbles(L::load(w.add((t * nb + b) * 64)));
             let sw = L::scales_f16(scale.as_ptr().add((first + b) * PANEL + at.lane0));
@@ -274,12 +283,7 @@ unsafe fn nibble_panel_one<L: Lanes>(qs: &[u8], scale: &[f16], min: &[f16], q: &
     let (mut lanes, mut mins) = ([L::zero(); 8], L::zero());
     for b in 0..nb {
         if at.lane0 == 0 {
-            (0..4).for_each(|t| prefetch(ahead.wrapping_add((t * nb + b) * 64)));
-            if b % 2 == 0 {
-                let next = (first + b + nb / 2) * PANEL;
-                prefetch(scale.as_ptr().wrapping_add(next) as *const u8);
-                prefetch(min.as_ptr().wrapping_add(next) as *const u8);
-            }
+            prefetch_nibbles(ahead, scale, min, first, nb, b, 0..4);
         }
         let sw = L::scales_f16(scale.as_ptr().add((first + b) * PANEL + at.lane0));
         let xs = *q.scale.get_unchecked(at.i * nb + b);
