@@ -242,28 +242,25 @@ impl<W: Wide, const V: usize> HeadMath for Simd<W, V> {
     #[inline(always)]
     unsafe fn scores(k_rows: &[&[f16]], kv_off: usize, hd: usize, q: &[Self::Row], seen: &[usize], scale: f32, score: &mut [[f32; RUN]; MAX_PAIRS]) {
         let mut row = Self::zero();
-        // Only the pairs' own rows are set up (zeroed: a run shorter than
-        // eight leaves lanes that are summed but never read).
+        // Each group of eight positions writes all eight lanes of every
+        // pair before summing them (zeros where the pair does not see the
+        // position: scores never read), so nothing is cleared beforehand.
         let mut folded = MaybeUninit::<[[__m256; 8]; MAX_PAIRS]>::uninit();
         let folded = folded.as_mut_ptr() as *mut [__m256; 8];
-        for i in 0..q.len() {
-            folded.add(i).write([_mm256_setzero_ps(); 8]);
-        }
-        // SAFETY: the first q.len() rows were written just above.
-        let folded = std::slice::from_raw_parts_mut(folded, q.len());
         for first in (0..k_rows.len()).step_by(8) {
-            for (j, k) in k_rows[first..].iter().take(8).enumerate() {
-                Self::load(&k[kv_off..], hd, &mut row);
+            for j in 0..8 {
+                let p = first + j;
+                if let Some(k) = k_rows.get(p) {
+                    Self::load(&k[kv_off..], hd, &mut row);
+                }
                 for (i, q) in q.iter().enumerate() {
-                    if first + j < seen[i] {
-                        folded[i][j] = dot_lanes::<W, V>(&row, q).fold8();
-                    }
+                    (*folded.add(i))[j] = if p < seen[i] { dot_lanes::<W, V>(&row, q).fold8() } else { _mm256_setzero_ps() };
                 }
             }
-            // Lanes past what a pair sees hold earlier values: scores never read.
             for i in 0..q.len() {
                 if first < seen[i] {
-                    let s = _mm256_mul_ps(reduce_halves8(&folded[i]), _mm256_set1_ps(scale));
+                    // SAFETY: row i's eight lanes were all written just above.
+                    let s = _mm256_mul_ps(reduce_halves8(&*folded.add(i)), _mm256_set1_ps(scale));
                     _mm256_storeu_ps(score[i].as_mut_ptr().add(first), s);
                 }
             }
