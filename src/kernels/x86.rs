@@ -34,8 +34,15 @@ trait Lanes {
     unsafe fn scales_f16(p: *const f16) -> Self::F;
     unsafe fn scales_f32(p: *const f32) -> Self::F;
     unsafe fn zero() -> Self::F;
+    /// A block's combined scale, `w_scale * x_scale`.
+    unsafe fn block_scale(w_scale: Self::F, x_scale: f32) -> Self::F;
+    /// `acc + float(isum) * scale`, fused.
+    unsafe fn fma_scaled(acc: Self::F, isum: Self::I, scale: Self::F) -> Self::F;
     /// `acc + float(isum) * (w_scale * x_scale)`, fused.
-    unsafe fn fma_block(acc: Self::F, isum: Self::I, w_scale: Self::F, x_scale: f32) -> Self::F;
+    #[inline(always)]
+    unsafe fn fma_block(acc: Self::F, isum: Self::I, w_scale: Self::F, x_scale: f32) -> Self::F {
+        Self::fma_scaled(acc, isum, Self::block_scale(w_scale, x_scale))
+    }
     /// `acc + w_min * x_sum`, fused.
     unsafe fn fma_min(acc: Self::F, w_min: Self::F, x_sum: f32) -> Self::F;
     unsafe fn add_f(a: Self::F, b: Self::F) -> Self::F;
@@ -94,8 +101,12 @@ impl Lanes for Vnni512 {
         _mm512_setzero_ps()
     }
     #[inline(always)]
-    unsafe fn fma_block(acc: __m512, isum: __m512i, w_scale: __m512, x_scale: f32) -> __m512 {
-        _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(w_scale, _mm512_set1_ps(x_scale)), acc)
+    unsafe fn block_scale(w_scale: __m512, x_scale: f32) -> __m512 {
+        _mm512_mul_ps(w_scale, _mm512_set1_ps(x_scale))
+    }
+    #[inline(always)]
+    unsafe fn fma_scaled(acc: __m512, isum: __m512i, scale: __m512) -> __m512 {
+        _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), scale, acc)
     }
     #[inline(always)]
     unsafe fn fma_min(acc: __m512, w_min: __m512, x_sum: f32) -> __m512 {
@@ -169,8 +180,12 @@ impl Lanes for Avx2 {
         _mm256_setzero_ps()
     }
     #[inline(always)]
-    unsafe fn fma_block(acc: __m256, isum: __m256i, w_scale: __m256, x_scale: f32) -> __m256 {
-        _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(w_scale, _mm256_set1_ps(x_scale)), acc)
+    unsafe fn block_scale(w_scale: __m256, x_scale: f32) -> __m256 {
+        _mm256_mul_ps(w_scale, _mm256_set1_ps(x_scale))
+    }
+    #[inline(always)]
+    unsafe fn fma_scaled(acc: __m256, isum: __m256i, scale: __m256) -> __m256 {
+        _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc)
     }
     #[inline(always)]
     unsafe fn fma_min(acc: __m256, w_min: __m256, x_sum: f32) -> __m256 {
@@ -219,10 +234,16 @@ unsafe fn prefetch_nibbles(ahead: *const u8, scale: &[f16], min: &[f16], first: 
     passes.for_each(|t| prefetch(ahead.wrapping_add((t * nb + b) * 64)));
 }
 
-/// 4-bit panels in ggml's order (see `portable_dot`): pass t keeps the
-/// float lanes 2t and 2t + 1 of every row (the low and high nibbles of
-/// vector t of each block) over all blocks, so only two accumulators per
-/// activation row are live, and each pass reads its vectors in a row.
+/// Blocks per chunk of a 4-bit panel: their combined scales are computed
+/// once for all eight passes and stay in L1.
+const NIBBLE_CHUNK: usize = 16;
+
+/// 4-bit panels in ggml's order (see `portable_dot`). Float lane j of every
+/// row (the low nibbles of vector j / 2 of each block for even j, the high
+/// ones for odd j) has a pass of its own, so only one accumulator per
+/// activation row is live and eight rows fit the registers. Blocks go in
+/// chunks: each block's combined scales (weight scale times activation
+/// scale, per row) are computed once per chunk for all eight passes.
 #[inline(always)]
 unsafe fn nibble_panel<L: Lanes, const AR: usize>(qs: &[u8], scale: &[f16], min: &[f16], q: &QuantizedActs, at: At, tile: &mut Tile) {
     if AR == 1 {
@@ -232,28 +253,26 @@ unsafe fn nibble_panel<L: Lanes, const AR: usize>(qs: &[u8], scale: &[f16], min:
     let first = at.p * nb;
     let w = qs.as_ptr().add(first * NIBBLE_BLOCK + 4 * at.lane0);
     let x = q.qs.as_ptr().add(at.i * k);
-    // Every lane is written by its pass before the sums read it; left
-    // uninitialized, the array costs no clearing on every call.
-    let mut lanes = [[MaybeUninit::<L::F>::uninit(); 8]; AR];
     let ahead = w.sub(4 * at.lane0).wrapping_add(nb * NIBBLE_BLOCK / 2);
-    for t in 0..4 {
-        let (mut low_acc, mut high_acc) = ([L::zero(); AR], [L::zero(); AR]);
-        for b in 0..nb {
-            if at.lane0 == 0 {
-                prefetch_nibbles(ahead, scale, min, first, nb, b, t..t + 1);
-            }
-            let (low, high) = L::nibbles(L::load(w.add((t * nb + b) * 64)));
+    let mut lanes = [[L::zero(); AR]; 8];
+    let chunk = nb.div_ceil(nb.div_ceil(NIBBLE_CHUNK));
+    for c in (0..nb).step_by(chunk) {
+        let blocks = c..nb.min(c + chunk);
+        // Written for this chunk's blocks before the passes read them.
+        let mut scales = [[MaybeUninit::<L::F>::uninit(); AR]; NIBBLE_CHUNK];
+        for b in blocks.clone() {
             let sw = L::scales_f16(scale.as_ptr().add((first + b) * PANEL + at.lane0));
             for a in 0..AR {
-                let xa = x.add(a * k + b * 32 + 8 * t);
-                let xs = *q.scale.get_unchecked((at.i + a) * nb + b);
-                low_acc[a] = L::fma_block(low_acc[a], L::dot(L::splat(0), low, xa), sw, xs);
-                high_acc[a] = L::fma_block(high_acc[a], L::dot(L::splat(0), high, xa.add(4)), sw, xs);
+                scales[b - c][a].write(L::block_scale(sw, *q.scale.get_unchecked((at.i + a) * nb + b)));
             }
         }
-        for a in 0..AR {
-            lanes[a][2 * t].write(low_acc[a]);
-            lanes[a][2 * t + 1].write(high_acc[a]);
+        for t in 0..4 {
+            if at.lane0 == 0 {
+                blocks.clone().for_each(|b| prefetch_nibbles(ahead, scale, min, first, nb, b, t..t + 1));
+            }
+            let (w, x) = (w.add(t * nb * 64), x.add(8 * t));
+            nibble_pass::<L, AR, false>(w, x, k, &scales, blocks.clone(), &mut lanes[2 * t]);
+            nibble_pass::<L, AR, true>(w, x, k, &scales, blocks.clone(), &mut lanes[2 * t + 1]);
         }
     }
     let mut mins = [L::zero(); AR];
@@ -264,8 +283,35 @@ unsafe fn nibble_panel<L: Lanes, const AR: usize>(qs: &[u8], scale: &[f16], min:
         }
     }
     for a in 0..AR {
-        nibble_sum::<L>(lanes[a].map(|v| v.assume_init()), mins[a], tile[a].as_mut_ptr().add(at.lane0));
+        nibble_sum::<L>(std::array::from_fn(|j| lanes[j][a]), mins[a], tile[a].as_mut_ptr().add(at.lane0));
     }
+}
+
+/// One pass of `nibble_panel`: the low (or `HIGH`) nibbles of one vector
+/// of each block in `blocks` (weights from `w`, activations from `x`, rows
+/// `k` apart) fused into `acc` with the chunk's combined `scales`.
+#[inline(always)]
+unsafe fn nibble_pass<L: Lanes, const AR: usize, const HIGH: bool>(
+    w: *const u8,
+    x: *const i8,
+    k: usize,
+    scales: &[[MaybeUninit<L::F>; AR]; NIBBLE_CHUNK],
+    blocks: std::ops::Range<usize>,
+    acc: &mut [L::F; AR],
+) {
+    // A copy in registers: through `acc` itself every sum went to memory.
+    let mut sums = *acc;
+    let c = blocks.start;
+    for b in blocks {
+        let (low, high) = L::nibbles(L::load(w.add(b * 64)));
+        let codes = if HIGH { high } else { low };
+        let scales = scales.get_unchecked(b - c);
+        for a in 0..AR {
+            let xa = x.add(a * k + b * 32 + 4 * HIGH as usize);
+            sums[a] = L::fma_scaled(sums[a], L::dot(L::splat(0), codes, xa), scales[a].assume_init());
+        }
+    }
+    *acc = sums;
 }
 
 /// `nibble_panel` for one activation row (a decode step), blocks outermost:
