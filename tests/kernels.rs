@@ -32,8 +32,9 @@ fn simd_matmul_equals_portable_bitwise_for_every_format_and_batch_size() {
     let mut rng = Rng(42);
     let pool = ComputePool::new(2);
     // Even and odd block counts, row counts that fill panels or leave a
-    // partial one (padding rows), every tile width and more.
-    for (t, rows, cols) in TYPES.iter().flat_map(|&t| [(t, 72, 512), (t, 70, 480)]) {
+    // partial one (padding rows), every tile width and more; 40 blocks
+    // make the 4-bit kernel work in several chunks of blocks.
+    for (t, rows, cols) in TYPES.iter().flat_map(|&t| [(t, 72, 512), (t, 70, 480), (t, 24, 1280)]) {
         if cols % t.block_elems() != 0 {
             continue;
         }

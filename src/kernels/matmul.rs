@@ -77,10 +77,12 @@ impl QuantizedActs {
 /// One block of 32 to 8 bits, as ggml's `quantize_row_q8_1` rounds it:
 /// the scale, and the integer sums of each half.
 fn quantize_block(isa: Isa, x: &[f32; 32], q: &mut [i8; 32]) -> (f32, i32, i32) {
+    // SAFETY: the Isa was detected on this CPU.
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512Vnni {
-        // SAFETY: the Isa was detected on this CPU.
-        return unsafe { super::x86::quantize_block(x, q) };
+    match isa {
+        Isa::Avx512Vnni => return unsafe { super::x86::quantize_block_avx512(x, q) },
+        Isa::Avx2 => return unsafe { super::x86::quantize_block_avx2(x, q) },
+        Isa::Portable => {}
     }
     let _ = isa;
     let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));

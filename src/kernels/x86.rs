@@ -487,7 +487,7 @@ pub(super) fn tile_dot(isa: Isa, w: &Packed, q: &QuantizedActs, p: usize, i: usi
 /// products, rounded to nearest even by the conversion (as the portable
 /// path rounds), so the same bytes.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-pub(super) unsafe fn quantize_block(x: &[f32; 32], q: &mut [i8; 32]) -> (f32, i32, i32) {
+pub(super) unsafe fn quantize_block_avx512(x: &[f32; 32], q: &mut [i8; 32]) -> (f32, i32, i32) {
     let (v0, v1) = (_mm512_loadu_ps(x.as_ptr()), _mm512_loadu_ps(x.as_ptr().add(16)));
     let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
     let inv = _mm512_set1_ps(if amax > 0.0 { 127.0 / amax } else { 0.0 });
@@ -495,4 +495,28 @@ pub(super) unsafe fn quantize_block(x: &[f32; 32], q: &mut [i8; 32]) -> (f32, i3
     _mm_storeu_si128(q.as_mut_ptr() as *mut __m128i, _mm512_cvtepi32_epi8(q0));
     _mm_storeu_si128(q.as_mut_ptr().add(16) as *mut __m128i, _mm512_cvtepi32_epi8(q1));
     (amax / 127.0, _mm512_reduce_add_epi32(q0), _mm512_reduce_add_epi32(q1))
+}
+
+/// `quantize_block_avx512` with 256-bit registers: the same bytes.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn quantize_block_avx2(x: &[f32; 32], q: &mut [i8; 32]) -> (f32, i32, i32) {
+    let v: [__m256; 4] = std::array::from_fn(|j| _mm256_loadu_ps(x.as_ptr().add(8 * j)));
+    let abs = |v: __m256| _mm256_andnot_ps(_mm256_set1_ps(-0.0), v);
+    let m = _mm256_max_ps(_mm256_max_ps(abs(v[0]), abs(v[1])), _mm256_max_ps(abs(v[2]), abs(v[3])));
+    let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+    let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps::<1>(m, m)));
+    let inv = _mm256_set1_ps(if amax > 0.0 { 127.0 / amax } else { 0.0 });
+    let i: [__m256i; 4] = std::array::from_fn(|j| _mm256_cvtps_epi32(_mm256_mul_ps(v[j], inv)));
+    // Packing works within 128-bit halves: dwords come out as rows
+    // [0 1 2 3 | 0 1 2 3] of the four vectors' low and high halves.
+    let packed = _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
+    let ordered = _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256(q.as_mut_ptr() as *mut __m256i, ordered);
+    let sum = |v: __m256i| {
+        let h = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+        let h = _mm_add_epi32(h, _mm_shuffle_epi32::<0b01_00_11_10>(h));
+        _mm_cvtsi128_si32(_mm_add_epi32(h, _mm_shuffle_epi32::<0b00_00_00_01>(h)))
+    };
+    (amax / 127.0, sum(_mm256_add_epi32(i[0], i[1])), sum(_mm256_add_epi32(i[2], i[3])))
 }
