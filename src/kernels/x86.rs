@@ -11,7 +11,7 @@ use half::f16;
 
 use super::matmul::{QuantizedActs, Tile};
 use super::quant::{Packed, BYTE_BLOCK, NIBBLE_BLOCK, PANEL};
-use super::Isa;
+use super::{prefetch, Isa};
 
 /// The vector operations the kernels are written in; `N` rows per register.
 trait Lanes {
@@ -210,15 +210,12 @@ struct At {
     lane0: usize,
 }
 
-/// Asks for the line at `p` half a panel before the kernel reads it, once
-/// per line (in the pass over a panel's first lanes). A decode step streams
-/// every weight from memory once, and the hardware prefetcher alone leaves
-/// the loads waiting: `cargo bench --bench kernels -- stream` drew about a
-/// fifth more bandwidth with it. A hint, so past the last panel it is a no-op.
-#[inline(always)]
-unsafe fn prefetch(p: *const u8) {
-    _mm_prefetch::<_MM_HINT_T0>(p as *const i8)
-}
+// Weights are asked for (`prefetch`) half a panel before the kernel reads
+// them, once per line (in the pass over a panel's first lanes). A decode
+// step streams every weight from memory once, and the hardware prefetcher
+// alone leaves the loads waiting: `cargo bench --bench kernels -- stream`
+// drew about a fifth more bandwidth with it. Past the last panel the hint
+// does nothing.
 
 /// The prefetches of a 4-bit panel's block `b` (panel blocks from `first`,
 /// codes from `ahead`, half a panel on): its code lines of passes

@@ -21,7 +21,7 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 
 use crate::kernels::pool::SharedOut;
-use crate::kernels::Isa;
+use crate::kernels::{prefetch, Isa};
 use crate::kv::KvPool;
 
 use super::llama::{Model, SeqChunk, TokenSlot};
@@ -262,12 +262,27 @@ unsafe fn attend_group<M: HeadMath>(t: &Task, first: usize, tokens: usize, kvh: 
     // per task, not cleared for every run of 16 positions.
     let mut score = [[0f32; RUN]; MAX_PAIRS];
     let mut factor = [[0f32; RUN]; MAX_PAIRS];
+    // The K and V rows of the run from `start`.
+    let rows_from = |start: usize| {
+        let (mut k_rows, mut v_rows): ([&[f16]; RUN], [&[f16]; RUN]) = ([&[]; RUN], [&[]; RUN]);
+        t.kv.rows(blocks, t.layer, start, &mut k_rows[..RUN.min(positions - start)], &mut v_rows[..RUN.min(positions - start)]);
+        (k_rows, v_rows)
+    };
+    let mut next_rows = rows_from(0);
     for start in (0..positions).step_by(RUN) {
         let run = RUN.min(positions - start);
         // How much of this run each pair sees (causal: later tokens more).
         let seen: [usize; MAX_PAIRS] = std::array::from_fn(|i| limit[i].saturating_sub(start).min(run));
-        let (mut k_rows, mut v_rows): ([&[f16]; RUN], [&[f16]; RUN]) = ([&[]; RUN], [&[]; RUN]);
-        t.kv.rows(blocks, t.layer, start, &mut k_rows[..run], &mut v_rows[..run]);
+        let (k_rows, v_rows) = next_rows;
+        // The next run's rows are asked for now, to arrive while this one
+        // is computed: a decode step reads every sequence's cache once,
+        // mostly from memory, and waited on those loads.
+        if start + RUN < positions {
+            next_rows = rows_from(start + RUN);
+            for row in next_rows.0.iter().chain(&next_rows.1).filter(|r| !r.is_empty()) {
+                (kv_off..kv_off + hd).step_by(32).for_each(|e| prefetch(row[e..].as_ptr() as *const u8));
+            }
+        }
         // Scores of the whole run.
         M::scores(&k_rows[..run], kv_off, hd, q, &seen[..pairs], scale, &mut score);
         let mut new_max = [0u32; MAX_PAIRS];
