@@ -1,5 +1,5 @@
 //! ggml's vectorized `expf` and the SiLU built on it: one value at a time
-//! (the reference) and 16 at a time with AVX-512.
+//! (the reference), 8 at a time with AVX2 and 16 with AVX-512.
 //!
 //! llama.cpp computes SiLU with this polynomial (Arm's optimized routine,
 //! max error 1.45 ulp) rather than the C library's `expf`. SiLU feeds the
@@ -113,6 +113,44 @@ unsafe fn silu_mul_avx512(gate: &[f32], up: &[f32], out: &mut [f32]) {
     silu_mul_body(&gate[n..], &up[n..], &mut out[n..]);
 }
 
+/// SiLU times up, 8 values at a time with AVX2: `silu_mul_body`'s
+/// operations lane by lane, so the same bits. 2^n is built in the exponent
+/// field, which holds for n in -126..=127; a group of eight with a lane
+/// outside (|gate| beyond about 87) goes through the scalar body instead.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn silu_mul_avx2(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let k = |bits: u32| _mm256_set1_ps(c(bits));
+    let n8 = out.len() / 8 * 8;
+    for i in (0..n8).step_by(8) {
+        let g = _mm256_loadu_ps(gate.as_ptr().add(i));
+        let x = _mm256_sub_ps(_mm256_setzero_ps(), g);
+        let shift = _mm256_set1_ps(SHIFT);
+        let n = _mm256_sub_ps(_mm256_fmadd_ps(x, k(LOG2_E), shift), shift);
+        let outside = _mm256_or_ps(
+            _mm256_cmp_ps::<_CMP_LT_OQ>(n, _mm256_set1_ps(-126.0)),
+            _mm256_cmp_ps::<_CMP_GT_OQ>(n, _mm256_set1_ps(127.0)),
+        );
+        if _mm256_movemask_ps(outside) != 0 {
+            silu_mul_body(&gate[i..i + 8], &up[i..i + 8], &mut out[i..i + 8]);
+            continue;
+        }
+        let b = _mm256_fnmadd_ps(n, k(LN2_LO), _mm256_fnmadd_ps(n, k(LN2_HI), x));
+        let u = _mm256_mul_ps(b, b);
+        let j = _mm256_fmadd_ps(
+            _mm256_fmadd_ps(_mm256_fmadd_ps(k(C5), b, k(C4)), u, _mm256_fmadd_ps(k(C3), b, k(C2))),
+            u,
+            _mm256_fmadd_ps(k(C1), b, _mm256_set1_ps(1.0)),
+        );
+        let pow2 = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127))));
+        let e = _mm256_mul_ps(j, pow2);
+        let silu = _mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0), e));
+        _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_mul_ps(silu, _mm256_loadu_ps(up.as_ptr().add(i))));
+    }
+    silu_mul_body(&gate[n8..], &up[n8..], &mut out[n8..]);
+}
+
 /// `out = silu(gate) * up`. The fused multiply-adds are exact either way;
 /// compiled for FMA hardware they are also fast.
 pub fn silu_mul(isa: Isa, gate: &[f32], up: &[f32], out: &mut [f32]) {
@@ -121,8 +159,10 @@ pub fn silu_mul(isa: Isa, gate: &[f32], up: &[f32], out: &mut [f32]) {
     // the CPU has FMA where that is checked.
     #[cfg(target_arch = "x86_64")]
     unsafe {
-        if isa == Isa::Avx512Vnni {
-            return silu_mul_avx512(gate, up, out);
+        match isa {
+            Isa::Avx512Vnni => return silu_mul_avx512(gate, up, out),
+            Isa::Avx2 => return silu_mul_avx2(gate, up, out),
+            Isa::Portable => {}
         }
         if is_x86_feature_detected!("fma") {
             return silu_mul_fma(gate, up, out);
@@ -294,8 +334,9 @@ mod tests {
 
     #[test]
     fn every_isa_gives_the_portable_bits() {
-        // Ordinary values, both ends of the range, and a ragged tail.
-        let gate: Vec<f32> = (0..203).map(|i| (i as f32 - 101.0) * 0.37).chain([-150.0, 150.0, -95.0, 95.0]).collect();
+        // Both ends of the range (in a full vector), ordinary values, and a
+        // ragged tail.
+        let gate: Vec<f32> = [-150.0, 150.0, -95.0, 95.0].into_iter().chain((0..203).map(|i| (i as f32 - 101.0) * 0.37)).collect();
         let up: Vec<f32> = (0..gate.len()).map(|i| 1.0 + i as f32 * 0.01).collect();
         let mut want = vec![0f32; gate.len()];
         silu_mul(Isa::Portable, &gate, &up, &mut want);

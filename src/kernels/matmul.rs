@@ -111,19 +111,20 @@ pub fn matmul(pool: &ComputePool, isa: Isa, w: &Matrix, x: &[f32], q: &Quantized
     pool.run(panels.div_ceil(per_task), &|t| {
         // SAFETY: each task writes only its own panels' columns of every output row.
         let out = unsafe { shared.slice() };
+        let mut tile = [[0f32; PANEL]; TILE_ACTS];
         for p in t * per_task..((t + 1) * per_task).min(panels) {
-            panel_rows(isa, w, x, q, p, out);
+            panel_rows(isa, w, x, q, p, &mut tile, out);
         }
     });
 }
 
-/// Weight panel `p` against every activation row, TILE_ACTS rows at a time.
-fn panel_rows(isa: Isa, w: &Matrix, x: &[f32], q: &QuantizedActs, p: usize, out: &mut [f32]) {
+/// Weight panel `p` against every activation row, TILE_ACTS rows at a time
+/// through `tile` (the task's, set up once rather than for every panel).
+fn panel_rows(isa: Isa, w: &Matrix, x: &[f32], q: &QuantizedActs, p: usize, tile: &mut Tile, out: &mut [f32]) {
     let lanes = PANEL.min(w.rows - p * PANEL);
-    let mut tile = [[0f32; PANEL]; TILE_ACTS];
     for i in (0..q.rows).step_by(TILE_ACTS) {
         let acts = TILE_ACTS.min(q.rows - i);
-        tile_dot(isa, w, x, q, p, i, acts, &mut tile);
+        tile_dot(isa, w, x, q, p, i, acts, tile);
         for (a, row) in tile.iter().enumerate().take(acts) {
             let at = (i + a) * w.rows + p * PANEL;
             out[at..at + lanes].copy_from_slice(&row[..lanes]);
