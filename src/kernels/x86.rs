@@ -365,23 +365,22 @@ unsafe fn int8_panel<L: Lanes, const AR: usize>(qs: &[u8], scale: &[f16], q: &Qu
             }
         }
         let x = q.qs.as_ptr().add(at.i * k + b * 32);
-        let mut even = [L::splat(0); AR];
-        for (a, e) in even.iter_mut().enumerate() {
+        // One integer chain per row: eight rows' chains are enough to
+        // overlap, and with two each the AVX2 registers overflowed.
+        let mut sums = [L::splat(0); AR];
+        for (a, sum) in sums.iter_mut().enumerate() {
             let xb = (at.i + a) * nb + b;
-            *e = L::splat(L::int8_start(q.isum16[2 * xb] + q.isum16[2 * xb + 1]));
+            *sum = L::splat(L::int8_start(q.isum16[2 * xb] + q.isum16[2 * xb + 1]));
         }
-        let mut odd = [L::splat(0); AR];
-        for t in (0..8).step_by(2) {
-            let (w0, w1) = (L::load(w.add(64 * t)), L::load(w.add(64 * t + 64)));
-            for a in 0..AR {
-                let xa = x.add(a * k + 4 * t);
-                even[a] = L::dot_int8(even[a], w0, xa);
-                odd[a] = L::dot_int8(odd[a], w1, xa.add(4));
+        for t in 0..8 {
+            let wt = L::load(w.add(64 * t));
+            for (a, sum) in sums.iter_mut().enumerate() {
+                *sum = L::dot_int8(*sum, wt, x.add(a * k + 4 * t));
             }
         }
         let sw = L::scales_f16(scale.as_ptr().add(blk * PANEL + at.lane0));
         for a in 0..AR {
-            acc[a] = L::fma_block(acc[a], L::add(even[a], odd[a]), sw, *q.scale.get_unchecked((at.i + a) * nb + b));
+            acc[a] = L::fma_block(acc[a], sums[a], sw, *q.scale.get_unchecked((at.i + a) * nb + b));
         }
     }
     for a in 0..AR {
