@@ -22,7 +22,6 @@ trait Lanes {
     /// The low and high nibbles of every byte.
     unsafe fn nibbles(v: Self::I) -> (Self::I, Self::I);
     unsafe fn splat(v: i32) -> Self::I;
-    unsafe fn add(a: Self::I, b: Self::I) -> Self::I;
     /// `acc` plus, per 32-bit lane, the dot of four unsigned weight bytes
     /// with the four signed activation bytes at `x`.
     unsafe fn dot(acc: Self::I, w: Self::I, x: *const i8) -> Self::I;
@@ -72,10 +71,6 @@ impl Lanes for Vnni512 {
     #[inline(always)]
     unsafe fn splat(v: i32) -> __m512i {
         _mm512_set1_epi32(v)
-    }
-    #[inline(always)]
-    unsafe fn add(a: __m512i, b: __m512i) -> __m512i {
-        _mm512_add_epi32(a, b)
     }
     #[inline(always)]
     unsafe fn dot(acc: __m512i, w: __m512i, x: *const i8) -> __m512i {
@@ -147,10 +142,6 @@ impl Lanes for Avx2 {
     #[inline(always)]
     unsafe fn splat(v: i32) -> __m256i {
         _mm256_set1_epi32(v)
-    }
-    #[inline(always)]
-    unsafe fn add(a: __m256i, b: __m256i) -> __m256i {
-        _mm256_add_epi32(a, b)
     }
     /// Codes here are at most 63, so the 16-bit pair sums cannot saturate.
     #[inline(always)]
@@ -259,8 +250,8 @@ unsafe fn nibble_panel<L: Lanes, const AR: usize>(qs: &[u8], scale: &[f16], min:
         let mut scales = [[MaybeUninit::<L::F>::uninit(); AR]; NIBBLE_CHUNK];
         for b in blocks.clone() {
             let sw = L::scales_f16(scale.as_ptr().add((first + b) * PANEL + at.lane0));
-            for a in 0..AR {
-                scales[b - c][a].write(L::block_scale(sw, *q.scale.get_unchecked((at.i + a) * nb + b)));
+            for (a, s) in scales[b - c].iter_mut().enumerate() {
+                s.write(L::block_scale(sw, *q.scale.get_unchecked((at.i + a) * nb + b)));
             }
         }
         for t in 0..4 {

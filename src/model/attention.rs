@@ -264,8 +264,9 @@ unsafe fn attend_group<M: HeadMath>(t: &Task, first: usize, tokens: usize, kvh: 
     let mut factor = [[0f32; RUN]; MAX_PAIRS];
     // The K and V rows of the run from `start`.
     let rows_from = |start: usize| {
+        let run = RUN.min(positions - start);
         let (mut k_rows, mut v_rows): ([&[f16]; RUN], [&[f16]; RUN]) = ([&[]; RUN], [&[]; RUN]);
-        t.kv.rows(blocks, t.layer, start, &mut k_rows[..RUN.min(positions - start)], &mut v_rows[..RUN.min(positions - start)]);
+        t.kv.rows(blocks, t.layer, start, &mut k_rows[..run], &mut v_rows[..run]);
         (k_rows, v_rows)
     };
     let mut next_rows = rows_from(0);
