@@ -56,33 +56,27 @@ trait HeadMath {
     /// and weighs the position 1; otherwise the position weighs e^(s - max)
     /// (`expf` as the C library computes it). Returns the positions that
     /// set a new maximum as bits, with their rescale factors, and the other
-    /// positions' weights, in `factor`.
+    /// positions' weights, in `factor`. Position by position here; the
+    /// vector rows do the same steps a run at a time.
     #[inline(always)]
     unsafe fn softmax_run(score: &[f32; RUN], seen: usize, state: &mut Softmax, factor: &mut [f32; RUN]) -> u32 {
-        scalar_softmax_run(score, seen, state, factor, |f| f[..seen].iter_mut().for_each(|v| *v = v.exp()))
-    }
-}
-
-/// `HeadMath::softmax_run` one position at a time; `exp` applies the C
-/// library's `expf` to the first `seen` factors (the rest may change too).
-#[inline(always)]
-fn scalar_softmax_run(score: &[f32; RUN], seen: usize, state: &mut Softmax, factor: &mut [f32; RUN], exp: impl FnOnce(&mut [f32; RUN])) -> u32 {
-    let mut new_max = 0u32;
-    for p in 0..seen {
-        let x = score[p];
-        if x > state.max {
-            new_max |= 1 << p;
-            factor[p] = std::mem::replace(&mut state.max, x) - x;
-        } else {
-            factor[p] = x - state.max;
+        let mut new_max = 0u32;
+        for p in 0..seen {
+            let x = score[p];
+            if x > state.max {
+                new_max |= 1 << p;
+                factor[p] = std::mem::replace(&mut state.max, x) - x;
+            } else {
+                factor[p] = x - state.max;
+            }
         }
+        factor[..seen].iter_mut().for_each(|v| *v = v.exp());
+        for (p, &f) in factor.iter().enumerate().take(seen) {
+            let (rescale, weight) = if new_max & (1 << p) != 0 { (f, 1.0) } else { (1.0, f) };
+            state.sum = state.sum.mul_add(rescale, weight);
+        }
+        new_max
     }
-    exp(factor);
-    for (p, &f) in factor.iter().enumerate().take(seen) {
-        let (rescale, weight) = if new_max & (1 << p) != 0 { (f, 1.0) } else { (1.0, f) };
-        state.sum = state.sum.mul_add(rescale, weight);
-    }
-    new_max
 }
 
 /// Rounds floats to f16 precision in place.

@@ -9,7 +9,7 @@ use std::mem::MaybeUninit;
 
 use half::f16;
 
-use super::{scalar_softmax_run, HeadMath, Softmax, MAX_PAIRS, RUN};
+use super::{HeadMath, Softmax, MAX_PAIRS, RUN};
 use crate::kernels::expf::libm16;
 
 /// Sixteen f32 lanes. Only used inside functions compiled with the
@@ -197,12 +197,59 @@ impl Wide for W256x2 {
     unsafe fn fold8(self) -> __m256 {
         _mm256_add_ps(self.1, self.0)
     }
-    /// Position by position, with the run's `expf` calls eight at a time.
+    /// `W512::softmax_run`'s steps in two halves of eight lanes: each
+    /// half's prefix maximum as a scan, the second half's raised by the
+    /// first's last, the choices as masks, one 16-wide `expf`.
     #[inline(always)]
     unsafe fn softmax_run(score: &[f32; RUN], seen: usize, state: &mut Softmax, factor: &mut [f32; RUN]) -> u32 {
-        // SAFETY: W256x2 only runs where AVX2 and FMA are enabled.
-        scalar_softmax_run(score, seen, state, factor, |f| unsafe { libm16::exp_avx2(f) })
+        let neg_inf = _mm256_set1_ps(f32::NEG_INFINITY);
+        let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let mut valid = [_mm256_setzero_ps(); 2];
+        let mut x = [neg_inf; 2];
+        let mut prefix = [neg_inf; 2];
+        for h in 0..2 {
+            valid[h] = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(seen as i32 - 8 * h as i32), lane));
+            x[h] = _mm256_blendv_ps(neg_inf, _mm256_loadu_ps(score.as_ptr().add(8 * h)), valid[h]);
+            prefix[h] = x[h];
+            for by in [1, 2, 4] {
+                prefix[h] = _mm256_max_ps(prefix[h], lanes_up(prefix[h], by));
+            }
+        }
+        let first_last = _mm256_permutevar8x32_ps(prefix[0], _mm256_set1_epi32(7));
+        prefix[1] = _mm256_max_ps(prefix[1], first_last);
+        // The maximum before each position, as the scalar steps keep it.
+        let old = _mm256_set1_ps(state.max);
+        let before = [_mm256_max_ps(lanes_up(prefix[0], 1), old), _mm256_max_ps(_mm256_max_ps(lanes_up(prefix[1], 1), first_last), old)];
+        let mut maxes = [0f32; RUN];
+        let mut new_max = [_mm256_setzero_ps(); 2];
+        for h in 0..2 {
+            new_max[h] = _mm256_and_ps(valid[h], _mm256_cmp_ps::<_CMP_GT_OQ>(x[h], before[h]));
+            let arg = _mm256_blendv_ps(_mm256_sub_ps(x[h], before[h]), _mm256_sub_ps(before[h], x[h]), new_max[h]);
+            _mm256_storeu_ps(factor.as_mut_ptr().add(8 * h), _mm256_and_ps(arg, valid[h]));
+            _mm256_storeu_ps(maxes.as_mut_ptr().add(8 * h), _mm256_max_ps(prefix[h], old));
+        }
+        libm16::exp_avx2(factor);
+        state.max = maxes[seen - 1];
+        let one = _mm256_set1_ps(1.0);
+        let (mut rescale, mut weight) = ([0f32; RUN], [0f32; RUN]);
+        for h in 0..2 {
+            let e = _mm256_loadu_ps(factor.as_ptr().add(8 * h));
+            _mm256_storeu_ps(rescale.as_mut_ptr().add(8 * h), _mm256_blendv_ps(one, e, new_max[h]));
+            _mm256_storeu_ps(weight.as_mut_ptr().add(8 * h), _mm256_blendv_ps(e, one, new_max[h]));
+        }
+        for p in 0..seen {
+            state.sum = state.sum.mul_add(rescale[p], weight[p]);
+        }
+        (_mm256_movemask_ps(new_max[0]) | _mm256_movemask_ps(new_max[1]) << 8) as u32
     }
+}
+
+/// The lanes of `v` moved up by `by`, -inf shifted in.
+#[inline(always)]
+unsafe fn lanes_up(v: __m256, by: i32) -> __m256 {
+    let from = _mm256_sub_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(by));
+    let keep = _mm256_castsi256_ps(_mm256_cmpgt_epi32(from, _mm256_set1_epi32(-1)));
+    _mm256_blendv_ps(_mm256_set1_ps(f32::NEG_INFINITY), _mm256_permutevar8x32_ps(v, from), keep)
 }
 
 /// ggml's four 16-lane accumulators over a row, combined as (0 + 2) + (1 + 3).
