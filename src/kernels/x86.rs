@@ -243,6 +243,7 @@ unsafe fn nibble_panel<L: Lanes, const AR: usize>(qs: &[u8], scale: &[f16], min:
     let x = q.qs.as_ptr().add(at.i * k);
     let ahead = w.sub(4 * at.lane0).wrapping_add(nb * NIBBLE_BLOCK / 2);
     let mut lanes = [[L::zero(); AR]; 8];
+    // Chunks of equal size (18 blocks: two of 9, not 16 and a lone 2).
     let chunk = nb.div_ceil(nb.div_ceil(NIBBLE_CHUNK));
     for c in (0..nb).step_by(chunk) {
         let blocks = c..nb.min(c + chunk);

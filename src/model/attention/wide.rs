@@ -203,7 +203,7 @@ impl Wide for W256x2 {
     #[inline(always)]
     unsafe fn softmax_run(score: &[f32; RUN], seen: usize, state: &mut Softmax, factor: &mut [f32; RUN]) -> u32 {
         let neg_inf = _mm256_set1_ps(f32::NEG_INFINITY);
-        let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let lane = lane_indices();
         let mut valid = [_mm256_setzero_ps(); 2];
         let mut x = [neg_inf; 2];
         let mut prefix = [neg_inf; 2];
@@ -244,10 +244,16 @@ impl Wide for W256x2 {
     }
 }
 
+/// Each lane's own index, 0..8.
+#[inline(always)]
+unsafe fn lane_indices() -> __m256i {
+    _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)
+}
+
 /// The lanes of `v` moved up by `by`, -inf shifted in.
 #[inline(always)]
 unsafe fn lanes_up(v: __m256, by: i32) -> __m256 {
-    let from = _mm256_sub_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(by));
+    let from = _mm256_sub_epi32(lane_indices(), _mm256_set1_epi32(by));
     let keep = _mm256_castsi256_ps(_mm256_cmpgt_epi32(from, _mm256_set1_epi32(-1)));
     _mm256_blendv_ps(_mm256_set1_ps(f32::NEG_INFINITY), _mm256_permutevar8x32_ps(v, from), keep)
 }
