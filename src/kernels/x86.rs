@@ -192,146 +192,144 @@ impl Lanes for Avx2 {
     }
 }
 
-/// Where a kernel works: panel `p`, activation rows `i..i + AR`, panel rows
-/// `lane0..lane0 + L::N`.
+/// What one accumulator of a kernel covers: the `L::N` panel rows from
+/// `lane` against activation row `act` of the tile. A tile of several
+/// activation rows has a unit per row, all on the same lanes (a pass over
+/// the panel per register's width of lanes); one row (a decode step) has a
+/// unit per register's width, so each weight line is read in one go.
 #[derive(Clone, Copy)]
-struct At {
-    p: usize,
-    i: usize,
-    lane0: usize,
+struct Unit {
+    act: usize,
+    lane: usize,
 }
 
-// Weights are asked for (`prefetch`) half a panel before the kernel reads
-// them, once per line (in the pass over a panel's first lanes). A decode
-// step streams every weight from memory once, and the hardware prefetcher
-// alone leaves the loads waiting: `cargo bench --bench kernels -- stream`
-// drew about a fifth more bandwidth with it. Past the last panel the hint
-// does nothing.
+// Weights are asked for (`prefetch`) ahead of the kernel, once per line
+// (in the pass over a panel's first lanes): 4-bit codes a panel ahead,
+// 8-bit ones and the scales half a panel. A decode step streams every
+// weight from memory once, and the hardware prefetcher alone leaves the
+// loads waiting: `cargo bench --bench kernels -- stream` drew about a
+// fifth more bandwidth with it, and the 4-bit codes another twentieth
+// from a whole panel rather than half. Past the last panel the hint does
+// nothing.
 
 /// The prefetches of a 4-bit panel's block `b` (panel blocks from `first`,
-/// codes from `ahead`, half a panel on): its code lines of passes
-/// `passes`, and with the first pass, on even blocks, the line of scales
-/// and the line of minimums that hold it and the next block.
+/// codes from `ahead`, a panel on) for the pass over vector `t`: its code
+/// line, and with the first pass, on even blocks, the line of scales and
+/// the line of minimums that hold it and the next block (half a panel on).
 #[inline(always)]
-unsafe fn prefetch_nibbles(ahead: *const u8, scale: &[f16], min: &[f16], first: usize, nb: usize, b: usize, passes: std::ops::Range<usize>) {
-    if passes.start == 0 && b % 2 == 0 {
+unsafe fn prefetch_nibbles(ahead: *const u8, scale: &[f16], min: &[f16], first: usize, nb: usize, b: usize, t: usize) {
+    if t == 0 && b % 2 == 0 {
         let next = (first + b + nb / 2) * PANEL;
         prefetch(scale.as_ptr().wrapping_add(next) as *const u8);
         prefetch(min.as_ptr().wrapping_add(next) as *const u8);
     }
-    passes.for_each(|t| prefetch(ahead.wrapping_add((t * nb + b) * 64)));
+    prefetch(ahead.wrapping_add((t * nb + b) * 64));
 }
 
 /// Blocks per chunk of a 4-bit panel: their combined scales are computed
 /// once for all eight passes and stay in L1.
 const NIBBLE_CHUNK: usize = 16;
 
-/// 4-bit panels in ggml's order (see `portable_dot`). Float lane j of every
-/// row (the low nibbles of vector j / 2 of each block for even j, the high
-/// ones for odd j) has a pass of its own, so only one accumulator per
-/// activation row is live and eight rows fit the registers. Blocks go in
-/// chunks: each block's combined scales (weight scale times activation
-/// scale, per row) are computed once per chunk for all eight passes.
+/// 4-bit panels in ggml's order (see `portable_dot`), for the `units` of a
+/// tile: several activation rows against `L::N` panel rows, or one row (a
+/// decode step) against the whole panel. Float lane j of every unit (the
+/// low nibbles of vector j / 2 of each block for even j, the high ones for
+/// odd j) sums its blocks in order. A pass over the blocks reads vector
+/// j / 2 of each in memory order and advances `SIDES` lanes (the low
+/// nibbles' and, with 2, the high ones') of every unit: with eight units one
+/// accumulator each is what fits the registers, with one or two units both
+/// sides share the loads. Blocks go in chunks: each block's combined scales
+/// (weight scale times activation scale, per unit) are computed once per
+/// chunk for all the passes, and its minimum terms with them.
 #[inline(always)]
-unsafe fn nibble_panel<L: Lanes, const AR: usize>(qs: &[u8], scale: &[f16], min: &[f16], q: &QuantizedActs, at: At, tile: &mut Tile) {
-    if AR == 1 {
-        return nibble_panel_one::<L>(qs, scale, min, q, at, tile);
-    }
+unsafe fn nibble_panel<L: Lanes, const U: usize, const SIDES: usize>(
+    (qs, scale, min): (&[u8], &[f16], &[f16]),
+    q: &QuantizedActs,
+    (p, i): (usize, usize),
+    units: [Unit; U],
+    tile: &mut Tile,
+) {
     let (k, nb) = (q.cols, q.cols / 32);
-    let first = at.p * nb;
-    let w = qs.as_ptr().add(first * NIBBLE_BLOCK + 4 * at.lane0);
-    let x = q.qs.as_ptr().add(at.i * k);
-    let ahead = w.sub(4 * at.lane0).wrapping_add(nb * NIBBLE_BLOCK / 2);
-    let mut lanes = [[L::zero(); AR]; 8];
+    let first = p * nb;
+    let w = qs.as_ptr().add(first * NIBBLE_BLOCK);
+    let x = q.qs.as_ptr().add(i * k);
+    let ahead = w.wrapping_add(nb * NIBBLE_BLOCK);
+    // Float lane j of unit u: lanes[j / 2][j % 2][u].
+    let mut lanes = [[[L::zero(); U]; 2]; 4];
+    let mut mins = [L::zero(); U];
     // Chunks of equal size (18 blocks: two of 9, not 16 and a lone 2).
     let chunk = nb.div_ceil(nb.div_ceil(NIBBLE_CHUNK));
     for c in (0..nb).step_by(chunk) {
         let blocks = c..nb.min(c + chunk);
         // Written for this chunk's blocks before the passes read them.
-        let mut scales = [[MaybeUninit::<L::F>::uninit(); AR]; NIBBLE_CHUNK];
+        let mut scales = [[MaybeUninit::<L::F>::uninit(); U]; NIBBLE_CHUNK];
         for b in blocks.clone() {
-            let sw = L::scales_f16(scale.as_ptr().add((first + b) * PANEL + at.lane0));
-            for (a, s) in scales[b - c].iter_mut().enumerate() {
-                s.write(L::block_scale(sw, *q.scale.get_unchecked((at.i + a) * nb + b)));
+            for (u, unit) in units.iter().enumerate() {
+                let (at, xb) = ((first + b) * PANEL + unit.lane, (i + unit.act) * nb + b);
+                scales[b - c][u].write(L::block_scale(L::scales_f16(scale.as_ptr().add(at)), *q.scale.get_unchecked(xb)));
+                mins[u] = L::fma_min(mins[u], L::scales_f16(min.as_ptr().add(at)), *q.sum.get_unchecked(xb));
             }
         }
         for t in 0..4 {
-            if at.lane0 == 0 {
-                blocks.clone().for_each(|b| prefetch_nibbles(ahead, scale, min, first, nb, b, t..t + 1));
+            // Lines are asked for once: by the panel's first pass over them.
+            let pass = Pass { w: w.add(t * nb * 64), x: x.add(8 * t), k, fetch: units[0].lane == 0 };
+            let ahead = |b| prefetch_nibbles(ahead, scale, min, first, nb, b, t);
+            if SIDES == 2 {
+                nibble_pass::<L, U, 2, 0>(pass, units, &scales, blocks.clone(), &mut lanes[t], ahead);
+            } else {
+                let [low, high] = &mut lanes[t];
+                nibble_pass::<L, U, 1, 0>(pass, units, &scales, blocks.clone(), std::array::from_mut(low), ahead);
+                nibble_pass::<L, U, 1, 1>(Pass { fetch: false, ..pass }, units, &scales, blocks.clone(), std::array::from_mut(high), ahead);
             }
-            let (w, x) = (w.add(t * nb * 64), x.add(8 * t));
-            nibble_pass::<L, AR, false>(w, x, k, &scales, blocks.clone(), &mut lanes[2 * t]);
-            nibble_pass::<L, AR, true>(w, x, k, &scales, blocks.clone(), &mut lanes[2 * t + 1]);
         }
     }
-    let mut mins = [L::zero(); AR];
-    for b in 0..nb {
-        let mw = L::scales_f16(min.as_ptr().add((first + b) * PANEL + at.lane0));
-        for a in 0..AR {
-            mins[a] = L::fma_min(mins[a], mw, *q.sum.get_unchecked((at.i + a) * nb + b));
-        }
-    }
-    for a in 0..AR {
-        nibble_sum::<L>(std::array::from_fn(|j| lanes[j][a]), mins[a], tile[a].as_mut_ptr().add(at.lane0));
+    for (u, unit) in units.iter().enumerate() {
+        nibble_sum::<L>(std::array::from_fn(|j| lanes[j / 2][j % 2][u]), mins[u], tile[unit.act].as_mut_ptr().add(unit.lane));
     }
 }
 
-/// One pass of `nibble_panel`: the low (or `HIGH`) nibbles of one vector
-/// of each block in `blocks` (weights from `w`, activations from `x`, rows
-/// `k` apart) fused into `acc` with the chunk's combined `scales`.
-#[inline(always)]
-unsafe fn nibble_pass<L: Lanes, const AR: usize, const HIGH: bool>(
+/// One pass of `nibble_panel` over vector t of the blocks: weights from
+/// `w`, activations from `x` (rows `k` apart); `fetch`: this pass asks for
+/// the lines ahead.
+#[derive(Clone, Copy)]
+struct Pass {
     w: *const u8,
     x: *const i8,
     k: usize,
-    scales: &[[MaybeUninit<L::F>; AR]; NIBBLE_CHUNK],
+    fetch: bool,
+}
+
+/// The blocks of one `pass` fused into `acc` (a lane per nibble side from
+/// `FIRST`, 0 low and 1 high; a sum per unit) with the chunk's combined
+/// `scales`; `ahead(b)` prefetches.
+#[inline(always)]
+unsafe fn nibble_pass<L: Lanes, const U: usize, const SIDES: usize, const FIRST: usize>(
+    pass: Pass,
+    units: [Unit; U],
+    scales: &[[MaybeUninit<L::F>; U]; NIBBLE_CHUNK],
     blocks: std::ops::Range<usize>,
-    acc: &mut [L::F; AR],
+    acc: &mut [[L::F; U]; SIDES],
+    ahead: impl Fn(usize),
 ) {
     // A copy in registers: through `acc` itself every sum went to memory.
     let mut sums = *acc;
     let c = blocks.start;
     for b in blocks {
-        let (low, high) = L::nibbles(L::load(w.add(b * 64)));
-        let codes = if HIGH { high } else { low };
+        if pass.fetch {
+            ahead(b);
+        }
         let scales = scales.get_unchecked(b - c);
-        for a in 0..AR {
-            let xa = x.add(a * k + b * 32 + 4 * HIGH as usize);
-            sums[a] = L::fma_scaled(sums[a], L::dot(L::splat(0), codes, xa), scales[a].assume_init());
+        for (u, unit) in units.iter().enumerate() {
+            let (low, high) = L::nibbles(L::load(pass.w.add(b * 64 + 4 * unit.lane)));
+            for (s, sum) in sums.iter_mut().enumerate() {
+                let side = FIRST + s;
+                let xa = pass.x.add(unit.act * pass.k + b * 32 + 4 * side);
+                let codes = if side == 0 { low } else { high };
+                sum[u] = L::fma_scaled(sum[u], L::dot(L::splat(0), codes, xa), scales[u].assume_init());
+            }
         }
     }
     *acc = sums;
-}
-
-/// `nibble_panel` for one activation row (a decode step), blocks outermost:
-/// all eight float lanes stay live, so each block's weight scales are
-/// loaded and multiplied by the activation scale once instead of once per
-/// pass, and eight independent chains hide the latency of the fused adds.
-/// Each lane still sums its blocks in order: the same bits.
-#[inline(always)]
-unsafe fn nibble_panel_one<L: Lanes>(qs: &[u8], scale: &[f16], min: &[f16], q: &QuantizedActs, at: At, tile: &mut Tile) {
-    let nb = q.cols / 32;
-    let first = at.p * nb;
-    let w = qs.as_ptr().add(first * NIBBLE_BLOCK + 4 * at.lane0);
-    let x = q.qs.as_ptr().add(at.i * q.cols);
-    let ahead = w.sub(4 * at.lane0).wrapping_add(nb * NIBBLE_BLOCK / 2);
-    let (mut lanes, mut mins) = ([L::zero(); 8], L::zero());
-    for b in 0..nb {
-        if at.lane0 == 0 {
-            prefetch_nibbles(ahead, scale, min, first, nb, b, 0..4);
-        }
-        let sw = L::scales_f16(scale.as_ptr().add((first + b) * PANEL + at.lane0));
-        let xs = *q.scale.get_unchecked(at.i * nb + b);
-        for t in 0..4 {
-            let (low, high) = L::nibbles(L::load(w.add((t * nb + b) * 64)));
-            let xa = x.add(b * 32 + 8 * t);
-            lanes[2 * t] = L::fma_block(lanes[2 * t], L::dot(L::splat(0), low, xa), sw, xs);
-            lanes[2 * t + 1] = L::fma_block(lanes[2 * t + 1], L::dot(L::splat(0), high, xa.add(4)), sw, xs);
-        }
-        let mw = L::scales_f16(min.as_ptr().add((first + b) * PANEL + at.lane0));
-        mins = L::fma_min(mins, mw, *q.sum.get_unchecked(at.i * nb + b));
-    }
-    nibble_sum::<L>(lanes, mins, tile[0].as_mut_ptr().add(at.lane0));
 }
 
 /// A 4-bit panel's eight float lanes and minimum terms, summed in ggml's
@@ -344,89 +342,108 @@ unsafe fn nibble_sum<L: Lanes>(l: [L::F; 8], mins: L::F, out: *mut f32) {
 
 /// 8-bit panels (codes q + 128).
 #[inline(always)]
-unsafe fn int8_panel<L: Lanes, const AR: usize>(qs: &[u8], scale: &[f16], q: &QuantizedActs, at: At, tile: &mut Tile) {
+unsafe fn int8_panel<L: Lanes, const U: usize>(qs: &[u8], scale: &[f16], q: &QuantizedActs, (p, i): (usize, usize), units: [Unit; U], tile: &mut Tile) {
     let (k, nb) = (q.cols, q.cols / 32);
-    let mut acc = [L::zero(); AR];
+    let mut acc = [L::zero(); U];
     for b in 0..nb {
-        let blk = at.p * nb + b;
-        let w = qs.as_ptr().add(blk * BYTE_BLOCK + 4 * at.lane0);
-        if at.lane0 == 0 {
+        let blk = p * nb + b;
+        let w = qs.as_ptr().add(blk * BYTE_BLOCK);
+        if units[0].lane == 0 {
             (0..BYTE_BLOCK).step_by(64).for_each(|line| prefetch(w.wrapping_add(nb * BYTE_BLOCK / 2 + line)));
             if b % 2 == 0 {
                 prefetch(scale.as_ptr().wrapping_add((blk + nb / 2) * PANEL) as *const u8);
             }
         }
-        let x = q.qs.as_ptr().add(at.i * k + b * 32);
-        // One integer chain per row: eight rows' chains are enough to
+        let x = q.qs.as_ptr().add(i * k + b * 32);
+        // One integer chain per unit: eight units' chains are enough to
         // overlap, and with two each the AVX2 registers overflowed.
-        let mut sums = [L::splat(0); AR];
-        for (a, sum) in sums.iter_mut().enumerate() {
-            let xb = (at.i + a) * nb + b;
+        let mut sums = [L::splat(0); U];
+        for (sum, unit) in sums.iter_mut().zip(units) {
+            let xb = (i + unit.act) * nb + b;
             *sum = L::splat(L::int8_start(q.isum16[2 * xb] + q.isum16[2 * xb + 1]));
         }
         for t in 0..8 {
-            let wt = L::load(w.add(64 * t));
-            for (a, sum) in sums.iter_mut().enumerate() {
-                *sum = L::dot_int8(*sum, wt, x.add(a * k + 4 * t));
+            for (sum, unit) in sums.iter_mut().zip(units) {
+                *sum = L::dot_int8(*sum, L::load(w.add(64 * t + 4 * unit.lane)), x.add(unit.act * k + 4 * t));
             }
         }
-        let sw = L::scales_f16(scale.as_ptr().add(blk * PANEL + at.lane0));
-        for a in 0..AR {
-            acc[a] = L::fma_block(acc[a], sums[a], sw, *q.scale.get_unchecked((at.i + a) * nb + b));
+        for (u, unit) in units.iter().enumerate() {
+            let sw = L::scales_f16(scale.as_ptr().add(blk * PANEL + unit.lane));
+            acc[u] = L::fma_block(acc[u], sums[u], sw, *q.scale.get_unchecked((i + unit.act) * nb + b));
         }
     }
-    for a in 0..AR {
-        L::store(acc[a], tile[a].as_mut_ptr().add(at.lane0));
+    for (acc, unit) in acc.iter().zip(units) {
+        L::store(*acc, tile[unit.act].as_mut_ptr().add(unit.lane));
     }
 }
 
 /// 6-bit panels (codes q, weights q - 32): a chain and a scale per half block.
 #[inline(always)]
-unsafe fn int6_panel<L: Lanes, const AR: usize>(qs: &[u8], scale: &[f32], q: &QuantizedActs, at: At, tile: &mut Tile) {
+unsafe fn int6_panel<L: Lanes, const U: usize>(qs: &[u8], scale: &[f32], q: &QuantizedActs, (p, i): (usize, usize), units: [Unit; U], tile: &mut Tile) {
     let (k, nb) = (q.cols, q.cols / 32);
-    let mut acc = [L::zero(); AR];
+    let mut acc = [L::zero(); U];
     for b in 0..nb {
-        let blk = at.p * nb + b;
-        let w = qs.as_ptr().add(blk * BYTE_BLOCK + 4 * at.lane0);
-        let x = q.qs.as_ptr().add(at.i * k + b * 32);
-        let (mut first, mut second) = ([L::splat(0); AR], [L::splat(0); AR]);
-        for a in 0..AR {
-            let xb = (at.i + a) * nb + b;
-            first[a] = L::splat(-32 * q.isum16[2 * xb]);
-            second[a] = L::splat(-32 * q.isum16[2 * xb + 1]);
+        let blk = p * nb + b;
+        let w = qs.as_ptr().add(blk * BYTE_BLOCK);
+        let x = q.qs.as_ptr().add(i * k + b * 32);
+        let (mut first, mut second) = ([L::splat(0); U], [L::splat(0); U]);
+        for (u, unit) in units.iter().enumerate() {
+            let xb = (i + unit.act) * nb + b;
+            first[u] = L::splat(-32 * q.isum16[2 * xb]);
+            second[u] = L::splat(-32 * q.isum16[2 * xb + 1]);
         }
         for t in 0..4 {
-            let (w0, w1) = (L::load(w.add(64 * t)), L::load(w.add(64 * t + 256)));
-            for a in 0..AR {
-                let xa = x.add(a * k + 4 * t);
-                first[a] = L::dot(first[a], w0, xa);
-                second[a] = L::dot(second[a], w1, xa.add(16));
+            for (u, unit) in units.iter().enumerate() {
+                let (w, xa) = (w.add(64 * t + 4 * unit.lane), x.add(unit.act * k + 4 * t));
+                first[u] = L::dot(first[u], L::load(w), xa);
+                second[u] = L::dot(second[u], L::load(w.add(256)), xa.add(16));
             }
         }
-        let s = blk * 2 * PANEL + at.lane0;
-        let (s0, s1) = (L::scales_f32(scale.as_ptr().add(s)), L::scales_f32(scale.as_ptr().add(s + PANEL)));
-        for a in 0..AR {
-            let xs = *q.scale.get_unchecked((at.i + a) * nb + b);
-            acc[a] = L::fma_block(acc[a], first[a], s0, xs);
-            acc[a] = L::fma_block(acc[a], second[a], s1, xs);
+        for (u, unit) in units.iter().enumerate() {
+            let s = blk * 2 * PANEL + unit.lane;
+            let (s0, s1) = (L::scales_f32(scale.as_ptr().add(s)), L::scales_f32(scale.as_ptr().add(s + PANEL)));
+            let xs = *q.scale.get_unchecked((i + unit.act) * nb + b);
+            acc[u] = L::fma_block(acc[u], first[u], s0, xs);
+            acc[u] = L::fma_block(acc[u], second[u], s1, xs);
         }
     }
-    for a in 0..AR {
-        L::store(acc[a], tile[a].as_mut_ptr().add(at.lane0));
+    for (acc, unit) in acc.iter().zip(units) {
+        L::store(*acc, tile[unit.act].as_mut_ptr().add(unit.lane));
     }
 }
 
-/// A whole panel with lanes of `L`; false for formats without a kernel.
+/// Panel `p` against the tile's activation rows from `i`, in units of `L`
+/// (see `Unit`); false for formats without a kernel.
 #[inline(always)]
 unsafe fn panel<L: Lanes, const AR: usize>(w: &Packed, q: &QuantizedActs, p: usize, i: usize, tile: &mut Tile) -> bool {
-    for lane0 in (0..PANEL).step_by(L::N) {
-        let at = At { p, i, lane0 };
-        match w {
-            Packed::Nibble { qs, scale, min } => nibble_panel::<L, AR>(qs, scale, min, q, at, tile),
-            Packed::Int8 { qs, scale } => int8_panel::<L, AR>(qs, scale, q, at, tile),
-            Packed::Int6 { qs, scale } => int6_panel::<L, AR>(qs, scale, q, at, tile),
-            Packed::Float(_) => return false,
+    if AR == 1 {
+        let (first, second) = (Unit { act: 0, lane: 0 }, Unit { act: 0, lane: L::N });
+        return match PANEL / L::N {
+            1 => units_dot::<L, 1, 2>(w, q, (p, i), [first], tile),
+            _ => units_dot::<L, 2, 2>(w, q, (p, i), [first, second], tile),
+        };
+    }
+    for lane in (0..PANEL).step_by(L::N) {
+        let mut units = [Unit { act: 0, lane }; AR];
+        for (act, unit) in units.iter_mut().enumerate() {
+            unit.act = act;
         }
+        if !units_dot::<L, AR, 1>(w, q, (p, i), units, tile) {
+            return false;
+        }
+    }
+    true
+}
+
+/// The dots of `units` with the kernel of `w`'s format; `SIDES`: how many
+/// of a 4-bit line's nibble sides one pass takes (see `nibble_panel`).
+#[inline(always)]
+unsafe fn units_dot<L: Lanes, const U: usize, const SIDES: usize>(w: &Packed, q: &QuantizedActs, at: (usize, usize), units: [Unit; U], tile: &mut Tile) -> bool {
+    match w {
+        Packed::Nibble { qs, scale, min } => nibble_panel::<L, U, SIDES>((qs, scale, min), q, at, units, tile),
+        Packed::Int8 { qs, scale } => int8_panel::<L, U>(qs, scale, q, at, units, tile),
+        Packed::Int6 { qs, scale } => int6_panel::<L, U>(qs, scale, q, at, units, tile),
+        Packed::Float(_) => return false,
     }
     true
 }
