@@ -416,12 +416,15 @@ unsafe fn int6_panel<L: Lanes, const U: usize>(qs: &[u8], scale: &[f32], q: &Qua
 /// (see `Unit`); false for formats without a kernel.
 #[inline(always)]
 unsafe fn panel<L: Lanes, const AR: usize>(w: &Packed, q: &QuantizedActs, p: usize, i: usize, tile: &mut Tile) -> bool {
-    if AR == 1 {
-        let (first, second) = (Unit { act: 0, lane: 0 }, Unit { act: 0, lane: L::N });
-        return match PANEL / L::N {
-            1 => units_dot::<L, 1, 2>(w, q, (p, i), [first], tile),
-            _ => units_dot::<L, 2, 2>(w, q, (p, i), [first, second], tile),
-        };
+    // Up to eight units cover the whole panel for a few rows; with up to
+    // four, a 4-bit pass takes both nibble sides.
+    match (PANEL / L::N, AR) {
+        (1, 1) => return whole_panel::<L, 1, 2>(w, q, (p, i), tile),
+        (2, 1) => return whole_panel::<L, 2, 2>(w, q, (p, i), tile),
+        (2, 2) => return whole_panel::<L, 4, 2>(w, q, (p, i), tile),
+        (2, 3) => return whole_panel::<L, 6, 1>(w, q, (p, i), tile),
+        (2, 4) => return whole_panel::<L, 8, 1>(w, q, (p, i), tile),
+        _ => {}
     }
     for lane in (0..PANEL).step_by(L::N) {
         let mut units = [Unit { act: 0, lane }; AR];
@@ -433,6 +436,18 @@ unsafe fn panel<L: Lanes, const AR: usize>(w: &Packed, q: &QuantizedActs, p: usi
         }
     }
     true
+}
+
+/// `U` units over the whole panel: every register's width of lanes of
+/// each activation row.
+#[inline(always)]
+unsafe fn whole_panel<L: Lanes, const U: usize, const SIDES: usize>(w: &Packed, q: &QuantizedActs, at: (usize, usize), tile: &mut Tile) -> bool {
+    let widths = PANEL / L::N;
+    let mut units = [Unit { act: 0, lane: 0 }; U];
+    for (u, unit) in units.iter_mut().enumerate() {
+        *unit = Unit { act: u / widths, lane: u % widths * L::N };
+    }
+    units_dot::<L, U, SIDES>(w, q, at, units, tile)
 }
 
 /// The dots of `units` with the kernel of `w`'s format; `SIDES`: how many
