@@ -127,7 +127,13 @@ fn panel_rows(isa: Isa, w: &Matrix, x: &[f32], q: &QuantizedActs, p: usize, tile
         tile_dot(isa, w, x, q, p, i, acts, tile);
         for (a, row) in tile.iter().enumerate().take(acts) {
             let at = (i + a) * w.rows + p * PANEL;
-            out[at..at + lanes].copy_from_slice(&row[..lanes]);
+            // A whole panel's copy has a fixed size, which is inlined: a
+            // call to memmove per row took 2% of a batched decode step.
+            if lanes == PANEL {
+                out[at..at + PANEL].copy_from_slice(row);
+            } else {
+                out[at..at + lanes].copy_from_slice(&row[..lanes]);
+            }
         }
     }
 }
