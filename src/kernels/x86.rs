@@ -193,10 +193,11 @@ impl Lanes for Avx2 {
 }
 
 /// What one accumulator of a kernel covers: the `L::N` panel rows from
-/// `lane` against activation row `act` of the tile. A tile of several
-/// activation rows has a unit per row, all on the same lanes (a pass over
-/// the panel per register's width of lanes); one row (a decode step) has a
-/// unit per register's width, so each weight line is read in one go.
+/// `lane` against activation row `act` of the tile. A tile of five to
+/// eight activation rows has a unit per row, all on the same lanes (a pass
+/// over the panel per register's width of lanes); one to four rows (decode
+/// of a few sequences) have a unit per row and register's width, so each
+/// weight line is read in one go.
 #[derive(Clone, Copy)]
 struct Unit {
     act: usize,
@@ -227,17 +228,17 @@ unsafe fn prefetch_nibbles(ahead: *const u8, scale: &[f16], min: &[f16], first: 
 }
 
 /// Blocks per chunk of a 4-bit panel: their combined scales are computed
-/// once for all eight passes and stay in L1.
+/// once for all the passes and stay in L1.
 const NIBBLE_CHUNK: usize = 16;
 
 /// 4-bit panels in ggml's order (see `portable_dot`), for the `units` of a
-/// tile: several activation rows against `L::N` panel rows, or one row (a
-/// decode step) against the whole panel. Float lane j of every unit (the
-/// low nibbles of vector j / 2 of each block for even j, the high ones for
-/// odd j) sums its blocks in order. A pass over the blocks reads vector
-/// j / 2 of each in memory order and advances `SIDES` lanes (the low
-/// nibbles' and, with 2, the high ones') of every unit: with eight units one
-/// accumulator each is what fits the registers, with one or two units both
+/// tile: several activation rows against `L::N` panel rows, or a few rows
+/// against the whole panel. Float lane j of every unit (the low nibbles of
+/// vector j / 2 of each block for even j, the high ones for odd j) sums its
+/// blocks in order. A pass over the blocks reads vector j / 2 of each in
+/// memory order and advances `SIDES` lanes (the low nibbles' and, with 2,
+/// the high ones') of every unit: with more than four units one accumulator
+/// each is what fits the registers (eight fill them), with up to four both
 /// sides share the loads. Blocks go in chunks: each block's combined scales
 /// (weight scale times activation scale, per unit) are computed once per
 /// chunk for all the passes, and its minimum terms with them.
