@@ -271,14 +271,14 @@ unsafe fn nibble_panel<L: Lanes, const U: usize, const SIDES: usize>(
                 mins[u] = L::fma_min(mins[u], L::scales_f16(min.as_ptr().add(at)), *q.sum.get_unchecked(xb));
             }
         }
-        for t in 0..4 {
+        for (t, sides) in lanes.iter_mut().enumerate() {
             // Lines are asked for once: by the panel's first pass over them.
             let pass = Pass { w: w.add(t * nb * 64), x: x.add(8 * t), k, fetch: units[0].lane == 0 };
             let ahead = |b| prefetch_nibbles(ahead, scale, min, first, nb, b, t);
             if SIDES == 2 {
-                nibble_pass::<L, U, 2, 0>(pass, units, &scales, blocks.clone(), &mut lanes[t], ahead);
+                nibble_pass::<L, U, 2, 0>(pass, units, &scales, blocks.clone(), sides, ahead);
             } else {
-                let [low, high] = &mut lanes[t];
+                let [low, high] = sides;
                 nibble_pass::<L, U, 1, 0>(pass, units, &scales, blocks.clone(), std::array::from_mut(low), ahead);
                 nibble_pass::<L, U, 1, 1>(Pass { fetch: false, ..pass }, units, &scales, blocks.clone(), std::array::from_mut(high), ahead);
             }
