@@ -101,21 +101,27 @@ pub fn matmul(pool: &ComputePool, isa: Isa, w: &Matrix, x: &[f32], q: &Quantized
     assert_eq!(q.cols, w.cols);
     assert_eq!(out.len(), m * w.rows);
     let panels = w.rows.div_ceil(PANEL);
-    // About a dozen tasks per thread balances the cores; at most 8 panels
-    // per task keeps the hand-off cost small against the work. One row (a
-    // decode step) is bound by reading the weights from memory instead:
-    // four long runs of panels per thread, so that each thread's prefetches
-    // (half a panel ahead, see x86) land on panels it reads next itself.
-    let per_task = if m == 1 { panels.div_ceil(4 * pool.threads()) } else { (panels / (12 * pool.threads())).clamp(1, 8) };
     let shared = SharedOut::new(out);
-    pool.run(panels.div_ceil(per_task), &|t| {
-        // SAFETY: each task writes only its own panels' columns of every output row.
+    let panel_range = |range: std::ops::Range<usize>| {
+        // SAFETY: each call writes only its own panels' columns of every output row.
         let out = unsafe { shared.slice() };
         let mut tile = [[0f32; PANEL]; TILE_ACTS];
-        for p in t * per_task..((t + 1) * per_task).min(panels) {
-            panel_rows(isa, w, x, q, p, &mut tile, out);
-        }
-    });
+        range.for_each(|p| panel_rows(isa, w, x, q, p, &mut tile, out));
+    };
+    if m == 1 {
+        // One row (a decode step) is bound by reading the weights: each
+        // thread streams a contiguous run of panels, so that its prefetches
+        // (a panel ahead, see x86) land on panels it reads next itself.
+        // Every task boundary restarts a stream from memory: one run per
+        // thread took the decode step's matrices in 0.88 of the time of
+        // four runs each.
+        pool.run_streams(panels, 1, &panel_range);
+        return;
+    }
+    // About a dozen tasks per thread balances the cores; at most 8 panels
+    // per task keeps the hand-off cost small against the work.
+    let per_task = (panels / (12 * pool.threads())).clamp(1, 8);
+    pool.run(panels.div_ceil(per_task), &|t| panel_range(t * per_task..((t + 1) * per_task).min(panels)));
 }
 
 /// Weight panel `p` against every activation row, TILE_ACTS rows at a time

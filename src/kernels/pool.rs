@@ -6,7 +6,7 @@
 //! (a fresh job is usually microseconds away) and then park, so a pool does
 //! not burn a core that another process needs.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -39,6 +39,43 @@ pub struct ComputePool {
     caller: Mutex<()>,
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<()>>,
+    /// `run_streams`' runs, one per thread, set up by the job that uses them.
+    streams: Box<[Stream]>,
+}
+
+/// What is left of one thread's run of items: `front..back`, packed in one
+/// word (front in the low half) so that either end is claimed atomically.
+/// A cache line each: a run's owner claims from it alone until it is done.
+#[repr(align(64))]
+struct Stream(AtomicU64);
+
+impl Stream {
+    fn set(&self, range: std::ops::Range<usize>) {
+        self.0.store((range.end as u64) << 32 | range.start as u64, Ordering::Relaxed);
+    }
+
+    /// Up to `step` items from the front (`back: false`) or the back.
+    fn claim(&self, step: usize, back: bool) -> Option<std::ops::Range<usize>> {
+        let mut cur = self.0.load(Ordering::Relaxed);
+        loop {
+            let (front, end) = ((cur & 0xFFFF_FFFF) as usize, (cur >> 32) as usize);
+            if front >= end {
+                return None;
+            }
+            let (claimed, left) = if back {
+                let from = end.saturating_sub(step).max(front);
+                (from..end, front..from)
+            } else {
+                let to = (front + step).min(end);
+                (front..to, to..end)
+            };
+            let next = (left.end as u64) << 32 | left.start as u64;
+            match self.0.compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return Some(claimed),
+                Err(seen) => cur = seen,
+            }
+        }
+    }
 }
 
 impl ComputePool {
@@ -61,7 +98,8 @@ impl ComputePool {
                     .expect("spawn compute worker")
             })
             .collect();
-        ComputePool { caller: Mutex::new(()), shared, workers }
+        let streams = (0..threads.max(1)).map(|_| Stream(AtomicU64::new(0))).collect();
+        ComputePool { caller: Mutex::new(()), shared, workers, streams }
     }
 
     pub fn threads(&self) -> usize {
@@ -76,6 +114,11 @@ impl ComputePool {
             return;
         }
         let _turn = self.caller.lock().unwrap_or_else(|e| e.into_inner());
+        self.run_turn(n_tasks, f);
+    }
+
+    /// `run` for a caller that holds the turn.
+    fn run_turn(&self, n_tasks: usize, f: &(dyn Fn(usize) + Sync)) {
         let s = &*self.shared;
         // SAFETY: the pointer is cleared and every worker has finished before return.
         let erased: *const Job = unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), &'static Job>(f) };
@@ -103,6 +146,36 @@ impl ComputePool {
 }
 
 impl ComputePool {
+    /// Calls `f` on ranges that cover `0..items`, at most `step` items
+    /// each: every thread walks a contiguous run of its own front to back,
+    /// then takes steps from the back of the runs not yet done. Each
+    /// thread's reads stay one sequential stream (a decode step's weights,
+    /// prefetched ahead of the kernel: every start of a new stretch waits
+    /// on memory), and a thread that starts late or runs slow has its run
+    /// shared out instead of waited for.
+    pub fn run_streams(&self, items: usize, step: usize, f: &(dyn Fn(std::ops::Range<usize>) + Sync)) {
+        let threads = self.threads();
+        if threads == 1 || items <= step {
+            return f(0..items);
+        }
+        assert!(items < 1 << 32, "run_streams packs item indices in 32 bits");
+        let _turn = self.caller.lock().unwrap_or_else(|e| e.into_inner());
+        for (t, stream) in self.streams.iter().enumerate() {
+            stream.set(t * items / threads..(t + 1) * items / threads);
+        }
+        let step = step.max(1);
+        self.run_turn(threads, &|t| {
+            while let Some(range) = self.streams[t].claim(step, false) {
+                f(range);
+            }
+            for other in (1..threads).map(|d| &self.streams[(t + d) % threads]) {
+                while let Some(range) = other.claim(step, true) {
+                    f(range);
+                }
+            }
+        });
+    }
+
     /// Calls `f` on ranges that cover `0..rows`, in parallel when there are
     /// at least `min_rows` rows per range to share out.
     pub fn run_rows(&self, rows: usize, min_rows: usize, f: &(dyn Fn(std::ops::Range<usize>) + Sync)) {
@@ -196,6 +269,32 @@ mod tests {
             })
             .collect();
         callers.into_iter().for_each(|c| c.join().unwrap());
+    }
+
+    #[test]
+    fn streams_cover_every_item_exactly_once_when_a_thread_lags() {
+        let pool = ComputePool::new(3);
+        for (items, step) in [(1usize, 1usize), (2, 1), (7, 2), (36, 1), (100, 3), (1000, 1)] {
+            for round in 0..50 {
+                let hits: Vec<AtomicUsize> = (0..items).map(|_| AtomicUsize::new(0)).collect();
+                // Counted, not asserted inside: a panic on a worker would hang the job.
+                let misshapen = AtomicUsize::new(0);
+                pool.run_streams(items, step, &|range| {
+                    if range.is_empty() || range.len() > step {
+                        misshapen.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // One run's owner is slow: the others take its steps.
+                    if range.start < items / 3 && round % 2 == 0 {
+                        std::thread::sleep(Duration::from_micros(50));
+                    }
+                    for i in range {
+                        hits[i].fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+                assert_eq!(misshapen.load(Ordering::Relaxed), 0, "ranges empty or over {step} items");
+                assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1), "{items} items, step {step}");
+            }
+        }
     }
 
     #[test]
