@@ -50,8 +50,12 @@ pub struct ComputePool {
 struct Stream(AtomicU64);
 
 impl Stream {
+    fn packed(range: std::ops::Range<usize>) -> u64 {
+        (range.end as u64) << 32 | range.start as u64
+    }
+
     fn set(&self, range: std::ops::Range<usize>) {
-        self.0.store((range.end as u64) << 32 | range.start as u64, Ordering::Relaxed);
+        self.0.store(Self::packed(range), Ordering::Relaxed);
     }
 
     /// Up to `step` items from the front (`back: false`) or the back.
@@ -69,8 +73,7 @@ impl Stream {
                 let to = (front + step).min(end);
                 (front..to, to..end)
             };
-            let next = (left.end as u64) << 32 | left.start as u64;
-            match self.0.compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed) {
+            match self.0.compare_exchange_weak(cur, Self::packed(left), Ordering::Relaxed, Ordering::Relaxed) {
                 Ok(_) => return Some(claimed),
                 Err(seen) => cur = seen,
             }

@@ -419,36 +419,34 @@ unsafe fn int6_panel<L: Lanes, const U: usize>(qs: &[u8], scale: &[f32], q: &Qua
 unsafe fn panel<L: Lanes, const AR: usize>(w: &Packed, q: &QuantizedActs, p: usize, i: usize, tile: &mut Tile) -> bool {
     // Up to eight units cover the whole panel for a few rows; with up to
     // four, a 4-bit pass takes both nibble sides.
-    match (PANEL / L::N, AR) {
-        (1, 1) => return whole_panel::<L, 1, 2>(w, q, (p, i), tile),
-        (2, 1) => return whole_panel::<L, 2, 2>(w, q, (p, i), tile),
-        (2, 2) => return whole_panel::<L, 4, 2>(w, q, (p, i), tile),
-        (2, 3) => return whole_panel::<L, 6, 1>(w, q, (p, i), tile),
-        (2, 4) => return whole_panel::<L, 8, 1>(w, q, (p, i), tile),
+    let whole = PANEL / L::N;
+    match (whole, AR) {
+        (1, 1) => return units_dot::<L, 1, 2>(w, q, (p, i), units::<L, 1>(whole, 0), tile),
+        (2, 1) => return units_dot::<L, 2, 2>(w, q, (p, i), units::<L, 2>(whole, 0), tile),
+        (2, 2) => return units_dot::<L, 4, 2>(w, q, (p, i), units::<L, 4>(whole, 0), tile),
+        (2, 3) => return units_dot::<L, 6, 1>(w, q, (p, i), units::<L, 6>(whole, 0), tile),
+        (2, 4) => return units_dot::<L, 8, 1>(w, q, (p, i), units::<L, 8>(whole, 0), tile),
         _ => {}
     }
+    // A loop, not a closure: a closure here is compiled without the
+    // caller's target features, and its intrinsics are not inlined.
     for lane in (0..PANEL).step_by(L::N) {
-        let mut units = [Unit { act: 0, lane }; AR];
-        for (act, unit) in units.iter_mut().enumerate() {
-            unit.act = act;
-        }
-        if !units_dot::<L, AR, 1>(w, q, (p, i), units, tile) {
+        if !units_dot::<L, AR, 1>(w, q, (p, i), units::<L, AR>(1, lane), tile) {
             return false;
         }
     }
     true
 }
 
-/// `U` units over the whole panel: every register's width of lanes of
-/// each activation row.
+/// `U` units: `widths` registers' width of lanes from `lane0` for each
+/// activation row in turn.
 #[inline(always)]
-unsafe fn whole_panel<L: Lanes, const U: usize, const SIDES: usize>(w: &Packed, q: &QuantizedActs, at: (usize, usize), tile: &mut Tile) -> bool {
-    let widths = PANEL / L::N;
+fn units<L: Lanes, const U: usize>(widths: usize, lane0: usize) -> [Unit; U] {
     let mut units = [Unit { act: 0, lane: 0 }; U];
     for (u, unit) in units.iter_mut().enumerate() {
-        *unit = Unit { act: u / widths, lane: u % widths * L::N };
+        *unit = Unit { act: u / widths, lane: lane0 + u % widths * L::N };
     }
-    units_dot::<L, U, SIDES>(w, q, at, units, tile)
+    units
 }
 
 /// The dots of `units` with the kernel of `w`'s format; `SIDES`: how many
