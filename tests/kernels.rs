@@ -207,9 +207,11 @@ fn simd_attention_equals_portable_bitwise_for_every_head_shape() {
         let c = &portable.config;
         let (dim, kv_dim) = (c.dim, c.kv_dim());
         // A decode at position 40, a 37-token chunk at 5..42 (runs its
-        // tokens see only part of), and a first token at position 0.
-        let shapes = [(40usize, 1usize), (5, 37), (0, 1)];
-        let mut kv = KvPool::new(1, kv_dim, 16, 16);
+        // tokens see only part of), a first token at position 0, and a
+        // decode at position 300, most of whose runs of 16 positions set no
+        // new maximum (the softmax's shortcut).
+        let shapes = [(40usize, 1usize), (5, 37), (0, 1), (300, 1)];
+        let mut kv = KvPool::new(1, kv_dim, 16, 48);
         let mut cache = Vec::new();
         let mut tables = Vec::new();
         for &(start, tokens) in &shapes {

@@ -201,12 +201,9 @@ pub mod libm16 {
         _mm512_set1_pd(f64::from_bits(bits))
     }
 
-    /// Lanes whose |x| is 88 or more, as bits.
-    fn slow_lanes(x: &[f32; 16]) -> u32 {
-        x.iter().enumerate().filter(|(_, v)| (v.to_bits() >> 20 & 0x7ff) as i32 > LAST_FAST_TOP12).fold(0, |m, (i, _)| m | 1 << i)
-    }
-
-    /// Those lanes from the C library itself.
+    /// Those lanes (`slow`, as bits) from the C library itself. Rare: only
+    /// arguments of magnitude 88 or more, and NaN, take it.
+    #[cold]
     fn finish_slow(x: &mut [f32; 16], original: &[f32; 16], slow: u32) {
         for (i, v) in x.iter_mut().enumerate() {
             if slow & (1 << i) != 0 {
@@ -220,10 +217,17 @@ pub mod libm16 {
     /// # Safety
     /// The CPU must have AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
+    #[inline]
     pub unsafe fn exp_avx2(x: &mut [f32; 16]) {
         let t = table();
-        let slow = slow_lanes(x);
-        let original = *x;
+        // Lanes whose exponent field is above LAST_FAST_TOP12's, as bits.
+        let fast_top = _mm256_set1_epi32((LAST_FAST_TOP12 << 20 | 0xfffff) as i32);
+        let slow_half = |at: usize| {
+            let bits = _mm256_and_si256(_mm256_loadu_si256(x.as_ptr().add(at) as *const __m256i), _mm256_set1_epi32(0x7fff_ffff));
+            _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(bits, fast_top))) as u32
+        };
+        let slow = slow_half(0) | slow_half(8) << 8;
+        let original = if slow != 0 { *x } else { [0.0; 16] };
         let p = |bits: u64| _mm256_set1_pd(f64::from_bits(bits));
         for quarter in 0..4 {
             let xd = _mm256_cvtps_pd(_mm_loadu_ps(x.as_ptr().add(4 * quarter)));
@@ -240,7 +244,9 @@ pub mod libm16 {
             let y = _mm256_mul_pd(_mm256_fmadd_pd(z, r2, y), _mm256_castsi256_pd(s));
             _mm_storeu_ps(x.as_mut_ptr().add(4 * quarter), _mm256_cvtpd_ps(y));
         }
-        finish_slow(x, &original, slow);
+        if slow != 0 {
+            finish_slow(x, &original, slow);
+        }
     }
 
     /// `x[i] = expf(x[i])` for all sixteen.
@@ -248,13 +254,14 @@ pub mod libm16 {
     /// # Safety
     /// The CPU must have AVX-512F.
     #[target_feature(enable = "avx512f")]
+    #[inline]
     pub unsafe fn exp(x: &mut [f32; 16]) {
         let t = table();
         let tab: [__m512i; 4] = std::array::from_fn(|j| _mm512_loadu_si512(t.as_ptr().add(8 * j) as *const __m512i));
         let all = _mm512_loadu_ps(x.as_ptr());
         let top12 = _mm512_and_si512(_mm512_srli_epi32(_mm512_castps_si512(all), 20), _mm512_set1_epi32(0x7ff));
-        let slow = _mm512_cmpgt_epi32_mask(top12, _mm512_set1_epi32(LAST_FAST_TOP12));
-        let original = *x;
+        let slow = _mm512_cmpgt_epi32_mask(top12, _mm512_set1_epi32(LAST_FAST_TOP12)) as u32;
+        let original = if slow != 0 { *x } else { [0.0; 16] };
         for half in 0..2 {
             let xd = _mm512_cvtps_pd(_mm256_loadu_ps(x.as_ptr().add(8 * half)));
             // The same fused operations as the compiled C, in its order.
@@ -273,7 +280,9 @@ pub mod libm16 {
             let y = _mm512_mul_pd(_mm512_fmadd_pd(z, r2, y), _mm512_castsi512_pd(s));
             _mm256_storeu_ps(x.as_mut_ptr().add(8 * half), _mm512_cvtpd_ps(y));
         }
-        finish_slow(x, &original, slow as u32);
+        if slow != 0 {
+            finish_slow(x, &original, slow);
+        }
     }
 }
 

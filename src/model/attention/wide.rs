@@ -29,6 +29,10 @@ pub(super) trait Wide: Copy {
     unsafe fn round(self) -> Self;
     /// Lanes 8..16 added onto 0..8: the first step of the final sum.
     unsafe fn fold8(self) -> __m256;
+    /// The largest lane.
+    unsafe fn max_lane(self) -> f32;
+    /// `x[i] = expf(x[i])`, the C library's bits.
+    unsafe fn exp(x: &mut [f32; RUN]);
     /// The online softmax over a run (see `HeadMath::softmax_run`).
     unsafe fn softmax_run(score: &[f32; RUN], seen: usize, state: &mut Softmax, factor: &mut [f32; RUN]) -> u32;
 }
@@ -101,6 +105,14 @@ impl Wide for W512 {
         let x = self.0;
         _mm256_add_ps(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1)), _mm512_castps512_ps256(x))
     }
+    #[inline(always)]
+    unsafe fn max_lane(self) -> f32 {
+        _mm512_reduce_max_ps(self.0)
+    }
+    #[inline(always)]
+    unsafe fn exp(x: &mut [f32; RUN]) {
+        libm16::exp(x)
+    }
     /// The same steps sixteen positions at a time: the running maximum
     /// as a prefix scan, the choices as masks, one 16-wide `expf`.
     #[inline(always)]
@@ -125,7 +137,7 @@ impl Wide for W512 {
         let new_max = _mm512_mask_cmp_ps_mask::<_CMP_GT_OQ>(valid, x, before);
         let arg = _mm512_mask_blend_ps(new_max, _mm512_sub_ps(x, before), _mm512_sub_ps(before, x));
         _mm512_storeu_ps(factor.as_mut_ptr(), _mm512_maskz_mov_ps(valid, arg));
-        libm16::exp(factor);
+        Self::exp(factor);
         let all = _mm512_max_ps(prefix, _mm512_set1_ps(state.max));
         let mut maxes = [0f32; RUN];
         _mm512_storeu_ps(maxes.as_mut_ptr(), all);
@@ -197,6 +209,17 @@ impl Wide for W256x2 {
     unsafe fn fold8(self) -> __m256 {
         _mm256_add_ps(self.1, self.0)
     }
+    #[inline(always)]
+    unsafe fn max_lane(self) -> f32 {
+        let m = _mm256_max_ps(self.0, self.1);
+        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)))
+    }
+    #[inline(always)]
+    unsafe fn exp(x: &mut [f32; RUN]) {
+        libm16::exp_avx2(x)
+    }
     /// `W512::softmax_run`'s steps in two halves of eight lanes: each
     /// half's prefix maximum as a scan, the second half's raised by the
     /// first's last, the choices as masks, one 16-wide `expf`.
@@ -228,7 +251,7 @@ impl Wide for W256x2 {
             _mm256_storeu_ps(factor.as_mut_ptr().add(8 * h), _mm256_and_ps(arg, valid[h]));
             _mm256_storeu_ps(maxes.as_mut_ptr().add(8 * h), _mm256_max_ps(prefix[h], old));
         }
-        libm16::exp_avx2(factor);
+        Self::exp(factor);
         state.max = maxes[seen - 1];
         let one = _mm256_set1_ps(1.0);
         let (mut rescale, mut weight) = ([0f32; RUN], [0f32; RUN]);
@@ -333,8 +356,22 @@ impl<W: Wide, const V: usize> HeadMath for Simd<W, V> {
             *a = x.fmadd(w, *a).round();
         }
     }
+    /// A whole run that sets no new maximum (the common case once a long
+    /// prompt is under way) needs no prefix scan: each position weighs
+    /// e^(s - max), the bits the general steps give it.
     #[inline(always)]
     unsafe fn softmax_run(score: &[f32; RUN], seen: usize, state: &mut Softmax, factor: &mut [f32; RUN]) -> u32 {
+        if seen == RUN {
+            let x = W::load(score.as_ptr());
+            if !(x.max_lane() > state.max) {
+                x.add(W::splat(-state.max)).store(factor.as_mut_ptr());
+                W::exp(factor);
+                for &w in factor.iter() {
+                    state.sum = state.sum.mul_add(1.0, w);
+                }
+                return 0;
+            }
+        }
         W::softmax_run(score, seen, state, factor)
     }
     #[inline(always)]
