@@ -348,6 +348,10 @@ pub fn attend(model: &Model, chunks: &[SeqChunk], slots: &[TokenSlot], layer: us
         }
         first += ch.tokens.len();
     }
+    // The biggest first (a token's work grows with its position): the
+    // pool hands tasks out in order, and the small ones left at the end
+    // keep the threads finishing together.
+    runs.sort_by_key(|&(first, tokens)| std::cmp::Reverse(slots[first..first + tokens].iter().map(|s| s.pos + 1).sum::<usize>()));
     let task = Task { model, chunks, slots, layer, qkv, kv, out: SharedOut::new(out) };
     model.pool.run(runs.len() * c.kv_heads, &|i| {
         let ((first, tokens), kvh) = (runs[i / c.kv_heads], i % c.kv_heads);
