@@ -1,5 +1,6 @@
 //! Microbenchmarks of the CPU kernels, every instruction set this CPU has:
-//! `cargo bench --bench kernels` (optionally a filter: `-- matmul`).
+//! `cargo bench --bench kernels` (optionally a filter: `-- matmul`, and
+//! `--simd-only` to leave out the portable path, which is slow to time).
 //!
 //! Matmuls run on random weights of each format, 1536 x 1536 (the default
 //! model's down projection has rows of 1536; K-quants need multiples of
@@ -21,6 +22,13 @@ use caravan::model::attention::attend;
 use caravan::model::{Model, SeqChunk, TokenSlot};
 use caravan::kernels::Isa;
 use caravan::sampler::{Rng, Sampler, SamplingParams};
+
+/// The instruction sets to time: all this CPU has, or with `--simd-only`
+/// all but the portable reference (attention's takes minutes).
+fn isas() -> Vec<Isa> {
+    let simd_only = std::env::args().any(|a| a == "--simd-only");
+    Isa::available().into_iter().filter(|&isa| !(simd_only && isa == Isa::Portable)).collect()
+}
 
 /// Median seconds per call of `f`, each of 5 runs repeating it for ~50 ms.
 fn time(mut f: impl FnMut()) -> f64 {
@@ -56,7 +64,7 @@ fn bench_matmul(pool: &ComputePool) {
     println!("{:<6} {:<12} {:>18} {:>18} {:>18} {:>18} {:>18}", "format", "isa", "m=1", "m=8", "m=32", "m=128", "m=512");
     for t in [TensorType::Q4_0, TensorType::Q4_1, TensorType::Q8_0, TensorType::Q4K, TensorType::Q6K] {
         let w = Matrix { rows, cols, w: repack(t, &random_blocks(&mut rng, t, rows, cols), rows, cols) };
-        for isa in Isa::available() {
+        for isa in isas() {
             let mut line = format!("{:<6} {:<12}", t.name(), isa.to_string());
             for m in [1usize, 8, 32, 128, 512] {
                 let x = floats(&mut rng, m * cols);
@@ -82,7 +90,7 @@ fn bench_ops() {
     println!("\nrow-wise ops over {m} tokens, one thread: microseconds per call");
     println!("{:<12} {:>12} {:>12} {:>12} {:>12}", "isa", "quantize 1536", "rms_norm 576", "rope 9x64", "silu*up 1536");
     let single = ComputePool::new(1);
-    for isa in Isa::available() {
+    for isa in isas() {
         let mut q = QuantizedActs::default();
         let quantize = time(|| q.quantize(&single, isa, &x[..m * ffn], m, ffn));
         let norm = time(|| rms_norm(&x[..m * dim], &weight, 1e-5, black_box(&mut out[..m * dim])));
@@ -101,7 +109,7 @@ fn bench_attention() {
     println!("\nattention (9 heads of 64, 3 KV heads), 2 threads: milliseconds per call (ns per head and position)");
     println!("{:<12} {:>24} {:>24} {:>24} {:>24}", "isa", "decode 1 x ctx 1025", "decode 32 x ctx 1025", "prefill 512 at 0", "prefill 512 at 2048");
     let mut rng = Rng(3);
-    for isa in Isa::available() {
+    for isa in isas() {
         let model = Model::attention_only(9, 3, 64, isa, 2);
         let c = &model.config;
         let (dim, kv_dim) = (c.dim, c.kv_dim());
