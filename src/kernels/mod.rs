@@ -26,6 +26,19 @@ pub fn prefetch(p: *const u8) {
     let _ = p;
 }
 
+/// The largest of eight lanes.
+///
+/// # Safety
+/// Only for functions compiled with AVX.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub unsafe fn max_lane8(v: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::*;
+    let m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps::<1>(m, m)))
+}
+
 /// An instruction set a kernel can be compiled for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Isa {

@@ -11,7 +11,7 @@ use half::f16;
 
 use super::matmul::{QuantizedActs, Tile};
 use super::quant::{Packed, BYTE_BLOCK, NIBBLE_BLOCK, PANEL};
-use super::{prefetch, Isa};
+use super::{max_lane8, prefetch, Isa};
 
 /// The vector operations the kernels are written in; `N` rows per register.
 trait Lanes {
@@ -521,10 +521,7 @@ pub(super) unsafe fn quantize_block_avx512(x: &[f32; 32], q: &mut [i8; 32]) -> (
 pub(super) unsafe fn quantize_block_avx2(x: &[f32; 32], q: &mut [i8; 32]) -> (f32, i32, i32) {
     let v: [__m256; 4] = std::array::from_fn(|j| _mm256_loadu_ps(x.as_ptr().add(8 * j)));
     let abs = |v: __m256| _mm256_andnot_ps(_mm256_set1_ps(-0.0), v);
-    let m = _mm256_max_ps(_mm256_max_ps(abs(v[0]), abs(v[1])), _mm256_max_ps(abs(v[2]), abs(v[3])));
-    let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
-    let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-    let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps::<1>(m, m)));
+    let amax = max_lane8(_mm256_max_ps(_mm256_max_ps(abs(v[0]), abs(v[1])), _mm256_max_ps(abs(v[2]), abs(v[3]))));
     let inv = _mm256_set1_ps(if amax > 0.0 { 127.0 / amax } else { 0.0 });
     let i: [__m256i; 4] = std::array::from_fn(|j| _mm256_cvtps_epi32(_mm256_mul_ps(v[j], inv)));
     // Packing works within 128-bit halves: dwords come out as rows

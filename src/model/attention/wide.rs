@@ -11,6 +11,7 @@ use half::f16;
 
 use super::{HeadMath, Softmax, MAX_PAIRS, RUN};
 use crate::kernels::expf::libm16;
+use crate::kernels::max_lane8;
 
 /// Sixteen f32 lanes. Only used inside functions compiled with the
 /// features the implementation needs (AVX2/FMA/F16C, plus AVX-512F for
@@ -211,10 +212,7 @@ impl Wide for W256x2 {
     }
     #[inline(always)]
     unsafe fn max_lane(self) -> f32 {
-        let m = _mm256_max_ps(self.0, self.1);
-        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
-        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-        _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)))
+        max_lane8(_mm256_max_ps(self.0, self.1))
     }
     #[inline(always)]
     unsafe fn exp(x: &mut [f32; RUN]) {
