@@ -20,7 +20,7 @@ use caravan::kernels::quant::{random_blocks, repack, TensorType};
 use caravan::kv::KvPool;
 use caravan::model::attention::attend;
 use caravan::model::{Model, SeqChunk, TokenSlot};
-use caravan::kernels::Isa;
+use caravan::kernels::{Arithmetic, Isa};
 use caravan::sampler::{Rng, Sampler, SamplingParams};
 
 /// The instruction sets to time: all this CPU has, or with `--simd-only`
@@ -53,6 +53,15 @@ fn time(mut f: impl FnMut()) -> f64 {
     runs[2]
 }
 
+/// The orders of arithmetic that differ for format `t`: both for 4-bit
+/// weights, ggml's alone for the others (their kernels are the same).
+fn orders(t: TensorType) -> Vec<Arithmetic> {
+    match t {
+        TensorType::Q4_0 | TensorType::Q4_1 | TensorType::Q4K => vec![Arithmetic::Ggml, Arithmetic::Fast],
+        _ => vec![Arithmetic::Ggml],
+    }
+}
+
 fn floats(rng: &mut Rng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.next_f32() * 2.0 - 1.0).collect()
 }
@@ -61,11 +70,12 @@ fn bench_matmul(pool: &ComputePool) {
     let (rows, cols) = (1536, 1536);
     let mut rng = Rng(1);
     println!("matmul {rows}x{cols}, {} threads: microseconds per call (GMAC/s; weight GB/s at m=1)", pool.threads());
-    println!("{:<6} {:<12} {:>18} {:>18} {:>18} {:>18} {:>18}", "format", "isa", "m=1", "m=8", "m=32", "m=128", "m=512");
-    for t in [TensorType::Q4_0, TensorType::Q4_1, TensorType::Q8_0, TensorType::Q4K, TensorType::Q6K] {
-        let w = Matrix { rows, cols, w: repack(t, &random_blocks(&mut rng, t, rows, cols), rows, cols) };
+    println!("{:<11} {:<12} {:>18} {:>18} {:>18} {:>18} {:>18}", "format", "isa", "m=1", "m=8", "m=32", "m=128", "m=512");
+    let formats = [TensorType::Q4_0, TensorType::Q4_1, TensorType::Q8_0, TensorType::Q4K, TensorType::Q6K];
+    for (t, order) in formats.into_iter().flat_map(|t| orders(t).into_iter().map(move |o| (t, o))) {
+        let w = Matrix { rows, cols, w: repack(t, &random_blocks(&mut rng, t, rows, cols), rows, cols, order) };
         for isa in isas() {
-            let mut line = format!("{:<6} {:<12}", t.name(), isa.to_string());
+            let mut line = format!("{:<11} {:<12}", format!("{} {order}", t.name()), isa.to_string());
             for m in [1usize, 8, 32, 128, 512] {
                 let x = floats(&mut rng, m * cols);
                 let mut q = QuantizedActs::default();
@@ -107,13 +117,13 @@ fn bench_ops() {
 /// a 512-token chunk at positions 2048..2560.
 fn bench_attention() {
     println!("\nattention (9 heads of 64, 3 KV heads), 2 threads: milliseconds per call (ns per head and position)");
-    println!("{:<12} {:>24} {:>24} {:>24} {:>24}", "isa", "decode 1 x ctx 1025", "decode 32 x ctx 1025", "prefill 512 at 0", "prefill 512 at 2048");
+    println!("{:<17} {:>24} {:>24} {:>24} {:>24}", "isa", "decode 1 x ctx 1025", "decode 32 x ctx 1025", "prefill 512 at 0", "prefill 512 at 2048");
     let mut rng = Rng(3);
-    for isa in isas() {
-        let model = Model::attention_only(9, 3, 64, isa, 2);
+    for (isa, order) in isas().into_iter().flat_map(|isa| [Arithmetic::Ggml, Arithmetic::Fast].map(|o| (isa, o))) {
+        let model = Model::attention_only(9, 3, 64, isa, order, 2);
         let c = &model.config;
         let (dim, kv_dim) = (c.dim, c.kv_dim());
-        let mut line = format!("{:<12}", isa.to_string());
+        let mut line = format!("{:<17}", format!("{isa} {order}"));
         for (seqs, queries, first_pos) in [(1usize, 1usize, 1024usize), (32, 1, 1024), (1, 512, 0), (1, 512, 2048)] {
             let context = first_pos + queries;
             let mut kv = KvPool::new(1, kv_dim, 16, seqs * context.div_ceil(16));
@@ -143,17 +153,18 @@ fn bench_stream(pool: &ComputePool) {
     let (rows, cols) = (4 * 49152, 576);
     let mut rng = Rng(5);
     println!("\nmatmul {rows}x{cols} at m=1 (weights from memory): microseconds per call (weight GB/s)");
-    for t in [TensorType::Q4_1, TensorType::Q8_0] {
-        let w = Matrix { rows, cols, w: repack(t, &random_blocks(&mut rng, t, rows, cols), rows, cols) };
+    for (t, order) in [(TensorType::Q4_1, Arithmetic::Ggml), (TensorType::Q4_1, Arithmetic::Fast), (TensorType::Q8_0, Arithmetic::Ggml)] {
+        let w = Matrix { rows, cols, w: repack(t, &random_blocks(&mut rng, t, rows, cols), rows, cols, order) };
         let x = floats(&mut rng, cols);
         let mut q = QuantizedActs::default();
         let isa = *Isa::available().last().unwrap();
         q.quantize(pool, isa, &x, 1, cols);
         let mut out = vec![0f32; rows];
         let s = time(|| matmul(pool, isa, &w, &x, &q, black_box(&mut out)));
-        println!("{:<6} {:<12} {:>10.1} ({:.1})", t.name(), isa.to_string(), s * 1e6, w.w.bytes() as f64 / s / 1e9);
+        println!("{:<11} {:<12} {:>10.1} ({:.1})", format!("{} {order}", t.name()), isa.to_string(), s * 1e6, w.w.bytes() as f64 / s / 1e9);
     }
-    bench_decode_step(pool);
+    bench_decode_step(pool, Arithmetic::Ggml);
+    bench_decode_step(pool, Arithmetic::Fast);
 }
 
 /// Every matmul of one decode token of the default model, in order, on
@@ -162,10 +173,10 @@ fn bench_stream(pool: &ComputePool) {
 /// lm_head. Most of these matrices are small, so this shows what the
 /// hand-offs and the starts of short streams cost against `stream`'s one
 /// long matrix.
-fn bench_decode_step(pool: &ComputePool) {
+fn bench_decode_step(pool: &ComputePool, order: Arithmetic) {
     let (dim, qkv, ffn, vocab, layers) = (576, 960, 1536, 49152, 30);
     let mut rng = Rng(6);
-    let mut make = |t: TensorType, rows: usize, cols: usize| Matrix { rows, cols, w: repack(t, &random_blocks(&mut rng, t, rows, cols), rows, cols) };
+    let mut make = |t: TensorType, rows: usize, cols: usize| Matrix { rows, cols, w: repack(t, &random_blocks(&mut rng, t, rows, cols), rows, cols, order) };
     let mut step: Vec<Matrix> = Vec::new();
     for _ in 0..layers {
         step.extend([make(TensorType::Q4_1, qkv, dim), make(TensorType::Q4_1, dim, dim), make(TensorType::Q4_1, 2 * ffn, dim), make(TensorType::Q4_1, dim, ffn)]);
@@ -181,7 +192,7 @@ fn bench_decode_step(pool: &ComputePool) {
             matmul(pool, isa, w, &x[..w.cols], &q, black_box(&mut out[..w.rows]));
         }
     });
-    println!("decode step's {} matmuls ({:.1} MB) {:<12} {:>10.1} ({:.1})", step.len(), bytes as f64 / 1e6, isa.to_string(), s * 1e6, bytes as f64 / s / 1e9);
+    println!("decode step's {} matmuls ({:.1} MB) {:<12} {order:<5} {:>10.1} ({:.1})", step.len(), bytes as f64 / 1e6, isa.to_string(), s * 1e6, bytes as f64 / s / 1e9);
 }
 
 fn main() {

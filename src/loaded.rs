@@ -5,7 +5,7 @@ use std::path::Path;
 use anyhow::Result;
 
 use crate::gguf::GgufFile;
-use crate::kernels::Isa;
+use crate::kernels::{Arithmetic, Isa};
 use crate::kv::KvPool;
 use crate::model::Model;
 use crate::tokenizer::template::{tokenize_segments, ChatTemplate, Message};
@@ -18,11 +18,11 @@ pub struct LoadedModel {
 }
 
 impl LoadedModel {
-    pub fn open(path: &Path, threads: usize) -> Result<LoadedModel> {
+    pub fn open(path: &Path, threads: usize, arithmetic: Arithmetic) -> Result<LoadedModel> {
         let f = GgufFile::open(path)?;
         let tokenizer = Tokenizer::from_gguf(&f)?;
         let template = ChatTemplate::from_gguf(&f, &tokenizer)?;
-        let model = Model::load(&f, Isa::select()?, threads)?;
+        let model = Model::load(&f, Isa::select()?, arithmetic, threads)?;
         Ok(LoadedModel { model, tokenizer, template })
     }
 

@@ -5,6 +5,7 @@ mod common;
 
 use caravan::engine::{Engine, EngineConfig, Event, EventStream, GenRequest};
 use caravan::generate::generate;
+use caravan::kernels::Arithmetic;
 use caravan::sampler::SamplingParams;
 use common::{golden, model};
 
@@ -209,7 +210,7 @@ mod threaded {
     }
 
     fn handle(window_ms: u64) -> EngineHandle {
-        let m = Arc::new(LoadedModel::open(&common::model_path(), 2).unwrap());
+        let m = Arc::new(LoadedModel::open(&common::model_path(), 2, Arithmetic::Ggml).unwrap());
         let kv = m.kv_pool(64 * 128, 16);
         EngineHandle::spawn(m, kv, EngineConfig { max_batch_tokens: 256, max_seqs: 32 }, Duration::from_millis(window_ms), None)
     }

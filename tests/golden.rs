@@ -134,7 +134,7 @@ fn a_repeated_prompt_is_served_from_the_prefix_cache_with_the_same_tokens() {
 #[test]
 fn every_instruction_set_gives_the_same_logits_bit_for_bit() {
     use caravan::gguf::GgufFile;
-    use caravan::kernels::Isa;
+    use caravan::kernels::{Arithmetic, Isa};
     use caravan::model::{Model, Scratch, SeqChunk};
     let f = GgufFile::open(&common::model_path()).unwrap();
     let rows = golden();
@@ -142,7 +142,7 @@ fn every_instruction_set_gives_the_same_logits_bit_for_bit() {
     let (a, b) = (&rows[0].prompt_tokens, &rows[30].prompt_tokens);
     let mut results = Vec::new();
     for isa in Isa::available() {
-        let m = Model::load(&f, isa, 2).unwrap();
+        let m = Model::load(&f, isa, Arithmetic::Ggml, 2).unwrap();
         let c = &m.config;
         let mut kv = caravan::kv::KvPool::new(c.layers, c.kv_dim(), 16, 8);
         let (mut ta, mut tb) = (Vec::new(), Vec::new());

@@ -5,7 +5,7 @@
 use caravan::kernels::matmul::{matmul, portable_dot, Matrix, QuantizedActs};
 use caravan::kernels::pool::ComputePool;
 use caravan::kernels::quant::{repack, TensorType};
-use caravan::kernels::Isa;
+use caravan::kernels::{Arithmetic, Isa};
 use caravan::kernels::quant::random_blocks;
 use caravan::kv::KvPool;
 use caravan::model::attention::attend;
@@ -15,6 +15,9 @@ use caravan::sampler::Rng;
 fn float(rng: &mut Rng) -> f32 {
     rng.next_f32() * 2.0 - 1.0
 }
+
+/// Both orders of the float arithmetic (and the 4-bit layouts that go with them).
+const ORDERS: [Arithmetic; 2] = [Arithmetic::Ggml, Arithmetic::Fast];
 
 const TYPES: [TensorType; 8] = [
     TensorType::F32,
@@ -34,11 +37,12 @@ fn simd_matmul_equals_portable_bitwise_for_every_format_and_batch_size() {
     // Even and odd block counts, row counts that fill panels or leave a
     // partial one (padding rows), every tile width and more; 40 blocks
     // make the 4-bit kernel work in several chunks of blocks.
-    for (t, rows, cols) in TYPES.iter().flat_map(|&t| [(t, 72, 512), (t, 70, 480), (t, 24, 1280)]) {
+    let shapes = TYPES.iter().flat_map(|&t| [(t, 72, 512), (t, 70, 480), (t, 24, 1280)]);
+    for ((t, rows, cols), order) in shapes.flat_map(|s| ORDERS.map(|o| (s, o))) {
         if cols % t.block_elems() != 0 {
             continue;
         }
-        let w = Matrix { rows, cols, w: repack(t, &random_blocks(&mut rng, t, rows, cols), rows, cols) };
+        let w = Matrix { rows, cols, w: repack(t, &random_blocks(&mut rng, t, rows, cols), rows, cols, order) };
         for m in [1usize, 2, 3, 4, 5, 6, 7, 8, 9, 17] {
             let x: Vec<f32> = (0..m * cols).map(|_| float(&mut rng) * 3.0).collect();
             let mut q = QuantizedActs::default();
@@ -51,7 +55,7 @@ fn simd_matmul_equals_portable_bitwise_for_every_format_and_batch_size() {
                         let want = portable_dot(&w, &x, &q, r, a);
                         let got = out[a * rows + r];
                         // Same operations in the same order: bitwise equal.
-                        assert_eq!(got.to_bits(), want.to_bits(), "{t:?} {isa} m={m} row {r} act {a}: {got} vs {want}");
+                        assert_eq!(got.to_bits(), want.to_bits(), "{t:?} {order} {isa} m={m} row {r} act {a}: {got} vs {want}");
                     }
                 }
             }
@@ -65,8 +69,8 @@ fn quantized_matmul_tracks_the_float_product() {
     // dequantized weights with the float input must stay close.
     let mut rng = Rng(7);
     let (rows, cols) = (8, 256);
-    for t in TYPES {
-        let w = Matrix { rows, cols, w: repack(t, &random_blocks(&mut rng, t, rows, cols), rows, cols) };
+    for (t, order) in TYPES.iter().flat_map(|&t| ORDERS.map(|o| (t, o))) {
+        let w = Matrix { rows, cols, w: repack(t, &random_blocks(&mut rng, t, rows, cols), rows, cols, order) };
         let x: Vec<f32> = (0..cols).map(|_| float(&mut rng)).collect();
         let mut q = QuantizedActs::default();
         q.quantize(&ComputePool::new(1), Isa::Portable, &x, 1, cols);
@@ -76,7 +80,7 @@ fn quantized_matmul_tracks_the_float_product() {
             let exact: f32 = row.iter().zip(&x).map(|(a, b)| a * b).sum();
             let norm: f32 = row.iter().map(|a| a.abs()).sum::<f32>() / 127.0;
             let got = portable_dot(&w, &x, &q, r, 0);
-            assert!((got - exact).abs() <= norm + 1e-5, "{t:?} row {r}: {got} vs {exact}");
+            assert!((got - exact).abs() <= norm + 1e-5, "{t:?} {order} row {r}: {got} vs {exact}");
         }
     }
 }
@@ -166,9 +170,9 @@ fn ggml_dequantize(t: TensorType, row: &[u8]) -> Vec<f32> {
 fn repacked_rows_equal_ggml_dequantization() {
     let mut rng = Rng(3);
     let (rows, cols) = (35, 512);
-    for t in TYPES {
+    for (t, order) in TYPES.iter().flat_map(|&t| ORDERS.map(|o| (t, o))) {
         let data = random_blocks(&mut rng, t, rows, cols);
-        let w = repack(t, &data, rows, cols);
+        let w = repack(t, &data, rows, cols, order);
         let row_bytes = data.len() / rows;
         let mut got = vec![0f32; cols];
         for r in 0..rows {
@@ -179,7 +183,7 @@ fn repacked_rows_equal_ggml_dequantization() {
             let largest = want.iter().fold(0f32, |a, v| a.max(v.abs()));
             let tol = if t == TensorType::Q4K { largest * 2e-3 } else { 0.0 };
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                assert!((g - w).abs() <= tol, "{t:?} row {r} element {i}: {g} vs {w}");
+                assert!((g - w).abs() <= tol, "{t:?} {order} row {r} element {i}: {g} vs {w}");
             }
         }
     }
@@ -202,8 +206,9 @@ fn simd_attention_equals_portable_bitwise_for_every_head_shape() {
     let mut rng = Rng(19);
     // Head sizes with vector rows (64, 128, 256) and without (80); groups of
     // 3, 1 and 2 query heads per KV head.
-    for (heads, kv_heads, hd) in [(9, 3, 64), (4, 4, 128), (2, 1, 256), (6, 3, 80)] {
-        let portable = Model::attention_only(heads, kv_heads, hd, Isa::Portable, 2);
+    let shapes = [(9, 3, 64), (4, 4, 128), (2, 1, 256), (6, 3, 80)];
+    for ((heads, kv_heads, hd), order) in shapes.into_iter().flat_map(|s| ORDERS.map(|o| (s, o))) {
+        let portable = Model::attention_only(heads, kv_heads, hd, Isa::Portable, order, 2);
         let c = &portable.config;
         let (dim, kv_dim) = (c.dim, c.kv_dim());
         // A decode at position 40, a 37-token chunk at 5..42 (runs its
@@ -231,7 +236,12 @@ fn simd_attention_equals_portable_bitwise_for_every_head_shape() {
         let qkv: Vec<f32> = (0..slots.len() * qkv_dim).map(|_| float(&mut rng) * 2.0).collect();
         let mut want = vec![0f32; slots.len() * dim];
         attend(&portable, &chunks, &slots, 0, &qkv, &kv, &mut want);
-        // The reference is attention, up to its f16 accumulator.
+        // The reference is attention, up to its accumulator (f16 in ggml's
+        // order, f32 in the fast one).
+        let tol = match order {
+            Arithmetic::Ggml => 1e-2,
+            Arithmetic::Fast => 1e-4,
+        };
         for (t, slot) in slots.iter().enumerate() {
             let rows = &cache[slot.chunk][..=slot.pos];
             for h in 0..heads {
@@ -241,16 +251,16 @@ fn simd_attention_equals_portable_bitwise_for_every_head_shape() {
                 let exact = exact_attention(&qkv[t * qkv_dim + h * hd..][..hd], &keys, &values);
                 for (e, x) in exact.iter().enumerate() {
                     let got = want[t * dim + h * hd + e] as f64;
-                    assert!((got - x).abs() < 1e-2, "hd {hd} token {t} head {h} element {e}: {got} vs {x}");
+                    assert!((got - x).abs() < tol, "{order} hd {hd} token {t} head {h} element {e}: {got} vs {x}");
                 }
             }
         }
         for isa in Isa::available() {
-            let model = Model::attention_only(heads, kv_heads, hd, isa, 2);
+            let model = Model::attention_only(heads, kv_heads, hd, isa, order, 2);
             let mut got = vec![0f32; want.len()];
             attend(&model, &chunks, &slots, 0, &qkv, &kv, &mut got);
             let differ = got.iter().zip(&want).position(|(g, w)| g.to_bits() != w.to_bits());
-            assert!(differ.is_none(), "{isa} hd {hd}: output {differ:?} differs");
+            assert!(differ.is_none(), "{order} {isa} hd {hd}: output {differ:?} differs");
             // Each chunk alone gives the bits it had in the batch.
             let mut row = 0;
             for (ci, chunk) in chunks.iter().enumerate() {
@@ -259,7 +269,7 @@ fn simd_attention_equals_portable_bitwise_for_every_head_shape() {
                 let mut out = vec![0f32; n * dim];
                 attend(&model, std::slice::from_ref(chunk), &alone, 0, &qkv[row * qkv_dim..(row + n) * qkv_dim], &kv, &mut out);
                 let differ = out.iter().zip(&want[row * dim..]).position(|(g, w)| g.to_bits() != w.to_bits());
-                assert!(differ.is_none(), "{isa} hd {hd}: chunk {ci} alone differs at {differ:?}");
+                assert!(differ.is_none(), "{order} {isa} hd {hd}: chunk {ci} alone differs at {differ:?}");
                 row += n;
             }
         }

@@ -19,6 +19,7 @@ use caravan::store::{Store, DEFAULT_MODEL};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
+use super::compute_args::ComputeArgs;
 use super::engine_args::EngineArgs;
 
 #[derive(clap::Args)]
@@ -38,9 +39,8 @@ pub struct BatchArgs {
     max_tokens: Option<usize>,
     #[command(flatten)]
     engine: EngineArgs,
-    /// Compute threads
-    #[arg(long, default_value_t = super::default_threads())]
-    threads: usize,
+    #[command(flatten)]
+    compute: ComputeArgs,
 }
 
 struct Item {
@@ -110,11 +110,11 @@ fn response_line(index: usize, item: &Item, choices: &[Choice], model: &str, cre
 
 pub fn batch(a: BatchArgs) -> Result<()> {
     let config = a.engine.config()?;
-    if a.threads == 0 {
+    if a.compute.threads == 0 {
         bail!("--threads must be at least 1");
     }
     let text = std::fs::read_to_string(&a.input).with_context(|| format!("cannot read {}", a.input.display()))?;
-    let m = Arc::new(LoadedModel::open(&Store::from_env().resolve(&a.model)?, a.threads)?);
+    let m = Arc::new(a.compute.open(&Store::from_env().resolve(&a.model)?)?);
     let kv = a.engine.pool(&m, false)?;
     let started = Instant::now();
     let created = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);

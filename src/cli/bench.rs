@@ -3,6 +3,7 @@
 //! together (prefill, decode and total tokens/s), B completions of one
 //! shared prompt (work and blocks), and what the KV pool holds.
 
+use super::compute_args::ComputeArgs;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
@@ -32,9 +33,8 @@ pub struct BenchArgs {
     /// Runs per batch size; the median is reported
     #[arg(long, default_value_t = 3)]
     repeat: usize,
-    /// Compute threads
-    #[arg(long, default_value_t = super::default_threads())]
-    threads: usize,
+    #[command(flatten)]
+    compute: ComputeArgs,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -90,10 +90,10 @@ fn peak_rss() -> Option<u64> {
 }
 
 pub fn bench(a: BenchArgs) -> Result<()> {
-    if a.prompt == 0 || a.gen < 2 || a.repeat == 0 || a.threads == 0 || a.batch.contains(&0) {
+    if a.prompt == 0 || a.gen < 2 || a.repeat == 0 || a.compute.threads == 0 || a.batch.contains(&0) {
         bail!("--prompt, --repeat, --threads and every --batch must be at least 1, --gen at least 2");
     }
-    let m = LoadedModel::open(&Store::from_env().resolve(&a.model)?, a.threads)?;
+    let m = a.compute.open(&Store::from_env().resolve(&a.model)?)?;
     let c = &m.model.config;
     if a.prompt + a.gen > c.context_length || a.shared_prompt + a.gen > c.context_length {
         bail!("prompt + gen exceeds the context of {}", c.context_length);
@@ -101,7 +101,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     let block = 16;
     let per_block = KvPool::bytes_per_block(c.layers, c.kv_dim(), block);
     let greedy = |prompt: Vec<u32>| GenRequest { prompt, params: SamplingParams::greedy(), max_tokens: a.gen, stop: vec![], ignore_eos: true };
-    println!("model {} | kernels {} | {} threads | prompt {} | gen {} | median of {}", a.model, m.model.isa, a.threads, a.prompt, a.gen, a.repeat);
+    println!("model {} | kernels {} | {} threads | prompt {} | gen {} | median of {}", a.model, m.model.isa, a.compute.threads, a.prompt, a.gen, a.repeat);
     println!("{:>4} {:>14} {:>14} {:>14} {:>16} {:>12}", "B", "prefill tok/s", "decode tok/s", "total tok/s", "KV bytes/token", "KV peak");
     for &b in &a.batch {
         // All prompts in one step, then decoding together, as llama.cpp's

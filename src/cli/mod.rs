@@ -2,6 +2,7 @@
 
 mod batch;
 mod bench;
+mod compute_args;
 mod engine_args;
 mod models;
 mod run;
@@ -47,9 +48,4 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(a) => bench::bench(a),
         Command::Serve(a) => serve::serve(a),
     }
-}
-
-/// Worker threads for the compute pool: one per core.
-pub(crate) fn default_threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }

@@ -1,10 +1,10 @@
 //! `caravan run [MODEL] [PROMPT]`: one generation streamed to the terminal.
 
+use super::compute_args::ComputeArgs;
 use std::io::{Read, Write};
 
 use anyhow::{bail, Result};
 use caravan::generate::{generate, GenRequest};
-use caravan::loaded::LoadedModel;
 use caravan::sampler::SamplingParams;
 use caravan::store::{Store, DEFAULT_MODEL};
 use caravan::tokenizer::template::Message;
@@ -45,9 +45,8 @@ pub struct RunArgs {
     /// Print token counts and speeds when done
     #[arg(long)]
     verbose: bool,
-    /// Compute threads
-    #[arg(long, default_value_t = super::default_threads())]
-    threads: usize,
+    #[command(flatten)]
+    compute: ComputeArgs,
 }
 
 impl RunArgs {
@@ -81,7 +80,7 @@ pub fn run(a: RunArgs) -> Result<()> {
     if a.num_predict < -1 || a.num_predict == 0 {
         bail!("--num-predict must be -1 (to the end of the context) or at least 1, got {}", a.num_predict);
     }
-    if a.threads == 0 {
+    if a.compute.threads == 0 {
         bail!("--threads must be at least 1");
     }
     let params = a.sampling()?;
@@ -104,7 +103,7 @@ pub fn run(a: RunArgs) -> Result<()> {
         bail!("the prompt is empty");
     }
     let path = store.resolve(&model)?;
-    let m = LoadedModel::open(&path, a.threads)?;
+    let m = a.compute.open(&path)?;
     let tokens = if a.raw {
         m.raw_tokens(&prompt)?
     } else {

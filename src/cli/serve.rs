@@ -6,12 +6,12 @@ use std::sync::Arc;
 
 use anyhow::{bail, Result};
 use caravan::engine::EngineHandle;
-use caravan::loaded::LoadedModel;
 use caravan::server::metrics::Metrics;
 use caravan::server::models::{Loader, Registry};
 use caravan::server::{listen_addr, serve as run_server, ServerConfig};
 use caravan::store::{Store, DEFAULT_MODEL};
 
+use super::compute_args::ComputeArgs;
 use super::engine_args::{parse_bytes, EngineArgs};
 
 #[derive(clap::Args)]
@@ -54,9 +54,8 @@ pub struct ServeArgs {
     shutdown_grace: f64,
     #[command(flatten)]
     engine: EngineArgs,
-    /// Compute threads per loaded model
-    #[arg(long, env = "CARAVAN_THREADS", default_value_t = super::default_threads())]
-    threads: usize,
+    #[command(flatten)]
+    compute: ComputeArgs,
 }
 
 pub fn serve(a: ServeArgs) -> Result<()> {
@@ -64,16 +63,16 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     if !(0.0..=3600.0).contains(&a.shutdown_grace) {
         bail!("--shutdown-grace must be 0 to 3600 seconds");
     }
-    if a.threads == 0 || a.max_queue == 0 || a.max_loaded_models == 0 || a.max_batch_items == 0 {
+    if a.compute.threads == 0 || a.max_queue == 0 || a.max_loaded_models == 0 || a.max_batch_items == 0 {
         bail!("--threads, --max-queue, --max-loaded-models and --max-batch-items must be at least 1");
     }
     let store = a.models_dir.clone().map(Store::new).unwrap_or_else(Store::from_env);
     // The default model is pulled before listening, so that the server
     // does not start without it.
     store.resolve(&a.model)?;
-    let (engine, threads) = (a.engine.clone(), a.threads);
+    let (engine, compute) = (a.engine.clone(), a.compute.clone());
     let loader: Loader = Box::new(move |path, observer| {
-        let m = Arc::new(LoadedModel::open(path, threads)?);
+        let m = Arc::new(compute.open(path)?);
         let kv = engine.pool(&m, false)?;
         let handle = EngineHandle::spawn(m.clone(), kv, config, engine.batch_window(), Some(observer));
         Ok((m, handle))

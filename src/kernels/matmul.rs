@@ -11,7 +11,7 @@
 
 use super::pool::{ComputePool, SharedOut};
 use super::quant::{byte_offset, nibble_offset, Packed, BYTE_BLOCK, PANEL};
-use super::Isa;
+use super::{Arithmetic, Isa};
 
 /// The most activation rows a kernel call takes against one weight panel.
 pub const TILE_ACTS: usize = 8;
@@ -163,8 +163,8 @@ fn tile_dot(isa: Isa, w: &Matrix, x: &[f32], q: &QuantizedActs, p: usize, i: usi
 
 /// The reference dot product of weight row `r` with activation row `a`,
 /// in the order every SIMD kernel uses: exact integer sums of 4 (4-bit
-/// weights) or 32 (8-bit) or 16 (6-bit) weights, each fused into a float
-/// accumulator in block order.
+/// weights in ggml's order) or 32 (4-bit in the fast order, 8-bit) or 16
+/// (6-bit) weights, each fused into a float accumulator in block order.
 pub fn portable_dot(w: &Matrix, x: &[f32], q: &QuantizedActs, r: usize, a: usize) -> f32 {
     let k = w.cols;
     let nb = k / 32;
@@ -183,30 +183,40 @@ pub fn portable_dot(w: &Matrix, x: &[f32], q: &QuantizedActs, r: usize, a: usize
                 acc += wc.iter().zip(xc).map(|(a, b)| a * b).sum::<f32>();
             }
         }
-        Packed::Nibble { qs, scale, min } => {
+        Packed::Nibble { qs, scale, min, order } => {
+            let code = |blk: usize, e: usize| {
+                let (at, high) = nibble_offset(*order, nb, blk, lane, e);
+                let byte = qs[at];
+                (if high { byte >> 4 } else { byte & 0xF }) as i32
+            };
             // ggml's order for 4-bit weights (its AVX2 `vec_dot_q4_1_q8_1`):
             // eight lanes, lane j fusing the sum of elements 4j..4j+4 of
-            // each block in block order; the minimums summed apart; then a
-            // fixed tree. Greedy outputs then match llama.cpp's bit for bit,
-            // where any other order drifts within a few tokens (activation
-            // quantization turns last-bit differences into whole steps).
+            // each block in block order; the fast order fuses each block's
+            // whole sum into one. The minimums are summed apart, then added
+            // (ggml: after a fixed tree over the lanes). Greedy outputs in
+            // ggml's order match llama.cpp's bit for bit, where any other
+            // order drifts within a few tokens (activation quantization
+            // turns last-bit differences into whole steps).
+            let steps = match order {
+                Arithmetic::Ggml => 8,
+                Arithmetic::Fast => 1,
+            };
             let mut lanes = [0f32; 8];
             let mut mins = 0f32;
             for b in 0..nb {
                 let blk = panel * nb + b;
-                let code = |e: usize| {
-                    let (at, high) = nibble_offset(nb, blk, lane, e);
-                    let byte = qs[at];
-                    (if high { byte >> 4 } else { byte & 0xF }) as i32
-                };
                 let ws = scale[blk * PANEL + lane].to_f32() * xs[b];
-                for (j, l) in lanes.iter_mut().enumerate() {
-                    *l = (isum(b, 4 * j..4 * j + 4, &code) as f32).mul_add(ws, *l);
+                let width = 32 / steps;
+                for (j, l) in lanes.iter_mut().enumerate().take(steps) {
+                    *l = (isum(b, width * j..width * (j + 1), &|e| code(blk, e)) as f32).mul_add(ws, *l);
                 }
                 mins = min[blk * PANEL + lane].to_f32().mul_add(xsum[b], mins);
             }
             let r = [lanes[0] + lanes[4], lanes[1] + lanes[5], lanes[2] + lanes[6], lanes[3] + lanes[7]];
-            acc = ((r[0] + r[2]) + (r[1] + r[3])) + mins;
+            acc = match order {
+                Arithmetic::Ggml => ((r[0] + r[2]) + (r[1] + r[3])) + mins,
+                Arithmetic::Fast => lanes[0] + mins,
+            };
         }
         Packed::Int8 { qs, scale } => {
             for b in 0..nb {

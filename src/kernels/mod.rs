@@ -39,6 +39,45 @@ pub unsafe fn max_lane8(v: std::arch::x86_64::__m256) -> f32 {
     _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps::<1>(m, m)))
 }
 
+/// How a quantized model's float arithmetic is ordered. Integer sums are
+/// exact either way; the orders differ in how they are combined in float,
+/// and activations quantized to 8 bits before every matmul turn last-bit
+/// differences into whole steps, so the two give different tokens where a
+/// model's top two are close. Both are batch invariant: a sequence's
+/// results do not depend on what it runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Arithmetic {
+    /// llama.cpp's CPU order, operation for operation: 4-bit weights in
+    /// sums of four codes each fused into one of eight float lanes, and
+    /// attention's weighted V sums rounded to f16 at every position. Greedy
+    /// outputs equal llama.cpp's bit for bit.
+    #[default]
+    Ggml,
+    /// A 4-bit block's 32 codes in one integer sum (half the instructions
+    /// of ggml's order), attention's V sums kept in f32.
+    Fast,
+}
+
+impl fmt::Display for Arithmetic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Arithmetic::Ggml => "ggml",
+            Arithmetic::Fast => "fast",
+        })
+    }
+}
+
+impl std::str::FromStr for Arithmetic {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Arithmetic, String> {
+        match s {
+            "ggml" => Ok(Arithmetic::Ggml),
+            "fast" => Ok(Arithmetic::Fast),
+            _ => Err(format!("unknown arithmetic {s:?} (ggml or fast)")),
+        }
+    }
+}
+
 /// An instruction set a kernel can be compiled for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Isa {

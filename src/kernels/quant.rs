@@ -15,6 +15,8 @@
 
 use half::{bf16, f16};
 
+use super::Arithmetic;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TensorType {
     F32,
@@ -109,15 +111,24 @@ pub fn byte_offset(lane: usize, e: usize) -> usize {
 }
 
 /// Where code `e` of row `lane` of block `blk` (numbered `panel * nb + b`
-/// for rows of `nb` blocks) sits in a 4-bit panel array, and whether it is
-/// the high nibble. A block's 64-byte vector t holds codes 8t..8t+4 (low
-/// nibbles) and 8t+4..8t+8 (high) of every row, so one load and two masks
-/// give two steps; a panel stores vector 0 of all its blocks, then vector
-/// 1, ..., because the kernels sweep the blocks once per vector.
+/// for rows of `nb` blocks) sits in a 4-bit panel array laid out for
+/// `order`, and whether it is the high nibble. A block's 64-byte vector t
+/// holds codes 8t..8t+4 (low nibbles) and 8t+4..8t+8 (high) of every row,
+/// so one load and two masks give two steps. For ggml's order a panel
+/// stores vector 0 of all its blocks, then vector 1, ..., because its
+/// kernels sweep the blocks once per vector (a float lane each); for the
+/// fast order blocks follow one another, each summed whole.
 #[inline(always)]
-pub fn nibble_offset(nb: usize, blk: usize, lane: usize, e: usize) -> (usize, bool) {
-    let (panel, b) = (blk / nb, blk % nb);
-    (panel * nb * NIBBLE_BLOCK + (e / 8) * nb * 64 + b * 64 + lane * 4 + e % 4, e % 8 >= 4)
+pub fn nibble_offset(order: Arithmetic, nb: usize, blk: usize, lane: usize, e: usize) -> (usize, bool) {
+    let within = lane * 4 + e % 4;
+    let at = match order {
+        Arithmetic::Ggml => {
+            let (panel, b) = (blk / nb, blk % nb);
+            panel * nb * NIBBLE_BLOCK + (e / 8) * nb * 64 + b * 64 + within
+        }
+        Arithmetic::Fast => blk * NIBBLE_BLOCK + (e / 8) * 64 + within,
+    };
+    (at, e % 8 >= 4)
 }
 
 /// Weights as the kernels read them; one row per output feature. The
@@ -127,8 +138,9 @@ pub fn nibble_offset(nb: usize, blk: usize, lane: usize, e: usize) -> (usize, bo
 /// * PANEL + lane`).
 #[derive(Debug, Clone)]
 pub enum Packed {
-    /// 4-bit codes q in 0..=15, w = scale * q + min. From Q4_0, Q4_1, Q4_K.
-    Nibble { qs: Vec<u8>, scale: Vec<f16>, min: Vec<f16> },
+    /// 4-bit codes q in 0..=15, w = scale * q + min, laid out and summed in
+    /// `order`. From Q4_0, Q4_1, Q4_K.
+    Nibble { qs: Vec<u8>, scale: Vec<f16>, min: Vec<f16>, order: Arithmetic },
     /// 8-bit codes stored as q + 128 (unsigned, for `vpdpbusd`), w = scale * q. From Q8_0.
     Int8 { qs: Vec<u8>, scale: Vec<f16> },
     /// 6-bit codes q in 0..=63, w = scale * (q - 32), a scale per 16 weights. From Q6_K.
@@ -206,8 +218,9 @@ fn decode_row(ttype: TensorType, data: &[u8], cols: usize) -> RowCodes {
     row
 }
 
-/// Repacks ggml blocks (whole rows of `cols` elements, `rows` of them).
-pub fn repack(ttype: TensorType, data: &[u8], rows: usize, cols: usize) -> Packed {
+/// Repacks ggml blocks (whole rows of `cols` elements, `rows` of them), for
+/// the kernels of `order`.
+pub fn repack(ttype: TensorType, data: &[u8], rows: usize, cols: usize, order: Arithmetic) -> Packed {
     let n = rows * cols;
     assert_eq!(data.len(), n / ttype.block_elems() * ttype.block_bytes(), "tensor size mismatch");
     let (nb, panels) = (cols / 32, rows.div_ceil(PANEL));
@@ -224,14 +237,14 @@ pub fn repack(ttype: TensorType, data: &[u8], rows: usize, cols: usize) -> Packe
                 for b in 0..nb {
                     let blk = first_block + b;
                     for (e, &code) in row.codes[b * 32..(b + 1) * 32].iter().enumerate() {
-                        let (at, high) = nibble_offset(nb, blk, lane, e);
+                        let (at, high) = nibble_offset(order, nb, blk, lane, e);
                         qs[at] |= if high { code << 4 } else { code };
                     }
                     scale[blk * PANEL + lane] = f16::from_f32(row.scale[b]);
                     min[blk * PANEL + lane] = f16::from_f32(row.min[b]);
                 }
             }
-            Packed::Nibble { qs, scale, min }
+            Packed::Nibble { qs, scale, min, order }
         }
         TensorType::Q8_0 | TensorType::Q6K => {
             // Padding rows: code 0 with scale 0.
@@ -265,10 +278,10 @@ impl Packed {
         let block = |b: usize| r / PANEL * nb + b;
         match self {
             Packed::Float(w) => out.copy_from_slice(&w[r * cols..(r + 1) * cols]),
-            Packed::Nibble { qs, scale, min } => {
+            Packed::Nibble { qs, scale, min, order } => {
                 for (i, o) in out.iter_mut().enumerate() {
                     let blk = block(i / 32);
-                    let (at, high) = nibble_offset(nb, blk, lane, i % 32);
+                    let (at, high) = nibble_offset(*order, nb, blk, lane, i % 32);
                     let byte = qs[at];
                     let q = if high { byte >> 4 } else { byte & 0xF };
                     *o = scale[blk * PANEL + lane].to_f32() * q as f32 + min[blk * PANEL + lane].to_f32();
@@ -296,7 +309,7 @@ impl Packed {
             Packed::Float(w) => w.len() * 4,
             Packed::Int8 { qs, scale } => qs.len() + scale.len() * 2,
             Packed::Int6 { qs, scale } => qs.len() + scale.len() * 4,
-            Packed::Nibble { qs, scale, min } => qs.len() + (scale.len() + min.len()) * 2,
+            Packed::Nibble { qs, scale, min, .. } => qs.len() + (scale.len() + min.len()) * 2,
         }
     }
 
@@ -316,7 +329,7 @@ impl Packed {
                     qs.extend(q2);
                     scale.extend(s2);
                 }
-                (Packed::Nibble { qs, scale, min }, Packed::Nibble { qs: q2, scale: s2, min: m2 }) => {
+                (Packed::Nibble { qs, scale, min, order }, Packed::Nibble { qs: q2, scale: s2, min: m2, order: o2 }) if *order == o2 => {
                     qs.extend(q2);
                     scale.extend(s2);
                     min.extend(m2);

@@ -11,7 +11,7 @@ use half::f16;
 
 use super::matmul::{QuantizedActs, Tile};
 use super::quant::{Packed, BYTE_BLOCK, NIBBLE_BLOCK, PANEL};
-use super::{max_lane8, prefetch, Isa};
+use super::{max_lane8, prefetch, Arithmetic, Isa};
 
 /// The vector operations the kernels are written in; `N` rows per register.
 trait Lanes {
@@ -25,6 +25,10 @@ trait Lanes {
     /// `acc` plus, per 32-bit lane, the dot of four unsigned weight bytes
     /// with the four signed activation bytes at `x`.
     unsafe fn dot(acc: Self::I, w: Self::I, x: *const i8) -> Self::I;
+    /// `dot` for 4-bit codes, summed in a form `widen_nibbles` turns into
+    /// 32-bit lanes: room for the eight steps of one block.
+    unsafe fn dot_nibbles(acc: Self::I, w: Self::I, x: *const i8) -> Self::I;
+    unsafe fn widen_nibbles(acc: Self::I) -> Self::I;
     /// The same for 8-bit weights stored as q + 128: with `dot` that is
     /// Σ(q + 128)x, and `int8_start` supplies the -128Σx that makes it Σqx;
     /// without `vpdpbusd` the signed product is formed directly instead.
@@ -75,6 +79,14 @@ impl Lanes for Vnni512 {
     #[inline(always)]
     unsafe fn dot(acc: __m512i, w: __m512i, x: *const i8) -> __m512i {
         _mm512_dpbusd_epi32(acc, w, _mm512_set1_epi32(four_bytes(x)))
+    }
+    #[inline(always)]
+    unsafe fn dot_nibbles(acc: __m512i, w: __m512i, x: *const i8) -> __m512i {
+        Self::dot(acc, w, x)
+    }
+    #[inline(always)]
+    unsafe fn widen_nibbles(acc: __m512i) -> __m512i {
+        acc
     }
     #[inline(always)]
     unsafe fn dot_int8(acc: __m512i, w: __m512i, x: *const i8) -> __m512i {
@@ -147,6 +159,17 @@ impl Lanes for Avx2 {
     #[inline(always)]
     unsafe fn dot(acc: __m256i, w: __m256i, x: *const i8) -> __m256i {
         _mm256_add_epi32(acc, Self::pair_sums(w, _mm256_set1_epi32(four_bytes(x))))
+    }
+    /// 16-bit sums: a block's eight steps of 4-bit codes stay within
+    /// 8 * 2 * 15 * 127 = 30480, so one `vpmaddwd` per block widens them
+    /// instead of one per step.
+    #[inline(always)]
+    unsafe fn dot_nibbles(acc: __m256i, w: __m256i, x: *const i8) -> __m256i {
+        _mm256_add_epi16(acc, _mm256_maddubs_epi16(w, _mm256_set1_epi32(four_bytes(x))))
+    }
+    #[inline(always)]
+    unsafe fn widen_nibbles(acc: __m256i) -> __m256i {
+        _mm256_madd_epi16(acc, _mm256_set1_epi16(1))
     }
     /// |q| times x with q's sign: pair sums stay within 2 * 128 * 127.
     #[inline(always)]
@@ -341,6 +364,54 @@ unsafe fn nibble_sum<L: Lanes>(l: [L::F; 8], mins: L::F, out: *mut f32) {
     L::store(L::add_f(L::add_f(L::add_f(r[0], r[2]), L::add_f(r[1], r[3])), mins), out);
 }
 
+/// 4-bit panels in the fast order (see `portable_dot`): per block the
+/// exact integer dot of its 32 codes, fused into the unit's sum with the
+/// block's combined scale, block by block; the minimum terms in a second
+/// sum, added last. Blocks follow one another in memory, a block's four
+/// lines each giving two steps (low and high nibbles): the instructions
+/// per code are half those of ggml's order, which needs a conversion and
+/// a fused multiply-add for every four codes.
+#[inline(always)]
+unsafe fn nibble_blocks_panel<L: Lanes, const U: usize>(
+    (qs, scale, min): (&[u8], &[f16], &[f16]),
+    q: &QuantizedActs,
+    (p, i): (usize, usize),
+    units: [Unit; U],
+    tile: &mut Tile,
+) {
+    let (k, nb) = (q.cols, q.cols / 32);
+    let (mut acc, mut mins) = ([L::zero(); U], [L::zero(); U]);
+    for b in 0..nb {
+        let blk = p * nb + b;
+        let w = qs.as_ptr().add(blk * NIBBLE_BLOCK);
+        if units[0].lane == 0 {
+            (0..NIBBLE_BLOCK).step_by(64).for_each(|line| prefetch(w.wrapping_add(nb * NIBBLE_BLOCK + line)));
+            if b % 2 == 0 {
+                let next = (blk + nb / 2) * PANEL;
+                prefetch(scale.as_ptr().wrapping_add(next) as *const u8);
+                prefetch(min.as_ptr().wrapping_add(next) as *const u8);
+            }
+        }
+        let x = q.qs.as_ptr().add(i * k + b * 32);
+        let mut sums = [L::splat(0); U];
+        for t in 0..4 {
+            for (sum, unit) in sums.iter_mut().zip(units) {
+                let (low, high) = L::nibbles(L::load(w.add(64 * t + 4 * unit.lane)));
+                let xa = x.add(unit.act * k + 8 * t);
+                *sum = L::dot_nibbles(L::dot_nibbles(*sum, low, xa), high, xa.add(4));
+            }
+        }
+        for (u, unit) in units.iter().enumerate() {
+            let (at, xb) = (blk * PANEL + unit.lane, (i + unit.act) * nb + b);
+            acc[u] = L::fma_block(acc[u], L::widen_nibbles(sums[u]), L::scales_f16(scale.as_ptr().add(at)), *q.scale.get_unchecked(xb));
+            mins[u] = L::fma_min(mins[u], L::scales_f16(min.as_ptr().add(at)), *q.sum.get_unchecked(xb));
+        }
+    }
+    for (u, unit) in units.iter().enumerate() {
+        L::store(L::add_f(acc[u], mins[u]), tile[unit.act].as_mut_ptr().add(unit.lane));
+    }
+}
+
 /// 8-bit panels (codes q + 128).
 #[inline(always)]
 unsafe fn int8_panel<L: Lanes, const U: usize>(qs: &[u8], scale: &[f16], q: &QuantizedActs, (p, i): (usize, usize), units: [Unit; U], tile: &mut Tile) {
@@ -454,7 +525,8 @@ fn units<L: Lanes, const U: usize>(widths: usize, lane0: usize) -> [Unit; U] {
 #[inline(always)]
 unsafe fn units_dot<L: Lanes, const U: usize, const SIDES: usize>(w: &Packed, q: &QuantizedActs, at: (usize, usize), units: [Unit; U], tile: &mut Tile) -> bool {
     match w {
-        Packed::Nibble { qs, scale, min } => nibble_panel::<L, U, SIDES>((qs, scale, min), q, at, units, tile),
+        Packed::Nibble { qs, scale, min, order: Arithmetic::Ggml } => nibble_panel::<L, U, SIDES>((qs, scale, min), q, at, units, tile),
+        Packed::Nibble { qs, scale, min, order: Arithmetic::Fast } => nibble_blocks_panel::<L, U>((qs, scale, min), q, at, units, tile),
         Packed::Int8 { qs, scale } => int8_panel::<L, U>(qs, scale, q, at, units, tile),
         Packed::Int6 { qs, scale } => int6_panel::<L, U>(qs, scale, q, at, units, tile),
         Packed::Float(_) => return false,

@@ -21,7 +21,7 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 
 use crate::kernels::pool::SharedOut;
-use crate::kernels::{prefetch, Isa};
+use crate::kernels::{prefetch, Arithmetic, Isa};
 use crate::kv::KvPool;
 
 use super::llama::{Model, SeqChunk, TokenSlot};
@@ -45,6 +45,11 @@ trait HeadMath {
     unsafe fn rescale(acc: &mut Self::Row, r: f32, hd: usize);
     /// `acc = f16(v * w + acc)`, fused.
     unsafe fn accumulate(acc: &mut Self::Row, v: &Self::Row, w: f32, hd: usize);
+    /// The fast order's V sums of one token's query heads (they see the
+    /// same `seen` positions of the run): each `acc[i] * rescale[i]`, then
+    /// `weight[i][p] * v[p]` added for every p < seen in order, fused, in
+    /// f32.
+    unsafe fn weigh_values(acc: &mut [Self::Row], v: &[Self::Row; RUN], weight: &[[f32; RUN]], rescale: &[f32], seen: usize, hd: usize);
     unsafe fn store(acc: &Self::Row, scale: f32, out: &mut [f32], hd: usize);
     /// `score[i][p] = dot(k_p, q_i) * scale` for every pair i and at least
     /// the positions p < seen[i] of the run (the rest are never read), the
@@ -77,6 +82,40 @@ trait HeadMath {
         }
         new_max
     }
+    /// `x[i] = expf(x[i])`, the C library's bits.
+    #[inline(always)]
+    unsafe fn exp_run(x: &mut [f32; RUN]) {
+        x.iter_mut().for_each(|v| *v = v.exp());
+    }
+    /// The fast order's softmax over the first `seen` scores of a run: the
+    /// run's largest raises the maximum once, each position weighs
+    /// e^(s - max) (into `weight`, zeros past `seen`), and the sum of what
+    /// came before, rescaled by e^(old - new) (returned), grows by the
+    /// weights' fixed tree (`sum_run`).
+    #[inline(always)]
+    unsafe fn softmax_block(score: &[f32; RUN], seen: usize, state: &mut Softmax, weight: &mut [f32; RUN]) -> f32 {
+        let max = score[..seen].iter().fold(state.max, |m, &s| m.max(s));
+        for (w, &s) in weight.iter_mut().zip(score) {
+            *w = s - max;
+        }
+        Self::exp_run(weight);
+        weight[seen..].fill(0.0);
+        // From no position yet (-inf) this is 0, and the sum starts afresh.
+        let rescale = (state.max - max).exp();
+        state.max = max;
+        state.sum = state.sum.mul_add(rescale, sum_run(weight));
+        rescale
+    }
+}
+
+/// A run's sixteen weights summed in a fixed tree: halves, then quarters,
+/// eighths and the last pair, as 16-, 8- and 4-lane vectors fold.
+#[inline(always)]
+fn sum_run(w: &[f32; RUN]) -> f32 {
+    let h: [f32; 8] = std::array::from_fn(|j| w[j] + w[j + 8]);
+    let q: [f32; 4] = std::array::from_fn(|j| h[j] + h[j + 4]);
+    let t: [f32; 2] = std::array::from_fn(|j| q[j] + q[j + 2]);
+    t[0] + t[1]
 }
 
 /// Rounds floats to f16 precision in place.
@@ -158,6 +197,14 @@ impl<R: HalfRound> HeadMath for Scalar<R> {
         R::round(&mut acc[..hd]);
     }
     #[inline(always)]
+    unsafe fn weigh_values(acc: &mut [Self::Row], v: &[Self::Row; RUN], weight: &[[f32; RUN]], rescale: &[f32], seen: usize, hd: usize) {
+        for ((acc, weight), &r) in acc.iter_mut().zip(weight).zip(rescale) {
+            for (e, a) in acc[..hd].iter_mut().enumerate() {
+                *a = v[..seen].iter().zip(weight).fold(*a * r, |a, (v, &w)| w.mul_add(v[e], a));
+            }
+        }
+    }
+    #[inline(always)]
     unsafe fn store(acc: &Self::Row, scale: f32, out: &mut [f32], hd: usize) {
         for (o, a) in out[..hd].iter_mut().zip(&acc[..hd]) {
             *o = a * scale;
@@ -222,9 +269,10 @@ struct Softmax {
 const MAX_PAIRS: usize = 4 * MAX_GROUP;
 
 /// Attention of tokens `first..first + tokens` (one sequence's, in order)
-/// for every query head sharing KV head `kvh`.
+/// for every query head sharing KV head `kvh`, in ggml's order (`GGML`)
+/// or the fast one.
 #[inline(always)]
-unsafe fn attend_group<M: HeadMath>(t: &Task, first: usize, tokens: usize, kvh: usize) {
+unsafe fn attend_group<M: HeadMath, const GGML: bool>(t: &Task, first: usize, tokens: usize, kvh: usize) {
     let c = &t.model.config;
     let (dim, hd) = (c.dim, c.head_dim);
     let qkv_dim = dim + 2 * c.kv_dim();
@@ -274,6 +322,7 @@ unsafe fn attend_group<M: HeadMath>(t: &Task, first: usize, tokens: usize, kvh: 
     // per task, not cleared for every run of 16 positions.
     let mut score = [[0f32; RUN]; MAX_PAIRS];
     let mut factor = [[0f32; RUN]; MAX_PAIRS];
+    let mut v_run = [M::zero(); RUN];
     for start in (0..positions).step_by(RUN) {
         let run = RUN.min(positions - start);
         // How much of this run each pair sees (causal: later tokens more).
@@ -284,24 +333,44 @@ unsafe fn attend_group<M: HeadMath>(t: &Task, first: usize, tokens: usize, kvh: 
         }
         // Scores of the whole run.
         M::scores(&k_rows[..run], kv_off, hd, q, &seen[..pairs], scale, &mut score);
-        let mut new_max = [0u32; MAX_PAIRS];
-        for i in 0..pairs {
-            if seen[i] > 0 {
-                new_max[i] = M::softmax_run(&score[i], seen[i], &mut soft[i], &mut factor[i]);
-            }
-        }
-        // The weighted V sums, in position order.
-        for p in 0..run {
-            M::load(&v_rows[p][kv_off..], hd, &mut row);
+        if GGML {
+            let mut new_max = [0u32; MAX_PAIRS];
             for i in 0..pairs {
-                if p >= seen[i] {
-                    continue;
+                if seen[i] > 0 {
+                    new_max[i] = M::softmax_run(&score[i], seen[i], &mut soft[i], &mut factor[i]);
                 }
-                if new_max[i] & (1 << p) != 0 {
-                    M::rescale(&mut acc[i], factor[i][p], hd);
-                    M::accumulate(&mut acc[i], &row, 1.0, hd);
-                } else {
-                    M::accumulate(&mut acc[i], &row, factor[i][p], hd);
+            }
+            // The weighted V sums, in position order.
+            for p in 0..run {
+                M::load(&v_rows[p][kv_off..], hd, &mut row);
+                for i in 0..pairs {
+                    if p >= seen[i] {
+                        continue;
+                    }
+                    if new_max[i] & (1 << p) != 0 {
+                        M::rescale(&mut acc[i], factor[i][p], hd);
+                        M::accumulate(&mut acc[i], &row, 1.0, hd);
+                    } else {
+                        M::accumulate(&mut acc[i], &row, factor[i][p], hd);
+                    }
+                }
+            }
+        } else {
+            // The run's V rows in f32 once for all the pairs, then per
+            // token (its heads see the same positions) one tile of sums.
+            for (p, row) in v_run.iter_mut().enumerate().take(run) {
+                M::load(&v_rows[p][kv_off..], hd, row);
+            }
+            let mut rescale = [0f32; MAX_PAIRS];
+            for i in 0..pairs {
+                if seen[i] > 0 {
+                    rescale[i] = M::softmax_block(&score[i], seen[i], &mut soft[i], &mut factor[i]);
+                }
+            }
+            for heads in (0..pairs).step_by(group).map(|h| h..h + group) {
+                let seen = seen[heads.start];
+                if seen > 0 {
+                    M::weigh_values(&mut acc[heads.clone()], &v_run, &factor[heads.clone()], &rescale[heads], seen, hd);
                 }
             }
         }
@@ -317,23 +386,38 @@ unsafe fn attend_group<M: HeadMath>(t: &Task, first: usize, tokens: usize, kvh: 
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn attend_group_avx2(t: &Task, first: usize, tokens: usize, kvh: usize) {
+unsafe fn attend_group_avx2<const GGML: bool>(t: &Task, first: usize, tokens: usize, kvh: usize) {
     match t.model.config.head_dim {
-        64 => attend_group::<Simd<W256x2, 4>>(t, first, tokens, kvh),
-        128 => attend_group::<Simd<W256x2, 8>>(t, first, tokens, kvh),
-        256 => attend_group::<Simd<W256x2, 16>>(t, first, tokens, kvh),
-        _ => attend_group::<Scalar<F16cRound>>(t, first, tokens, kvh),
+        64 => attend_group::<Simd<W256x2, 4>, GGML>(t, first, tokens, kvh),
+        128 => attend_group::<Simd<W256x2, 8>, GGML>(t, first, tokens, kvh),
+        256 => attend_group::<Simd<W256x2, 16>, GGML>(t, first, tokens, kvh),
+        _ => attend_group::<Scalar<F16cRound>, GGML>(t, first, tokens, kvh),
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c,avx512f")]
-unsafe fn attend_group_avx512(t: &Task, first: usize, tokens: usize, kvh: usize) {
+unsafe fn attend_group_avx512<const GGML: bool>(t: &Task, first: usize, tokens: usize, kvh: usize) {
     match t.model.config.head_dim {
-        64 => attend_group::<Simd<W512, 4>>(t, first, tokens, kvh),
-        128 => attend_group::<Simd<W512, 8>>(t, first, tokens, kvh),
-        256 => attend_group::<Simd<W512, 16>>(t, first, tokens, kvh),
-        _ => attend_group::<Scalar<F16cRound>>(t, first, tokens, kvh),
+        64 => attend_group::<Simd<W512, 4>, GGML>(t, first, tokens, kvh),
+        128 => attend_group::<Simd<W512, 8>, GGML>(t, first, tokens, kvh),
+        256 => attend_group::<Simd<W512, 16>, GGML>(t, first, tokens, kvh),
+        _ => attend_group::<Scalar<F16cRound>, GGML>(t, first, tokens, kvh),
+    }
+}
+
+/// One task's `attend_group` on the model's instruction set.
+///
+/// # Safety
+/// The model's Isa was detected on this CPU; each Isa implies the features
+/// its path is compiled for.
+unsafe fn attend_group_on<const GGML: bool>(t: &Task, first: usize, tokens: usize, kvh: usize) {
+    match t.model.isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => attend_group_avx512::<GGML>(t, first, tokens, kvh),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => attend_group_avx2::<GGML>(t, first, tokens, kvh),
+        _ => attend_group::<Scalar<SoftwareRound>, GGML>(t, first, tokens, kvh),
     }
 }
 
@@ -357,15 +441,11 @@ pub fn attend(model: &Model, chunks: &[SeqChunk], slots: &[TokenSlot], layer: us
     let task = Task { model, chunks, slots, layer, qkv, kv, out: SharedOut::new(out) };
     model.pool.run(runs.len() * c.kv_heads, &|i| {
         let ((first, tokens), kvh) = (runs[i / c.kv_heads], i % c.kv_heads);
-        // SAFETY: the model's Isa was detected on this CPU, and each Isa
-        // implies the features its path is compiled for.
+        // SAFETY: the model's Isa was detected on this CPU.
         unsafe {
-            match model.isa {
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx512Vnni => attend_group_avx512(&task, first, tokens, kvh),
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 => attend_group_avx2(&task, first, tokens, kvh),
-                _ => attend_group::<Scalar<SoftwareRound>>(&task, first, tokens, kvh),
+            match model.arithmetic {
+                Arithmetic::Ggml => attend_group_on::<true>(&task, first, tokens, kvh),
+                Arithmetic::Fast => attend_group_on::<false>(&task, first, tokens, kvh),
             }
         }
     });

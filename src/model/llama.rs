@@ -5,7 +5,7 @@ use crate::kernels::matmul::{matmul, Matrix, QuantizedActs};
 use crate::kernels::expf::silu_mul;
 use crate::kernels::ops::{add_assign, rms_norm, Rope};
 use crate::kernels::pool::{ComputePool, SharedOut};
-use crate::kernels::Isa;
+use crate::kernels::{Arithmetic, Isa};
 use crate::kv::KvPool;
 
 use super::attention::attend;
@@ -52,6 +52,7 @@ pub struct Model {
     pub output: Option<Matrix>,
     pub rope: Rope,
     pub isa: Isa,
+    pub arithmetic: Arithmetic,
     pub pool: ComputePool,
     /// Total parameter count, for listings.
     pub parameters: u64,
@@ -92,7 +93,7 @@ impl Model {
     /// A model with attention's shape and no weights (`head_dim` a head,
     /// `heads` query heads over `kv_heads`): what tests and benchmarks of
     /// `attend` need.
-    pub fn attention_only(heads: usize, kv_heads: usize, head_dim: usize, isa: Isa, threads: usize) -> Model {
+    pub fn attention_only(heads: usize, kv_heads: usize, head_dim: usize, isa: Isa, arithmetic: Arithmetic, threads: usize) -> Model {
         let config = ModelConfig {
             architecture: "llama".into(),
             vocab: 0,
@@ -116,6 +117,7 @@ impl Model {
             output: None,
             rope: Rope::new(head_dim, 10000.0),
             isa,
+            arithmetic,
             pool: ComputePool::new(threads),
             parameters: 0,
         }

@@ -8,7 +8,7 @@ use crate::kernels::matmul::Matrix;
 use crate::kernels::ops::Rope;
 use crate::kernels::pool::ComputePool;
 use crate::kernels::quant::{repack, Packed, PANEL};
-use crate::kernels::Isa;
+use crate::kernels::{Arithmetic, Isa};
 
 use super::attention::{MAX_GROUP, MAX_HEAD_DIM};
 use super::llama::{Layer, Model, ModelConfig};
@@ -67,6 +67,7 @@ impl ModelConfig {
 
 struct Loader<'a> {
     f: &'a GgufFile,
+    arithmetic: Arithmetic,
 }
 
 impl Loader<'_> {
@@ -81,7 +82,7 @@ impl Loader<'_> {
 
     fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>> {
         let t = self.info(name, &[len])?;
-        match repack(t.ttype, self.f.tensor_data(t), 1, len) {
+        match repack(t.ttype, self.f.tensor_data(t), 1, len, self.arithmetic) {
             Packed::Float(v) => Ok(v),
             _ => bail!("{}: tensor {name} is {}, expected a float type", self.f.path.display(), t.ttype.name()),
         }
@@ -93,7 +94,7 @@ impl Loader<'_> {
         if cols % block != 0 {
             bail!("{}: tensor {name} has rows of {cols}, not a multiple of {block}", self.f.path.display());
         }
-        Ok(Matrix { rows, cols, w: repack(t.ttype, self.f.tensor_data(t), rows, cols) })
+        Ok(Matrix { rows, cols, w: repack(t.ttype, self.f.tensor_data(t), rows, cols, self.arithmetic) })
     }
 
     /// Several matrices with the same columns as one, rows stacked.
@@ -115,9 +116,9 @@ impl Loader<'_> {
 }
 
 impl Model {
-    pub fn load(f: &GgufFile, isa: Isa, threads: usize) -> Result<Model> {
+    pub fn load(f: &GgufFile, isa: Isa, arithmetic: Arithmetic, threads: usize) -> Result<Model> {
         let c = ModelConfig::from_gguf(f)?;
-        let l = Loader { f };
+        let l = Loader { f, arithmetic };
         let (dim, kv_dim) = (c.dim, c.kv_dim());
         let mut layers = Vec::with_capacity(c.layers);
         for i in 0..c.layers {
@@ -143,6 +144,7 @@ impl Model {
             layers,
             rope: Rope::new(c.rope_dims, c.rope_base),
             isa,
+            arithmetic,
             pool: ComputePool::new(threads),
             parameters,
             config: c,

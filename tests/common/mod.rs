@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
+use caravan::kernels::Arithmetic;
 use caravan::loaded::LoadedModel;
 use caravan::store::{Store, DEFAULT_MODEL};
 
@@ -16,7 +17,7 @@ pub fn model_path() -> PathBuf {
 
 pub fn model() -> &'static LoadedModel {
     static MODEL: OnceLock<LoadedModel> = OnceLock::new();
-    MODEL.get_or_init(|| LoadedModel::open(&model_path(), 2).expect("the default model loads"))
+    MODEL.get_or_init(|| LoadedModel::open(&model_path(), 2, Arithmetic::Ggml).expect("the default model loads"))
 }
 
 pub struct GoldenRow {

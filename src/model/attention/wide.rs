@@ -28,6 +28,7 @@ pub(super) trait Wide: Copy {
     unsafe fn fmadd(self, b: Self, c: Self) -> Self;
     /// Rounded to f16 precision.
     unsafe fn round(self) -> Self;
+
     /// Lanes 8..16 added onto 0..8: the first step of the final sum.
     unsafe fn fold8(self) -> __m256;
     /// The largest lane.
@@ -291,6 +292,27 @@ unsafe fn dot_lanes<W: Wide, const V: usize>(k: &[W; V], q: &[W; V]) -> W {
     lanes[0].add(lanes[2]).add(lanes[1].add(lanes[3]))
 }
 
+/// `HeadMath::weigh_values` for `N` heads, one vector of lanes at a time.
+#[inline(always)]
+unsafe fn weigh_tile<W: Wide, const V: usize, const N: usize>(acc: &mut [[W; V]], v: &[[W; V]; RUN], weight: &[[f32; RUN]], rescale: &[f32], seen: usize) {
+    for j in 0..V {
+        // Loops, not `array::from_fn`: its closure is compiled without the
+        // caller's target features, and the intrinsics were calls.
+        let mut sums = [W::zero(); N];
+        for (i, sum) in sums.iter_mut().enumerate() {
+            *sum = acc[i][j].mul(W::splat(rescale[i]));
+        }
+        for (p, row) in v[..seen].iter().enumerate() {
+            for (i, sum) in sums.iter_mut().enumerate() {
+                *sum = W::splat(weight[i][p]).fmadd(row[j], *sum);
+            }
+        }
+        for (i, sum) in sums.into_iter().enumerate() {
+            acc[i][j] = sum;
+        }
+    }
+}
+
 /// Rows of `V` sixteen-lane vectors (head dimension 16 V, V a multiple of 4).
 pub(super) struct Simd<W, const V: usize>(std::marker::PhantomData<W>);
 
@@ -353,6 +375,27 @@ impl<W: Wide, const V: usize> HeadMath for Simd<W, V> {
         for (a, &x) in acc.iter_mut().zip(v) {
             *a = x.fmadd(w, *a).round();
         }
+    }
+    /// Tiles of up to four heads by one vector of lanes: the tile's sums
+    /// stay in registers over the run's positions, and each V vector is
+    /// loaded once for the tile's heads (the per-position form loaded and
+    /// stored every head's sums at every position).
+    #[inline(always)]
+    unsafe fn weigh_values(acc: &mut [Self::Row], v: &[Self::Row; RUN], weight: &[[f32; RUN]], rescale: &[f32], seen: usize, _hd: usize) {
+        for first in (0..acc.len()).step_by(4) {
+            let heads = first..acc.len().min(first + 4);
+            let (acc, weight, rescale) = (&mut acc[heads.clone()], &weight[heads.clone()], &rescale[heads]);
+            match acc.len() {
+                1 => weigh_tile::<W, V, 1>(acc, v, weight, rescale, seen),
+                2 => weigh_tile::<W, V, 2>(acc, v, weight, rescale, seen),
+                3 => weigh_tile::<W, V, 3>(acc, v, weight, rescale, seen),
+                _ => weigh_tile::<W, V, 4>(acc, v, weight, rescale, seen),
+            }
+        }
+    }
+    #[inline(always)]
+    unsafe fn exp_run(x: &mut [f32; RUN]) {
+        W::exp(x)
     }
     /// A whole run that sets no new maximum (the common case once a long
     /// prompt is under way) needs no prefix scan: each position weighs
