@@ -76,6 +76,22 @@ fn bad_arguments_fail_with_one_line() {
     let o = caravan(&store, &["run", "--num-predict", "-5", "hi"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr_line(&o).contains("--num-predict"));
+    let o = caravan(&store, &["run", "--arithmetic", "exact", "hi"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr_line(&o).contains("unknown arithmetic \"exact\" (ggml or fast)"));
+}
+
+#[test]
+fn run_takes_the_fast_arithmetic_from_the_environment() {
+    let o = Command::new(env!("CARGO_BIN_EXE_caravan"))
+        .env("CARAVAN_MODELS", default_store())
+        .env("CARAVAN_ARITHMETIC", "fast")
+        .args(["run", "--temperature", "0", "--num-predict", "4", "--verbose", "What is 2+2?"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8(o.stderr).unwrap();
+    assert!(err.contains("threads, fast arithmetic)") && err.contains("eval count:           4 token(s)"), "{err}");
 }
 
 #[test]

@@ -135,7 +135,7 @@ pub fn run(a: RunArgs) -> Result<()> {
         eprintln!("eval count:           {} token(s)", o.tokens.len());
         eprintln!("eval duration:        {:.1} ms", o.decode_duration.as_secs_f64() * 1e3);
         eprintln!("eval rate:            {:.2} tokens/s", rate(decoded, o.decode_duration));
-        eprintln!("kernels:              {} ({} threads)", m.model.isa, m.model.pool.threads());
+        eprintln!("kernels:              {} ({} threads, {} arithmetic)", m.model.isa, m.model.pool.threads(), m.model.arithmetic);
     }
     Ok(())
 }

@@ -113,38 +113,46 @@ unsafe fn silu_mul_avx512(gate: &[f32], up: &[f32], out: &mut [f32]) {
     silu_mul_body(&gate[n..], &up[n..], &mut out[n..]);
 }
 
+/// `ggml_expf` of eight values with AVX2, lane by lane the same
+/// operations, so the same bits. 2^n is built in the exponent field, which
+/// holds for n in -126..=127; with a lane outside (|x| beyond about 87)
+/// this gives None, and the caller takes the scalar form.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn ggml_expf_avx2(x: std::arch::x86_64::__m256) -> Option<std::arch::x86_64::__m256> {
+    use std::arch::x86_64::*;
+    let k = |bits: u32| _mm256_set1_ps(c(bits));
+    let shift = _mm256_set1_ps(SHIFT);
+    let n = _mm256_sub_ps(_mm256_fmadd_ps(x, k(LOG2_E), shift), shift);
+    let outside = _mm256_or_ps(_mm256_cmp_ps::<_CMP_LT_OQ>(n, _mm256_set1_ps(-126.0)), _mm256_cmp_ps::<_CMP_GT_OQ>(n, _mm256_set1_ps(127.0)));
+    if _mm256_movemask_ps(outside) != 0 {
+        return None;
+    }
+    let b = _mm256_fnmadd_ps(n, k(LN2_LO), _mm256_fnmadd_ps(n, k(LN2_HI), x));
+    let u = _mm256_mul_ps(b, b);
+    let j = _mm256_fmadd_ps(
+        _mm256_fmadd_ps(_mm256_fmadd_ps(k(C5), b, k(C4)), u, _mm256_fmadd_ps(k(C3), b, k(C2))),
+        u,
+        _mm256_fmadd_ps(k(C1), b, _mm256_set1_ps(1.0)),
+    );
+    let pow2 = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127))));
+    Some(_mm256_mul_ps(j, pow2))
+}
+
 /// SiLU times up, 8 values at a time with AVX2: `silu_mul_body`'s
-/// operations lane by lane, so the same bits. 2^n is built in the exponent
-/// field, which holds for n in -126..=127; a group of eight with a lane
-/// outside (|gate| beyond about 87) goes through the scalar body instead.
+/// operations lane by lane (`ggml_expf_avx2`), so the same bits.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn silu_mul_avx2(gate: &[f32], up: &[f32], out: &mut [f32]) {
     use std::arch::x86_64::*;
-    let k = |bits: u32| _mm256_set1_ps(c(bits));
     let n8 = out.len() / 8 * 8;
     for i in (0..n8).step_by(8) {
         let g = _mm256_loadu_ps(gate.as_ptr().add(i));
-        let x = _mm256_sub_ps(_mm256_setzero_ps(), g);
-        let shift = _mm256_set1_ps(SHIFT);
-        let n = _mm256_sub_ps(_mm256_fmadd_ps(x, k(LOG2_E), shift), shift);
-        let outside = _mm256_or_ps(
-            _mm256_cmp_ps::<_CMP_LT_OQ>(n, _mm256_set1_ps(-126.0)),
-            _mm256_cmp_ps::<_CMP_GT_OQ>(n, _mm256_set1_ps(127.0)),
-        );
-        if _mm256_movemask_ps(outside) != 0 {
+        let Some(e) = ggml_expf_avx2(_mm256_sub_ps(_mm256_setzero_ps(), g)) else {
             silu_mul_body(&gate[i..i + 8], &up[i..i + 8], &mut out[i..i + 8]);
             continue;
-        }
-        let b = _mm256_fnmadd_ps(n, k(LN2_LO), _mm256_fnmadd_ps(n, k(LN2_HI), x));
-        let u = _mm256_mul_ps(b, b);
-        let j = _mm256_fmadd_ps(
-            _mm256_fmadd_ps(_mm256_fmadd_ps(k(C5), b, k(C4)), u, _mm256_fmadd_ps(k(C3), b, k(C2))),
-            u,
-            _mm256_fmadd_ps(k(C1), b, _mm256_set1_ps(1.0)),
-        );
-        let pow2 = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127))));
-        let e = _mm256_mul_ps(j, pow2);
+        };
         let silu = _mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0), e));
         _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_mul_ps(silu, _mm256_loadu_ps(up.as_ptr().add(i))));
     }

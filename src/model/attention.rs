@@ -20,6 +20,7 @@ use std::mem::MaybeUninit;
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
+use crate::kernels::expf::ggml_expf;
 use crate::kernels::pool::SharedOut;
 use crate::kernels::{prefetch, Arithmetic, Isa};
 use crate::kv::KvPool;
@@ -82,10 +83,38 @@ trait HeadMath {
         }
         new_max
     }
-    /// `x[i] = expf(x[i])`, the C library's bits.
+    /// The fast order's scores: `score[i][p] = dot(k[p], q[i]) * scale`
+    /// for every pair and at least the run's `run` positions, the dot in
+    /// eight lanes (lane l fusing elements 8c + l, c in order) summed in
+    /// `sum_lanes8`'s tree.
+    #[inline(always)]
+    unsafe fn scores_fast(k: &[Self::Row; RUN], run: usize, q: &[Self::Row], hd: usize, scale: f32, score: &mut [[f32; RUN]; MAX_PAIRS]) {
+        for (i, q) in q.iter().enumerate() {
+            let q = Self::floats(q);
+            for (p, k) in k[..run].iter().enumerate() {
+                let k = Self::floats(k);
+                let mut lanes = [0f32; 8];
+                for c in (0..hd).step_by(8) {
+                    for (l, lane) in lanes.iter_mut().enumerate().take(hd - c) {
+                        *lane = q[c + l].mul_add(k[c + l], *lane);
+                    }
+                }
+                score[i][p] = sum_lanes8(&lanes) * scale;
+            }
+        }
+    }
+    /// A row's values: every `Row` is plain f32 lanes, `MAX_HEAD_DIM` or
+    /// the head dimension of them.
+    #[inline(always)]
+    fn floats(row: &Self::Row) -> &[f32] {
+        // SAFETY: see above; the slice covers exactly the row's bytes.
+        unsafe { std::slice::from_raw_parts(row as *const Self::Row as *const f32, size_of::<Self::Row>() / 4) }
+    }
+    /// The fast order's `x[i] = e^x[i]`: ggml's polynomial (`ggml_expf`,
+    /// within 1.5 ulp), a fraction of the C library's cost vectorized.
     #[inline(always)]
     unsafe fn exp_run(x: &mut [f32; RUN]) {
-        x.iter_mut().for_each(|v| *v = v.exp());
+        x.iter_mut().for_each(|v| *v = ggml_expf(*v));
     }
     /// The fast order's softmax over the first `seen` scores of a run: the
     /// run's largest raises the maximum once, each position weighs
@@ -101,11 +130,18 @@ trait HeadMath {
         Self::exp_run(weight);
         weight[seen..].fill(0.0);
         // From no position yet (-inf) this is 0, and the sum starts afresh.
-        let rescale = (state.max - max).exp();
+        let rescale = ggml_expf(state.max - max);
         state.max = max;
         state.sum = state.sum.mul_add(rescale, sum_run(weight));
         rescale
     }
+}
+
+/// Eight lanes summed as pairs, then pairs of pairs, then the halves: the
+/// tree of the vector form's horizontal adds.
+#[inline(always)]
+fn sum_lanes8(x: &[f32; 8]) -> f32 {
+    ((x[0] + x[1]) + (x[2] + x[3])) + ((x[4] + x[5]) + (x[6] + x[7]))
 }
 
 /// A run's sixteen weights summed in a fixed tree: halves, then quarters,
@@ -322,7 +358,7 @@ unsafe fn attend_group<M: HeadMath, const GGML: bool>(t: &Task, first: usize, to
     // per task, not cleared for every run of 16 positions.
     let mut score = [[0f32; RUN]; MAX_PAIRS];
     let mut factor = [[0f32; RUN]; MAX_PAIRS];
-    let mut v_run = [M::zero(); RUN];
+    let (mut k_run, mut v_run) = ([M::zero(); RUN], [M::zero(); RUN]);
     for start in (0..positions).step_by(RUN) {
         let run = RUN.min(positions - start);
         // How much of this run each pair sees (causal: later tokens more).
@@ -331,9 +367,8 @@ unsafe fn attend_group<M: HeadMath, const GGML: bool>(t: &Task, first: usize, to
         if start + RUN < positions {
             next_rows = fetch_rows(start + RUN);
         }
-        // Scores of the whole run.
-        M::scores(&k_rows[..run], kv_off, hd, q, &seen[..pairs], scale, &mut score);
         if GGML {
+            M::scores(&k_rows[..run], kv_off, hd, q, &seen[..pairs], scale, &mut score);
             let mut new_max = [0u32; MAX_PAIRS];
             for i in 0..pairs {
                 if seen[i] > 0 {
@@ -356,11 +391,13 @@ unsafe fn attend_group<M: HeadMath, const GGML: bool>(t: &Task, first: usize, to
                 }
             }
         } else {
-            // The run's V rows in f32 once for all the pairs, then per
-            // token (its heads see the same positions) one tile of sums.
-            for (p, row) in v_run.iter_mut().enumerate().take(run) {
-                M::load(&v_rows[p][kv_off..], hd, row);
+            // The run's K and V rows in f32 once for all the pairs, then
+            // per token (its heads see the same positions) one tile of sums.
+            for p in 0..run {
+                M::load(&k_rows[p][kv_off..], hd, &mut k_run[p]);
+                M::load(&v_rows[p][kv_off..], hd, &mut v_run[p]);
             }
+            M::scores_fast(&k_run, run, q, hd, scale, &mut score);
             let mut rescale = [0f32; MAX_PAIRS];
             for i in 0..pairs {
                 if seen[i] > 0 {

@@ -15,9 +15,16 @@ pub fn model_path() -> PathBuf {
     PATH.get_or_init(|| Store::from_env().resolve(DEFAULT_MODEL).expect("the default model installs")).clone()
 }
 
+/// The default model in ggml's order of arithmetic (the default).
 pub fn model() -> &'static LoadedModel {
     static MODEL: OnceLock<LoadedModel> = OnceLock::new();
     MODEL.get_or_init(|| LoadedModel::open(&model_path(), 2, Arithmetic::Ggml).expect("the default model loads"))
+}
+
+/// The default model in the fast order.
+pub fn fast_model() -> &'static LoadedModel {
+    static MODEL: OnceLock<LoadedModel> = OnceLock::new();
+    MODEL.get_or_init(|| LoadedModel::open(&model_path(), 2, Arithmetic::Fast).expect("the default model loads"))
 }
 
 pub struct GoldenRow {

@@ -10,7 +10,7 @@ use std::mem::MaybeUninit;
 use half::f16;
 
 use super::{HeadMath, Softmax, MAX_PAIRS, RUN};
-use crate::kernels::expf::libm16;
+use crate::kernels::expf::{ggml_expf, ggml_expf_avx2, libm16};
 use crate::kernels::max_lane8;
 
 /// Sixteen f32 lanes. Only used inside functions compiled with the
@@ -292,6 +292,45 @@ unsafe fn dot_lanes<W: Wide, const V: usize>(k: &[W; V], q: &[W; V]) -> W {
     lanes[0].add(lanes[2]).add(lanes[1].add(lanes[3]))
 }
 
+/// `HeadMath::scores_fast` for `N` pairs: rows of `2 V` eight-lane chunks.
+#[inline(always)]
+unsafe fn scores_tile<const V: usize, const N: usize>(k: &[impl Copy; RUN], run: usize, q: &[impl Copy], scale: __m256, score: &mut [[f32; RUN]]) {
+    let row = |r: *const u8, c: usize| (r as *const f32).add(8 * c);
+    for group in (0..run).step_by(8) {
+        let mut lanes = [[_mm256_setzero_ps(); 8]; N];
+        for half in [0, 4] {
+            let mut acc = [[_mm256_setzero_ps(); 4]; N];
+            for c in 0..2 * V {
+                let mut kc = [_mm256_setzero_ps(); 4];
+                for (p, kc) in kc.iter_mut().enumerate() {
+                    *kc = _mm256_loadu_ps(row(&k[group + half + p] as *const _ as *const u8, c));
+                }
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    let qc = _mm256_loadu_ps(row(&q[i] as *const _ as *const u8, c));
+                    for (a, &kc) in acc.iter_mut().zip(&kc) {
+                        *a = _mm256_fmadd_ps(qc, kc, *a);
+                    }
+                }
+            }
+            for (lanes, acc) in lanes.iter_mut().zip(&acc) {
+                lanes[half..half + 4].copy_from_slice(acc);
+            }
+        }
+        for (score, lanes) in score.iter_mut().zip(&lanes) {
+            _mm256_storeu_ps(score.as_mut_ptr().add(group), _mm256_mul_ps(sum_lanes8x8(lanes), scale));
+        }
+    }
+}
+
+/// Eight vectors' lanes summed at once, one per lane of the result, in
+/// `sum_lanes8`'s tree: pairs (`vhaddps`), pairs of pairs, then halves.
+#[inline(always)]
+unsafe fn sum_lanes8x8(a: &[__m256; 8]) -> __m256 {
+    let t: [__m256; 4] = [_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]), _mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7])];
+    let (u0, u1) = (_mm256_hadd_ps(t[0], t[1]), _mm256_hadd_ps(t[2], t[3]));
+    _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31))
+}
+
 /// `HeadMath::weigh_values` for `N` heads, one vector of lanes at a time.
 #[inline(always)]
 unsafe fn weigh_tile<W: Wide, const V: usize, const N: usize>(acc: &mut [[W; V]], v: &[[W; V]; RUN], weight: &[[f32; RUN]], rescale: &[f32], seen: usize) {
@@ -395,7 +434,26 @@ impl<W: Wide, const V: usize> HeadMath for Simd<W, V> {
     }
     #[inline(always)]
     unsafe fn exp_run(x: &mut [f32; RUN]) {
-        W::exp(x)
+        for half in x.chunks_exact_mut(8) {
+            match ggml_expf_avx2(_mm256_loadu_ps(half.as_ptr())) {
+                Some(e) => _mm256_storeu_ps(half.as_mut_ptr(), e),
+                None => half.iter_mut().for_each(|v| *v = ggml_expf(*v)),
+            }
+        }
+    }
+    /// Tiles of two pairs by four positions (eight accumulators), each
+    /// group of eight positions' lanes summed together (`sum_lanes8x8`).
+    #[inline(always)]
+    unsafe fn scores_fast(k: &[Self::Row; RUN], run: usize, q: &[Self::Row], _hd: usize, scale: f32, score: &mut [[f32; RUN]; MAX_PAIRS]) {
+        let scale = _mm256_set1_ps(scale);
+        for first in (0..q.len()).step_by(2) {
+            let pairs = first..q.len().min(first + 2);
+            let (q, score) = (&q[pairs.clone()], &mut score[pairs]);
+            match q.len() {
+                1 => scores_tile::<V, 1>(k, run, q, scale, score),
+                _ => scores_tile::<V, 2>(k, run, q, scale, score),
+            }
+        }
     }
     /// A whole run that sets no new maximum (the common case once a long
     /// prompt is under way) needs no prefix scan: each position weighs
