@@ -441,6 +441,39 @@ impl<W: Wide, const V: usize> HeadMath for Simd<W, V> {
             }
         }
     }
+    /// `HeadMath::softmax_block` in two halves of eight lanes: the same
+    /// maximum, differences and `expf`, the weights past `seen` masked to
+    /// zero, and `sum_run`'s tree as vector folds.
+    #[inline(always)]
+    unsafe fn softmax_block(score: &[f32; RUN], seen: usize, state: &mut Softmax, weight: &mut [f32; RUN]) -> f32 {
+        // Lanes of each half below `seen` (no closure: see `weigh_tile`).
+        let seen = _mm256_set1_epi32(seen as i32);
+        let valid = [
+            _mm256_castsi256_ps(_mm256_cmpgt_epi32(seen, lane_indices())),
+            _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_sub_epi32(seen, _mm256_set1_epi32(8)), lane_indices())),
+        ];
+        let x = [_mm256_loadu_ps(score.as_ptr()), _mm256_loadu_ps(score.as_ptr().add(8))];
+        let neg_inf = _mm256_set1_ps(f32::NEG_INFINITY);
+        let run_max = max_lane8(_mm256_max_ps(_mm256_blendv_ps(neg_inf, x[0], valid[0]), _mm256_blendv_ps(neg_inf, x[1], valid[1])));
+        let max = state.max.max(run_max);
+        for h in 0..2 {
+            _mm256_storeu_ps(weight.as_mut_ptr().add(8 * h), _mm256_sub_ps(x[h], _mm256_set1_ps(max)));
+        }
+        Self::exp_run(weight);
+        let mut w = [_mm256_setzero_ps(); 2];
+        for h in 0..2 {
+            w[h] = _mm256_and_ps(_mm256_loadu_ps(weight.as_ptr().add(8 * h)), valid[h]);
+            _mm256_storeu_ps(weight.as_mut_ptr().add(8 * h), w[h]);
+        }
+        let halves = _mm256_add_ps(w[0], w[1]);
+        let quarters = _mm_add_ps(_mm256_castps256_ps128(halves), _mm256_extractf128_ps::<1>(halves));
+        let eighths = _mm_add_ps(quarters, _mm_movehl_ps(quarters, quarters));
+        let sum = _mm_cvtss_f32(_mm_add_ss(eighths, _mm_shuffle_ps::<1>(eighths, eighths)));
+        let rescale = ggml_expf(state.max - max);
+        state.max = max;
+        state.sum = state.sum.mul_add(rescale, sum);
+        rescale
+    }
     /// Tiles of two pairs by four positions (eight accumulators), each
     /// group of eight positions' lanes summed together (`sum_lanes8x8`).
     #[inline(always)]
