@@ -3,7 +3,6 @@
 //! together (prefill, decode and total tokens/s), B completions of one
 //! shared prompt (work and blocks), and what the KV pool holds.
 
-use super::compute_args::ComputeArgs;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
@@ -12,6 +11,8 @@ use caravan::kv::KvPool;
 use caravan::loaded::LoadedModel;
 use caravan::sampler::SamplingParams;
 use caravan::store::{human_bytes, Store, DEFAULT_MODEL};
+
+use super::compute_args::ComputeArgs;
 
 #[derive(clap::Args)]
 pub struct BenchArgs {

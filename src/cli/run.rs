@@ -1,6 +1,5 @@
 //! `caravan run [MODEL] [PROMPT]`: one generation streamed to the terminal.
 
-use super::compute_args::ComputeArgs;
 use std::io::{Read, Write};
 
 use anyhow::{bail, Result};
@@ -8,6 +7,8 @@ use caravan::generate::{generate, GenRequest};
 use caravan::sampler::SamplingParams;
 use caravan::store::{Store, DEFAULT_MODEL};
 use caravan::tokenizer::template::Message;
+
+use super::compute_args::ComputeArgs;
 
 #[derive(clap::Args)]
 pub struct RunArgs {

@@ -2,12 +2,16 @@
 //! to its own sequence's cached positions 0..=pos (causal within its chunk,
 //! since the chunk's K and V were written before this runs).
 //!
-//! The arithmetic is that of llama.cpp's CPU flash attention over an f16
-//! cache, operation for operation: the query rounded to f16, Q·K summed in
-//! four 16-lane fused accumulators and reduced as a tree, an online softmax
-//! with the C library's `expf`, and the weighted V sum kept in f16. Together
-//! with the matmul, RoPE and SiLU orders this makes greedy outputs equal
-//! llama.cpp's bit for bit (see tests/golden.rs).
+//! In ggml's order (the default, `Arithmetic::Ggml`) the arithmetic is that
+//! of llama.cpp's CPU flash attention over an f16 cache, operation for
+//! operation: the query rounded to f16, Q·K summed in four 16-lane fused
+//! accumulators and reduced as a tree, an online softmax with the C
+//! library's `expf`, and the weighted V sum kept in f16. Together with the
+//! matmul, RoPE and SiLU orders this makes greedy outputs equal llama.cpp's
+//! bit for bit (see tests/golden.rs). The fast order keeps the V sums in
+//! f32 with one maximum per run, which lets its scores and V sums run as
+//! register tiles over the run's rows converted once (`scores_fast`,
+//! `softmax_block`, `weigh_values`).
 //!
 //! What is ours is the schedule: positions go in runs of `RUN`, first every
 //! score of the run, then the softmax bookkeeping and its `expf` calls, then
