@@ -117,6 +117,9 @@ unsafe fn silu_mul_avx512(gate: &[f32], up: &[f32], out: &mut [f32]) {
 /// operations, so the same bits. 2^n is built in the exponent field, which
 /// holds for n in -126..=127; with a lane outside (|x| beyond about 87)
 /// this gives None, and the caller takes the scalar form.
+///
+/// # Safety
+/// Only on a CPU with AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx2,fma")]

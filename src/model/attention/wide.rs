@@ -456,8 +456,8 @@ impl<W: Wide, const V: usize> HeadMath for Simd<W, V> {
         let neg_inf = _mm256_set1_ps(f32::NEG_INFINITY);
         let run_max = max_lane8(_mm256_max_ps(_mm256_blendv_ps(neg_inf, x[0], valid[0]), _mm256_blendv_ps(neg_inf, x[1], valid[1])));
         let max = state.max.max(run_max);
-        for h in 0..2 {
-            _mm256_storeu_ps(weight.as_mut_ptr().add(8 * h), _mm256_sub_ps(x[h], _mm256_set1_ps(max)));
+        for (h, &x) in x.iter().enumerate() {
+            _mm256_storeu_ps(weight.as_mut_ptr().add(8 * h), _mm256_sub_ps(x, _mm256_set1_ps(max)));
         }
         Self::exp_run(weight);
         let mut w = [_mm256_setzero_ps(); 2];
