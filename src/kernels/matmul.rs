@@ -212,9 +212,11 @@ pub fn portable_dot(w: &Matrix, x: &[f32], q: &QuantizedActs, r: usize, a: usize
                 }
                 mins = min[blk * PANEL + lane].to_f32().mul_add(xsum[b], mins);
             }
-            let r = [lanes[0] + lanes[4], lanes[1] + lanes[5], lanes[2] + lanes[6], lanes[3] + lanes[7]];
             acc = match order {
-                Arithmetic::Ggml => ((r[0] + r[2]) + (r[1] + r[3])) + mins,
+                Arithmetic::Ggml => {
+                    let r = [lanes[0] + lanes[4], lanes[1] + lanes[5], lanes[2] + lanes[6], lanes[3] + lanes[7]];
+                    ((r[0] + r[2]) + (r[1] + r[3])) + mins
+                }
                 Arithmetic::Fast => lanes[0] + mins,
             };
         }

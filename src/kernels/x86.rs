@@ -243,11 +243,17 @@ struct Unit {
 #[inline(always)]
 unsafe fn prefetch_nibbles(ahead: *const u8, scale: &[f16], min: &[f16], first: usize, nb: usize, b: usize, t: usize) {
     if t == 0 && b % 2 == 0 {
-        let next = (first + b + nb / 2) * PANEL;
-        prefetch(scale.as_ptr().wrapping_add(next) as *const u8);
-        prefetch(min.as_ptr().wrapping_add(next) as *const u8);
+        prefetch_scale_lines(scale, min, first + b + nb / 2);
     }
     prefetch(ahead.wrapping_add((t * nb + b) * 64));
+}
+
+/// The line of 4-bit scales and the line of minimums that hold block
+/// `blk` (and the next one: a line holds two blocks' worth of a panel).
+#[inline(always)]
+fn prefetch_scale_lines(scale: &[f16], min: &[f16], blk: usize) {
+    prefetch(scale.as_ptr().wrapping_add(blk * PANEL) as *const u8);
+    prefetch(min.as_ptr().wrapping_add(blk * PANEL) as *const u8);
 }
 
 /// Blocks per chunk of a 4-bit panel: their combined scales are computed
@@ -387,9 +393,7 @@ unsafe fn nibble_blocks_panel<L: Lanes, const U: usize>(
         if units[0].lane == 0 {
             (0..NIBBLE_BLOCK).step_by(64).for_each(|line| prefetch(w.wrapping_add(nb * NIBBLE_BLOCK + line)));
             if b % 2 == 0 {
-                let next = (blk + nb / 2) * PANEL;
-                prefetch(scale.as_ptr().wrapping_add(next) as *const u8);
-                prefetch(min.as_ptr().wrapping_add(next) as *const u8);
+                prefetch_scale_lines(scale, min, blk + nb / 2);
             }
         }
         let x = q.qs.as_ptr().add(i * k + b * 32);
