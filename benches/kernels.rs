@@ -18,7 +18,7 @@ use caravan::kernels::ops::{rms_norm, Rope};
 use caravan::kernels::pool::ComputePool;
 use caravan::kernels::quant::{random_blocks, repack, TensorType};
 use caravan::kv::KvPool;
-use caravan::model::attention::attend;
+use caravan::model::attention::{attend, AttentionTasks};
 use caravan::model::{Model, SeqChunk, TokenSlot};
 use caravan::kernels::{Arithmetic, Isa};
 use caravan::sampler::{Rng, Sampler, SamplingParams};
@@ -138,8 +138,8 @@ fn bench_attention() {
             let chunks: Vec<SeqChunk> = tables.iter().map(|b| SeqChunk { tokens: &tokens, start_pos: first_pos, blocks: b, logits: false }).collect();
             let slots: Vec<TokenSlot> = (0..seqs).flat_map(|chunk| (0..queries).map(move |j| TokenSlot { chunk, pos: first_pos + j })).collect();
             let qkv = floats(&mut rng, slots.len() * (dim + 2 * kv_dim));
-            let mut out = vec![0f32; slots.len() * dim];
-            let s = time(|| attend(&model, &chunks, &slots, 0, &qkv, &kv, black_box(&mut out)));
+            let (mut out, mut tasks) = (vec![0f32; slots.len() * dim], AttentionTasks::default());
+            let s = time(|| attend(&model, &chunks, &slots, 0, &qkv, &kv, black_box(&mut out), &mut tasks));
             let head_positions: usize = slots.iter().map(|t| (t.pos + 1) * c.heads).sum();
             line += &format!(" {:>24}", format!("{:.2} ({:.2})", s * 1e3, s * 1e9 / head_positions as f64));
         }

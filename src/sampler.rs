@@ -56,13 +56,17 @@ impl Rng {
 pub struct Sampler {
     params: SamplingParams,
     rng: Rng,
+    // Buffers reused from token to token: sampling allocates nothing
+    // once they have grown.
     candidates: Vec<(u32, f32)>,
+    recent: Vec<u32>,
+    weights: Vec<f32>,
 }
 
 impl Sampler {
     pub fn new(params: SamplingParams) -> Sampler {
         let rng = Rng(params.seed);
-        Sampler { params, rng, candidates: Vec::new() }
+        Sampler { params, rng, candidates: Vec::new(), recent: Vec::new(), weights: Vec::new() }
     }
 
     /// Picks a token; `history` is the sequence so far (prompt and output).
@@ -74,20 +78,21 @@ impl Sampler {
         self.candidates.clear();
         self.candidates.extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l)));
         if p.repeat_penalty != 1.0 {
-            let recent = &history[history.len().saturating_sub(p.repeat_last_n)..];
-            let mut seen = std::collections::HashSet::new();
-            for &t in recent {
-                if seen.insert(t) {
-                    if let Some(c) = self.candidates.get_mut(t as usize) {
-                        c.1 = if c.1 > 0.0 { c.1 / p.repeat_penalty } else { c.1 * p.repeat_penalty };
-                    }
+            // Each distinct recent token is penalized once.
+            self.recent.clear();
+            self.recent.extend_from_slice(&history[history.len().saturating_sub(p.repeat_last_n)..]);
+            self.recent.sort_unstable();
+            self.recent.dedup();
+            for &t in &self.recent {
+                if let Some(c) = self.candidates.get_mut(t as usize) {
+                    c.1 = if c.1 > 0.0 { c.1 / p.repeat_penalty } else { c.1 * p.repeat_penalty };
                 }
             }
         }
         if p.temperature <= 0.0 {
             return argmax(self.candidates.iter().copied());
         }
-        let c = &mut self.candidates;
+        let (c, weights) = (&mut self.candidates, &mut self.weights);
         let cut_by_rank = p.top_k > 0 && p.top_k < c.len() || p.top_p < 1.0 || p.min_p > 0.0;
         if cut_by_rank {
             // Most likely first, ties to the lowest id. With top-k only the
@@ -101,7 +106,8 @@ impl Sampler {
             c.sort_unstable_by(order);
             // Probabilities at temperature 1 decide top-p and min-p, as llama.cpp does.
             let max = c[0].1;
-            let weights: Vec<f32> = c.iter().map(|x| (x.1 - max).exp()).collect();
+            weights.clear();
+            weights.extend(c.iter().map(|x| (x.1 - max).exp()));
             let total: f32 = weights.iter().sum();
             if p.top_p < 1.0 {
                 let mut cum = 0.0;
@@ -120,10 +126,11 @@ impl Sampler {
         // The draw goes over the kept candidates in their order: by rank
         // after a cut, else the vocabulary's own (no sort needed).
         let max = c.iter().fold(f32::NEG_INFINITY, |m, x| m.max(x.1));
-        let probs: Vec<f32> = c.iter().map(|x| ((x.1 - max) / p.temperature).exp()).collect();
-        let total: f32 = probs.iter().sum();
+        weights.clear();
+        weights.extend(c.iter().map(|x| ((x.1 - max) / p.temperature).exp()));
+        let total: f32 = weights.iter().sum();
         let mut r = self.rng.next_f32() * total;
-        for (cand, w) in c.iter().zip(&probs) {
+        for (cand, w) in c.iter().zip(weights.iter()) {
             if r < *w {
                 return cand.0;
             }

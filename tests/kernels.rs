@@ -8,7 +8,7 @@ use caravan::kernels::quant::{repack, TensorType};
 use caravan::kernels::{Arithmetic, Isa};
 use caravan::kernels::quant::random_blocks;
 use caravan::kv::KvPool;
-use caravan::model::attention::attend;
+use caravan::model::attention::{attend, AttentionTasks};
 use caravan::model::{Model, SeqChunk, TokenSlot};
 use caravan::sampler::Rng;
 
@@ -235,7 +235,7 @@ fn simd_attention_equals_portable_bitwise_for_every_head_shape() {
         let qkv_dim = dim + 2 * kv_dim;
         let qkv: Vec<f32> = (0..slots.len() * qkv_dim).map(|_| float(&mut rng) * 2.0).collect();
         let mut want = vec![0f32; slots.len() * dim];
-        attend(&portable, &chunks, &slots, 0, &qkv, &kv, &mut want);
+        attend(&portable, &chunks, &slots, 0, &qkv, &kv, &mut want, &mut AttentionTasks::default());
         // The reference is attention, up to its accumulator (f16 in ggml's
         // order, f32 in the fast one).
         let tol = match order {
@@ -258,7 +258,7 @@ fn simd_attention_equals_portable_bitwise_for_every_head_shape() {
         for isa in Isa::available() {
             let model = Model::attention_only(heads, kv_heads, hd, isa, order, 2);
             let mut got = vec![0f32; want.len()];
-            attend(&model, &chunks, &slots, 0, &qkv, &kv, &mut got);
+            attend(&model, &chunks, &slots, 0, &qkv, &kv, &mut got, &mut AttentionTasks::default());
             let differ = got.iter().zip(&want).position(|(g, w)| g.to_bits() != w.to_bits());
             assert!(differ.is_none(), "{order} {isa} hd {hd}: output {differ:?} differs");
             // Each chunk alone gives the bits it had in the batch.
@@ -267,7 +267,7 @@ fn simd_attention_equals_portable_bitwise_for_every_head_shape() {
                 let n = chunk.tokens.len();
                 let alone: Vec<TokenSlot> = slots[row..row + n].iter().map(|s| TokenSlot { chunk: 0, pos: s.pos }).collect();
                 let mut out = vec![0f32; n * dim];
-                attend(&model, std::slice::from_ref(chunk), &alone, 0, &qkv[row * qkv_dim..(row + n) * qkv_dim], &kv, &mut out);
+                attend(&model, std::slice::from_ref(chunk), &alone, 0, &qkv[row * qkv_dim..(row + n) * qkv_dim], &kv, &mut out, &mut AttentionTasks::default());
                 let differ = out.iter().zip(&want[row * dim..]).position(|(g, w)| g.to_bits() != w.to_bits());
                 assert!(differ.is_none(), "{order} {isa} hd {hd}: chunk {ci} alone differs at {differ:?}");
                 row += n;

@@ -462,12 +462,20 @@ unsafe fn attend_group_on<const GGML: bool>(t: &Task, first: usize, tokens: usiz
     }
 }
 
-/// Writes every token's attention output (heads concatenated) into `out`.
-pub fn attend(model: &Model, chunks: &[SeqChunk], slots: &[TokenSlot], layer: usize, qkv: &[f32], kv: &KvPool, out: &mut [f32]) {
+/// The tasks of one `attend` call, kept from call to call: runs of
+/// consecutive tokens of one chunk, `(first token, tokens)`.
+#[derive(Default)]
+pub struct AttentionTasks(Vec<(usize, usize)>);
+
+/// Writes every token's attention output (heads concatenated) into `out`;
+/// `tasks` is the caller's buffer for the task list.
+#[allow(clippy::too_many_arguments)]
+pub fn attend(model: &Model, chunks: &[SeqChunk], slots: &[TokenSlot], layer: usize, qkv: &[f32], kv: &KvPool, out: &mut [f32], tasks: &mut AttentionTasks) {
     let c = &model.config;
     let per_task = (MAX_PAIRS / (c.heads / c.kv_heads)).max(1);
     // Runs of up to `per_task` consecutive tokens of one chunk.
-    let mut runs = Vec::new();
+    let runs = &mut tasks.0;
+    runs.clear();
     let mut first = 0;
     for ch in chunks {
         for offset in (0..ch.tokens.len()).step_by(per_task) {
@@ -477,8 +485,9 @@ pub fn attend(model: &Model, chunks: &[SeqChunk], slots: &[TokenSlot], layer: us
     }
     // The biggest first (a token's work grows with its position): the
     // pool hands tasks out in order, and the small ones left at the end
-    // keep the threads finishing together.
-    runs.sort_by_key(|&(first, tokens)| std::cmp::Reverse(slots[first..first + tokens].iter().map(|s| s.pos + 1).sum::<usize>()));
+    // keep the threads finishing together. Unstable (a stable sort takes
+    // a buffer), ties in token order.
+    runs.sort_unstable_by_key(|&(first, tokens)| (std::cmp::Reverse(slots[first..first + tokens].iter().map(|s| s.pos + 1).sum::<usize>()), first));
     let task = Task { model, chunks, slots, layer, qkv, kv, out: SharedOut::new(out) };
     model.pool.run(runs.len() * c.kv_heads, &|i| {
         let ((first, tokens), kvh) = (runs[i / c.kv_heads], i % c.kv_heads);

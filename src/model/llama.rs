@@ -8,7 +8,7 @@ use crate::kernels::pool::{ComputePool, SharedOut};
 use crate::kernels::{Arithmetic, Isa};
 use crate::kv::KvPool;
 
-use super::attention::attend;
+use super::attention::{attend, AttentionTasks};
 
 #[derive(Debug, Clone)]
 pub struct ModelConfig {
@@ -68,9 +68,13 @@ pub struct SeqChunk<'a> {
     pub logits: bool,
 }
 
-/// Buffers a forward pass reuses from step to step.
+/// Buffers a forward pass reuses from step to step: once they have grown
+/// to a step's size, a step allocates nothing.
 #[derive(Default)]
 pub struct Scratch {
+    slots: Vec<TokenSlot>,
+    last_rows: Vec<usize>,
+    attention: AttentionTasks,
     x: Vec<f32>,
     h: Vec<f32>,
     qkv: Vec<f32>,
@@ -147,20 +151,20 @@ impl Model {
         let c = &self.config;
         let dim = c.dim;
         // Only the rows that need logits go through the norm and the lm_head.
-        let mut last_rows = Vec::new();
+        s.last_rows.clear();
         let mut end = 0;
         for ch in chunks {
             end += ch.tokens.len();
             if ch.logits && !ch.tokens.is_empty() {
-                last_rows.push(end - 1);
+                s.last_rows.push(end - 1);
             }
         }
-        s.h.resize(last_rows.len() * dim, 0.0);
-        for (dst, &r) in s.h.chunks_exact_mut(dim).zip(&last_rows) {
+        s.h.resize(s.last_rows.len() * dim, 0.0);
+        for (dst, &r) in s.h.chunks_exact_mut(dim).zip(&s.last_rows) {
             rms_norm(&s.x[r * dim..(r + 1) * dim], &self.output_norm, c.norm_eps, dst);
         }
         let head = self.output.as_ref().unwrap_or(&self.token_embd);
-        self.linear(head, &s.h, last_rows.len(), &mut s.quant, &mut s.logits);
+        self.linear(head, &s.h, s.last_rows.len(), &mut s.quant, &mut s.logits);
         &s.logits
     }
 
@@ -187,12 +191,9 @@ impl Model {
     fn run_layers(&self, chunks: &[SeqChunk], kv: &mut KvPool, s: &mut Scratch) {
         let c = &self.config;
         let (dim, kv_dim) = (c.dim, c.kv_dim());
-        let slots: Vec<TokenSlot> = chunks
-            .iter()
-            .enumerate()
-            .flat_map(|(ci, ch)| (0..ch.tokens.len()).map(move |j| TokenSlot { chunk: ci, pos: ch.start_pos + j }))
-            .collect();
-        let t = slots.len();
+        s.slots.clear();
+        s.slots.extend(chunks.iter().enumerate().flat_map(|(ci, ch)| (0..ch.tokens.len()).map(move |j| TokenSlot { chunk: ci, pos: ch.start_pos + j })));
+        let (slots, t) = (&s.slots, s.slots.len());
 
         s.x.resize(t * dim, 0.0);
         let tokens = chunks.iter().flat_map(|ch| ch.tokens.iter());
@@ -213,12 +214,12 @@ impl Model {
                     self.rope.apply(&mut row[..dim + kv_dim], c.head_dim, slot.pos);
                 }
             });
-            for (row, slot) in s.qkv.chunks_exact(qkv_dim).zip(&slots) {
+            for (row, slot) in s.qkv.chunks_exact(qkv_dim).zip(slots) {
                 let (k, v) = row[dim..].split_at(kv_dim);
                 kv.write(chunks[slot.chunk].blocks, li, slot.pos, k, v);
             }
             s.attn.resize(t * dim, 0.0);
-            attend(self, chunks, &slots, li, &s.qkv, kv, &mut s.attn);
+            attend(self, chunks, slots, li, &s.qkv, kv, &mut s.attn, &mut s.attention);
             self.linear(&layer.wo, &s.attn, t, &mut s.quant, &mut s.tmp);
             add_assign(&mut s.x, &s.tmp);
 
