@@ -10,7 +10,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use caravan::kv::KvPool;
-use caravan::model::{Scratch, SeqChunk};
+use caravan::model::{Model, Scratch, SeqChunk};
 use caravan::sampler::{Sampler, SamplingParams};
 
 /// The system allocator, counting allocations (and growths) while `COUNTING`.
@@ -42,7 +42,15 @@ static GLOBAL: Counting = Counting;
 
 #[test]
 fn decode_steps_allocate_nothing_once_warm() {
-    let m = &common::model().model;
+    for loaded in [common::model(), common::fast_model()] {
+        let counted = allocations_per_decode_step(&loaded.model);
+        assert!(counted[2..].iter().all(|&n| n == 0), "{}: allocations per step: {counted:?}", loaded.model.arithmetic);
+    }
+}
+
+/// Allocations in each of twelve decode steps of four sequences, counted
+/// from the third step on (the first steps grow the buffers).
+fn allocations_per_decode_step(m: &Model) -> Vec<usize> {
     let c = &m.config;
     // Four sequences (prompts of 3 to 40 tokens: a task list past the
     // small-sort cutoff) with their whole KV reserved up front, as the
@@ -65,8 +73,7 @@ fn decode_steps_allocate_nothing_once_warm() {
         let chunks: Vec<SeqChunk> =
             histories.iter().zip(&tables).zip(&next).map(|((h, t), tok)| SeqChunk { tokens: std::slice::from_ref(tok), start_pos: h.len() - 1, blocks: t, logits: true }).collect();
         let mut picked = [0u32; 4];
-        // The first steps grow the buffers; the rest must reuse them. The
-        // caller's bookkeeping around a step is outside the count.
+        // The caller's bookkeeping around a step is outside the count.
         ALLOCATIONS.store(0, Ordering::SeqCst);
         COUNTING.store(step >= 2, Ordering::SeqCst);
         let logits = m.forward(&chunks, &mut kv, &mut scratch);
@@ -80,5 +87,5 @@ fn decode_steps_allocate_nothing_once_warm() {
             *n = p;
         }
     }
-    assert!(counted[2..].iter().all(|&n| n == 0), "allocations per step: {counted:?}");
+    counted
 }
