@@ -6,7 +6,7 @@
 //! (a fresh job is usually microseconds away) and then park, so a pool does
 //! not burn a core that another process needs.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -17,22 +17,25 @@ const SPIN: Duration = Duration::from_micros(200);
 type Job = dyn Fn(usize) + Sync;
 
 struct Shared {
-    /// The current job, set by `run` for the generation it starts.
-    job: Mutex<Option<JobRef>>,
-    wake: Condvar,
+    /// The current job: a pointer to `run`'s reference to its closure, set
+    /// before the generation that starts it is published (and read after
+    /// a worker sees that generation), so taking a job needs no lock. `run`
+    /// does not return before every worker has finished with it, which is
+    /// what makes erasing the closure's lifetime sound.
+    job: AtomicPtr<&'static Job>,
     generation: AtomicUsize,
     next_task: AtomicUsize,
     n_tasks: AtomicUsize,
     /// Workers that have finished the current generation.
     finished: AtomicUsize,
+    /// Workers parked (or about to park) on `wake`: `run` takes the lock
+    /// and wakes them only when there are any, since a wake is a system
+    /// call even with no one waiting.
+    parked: AtomicUsize,
+    park: Mutex<()>,
+    wake: Condvar,
     shutdown: AtomicBool,
 }
-
-/// A job pointer with its lifetime erased. `run` does not return before every
-/// worker has finished with it, which is what makes the erasure sound.
-#[derive(Clone, Copy)]
-struct JobRef(*const Job);
-unsafe impl Send for JobRef {}
 
 pub struct ComputePool {
     /// One job at a time: callers on other threads wait their turn.
@@ -84,12 +87,14 @@ impl Stream {
 impl ComputePool {
     pub fn new(threads: usize) -> ComputePool {
         let shared = Arc::new(Shared {
-            job: Mutex::new(None),
-            wake: Condvar::new(),
+            job: AtomicPtr::new(std::ptr::null_mut()),
             generation: AtomicUsize::new(0),
             next_task: AtomicUsize::new(0),
             n_tasks: AtomicUsize::new(0),
             finished: AtomicUsize::new(0),
+            parked: AtomicUsize::new(0),
+            park: Mutex::new(()),
+            wake: Condvar::new(),
             shutdown: AtomicBool::new(false),
         });
         let workers = (1..threads.max(1))
@@ -123,15 +128,18 @@ impl ComputePool {
     /// `run` for a caller that holds the turn.
     fn run_turn(&self, n_tasks: usize, f: &(dyn Fn(usize) + Sync)) {
         let s = &*self.shared;
-        // SAFETY: the pointer is cleared and every worker has finished before return.
-        let erased: *const Job = unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), &'static Job>(f) };
-        {
-            let mut job = s.job.lock().unwrap();
-            *job = Some(JobRef(erased));
-            s.n_tasks.store(n_tasks, Ordering::Relaxed);
-            s.next_task.store(0, Ordering::Relaxed);
-            s.finished.store(0, Ordering::Relaxed);
-            s.generation.fetch_add(1, Ordering::Release);
+        // SAFETY: see `Shared::job`; the pointer is cleared below.
+        let mut erased: &'static Job = unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), &'static Job>(f) };
+        s.job.store(&mut erased, Ordering::Relaxed);
+        s.n_tasks.store(n_tasks, Ordering::Relaxed);
+        s.next_task.store(0, Ordering::Relaxed);
+        s.finished.store(0, Ordering::Relaxed);
+        // Publishes the stores above. Sequentially consistent with the
+        // `parked` count: a worker counted before this load is woken, one
+        // counted after it sees this generation before it waits.
+        s.generation.fetch_add(1, Ordering::SeqCst);
+        if s.parked.load(Ordering::SeqCst) > 0 {
+            let _guard = s.park.lock().unwrap_or_else(|e| e.into_inner());
             s.wake.notify_all();
         }
         claim_tasks(s, f);
@@ -144,7 +152,7 @@ impl ComputePool {
                 std::thread::yield_now();
             }
         }
-        *s.job.lock().unwrap() = None;
+        s.job.store(std::ptr::null_mut(), Ordering::Relaxed);
     }
 }
 
@@ -214,34 +222,39 @@ fn worker_loop(s: &Shared) {
         while s.generation.load(Ordering::Acquire) == seen {
             spins = spins.wrapping_add(1);
             if spins % 256 == 0 && started.elapsed() >= SPIN {
+                park(s, seen);
                 break;
             }
             std::hint::spin_loop();
         }
-        let job = {
-            let mut guard = s.job.lock().unwrap();
-            while s.generation.load(Ordering::Acquire) == seen && !s.shutdown.load(Ordering::Relaxed) {
-                guard = s.wake.wait(guard).unwrap();
-            }
-            if s.shutdown.load(Ordering::Relaxed) {
-                return;
-            }
-            seen = s.generation.load(Ordering::Acquire);
-            *guard
-        };
-        if let Some(JobRef(f)) = job {
-            // SAFETY: `run` keeps the closure alive until `finished` counts us.
-            claim_tasks(s, unsafe { &*f });
+        if s.shutdown.load(Ordering::Acquire) {
+            return;
         }
+        seen = s.generation.load(Ordering::Acquire);
+        // SAFETY: `run` set the job before publishing this generation and
+        // keeps it alive until `finished` counts us.
+        claim_tasks(s, unsafe { *s.job.load(Ordering::Relaxed) });
         s.finished.fetch_add(1, Ordering::Release);
     }
+}
+
+/// Waits on the condvar for a generation after `seen` (or shutdown).
+fn park(s: &Shared, seen: usize) {
+    let mut guard = s.park.lock().unwrap_or_else(|e| e.into_inner());
+    s.parked.fetch_add(1, Ordering::SeqCst);
+    while s.generation.load(Ordering::SeqCst) == seen && !s.shutdown.load(Ordering::Acquire) {
+        guard = s.wake.wait(guard).unwrap_or_else(|e| e.into_inner());
+    }
+    s.parked.fetch_sub(1, Ordering::SeqCst);
 }
 
 impl Drop for ComputePool {
     fn drop(&mut self) {
         {
-            let _guard = self.shared.job.lock().unwrap();
-            self.shared.shutdown.store(true, Ordering::Relaxed);
+            let _guard = self.shared.park.lock().unwrap_or_else(|e| e.into_inner());
+            self.shared.shutdown.store(true, Ordering::Release);
+            // A spinning worker sees a new generation, a parked one is woken.
+            self.shared.generation.fetch_add(1, Ordering::SeqCst);
             self.shared.wake.notify_all();
         }
         for w in self.workers.drain(..) {
@@ -253,6 +266,29 @@ impl Drop for ComputePool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_parked_worker_wakes_for_the_next_job() {
+        let pool = ComputePool::new(2);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for _ in 0..5 {
+            // Idle past the spin: the worker parks.
+            while pool.shared.parked.load(Ordering::SeqCst) == 0 {
+                assert!(Instant::now() < deadline, "the idle worker never parked");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            // Each task waits for the other: done only when the parked
+            // worker has woken and taken one.
+            let arrived = AtomicUsize::new(0);
+            pool.run(2, &|_| {
+                arrived.fetch_add(1, Ordering::SeqCst);
+                while arrived.load(Ordering::SeqCst) < 2 {
+                    assert!(Instant::now() < deadline, "the parked worker was not woken");
+                    std::hint::spin_loop();
+                }
+            });
+        }
+    }
 
     #[test]
     fn concurrent_callers_each_get_their_whole_job() {
