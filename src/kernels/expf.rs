@@ -183,6 +183,23 @@ pub fn silu_mul(isa: Isa, gate: &[f32], up: &[f32], out: &mut [f32]) {
     silu_mul_body(gate, up, out)
 }
 
+/// `x[i] = expf(x[i])`: the C library's own, or where the CPU has AVX2 and
+/// FMA (where glibc runs its FMA build) `libm16`'s, sixteen at a time with
+/// the same bits.
+pub fn exp_in_place(x: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        let mut blocks = x.chunks_exact_mut(16);
+        for block in &mut blocks {
+            // SAFETY: the CPU has AVX2 and FMA (detected above).
+            unsafe { libm16::exp_avx2(block.try_into().unwrap()) };
+        }
+        blocks.into_remainder().iter_mut().for_each(|v| *v = v.exp());
+        return;
+    }
+    x.iter_mut().for_each(|v| *v = v.exp());
+}
+
 /// The C library's `expf` as glibc's FMA build computes it (Arm's
 /// table-driven algorithm in double precision), sixteen values at a time,
 /// bit for bit: llama.cpp's attention softmax calls `expf`. The scalar form
@@ -349,6 +366,13 @@ mod tests {
                     assert!(got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()), "{name} expf({}) = {got}, want {want}", chunk[i]);
                 }
             }
+        }
+        // The sampler's form: a whole slice, its last block partial.
+        let mut x = values.clone();
+        exp_in_place(&mut x);
+        for (v, got) in values.iter().zip(&x) {
+            let want = v.exp();
+            assert!(got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()), "exp_in_place({v}) = {got}, want {want}");
         }
     }
 

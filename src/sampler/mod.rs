@@ -1,0 +1,298 @@
+//! Choosing the next token from logits: repeat penalty, then top-k, top-p,
+//! min-p and temperature, then a draw from the sequence's own seeded RNG (or
+//! the argmax when temperature is 0). The order follows llama.cpp's default
+//! chain, so settings mean what Ollama users expect.
+
+mod select;
+
+use crate::kernels::expf::exp_in_place;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    /// 0 means greedy.
+    pub temperature: f32,
+    /// 0 means off.
+    pub top_k: usize,
+    /// 1 means off.
+    pub top_p: f32,
+    /// 0 means off.
+    pub min_p: f32,
+    /// 1 means off.
+    pub repeat_penalty: f32,
+    /// How many recent tokens the repeat penalty looks at.
+    pub repeat_last_n: usize,
+    pub seed: u64,
+}
+
+impl SamplingParams {
+    pub fn greedy() -> SamplingParams {
+        SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, min_p: 0.0, repeat_penalty: 1.0, repeat_last_n: 64, seed: 0 }
+    }
+}
+
+impl Default for SamplingParams {
+    /// Ollama's defaults.
+    fn default() -> SamplingParams {
+        SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.9, min_p: 0.0, repeat_penalty: 1.1, repeat_last_n: 64, seed: 0 }
+    }
+}
+
+/// SplitMix64: tiny, fast, and the same on every platform, so a seed
+/// reproduces a generation exactly.
+#[derive(Debug, Clone)]
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn next_f32(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
+}
+
+pub struct Sampler {
+    params: SamplingParams,
+    rng: Rng,
+    // Buffers reused from token to token: sampling allocates nothing
+    // once they have grown.
+    candidates: Vec<(u32, f32)>,
+    recent: Vec<u32>,
+    penalized: Vec<f32>,
+    weights: Vec<f32>,
+}
+
+impl Sampler {
+    pub fn new(params: SamplingParams) -> Sampler {
+        let rng = Rng(params.seed);
+        Sampler { params, rng, candidates: Vec::new(), recent: Vec::new(), penalized: Vec::new(), weights: Vec::new() }
+    }
+
+    /// Picks a token; `history` is the sequence so far (prompt and output).
+    pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
+        let p = &self.params;
+        let logits = if p.repeat_penalty != 1.0 {
+            // Each distinct recent token is penalized once, in a copy.
+            self.recent.clear();
+            self.recent.extend_from_slice(&history[history.len().saturating_sub(p.repeat_last_n)..]);
+            self.recent.sort_unstable();
+            self.recent.dedup();
+            self.penalized.clear();
+            self.penalized.extend_from_slice(logits);
+            for &t in &self.recent {
+                if let Some(l) = self.penalized.get_mut(t as usize) {
+                    *l = if *l > 0.0 { *l / p.repeat_penalty } else { *l * p.repeat_penalty };
+                }
+            }
+            &self.penalized
+        } else {
+            logits
+        };
+        if p.temperature <= 0.0 {
+            return select::argmax(logits);
+        }
+        let cut_by_rank = p.top_k > 0 && p.top_k < logits.len() || p.top_p < 1.0 || p.min_p > 0.0;
+        if !cut_by_rank {
+            // The draw goes over the vocabulary in its own order: no sort.
+            return draw(&mut self.rng, logits.iter().copied(), select::max(logits), p.temperature, &mut self.weights) as u32;
+        }
+        // With top-k only the k best are sorted: selecting them is one pass
+        // over the vocabulary, where sorting it all cost a sort of ~50k entries.
+        let (c, weights) = (&mut self.candidates, &mut self.weights);
+        if p.top_k > 0 && p.top_k < logits.len() {
+            select::top_k(logits, p.top_k, c);
+        } else {
+            c.clear();
+            c.extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l)));
+        }
+        // Most likely first, ties to the lowest id.
+        c.sort_unstable_by(select::rank);
+        // Probabilities at temperature 1 decide top-p and min-p, as llama.cpp does.
+        let max = c[0].1;
+        weights.clear();
+        weights.extend(c.iter().map(|x| x.1 - max));
+        exp_in_place(weights);
+        let total: f32 = weights.iter().sum();
+        if p.top_p < 1.0 {
+            let mut cum = 0.0;
+            let keep = weights.iter().position(|w| {
+                cum += w / total;
+                cum >= p.top_p
+            });
+            c.truncate(keep.map_or(c.len(), |k| k + 1));
+        }
+        if p.min_p > 0.0 {
+            // weights[0] is the top candidate's (unnormalized) probability, 1.
+            let keep = weights.iter().take(c.len()).take_while(|&&w| w >= p.min_p).count().max(1);
+            c.truncate(keep);
+        }
+        // The draw goes over the kept candidates by rank.
+        let max = c.iter().fold(f32::NEG_INFINITY, |m, x| m.max(x.1));
+        c[draw(&mut self.rng, c.iter().map(|x| x.1), max, p.temperature, weights)].0
+    }
+}
+
+/// An index into `logits` (of which `max` is the largest), drawn with
+/// probability e^((l - max) / temperature) over their sum, in order.
+fn draw(rng: &mut Rng, logits: impl ExactSizeIterator<Item = f32>, max: f32, temperature: f32, weights: &mut Vec<f32>) -> usize {
+    let n = logits.len();
+    weights.clear();
+    weights.extend(logits.map(|l| (l - max) / temperature));
+    exp_in_place(weights);
+    let total: f32 = weights.iter().sum();
+    let mut r = rng.next_f32() * total;
+    for (i, w) in weights.iter().enumerate() {
+        if r < *w {
+            return i;
+        }
+        r -= w;
+    }
+    n - 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn logits() -> Vec<f32> {
+        vec![1.0, 3.0, 2.5, -1.0, 0.0, 2.9]
+    }
+
+    /// The sampler's chain in its plainest form: every candidate
+    /// materialized, sorted whole, the C library's `expf` one at a time.
+    fn reference_sample(p: &SamplingParams, rng: &mut Rng, logits: &[f32], history: &[u32]) -> u32 {
+        let mut c: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
+        let recent: std::collections::BTreeSet<u32> = history[history.len().saturating_sub(p.repeat_last_n)..].iter().copied().collect();
+        for t in recent {
+            let l = &mut c[t as usize].1;
+            *l = if *l > 0.0 { *l / p.repeat_penalty } else { *l * p.repeat_penalty };
+        }
+        if p.temperature <= 0.0 {
+            return c.iter().fold((0, f32::NEG_INFINITY), |best, &x| if x.1 > best.1 { x } else { best }).0;
+        }
+        if p.top_k > 0 && p.top_k < c.len() || p.top_p < 1.0 || p.min_p > 0.0 {
+            c.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            if p.top_k > 0 {
+                c.truncate(p.top_k);
+            }
+            let w: Vec<f32> = c.iter().map(|x| (x.1 - c[0].1).exp()).collect();
+            let total: f32 = w.iter().sum();
+            let mut cum = 0.0;
+            let top_p = w.iter().position(|w| {
+                cum += w / total;
+                cum >= p.top_p
+            });
+            let min_p = w.iter().take_while(|&&w| w >= p.min_p).count().max(1);
+            c.truncate(if p.top_p < 1.0 { top_p.map_or(c.len(), |k| k + 1) } else { c.len() });
+            c.truncate(if p.min_p > 0.0 { min_p } else { c.len() });
+        }
+        let max = c.iter().fold(f32::NEG_INFINITY, |m, x| m.max(x.1));
+        let w: Vec<f32> = c.iter().map(|x| ((x.1 - max) / p.temperature).exp()).collect();
+        let mut r = rng.next_f32() * w.iter().sum::<f32>();
+        for (x, w) in c.iter().zip(&w) {
+            if r < *w {
+                return x.0;
+            }
+            r -= w;
+        }
+        c[c.len() - 1].0
+    }
+
+    #[test]
+    fn draws_equal_the_plain_chain_on_a_full_vocabulary() {
+        let base = SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0, repeat_penalty: 1.0, repeat_last_n: 64, seed: 5 };
+        let settings = [
+            SamplingParams::default(),
+            SamplingParams::greedy(),
+            SamplingParams { repeat_penalty: 1.3, ..SamplingParams::greedy() },
+            base.clone(),
+            SamplingParams { temperature: 0.7, repeat_penalty: 0.9, ..base.clone() },
+            SamplingParams { top_p: 0.8, ..base.clone() },
+            SamplingParams { min_p: 0.05, top_k: 100, ..base.clone() },
+        ];
+        let mut gen = Rng(17);
+        for p in settings {
+            let (mut sampler, mut rng) = (Sampler::new(p.clone()), Rng(p.seed));
+            let mut history: Vec<u32> = (0..80).map(|i| i * 613 % 49152).collect();
+            for _ in 0..20 {
+                // Peaked like a model's logits: a few large, many small, ties.
+                let logits: Vec<f32> = (0..49152).map(|_| (gen.next_f32() * 8.0).powi(3).round() / 16.0 - 4.0).collect();
+                let want = reference_sample(&p, &mut rng, &logits, &history);
+                assert_eq!(sampler.sample(&logits, &history), want, "{p:?}");
+                history.push(want);
+            }
+        }
+    }
+
+    #[test]
+    fn greedy_takes_the_argmax() {
+        assert_eq!(Sampler::new(SamplingParams::greedy()).sample(&logits(), &[]), 1);
+    }
+
+    #[test]
+    fn repeat_penalty_demotes_recent_tokens() {
+        let p = SamplingParams { repeat_penalty: 1.5, ..SamplingParams::greedy() };
+        // 3.0 / 1.5 = 2.0 < 2.9, so token 5 wins.
+        assert_eq!(Sampler::new(p).sample(&logits(), &[1]), 5);
+    }
+
+    #[test]
+    fn top_k_keeps_the_lowest_ids_among_tied_logits() {
+        // Four tied best logits at the end of the vocabulary, top-k 3, a
+        // temperature that makes the kept ones about equally likely: ids
+        // 496-498 are all drawn, never 499 nor any other.
+        let mut logits = vec![1.0f32; 500];
+        logits[496..].fill(5.0);
+        let p = SamplingParams { temperature: 100.0, top_k: 3, top_p: 1.0, min_p: 0.0, repeat_penalty: 1.0, repeat_last_n: 0, seed: 4 };
+        let mut s = Sampler::new(p);
+        let draws: Vec<u32> = (0..300).map(|_| s.sample(&logits, &[])).collect();
+        for id in 496..499 {
+            assert!(draws.contains(&id), "{id} never drawn");
+        }
+        assert!(draws.iter().all(|t| (496..499).contains(t)), "{draws:?}");
+    }
+
+    #[test]
+    fn without_a_cut_draws_follow_the_softmax() {
+        // Odds 1:3:0 at temperature 1, no top-k/top-p/min-p (drawn in the
+        // vocabulary's order, unsorted).
+        let logits = [0.0f32, 3f32.ln(), -200.0];
+        let p = SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0, repeat_penalty: 1.0, repeat_last_n: 0, seed: 21 };
+        let mut s = Sampler::new(p);
+        let draws: Vec<u32> = (0..4000).map(|_| s.sample(&logits, &[])).collect();
+        let ones = draws.iter().filter(|&&t| t == 1).count();
+        assert!((2850..3150).contains(&ones), "{ones} of 4000 drew id 1, expected ~3000");
+        assert!(!draws.contains(&2));
+    }
+
+    #[test]
+    fn same_seed_same_draws_and_top_k_limits_choices() {
+        let p = SamplingParams { temperature: 1.5, top_k: 2, top_p: 1.0, min_p: 0.0, repeat_penalty: 1.0, repeat_last_n: 0, seed: 9 };
+        let draw = |p: &SamplingParams| {
+            let mut s = Sampler::new(p.clone());
+            (0..200).map(|_| s.sample(&logits(), &[])).collect::<Vec<_>>()
+        };
+        let a = draw(&p);
+        assert_eq!(a, draw(&p));
+        assert!(a.iter().all(|&t| t == 1 || t == 5), "top-k 2 keeps only the two best");
+        assert!(a.contains(&1) && a.contains(&5));
+        assert_ne!(a, draw(&SamplingParams { seed: 10, ..p.clone() }));
+    }
+
+    #[test]
+    fn top_p_and_min_p_cut_the_tail() {
+        let base = SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0, repeat_penalty: 1.0, repeat_last_n: 0, seed: 1 };
+        // Probabilities: 3.0 -> .35, 2.9 -> .32, 2.5 -> .21, ...: top-p 0.5 keeps two.
+        let mut s = Sampler::new(SamplingParams { top_p: 0.5, ..base.clone() });
+        assert!((0..300).map(|_| s.sample(&logits(), &[])).all(|t| t == 1 || t == 5));
+        // min-p 0.7: e^(2.5-3) = 0.61 falls below, 2.9 (0.90) stays.
+        let mut s = Sampler::new(SamplingParams { min_p: 0.7, ..base });
+        assert!((0..300).map(|_| s.sample(&logits(), &[])).all(|t| t == 1 || t == 5));
+    }
+}

@@ -1,0 +1,155 @@
+//! Picking the best logits out of a whole vocabulary without sorting it:
+//! the argmax, and the top k in the sampler's order (larger first, ties to
+//! the lower id, by `f32::total_cmp`). Both go through the logits in
+//! blocks of `LANES`, a block's maximum taken in lanes the compiler
+//! vectorizes: most blocks hold nothing better than what is already kept,
+//! and are passed over whole.
+
+use std::cmp::Ordering;
+
+const LANES: usize = 16;
+
+/// `f32::total_cmp`'s order as a signed integer.
+#[inline(always)]
+fn key(x: f32) -> i32 {
+    let bits = x.to_bits() as i32;
+    bits ^ (((bits >> 31) as u32) >> 1) as i32
+}
+
+/// The largest key of a block.
+#[inline(always)]
+fn block_max(block: &[f32; LANES]) -> i32 {
+    let mut m = [i32::MIN; LANES];
+    for (m, &x) in m.iter_mut().zip(block) {
+        *m = (*m).max(key(x));
+    }
+    m.into_iter().fold(i32::MIN, i32::max)
+}
+
+/// The id of the largest logit, the first among equals (a NaN never wins).
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = (0usize, f32::NEG_INFINITY);
+    let blocks = logits.chunks_exact(LANES);
+    let tail = blocks.remainder();
+    for (b, block) in blocks.enumerate() {
+        let block: &[f32; LANES] = block.try_into().unwrap();
+        let mut m = [f32::NEG_INFINITY; LANES];
+        for (m, &x) in m.iter_mut().zip(block) {
+            *m = if x > *m { x } else { *m };
+        }
+        if m.iter().any(|&m| m > best.1) {
+            best = first_above(block, b * LANES, best);
+        }
+    }
+    first_above(tail, logits.len() - tail.len(), best).0 as u32
+}
+
+/// The largest logit (NaNs passed over), lane by lane.
+pub fn max(logits: &[f32]) -> f32 {
+    let mut m = [f32::NEG_INFINITY; LANES];
+    let blocks = logits.chunks_exact(LANES);
+    let tail = blocks.remainder();
+    for block in blocks {
+        for (m, &x) in m.iter_mut().zip(block) {
+            *m = if x > *m { x } else { *m };
+        }
+    }
+    tail.iter().chain(&m).fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m })
+}
+
+/// `best` replaced by each element of `block` (ids from `first`) above it.
+fn first_above(block: &[f32], first: usize, mut best: (usize, f32)) -> (usize, f32) {
+    for (i, &x) in block.iter().enumerate() {
+        if x > best.1 {
+            best = (first + i, x);
+        }
+    }
+    best
+}
+
+/// The sampler's order: larger logits first, ties to the lower id.
+pub fn rank(a: &(u32, f32), b: &(u32, f32)) -> Ordering {
+    b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
+}
+
+/// Fills `out` with the `k` best logits (`0 < k < logits.len()`) as
+/// (id, logit), in no particular order. Kept ones gather until there are
+/// `2k`, then the best `k` stay and the k-th's key becomes the bar: a
+/// later logit (a higher id) must beat it strictly to rank among them.
+pub fn top_k(logits: &[f32], k: usize, out: &mut Vec<(u32, f32)>) {
+    debug_assert!(k > 0 && k < logits.len());
+    out.clear();
+    let mut bar = i32::MIN;
+    let keep = |out: &mut Vec<(u32, f32)>, first: usize, block: &[f32], bar: &mut i32| {
+        for (i, &x) in block.iter().enumerate() {
+            // Until the first cut every logit is kept (the bar is below all keys).
+            if key(x) > *bar || out.len() < k {
+                out.push(((first + i) as u32, x));
+                if out.len() == 2 * k {
+                    out.select_nth_unstable_by(k - 1, rank);
+                    out.truncate(k);
+                    *bar = key(out[k - 1].1);
+                }
+            }
+        }
+    };
+    let blocks = logits.chunks_exact(LANES);
+    let tail = blocks.remainder();
+    for (b, block) in blocks.enumerate() {
+        let block: &[f32; LANES] = block.try_into().unwrap();
+        if out.len() < k || block_max(block) > bar {
+            keep(out, b * LANES, block, &mut bar);
+        }
+    }
+    keep(out, logits.len() - tail.len(), tail, &mut bar);
+    if out.len() > k {
+        out.select_nth_unstable_by(k - 1, rank);
+        out.truncate(k);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sampler::Rng;
+
+    /// Logits with many ties (a few values), signed zeros, infinities and
+    /// NaNs of both signs, over lengths that leave a partial block.
+    fn logit_sets() -> Vec<Vec<f32>> {
+        let mut rng = Rng(3);
+        let specials = [0.0, -0.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, -f32::NAN, 1e-30, -1e-30];
+        let mut sets = Vec::new();
+        for len in [1usize, 15, 16, 17, 100, 49152] {
+            let random: Vec<f32> = (0..len).map(|_| rng.next_f32() * 20.0 - 10.0).collect();
+            let tied: Vec<f32> = (0..len).map(|_| (rng.next_f32() * 4.0).floor()).collect();
+            let special: Vec<f32> = (0..len).map(|i| if i % 7 == 3 { specials[i % specials.len()] } else { rng.next_f32() }).collect();
+            // Best at the very end, then the same values ascending.
+            let rising: Vec<f32> = (0..len).map(|i| i as f32).collect();
+            sets.extend([random, tied, special, rising]);
+        }
+        sets
+    }
+
+    #[test]
+    fn argmax_is_the_first_largest() {
+        for logits in logit_sets() {
+            let want = logits.iter().enumerate().fold((0, f32::NEG_INFINITY), |best, (i, &x)| if x > best.1 { (i, x) } else { best }).0;
+            assert_eq!(argmax(&logits), want as u32, "{} logits", logits.len());
+        }
+    }
+
+    #[test]
+    fn top_k_is_the_sorted_prefix() {
+        for logits in logit_sets() {
+            let mut all: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &x)| (i as u32, x)).collect();
+            all.sort_by(rank);
+            for k in [1usize, 2, 40, 100, logits.len() - 1].into_iter().filter(|&k| k > 0 && k < logits.len()) {
+                let mut got = Vec::new();
+                top_k(&logits, k, &mut got);
+                got.sort_by(rank);
+                let bits = |v: &[(u32, f32)]| v.iter().map(|&(i, x)| (i, x.to_bits())).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&all[..k]), "{} logits, k {k}", logits.len());
+            }
+        }
+    }
+}
