@@ -238,6 +238,7 @@ fn bench_sample() {
         ("greedy", SamplingParams::greedy()),
         ("ollama defaults (top-k 40, top-p 0.9, t 0.8, penalty)", SamplingParams::default()),
         ("openai defaults (t 1, no top-k)", SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, repeat_penalty: 1.0, ..SamplingParams::default() }),
+        ("top-p 0.9 alone (t 1)", SamplingParams { temperature: 1.0, top_k: 0, top_p: 0.9, repeat_penalty: 1.0, ..SamplingParams::default() }),
     ];
     let history: Vec<u32> = (0..64).collect();
     for (name, params) in settings {

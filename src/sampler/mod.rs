@@ -102,40 +102,69 @@ impl Sampler {
             // The draw goes over the vocabulary in its own order: no sort.
             return draw(&mut self.rng, logits.iter().copied(), select::max(logits), p.temperature, &mut self.weights) as u32;
         }
-        // With top-k only the k best are sorted: selecting them is one pass
-        // over the vocabulary, where sorting it all cost a sort of ~50k entries.
         let (c, weights) = (&mut self.candidates, &mut self.weights);
         if p.top_k > 0 && p.top_k < logits.len() {
+            // Only the k best are sorted: selecting them is one pass over
+            // the vocabulary, where sorting it all cost a sort of ~50k entries.
             select::top_k(logits, p.top_k, c);
+            cut(p, c, weights, true);
         } else {
-            c.clear();
-            c.extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l)));
-        }
-        // Most likely first, ties to the lowest id.
-        c.sort_unstable_by(select::rank);
-        // Probabilities at temperature 1 decide top-p and min-p, as llama.cpp does.
-        let max = c[0].1;
-        weights.clear();
-        weights.extend(c.iter().map(|x| x.1 - max));
-        exp_in_place(weights);
-        let total: f32 = weights.iter().sum();
-        if p.top_p < 1.0 {
-            let mut cum = 0.0;
-            let keep = weights.iter().position(|w| {
-                cum += w / total;
-                cum >= p.top_p
-            });
-            c.truncate(keep.map_or(c.len(), |k| k + 1));
-        }
-        if p.min_p > 0.0 {
-            // weights[0] is the top candidate's (unnormalized) probability, 1.
-            let keep = weights.iter().take(c.len()).take_while(|&&w| w >= p.min_p).count().max(1);
-            c.truncate(keep);
+            // Top-p and min-p look at the likeliest first, and a logit more
+            // than NEGLIGIBLE below the best cannot move their sums: those
+            // are sorted, and the whole vocabulary only when a cut reaches
+            // past them.
+            select::at_least(logits, select::max(logits) - NEGLIGIBLE, c);
+            if !cut(p, c, weights, c.len() == logits.len()) {
+                c.clear();
+                c.extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l)));
+                cut(p, c, weights, true);
+            }
         }
         // The draw goes over the kept candidates by rank.
         let max = c.iter().fold(f32::NEG_INFINITY, |m, x| m.max(x.1));
         c[draw(&mut self.rng, c.iter().map(|x| x.1), max, p.temperature, weights)].0
     }
+}
+
+/// How far below the best logit top-p and min-p stop looking, unless their
+/// cut goes that far: e^-20 (2e-9) weighs less than half the last place of
+/// a sum of weights that is at least 1 (the best's), so adding any number
+/// of them, smallest last, leaves the sum as it is.
+const NEGLIGIBLE: f32 = 20.0;
+
+/// Sorts the `candidates` (most likely first, ties to the lowest id) and
+/// cuts them by top-p, then min-p, with probabilities at temperature 1, as
+/// llama.cpp does. False, with nothing decided, when the cut would look
+/// past the candidates and they are not `complete` (all the vocabulary).
+fn cut(p: &SamplingParams, c: &mut Vec<(u32, f32)>, weights: &mut Vec<f32>, complete: bool) -> bool {
+    c.sort_unstable_by_key(select::rank_key);
+    let max = c[0].1;
+    weights.clear();
+    weights.extend(c.iter().map(|x| x.1 - max));
+    exp_in_place(weights);
+    let total: f32 = weights.iter().sum();
+    let mut kept = c.len();
+    if p.top_p < 1.0 {
+        let mut cum = 0.0;
+        match weights.iter().position(|w| {
+            cum += w / total;
+            cum >= p.top_p
+        }) {
+            Some(k) => kept = k + 1,
+            None if !complete => return false,
+            None => {}
+        }
+    }
+    if p.min_p > 0.0 {
+        // weights[0] is the top candidate's (unnormalized) probability, 1.
+        let above = weights[..kept].iter().take_while(|&&w| w >= p.min_p).count();
+        if above == c.len() && !complete {
+            return false;
+        }
+        kept = above.max(1);
+    }
+    c.truncate(kept);
+    true
 }
 
 /// An index into `logits` (of which `max` is the largest), drawn with
@@ -215,6 +244,10 @@ mod tests {
             SamplingParams { temperature: 0.7, repeat_penalty: 0.9, ..base.clone() },
             SamplingParams { top_p: 0.8, ..base.clone() },
             SamplingParams { min_p: 0.05, top_k: 100, ..base.clone() },
+            SamplingParams { top_p: 0.5, min_p: 0.1, ..base.clone() },
+            // Cuts that reach past the likeliest: the whole vocabulary sorted.
+            SamplingParams { min_p: 1e-12, ..base.clone() },
+            SamplingParams { top_p: 0.99999999, ..base.clone() },
         ];
         let mut gen = Rng(17);
         for p in settings {

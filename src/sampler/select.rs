@@ -5,8 +5,6 @@
 //! vectorizes: most blocks hold nothing better than what is already kept,
 //! and are passed over whole.
 
-use std::cmp::Ordering;
-
 const LANES: usize = 16;
 
 /// `f32::total_cmp`'s order as a signed integer.
@@ -57,6 +55,24 @@ pub fn max(logits: &[f32]) -> f32 {
     tail.iter().chain(&m).fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m })
 }
 
+/// Fills `out` with every logit of at least `floor` as (id, logit), in id order.
+pub fn at_least(logits: &[f32], floor: f32, out: &mut Vec<(u32, f32)>) {
+    out.clear();
+    let blocks = logits.chunks_exact(LANES);
+    let tail = blocks.remainder();
+    for (b, block) in blocks.enumerate() {
+        let mut m = [f32::NEG_INFINITY; LANES];
+        for (m, &x) in m.iter_mut().zip(block) {
+            *m = if x > *m { x } else { *m };
+        }
+        if m.iter().any(|&m| m >= floor) {
+            out.extend(block.iter().enumerate().filter(|x| *x.1 >= floor).map(|(i, &x)| ((b * LANES + i) as u32, x)));
+        }
+    }
+    let first = logits.len() - tail.len();
+    out.extend(tail.iter().enumerate().filter(|x| *x.1 >= floor).map(|(i, &x)| ((first + i) as u32, x)));
+}
+
 /// `best` replaced by each element of `block` (ids from `first`) above it.
 fn first_above(block: &[f32], first: usize, mut best: (usize, f32)) -> (usize, f32) {
     for (i, &x) in block.iter().enumerate() {
@@ -67,9 +83,12 @@ fn first_above(block: &[f32], first: usize, mut best: (usize, f32)) -> (usize, f
     best
 }
 
-/// The sampler's order: larger logits first, ties to the lower id.
-pub fn rank(a: &(u32, f32), b: &(u32, f32)) -> Ordering {
-    b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
+/// The sampler's order (larger logits first by `f32::total_cmp`, ties to
+/// the lower id) as one integer, ascending: a sort on it compares words,
+/// not floats then ids.
+#[inline(always)]
+pub fn rank_key(&(id, x): &(u32, f32)) -> u64 {
+    (((!key(x)) as u32 ^ 0x8000_0000) as u64) << 32 | id as u64
 }
 
 /// Fills `out` with the `k` best logits (`0 < k < logits.len()`) as
@@ -86,7 +105,7 @@ pub fn top_k(logits: &[f32], k: usize, out: &mut Vec<(u32, f32)>) {
             if key(x) > *bar || out.len() < k {
                 out.push(((first + i) as u32, x));
                 if out.len() == 2 * k {
-                    out.select_nth_unstable_by(k - 1, rank);
+                    out.select_nth_unstable_by_key(k - 1, rank_key);
                     out.truncate(k);
                     *bar = key(out[k - 1].1);
                 }
@@ -103,7 +122,7 @@ pub fn top_k(logits: &[f32], k: usize, out: &mut Vec<(u32, f32)>) {
     }
     keep(out, logits.len() - tail.len(), tail, &mut bar);
     if out.len() > k {
-        out.select_nth_unstable_by(k - 1, rank);
+        out.select_nth_unstable_by_key(k - 1, rank_key);
         out.truncate(k);
     }
 }
@@ -139,14 +158,27 @@ mod tests {
     }
 
     #[test]
+    fn at_least_keeps_every_logit_from_the_floor_up_in_order() {
+        for logits in logit_sets() {
+            for floor in [f32::NEG_INFINITY, -5.0, 0.0, 2.0, 1e9] {
+                let mut got = Vec::new();
+                at_least(&logits, floor, &mut got);
+                let want: Vec<(u32, f32)> = logits.iter().enumerate().filter(|x| *x.1 >= floor).map(|(i, &x)| (i as u32, x)).collect();
+                let bits = |v: &[(u32, f32)]| v.iter().map(|&(i, x)| (i, x.to_bits())).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "{} logits, floor {floor}", logits.len());
+            }
+        }
+    }
+
+    #[test]
     fn top_k_is_the_sorted_prefix() {
         for logits in logit_sets() {
             let mut all: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &x)| (i as u32, x)).collect();
-            all.sort_by(rank);
+            all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
             for k in [1usize, 2, 40, 100, logits.len() - 1].into_iter().filter(|&k| k > 0 && k < logits.len()) {
                 let mut got = Vec::new();
                 top_k(&logits, k, &mut got);
-                got.sort_by(rank);
+                got.sort_by_key(rank_key);
                 let bits = |v: &[(u32, f32)]| v.iter().map(|&(i, x)| (i, x.to_bits())).collect::<Vec<_>>();
                 assert_eq!(bits(&got), bits(&all[..k]), "{} logits, k {k}", logits.len());
             }
