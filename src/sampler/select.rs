@@ -24,18 +24,30 @@ fn block_max(block: &[f32; LANES]) -> i32 {
     m.into_iter().fold(i32::MIN, i32::max)
 }
 
+/// `m` raised lane by lane to the logits of a whole block (NaNs passed over).
+#[inline(always)]
+fn raise_lanes(m: &mut [f32; LANES], block: &[f32; LANES]) {
+    for (m, &x) in m.iter_mut().zip(block) {
+        *m = if x > *m { x } else { *m };
+    }
+}
+
+/// A whole block's logits as `LANES` lanes, each the largest of its own:
+/// compared with a bar lane by lane, with no horizontal step.
+#[inline(always)]
+fn block_lanes(block: &[f32; LANES]) -> [f32; LANES] {
+    let mut m = [f32::NEG_INFINITY; LANES];
+    raise_lanes(&mut m, block);
+    m
+}
+
 /// The id of the largest logit, the first among equals (a NaN never wins).
 pub fn argmax(logits: &[f32]) -> u32 {
     let mut best = (0usize, f32::NEG_INFINITY);
     let blocks = logits.chunks_exact(LANES);
     let tail = blocks.remainder();
     for (b, block) in blocks.enumerate() {
-        let block: &[f32; LANES] = block.try_into().unwrap();
-        let mut m = [f32::NEG_INFINITY; LANES];
-        for (m, &x) in m.iter_mut().zip(block) {
-            *m = if x > *m { x } else { *m };
-        }
-        if m.iter().any(|&m| m > best.1) {
+        if block_lanes(block.try_into().unwrap()).iter().any(|&m| m > best.1) {
             best = first_above(block, b * LANES, best);
         }
     }
@@ -48,9 +60,7 @@ pub fn max(logits: &[f32]) -> f32 {
     let blocks = logits.chunks_exact(LANES);
     let tail = blocks.remainder();
     for block in blocks {
-        for (m, &x) in m.iter_mut().zip(block) {
-            *m = if x > *m { x } else { *m };
-        }
+        raise_lanes(&mut m, block.try_into().unwrap());
     }
     tail.iter().chain(&m).fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m })
 }
@@ -61,11 +71,7 @@ pub fn at_least(logits: &[f32], floor: f32, out: &mut Vec<(u32, f32)>) {
     let blocks = logits.chunks_exact(LANES);
     let tail = blocks.remainder();
     for (b, block) in blocks.enumerate() {
-        let mut m = [f32::NEG_INFINITY; LANES];
-        for (m, &x) in m.iter_mut().zip(block) {
-            *m = if x > *m { x } else { *m };
-        }
-        if m.iter().any(|&m| m >= floor) {
+        if block_lanes(block.try_into().unwrap()).iter().any(|&m| m >= floor) {
             out.extend(block.iter().enumerate().filter(|x| *x.1 >= floor).map(|(i, &x)| ((b * LANES + i) as u32, x)));
         }
     }
