@@ -97,13 +97,13 @@ impl Sampler {
         if p.temperature <= 0.0 {
             return select::argmax(logits);
         }
-        let cut_by_rank = p.top_k > 0 && p.top_k < logits.len() || p.top_p < 1.0 || p.min_p > 0.0;
-        if !cut_by_rank {
+        let top_k = p.top_k > 0 && p.top_k < logits.len();
+        if !(top_k || p.top_p < 1.0 || p.min_p > 0.0) {
             // The draw goes over the vocabulary in its own order: no sort.
             return draw(&mut self.rng, logits.iter().copied(), select::max(logits), p.temperature, &mut self.weights) as u32;
         }
         let (c, weights) = (&mut self.candidates, &mut self.weights);
-        if p.top_k > 0 && p.top_k < logits.len() {
+        if top_k {
             // Only the k best are sorted: selecting them is one pass over
             // the vocabulary, where sorting it all cost a sort of ~50k entries.
             select::top_k(logits, p.top_k, c);
