@@ -284,8 +284,11 @@ unsafe fn nibble_panel<L: Lanes, const U: usize, const SIDES: usize>(
     let w = qs.as_ptr().add(first * NIBBLE_BLOCK);
     let x = q.qs.as_ptr().add(i * k);
     let ahead = w.wrapping_add(nb * NIBBLE_BLOCK);
-    // Float lane j of unit u: lanes[j / 2][j % 2][u].
-    let mut lanes = [[[L::zero(); U]; 2]; 4];
+    // Float lane j of unit u: lanes[j / 2][j % 2][u]. Written by the first
+    // chunk's passes before any pass reads it: zeroing its 2 KB (eight
+    // units) was a call to memset per panel.
+    let mut lanes = MaybeUninit::<[[[L::F; U]; 2]; 4]>::uninit();
+    let lanes = lanes.as_mut_ptr() as *mut [[L::F; U]; 2];
     let mut mins = [L::zero(); U];
     // Chunks of equal size (18 blocks: two of 9, not 16 and a lone 2).
     let chunk = nb.div_ceil(nb.div_ceil(NIBBLE_CHUNK));
@@ -300,19 +303,22 @@ unsafe fn nibble_panel<L: Lanes, const U: usize, const SIDES: usize>(
                 mins[u] = L::fma_min(mins[u], L::scales_f16(min.as_ptr().add(at)), *q.sum.get_unchecked(xb));
             }
         }
-        for (t, sides) in lanes.iter_mut().enumerate() {
+        for t in 0..4 {
             // Lines are asked for once: by the panel's first pass over them.
             let pass = Pass { w: w.add(t * nb * 64), x: x.add(8 * t), k, fetch: units[0].lane == 0 };
             let ahead = |b| prefetch_nibbles(ahead, scale, min, first, nb, b, t);
+            let sides = lanes.add(t);
             if SIDES == 2 {
                 nibble_pass::<L, U, 2, 0>(pass, units, &scales, blocks.clone(), sides, ahead);
             } else {
-                let [low, high] = sides;
-                nibble_pass::<L, U, 1, 0>(pass, units, &scales, blocks.clone(), std::array::from_mut(low), ahead);
-                nibble_pass::<L, U, 1, 1>(Pass { fetch: false, ..pass }, units, &scales, blocks.clone(), std::array::from_mut(high), ahead);
+                let low = sides as *mut [[L::F; U]; 1];
+                nibble_pass::<L, U, 1, 0>(pass, units, &scales, blocks.clone(), low, ahead);
+                nibble_pass::<L, U, 1, 1>(Pass { fetch: false, ..pass }, units, &scales, blocks.clone(), low.add(1), ahead);
             }
         }
     }
+    // SAFETY: every lane was written by the first chunk's passes (nb > 0).
+    let lanes = &*lanes.cast::<[[[L::F; U]; 2]; 4]>();
     for (u, unit) in units.iter().enumerate() {
         nibble_sum::<L>(std::array::from_fn(|j| lanes[j / 2][j % 2][u]), mins[u], tile[unit.act].as_mut_ptr().add(unit.lane));
     }
@@ -331,18 +337,19 @@ struct Pass {
 
 /// The blocks of one `pass` fused into `acc` (a lane per nibble side from
 /// `FIRST`, 0 low and 1 high; a sum per unit) with the chunk's combined
-/// `scales`; `ahead(b)` prefetches.
+/// `scales`; `ahead(b)` prefetches. The first chunk (from block 0) starts
+/// the sums at zero, later ones from what `acc` holds.
 #[inline(always)]
 unsafe fn nibble_pass<L: Lanes, const U: usize, const SIDES: usize, const FIRST: usize>(
     pass: Pass,
     units: [Unit; U],
     scales: &[[MaybeUninit<L::F>; U]; NIBBLE_CHUNK],
     blocks: std::ops::Range<usize>,
-    acc: &mut [[L::F; U]; SIDES],
+    acc: *mut [[L::F; U]; SIDES],
     ahead: impl Fn(usize),
 ) {
     // A copy in registers: through `acc` itself every sum went to memory.
-    let mut sums = *acc;
+    let mut sums = if blocks.start == 0 { [[L::zero(); U]; SIDES] } else { acc.read() };
     let c = blocks.start;
     for b in blocks {
         if pass.fetch {
@@ -359,7 +366,7 @@ unsafe fn nibble_pass<L: Lanes, const U: usize, const SIDES: usize, const FIRST:
             }
         }
     }
-    *acc = sums;
+    acc.write(sums);
 }
 
 /// A 4-bit panel's eight float lanes and minimum terms, summed in ggml's

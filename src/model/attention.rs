@@ -60,7 +60,7 @@ trait HeadMath {
     /// the positions p < seen[i] of the run (the rest are never read), the
     /// dot in ggml's `vec_dot_f16` order: per 64 elements four 16-lane fused
     /// accumulators, then a fixed tree.
-    unsafe fn scores(k_rows: &[&[f16]], kv_off: usize, hd: usize, q: &[Self::Row], seen: &[usize], scale: f32, score: &mut [[f32; RUN]; MAX_PAIRS]);
+    unsafe fn scores(k_rows: &[&[f16]], kv_off: usize, hd: usize, q: &[Self::Row], seen: &[usize], scale: f32, score: &mut [[f32; RUN]]);
     /// The online softmax over the first `seen` scores of a run: for each
     /// position, a new maximum rescales what came before by e^(old - new)
     /// and weighs the position 1; otherwise the position weighs e^(s - max)
@@ -92,7 +92,7 @@ trait HeadMath {
     /// eight lanes (lane l fusing elements 8c + l, c in order) summed in
     /// `sum_lanes8`'s tree.
     #[inline(always)]
-    unsafe fn scores_fast(k: &[Self::Row; RUN], run: usize, q: &[Self::Row], hd: usize, scale: f32, score: &mut [[f32; RUN]; MAX_PAIRS]) {
+    unsafe fn scores_fast(k: &[Self::Row; RUN], run: usize, q: &[Self::Row], hd: usize, scale: f32, score: &mut [[f32; RUN]]) {
         for (i, q) in q.iter().enumerate() {
             let q = Self::floats(q);
             for (p, k) in k[..run].iter().enumerate() {
@@ -213,7 +213,7 @@ impl<R: HalfRound> HeadMath for Scalar<R> {
         R::round(&mut row[..hd]);
     }
     #[inline(always)]
-    unsafe fn scores(k_rows: &[&[f16]], kv_off: usize, hd: usize, q: &[Self::Row], seen: &[usize], scale: f32, score: &mut [[f32; RUN]; MAX_PAIRS]) {
+    unsafe fn scores(k_rows: &[&[f16]], kv_off: usize, hd: usize, q: &[Self::Row], seen: &[usize], scale: f32, score: &mut [[f32; RUN]]) {
         let mut row = Self::zero();
         for (p, k) in k_rows.iter().enumerate() {
             Self::load(&k[kv_off..], hd, &mut row);
@@ -295,6 +295,7 @@ struct Task<'a> {
 }
 
 /// One query head's online-softmax state.
+#[derive(Clone, Copy)]
 struct Softmax {
     max: f32,
     sum: f32,
@@ -308,6 +309,21 @@ struct Softmax {
 /// per KV head and 64 / group tokens, plenty for the pool.
 const MAX_PAIRS: usize = 4 * MAX_GROUP;
 
+/// The first `n` rows of `buf`, each set to `value`.
+#[inline(always)]
+fn first_rows<T: Copy, const N: usize>(buf: &mut MaybeUninit<[T; N]>, n: usize, value: T) -> &mut [T] {
+    assert!(n <= N);
+    let rows = buf.as_mut_ptr() as *mut T;
+    // SAFETY: rows 0..n are in bounds (n <= N) and written before the
+    // slice over them is made.
+    unsafe {
+        for i in 0..n {
+            rows.add(i).write(value);
+        }
+        std::slice::from_raw_parts_mut(rows, n)
+    }
+}
+
 /// Attention of tokens `first..first + tokens` (one sequence's, in order)
 /// for every query head sharing KV head `kvh`, in ggml's order (`GGML`)
 /// or the fast one.
@@ -318,7 +334,6 @@ unsafe fn attend_group<M: HeadMath, const GGML: bool>(t: &Task, first: usize, to
     let qkv_dim = dim + 2 * c.kv_dim();
     let group = c.heads / c.kv_heads;
     let pairs = tokens * group;
-    debug_assert!(pairs <= MAX_PAIRS);
     let scale = 1.0 / (hd as f32).sqrt();
     let blocks = t.chunks[t.slots[first].chunk].blocks;
     let kv_off = kvh * hd;
@@ -341,39 +356,46 @@ unsafe fn attend_group<M: HeadMath, const GGML: bool>(t: &Task, first: usize, to
     let mut next_rows = fetch_rows(0);
     // Pair i is query head i % group of token first + i / group.
     let head_at = |i: usize| (first + i / group) * qkv_dim + (kvh * group + i % group) * hd;
-    let mut limit = [0usize; MAX_PAIRS];
-    // Rows are large (MAX_HEAD_DIM wide): only the pairs' own are set up.
-    let mut q_rows = MaybeUninit::<[M::Row; MAX_PAIRS]>::uninit();
-    let mut acc_rows = MaybeUninit::<[M::Row; MAX_PAIRS]>::uninit();
-    let (q, acc) = (q_rows.as_mut_ptr() as *mut M::Row, acc_rows.as_mut_ptr() as *mut M::Row);
-    for i in 0..pairs {
-        limit[i] = t.slots[first + i / group].pos + 1;
-        q.add(i).write(M::zero());
-        acc.add(i).write(M::zero());
+    // Buffers are sized for the most pairs (rows of up to MAX_HEAD_DIM):
+    // only the task's own pairs' rows are set up, which for a decode's
+    // three pairs saves clearing kilobytes per task.
+    let (mut limit_buf, mut seen_buf) = (MaybeUninit::<[usize; MAX_PAIRS]>::uninit(), MaybeUninit::<[usize; MAX_PAIRS]>::uninit());
+    let (mut q_buf, mut acc_buf) = (MaybeUninit::<[M::Row; MAX_PAIRS]>::uninit(), MaybeUninit::<[M::Row; MAX_PAIRS]>::uninit());
+    let mut soft_buf = MaybeUninit::<[Softmax; MAX_PAIRS]>::uninit();
+    let (mut score_buf, mut factor_buf) = (MaybeUninit::<[[f32; RUN]; MAX_PAIRS]>::uninit(), MaybeUninit::<[[f32; RUN]; MAX_PAIRS]>::uninit());
+    let (mut new_max_buf, mut rescale_buf) = (MaybeUninit::<[u32; MAX_PAIRS]>::uninit(), MaybeUninit::<[f32; MAX_PAIRS]>::uninit());
+    let limit = first_rows(&mut limit_buf, pairs, 0);
+    for (i, l) in limit.iter_mut().enumerate() {
+        *l = t.slots[first + i / group].pos + 1;
     }
-    // SAFETY: the first `pairs` rows of each were written just above.
-    let (q, acc) = (std::slice::from_raw_parts_mut(q, pairs), std::slice::from_raw_parts_mut(acc, pairs));
+    let q = first_rows(&mut q_buf, pairs, M::zero());
     for (i, row) in q.iter_mut().enumerate() {
         M::load_query(&t.qkv[head_at(i)..], hd, row);
     }
-    let mut soft: [Softmax; MAX_PAIRS] = std::array::from_fn(|_| Softmax { max: f32::NEG_INFINITY, sum: 0.0 });
+    let acc = first_rows(&mut acc_buf, pairs, M::zero());
+    let soft = first_rows(&mut soft_buf, pairs, Softmax { max: f32::NEG_INFINITY, sum: 0.0 });
+    // A run reads only the scores and factors, new maxima and rescale
+    // factors it wrote itself (for pairs that see some of its positions):
+    // set up once per task, not cleared for every run of 16 positions.
+    let score = first_rows(&mut score_buf, pairs, [0.0; RUN]);
+    let factor = first_rows(&mut factor_buf, pairs, [0.0; RUN]);
+    let new_max = first_rows(&mut new_max_buf, pairs, 0);
+    let rescale = first_rows(&mut rescale_buf, pairs, 0.0);
+    let seen = first_rows(&mut seen_buf, pairs, 0);
     let mut row = M::zero();
-    // A run reads only the scores and factors it wrote itself: set up once
-    // per task, not cleared for every run of 16 positions.
-    let mut score = [[0f32; RUN]; MAX_PAIRS];
-    let mut factor = [[0f32; RUN]; MAX_PAIRS];
     let (mut k_run, mut v_run) = ([M::zero(); RUN], [M::zero(); RUN]);
     for start in (0..positions).step_by(RUN) {
         let run = RUN.min(positions - start);
         // How much of this run each pair sees (causal: later tokens more).
-        let seen: [usize; MAX_PAIRS] = std::array::from_fn(|i| limit[i].saturating_sub(start).min(run));
+        for (s, &l) in seen.iter_mut().zip(&*limit) {
+            *s = l.saturating_sub(start).min(run);
+        }
         let (k_rows, v_rows) = next_rows;
         if start + RUN < positions {
             next_rows = fetch_rows(start + RUN);
         }
         if GGML {
-            M::scores(&k_rows[..run], kv_off, hd, q, &seen[..pairs], scale, &mut score);
-            let mut new_max = [0u32; MAX_PAIRS];
+            M::scores(&k_rows[..run], kv_off, hd, q, seen, scale, score);
             for i in 0..pairs {
                 if seen[i] > 0 {
                     new_max[i] = M::softmax_run(&score[i], seen[i], &mut soft[i], &mut factor[i]);
@@ -401,8 +423,7 @@ unsafe fn attend_group<M: HeadMath, const GGML: bool>(t: &Task, first: usize, to
                 M::load(&k_rows[p][kv_off..], hd, &mut k_run[p]);
                 M::load(&v_rows[p][kv_off..], hd, &mut v_run[p]);
             }
-            M::scores_fast(&k_run, run, q, hd, scale, &mut score);
-            let mut rescale = [0f32; MAX_PAIRS];
+            M::scores_fast(&k_run, run, q, hd, scale, score);
             for i in 0..pairs {
                 if seen[i] > 0 {
                     rescale[i] = M::softmax_block(&score[i], seen[i], &mut soft[i], &mut factor[i]);

@@ -375,7 +375,7 @@ impl<W: Wide, const V: usize> HeadMath for Simd<W, V> {
     }
     /// Eight positions at a time, their final sums shared (`reduce_halves8`).
     #[inline(always)]
-    unsafe fn scores(k_rows: &[&[f16]], kv_off: usize, hd: usize, q: &[Self::Row], seen: &[usize], scale: f32, score: &mut [[f32; RUN]; MAX_PAIRS]) {
+    unsafe fn scores(k_rows: &[&[f16]], kv_off: usize, hd: usize, q: &[Self::Row], seen: &[usize], scale: f32, score: &mut [[f32; RUN]]) {
         let mut row = Self::zero();
         // Each group of eight positions writes all eight lanes of every
         // pair before summing them (zeros where the pair does not see the
@@ -477,7 +477,7 @@ impl<W: Wide, const V: usize> HeadMath for Simd<W, V> {
     /// Tiles of two pairs by four positions (eight accumulators), each
     /// group of eight positions' lanes summed together (`sum_lanes8x8`).
     #[inline(always)]
-    unsafe fn scores_fast(k: &[Self::Row; RUN], run: usize, q: &[Self::Row], _hd: usize, scale: f32, score: &mut [[f32; RUN]; MAX_PAIRS]) {
+    unsafe fn scores_fast(k: &[Self::Row; RUN], run: usize, q: &[Self::Row], _hd: usize, scale: f32, score: &mut [[f32; RUN]]) {
         let scale = _mm256_set1_ps(scale);
         for first in (0..q.len()).step_by(2) {
             let pairs = first..q.len().min(first + 2);
