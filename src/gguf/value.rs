@@ -119,7 +119,7 @@ fn min_size(type_id: u32) -> usize {
     match type_id {
         0 | 1 | 7 => 1,
         2 | 3 => 2,
-        4 | 5 | 6 => 4,
+        4..=6 => 4,
         _ => 8,
     }
 }

@@ -249,7 +249,7 @@ pub mod libm16 {
     pub unsafe fn exp_avx2(x: &mut [f32; 16]) {
         let t = table();
         // Lanes whose exponent field is above LAST_FAST_TOP12's, as bits.
-        let fast_top = _mm256_set1_epi32((LAST_FAST_TOP12 << 20 | 0xfffff) as i32);
+        let fast_top = _mm256_set1_epi32(LAST_FAST_TOP12 << 20 | 0xfffff);
         let slow_half = |at: usize| {
             let bits = _mm256_and_si256(_mm256_loadu_si256(x.as_ptr().add(at) as *const __m256i), _mm256_set1_epi32(0x7fff_ffff));
             _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(bits, fast_top))) as u32
@@ -343,7 +343,8 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn sixteen_wide_expf_equals_the_c_library() {
-        let mut widths: Vec<(&str, unsafe fn(&mut [f32; 16]))> = Vec::new();
+        type Exp16 = unsafe fn(&mut [f32; 16]);
+        let mut widths: Vec<(&str, Exp16)> = Vec::new();
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
             widths.push(("avx2", libm16::exp_avx2));
         }

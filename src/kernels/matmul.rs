@@ -43,7 +43,7 @@ impl QuantizedActs {
     /// Quantizes `x` (`rows` x `cols`, cols a multiple of 32), reusing
     /// buffers; rows are shared out over the pool.
     pub fn quantize(&mut self, pool: &ComputePool, isa: Isa, x: &[f32], rows: usize, cols: usize) {
-        assert!(cols % 32 == 0 && x.len() == rows * cols);
+        assert!(cols.is_multiple_of(32) && x.len() == rows * cols);
         let blocks = rows * cols / 32;
         self.rows = rows;
         self.cols = cols;

@@ -221,7 +221,7 @@ fn worker_loop(s: &Shared) {
         let mut spins = 0u32;
         while s.generation.load(Ordering::Acquire) == seen {
             spins = spins.wrapping_add(1);
-            if spins % 256 == 0 && started.elapsed() >= SPIN {
+            if spins.is_multiple_of(256) && started.elapsed() >= SPIN {
                 park(s, seen);
                 break;
             }
@@ -260,6 +260,42 @@ impl Drop for ComputePool {
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
+    }
+}
+
+/// A pointer to an output buffer that parallel tasks write disjoint parts of.
+pub struct SharedOut<T>(*mut T, usize);
+impl<T> Clone for SharedOut<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SharedOut<T> {}
+unsafe impl<T: Send> Send for SharedOut<T> {}
+unsafe impl<T: Send> Sync for SharedOut<T> {}
+
+impl<T> SharedOut<T> {
+    pub fn new(out: &mut [T]) -> SharedOut<T> {
+        SharedOut(out.as_mut_ptr(), out.len())
+    }
+
+    /// The whole buffer.
+    ///
+    /// # Safety
+    /// The buffer must outlive the use, and concurrent callers must write
+    /// disjoint elements only.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn slice(&self) -> &mut [T] {
+        std::slice::from_raw_parts_mut(self.0, self.1)
+    }
+
+    /// Rows `rows` of a buffer of rows of `width` elements.
+    ///
+    /// # Safety
+    /// As for `slice`: concurrent callers must ask for disjoint rows.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn rows(&self, rows: std::ops::Range<usize>, width: usize) -> &mut [T] {
+        &mut self.slice()[rows.start * width..rows.end * width]
     }
 }
 
@@ -348,41 +384,5 @@ mod tests {
                 assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
             }
         }
-    }
-}
-
-/// A pointer to an output buffer that parallel tasks write disjoint parts of.
-pub struct SharedOut<T>(*mut T, usize);
-impl<T> Clone for SharedOut<T> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-impl<T> Copy for SharedOut<T> {}
-unsafe impl<T: Send> Send for SharedOut<T> {}
-unsafe impl<T: Send> Sync for SharedOut<T> {}
-
-impl<T> SharedOut<T> {
-    pub fn new(out: &mut [T]) -> SharedOut<T> {
-        SharedOut(out.as_mut_ptr(), out.len())
-    }
-
-    /// The whole buffer.
-    ///
-    /// # Safety
-    /// The buffer must outlive the use, and concurrent callers must write
-    /// disjoint elements only.
-    #[allow(clippy::mut_from_ref)]
-    pub unsafe fn slice(&self) -> &mut [T] {
-        std::slice::from_raw_parts_mut(self.0, self.1)
-    }
-
-    /// Rows `rows` of a buffer of rows of `width` elements.
-    ///
-    /// # Safety
-    /// As for `slice`: concurrent callers must ask for disjoint rows.
-    #[allow(clippy::mut_from_ref)]
-    pub unsafe fn rows(&self, rows: std::ops::Range<usize>, width: usize) -> &mut [T] {
-        &mut self.slice()[rows.start * width..rows.end * width]
     }
 }

@@ -242,7 +242,7 @@ struct Unit {
 /// the line of minimums that hold it and the next block (half a panel on).
 #[inline(always)]
 unsafe fn prefetch_nibbles(ahead: *const u8, scale: &[f16], min: &[f16], first: usize, nb: usize, b: usize, t: usize) {
-    if t == 0 && b % 2 == 0 {
+    if t == 0 && b.is_multiple_of(2) {
         prefetch_scale_lines(scale, min, first + b + nb / 2);
     }
     prefetch(ahead.wrapping_add((t * nb + b) * 64));

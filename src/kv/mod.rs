@@ -103,14 +103,14 @@ impl KvPool {
         if from >= to {
             return Ok(());
         }
-        for i in from / self.block_size..(to - 1) / self.block_size + 1 {
-            let old = table[i];
+        for slot in &mut table[from / self.block_size..=(to - 1) / self.block_size] {
+            let old = *slot;
             if self.blocks.refs(old) > 1 {
                 let new = self.blocks.allocate().ok_or_else(|| anyhow::anyhow!("KV pool exhausted: no block to copy a shared one into"))?;
                 let (src, end, dst) = (self.offset(old, 0, false, 0), self.offset(old + 1, 0, false, 0), self.offset(new, 0, false, 0));
                 self.data.copy_within(src..end, dst);
                 self.blocks.release(old);
-                table[i] = new;
+                *slot = new;
             }
         }
         Ok(())

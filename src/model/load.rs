@@ -29,7 +29,7 @@ impl ModelConfig {
             Some(_) => f.get_u64(&key("attention.head_count_kv"))? as usize,
             None => heads,
         };
-        if heads == 0 || kv_heads == 0 || dim % heads != 0 || heads % kv_heads != 0 {
+        if heads == 0 || kv_heads == 0 || !dim.is_multiple_of(heads) || !heads.is_multiple_of(kv_heads) {
             bail!("{}: inconsistent attention shape: dim {dim}, {heads} heads, {kv_heads} KV heads", f.path.display());
         }
         let head_dim = dim / heads;
@@ -91,7 +91,7 @@ impl Loader<'_> {
     fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Matrix> {
         let t = self.info(name, &[cols, rows])?;
         let block = t.ttype.block_elems().max(32);
-        if cols % block != 0 {
+        if !cols.is_multiple_of(block) {
             bail!("{}: tensor {name} has rows of {cols}, not a multiple of {block}", self.f.path.display());
         }
         Ok(Matrix { rows, cols, w: repack(t.ttype, self.f.tensor_data(t), rows, cols, self.arithmetic) })

@@ -18,8 +18,7 @@ impl StreamDecoder {
             Err(e) => e.valid_up_to(),
         };
         let rest = self.pending.split_off(valid);
-        let text = String::from_utf8(std::mem::replace(&mut self.pending, rest)).expect("validated prefix");
-        text
+        String::from_utf8(std::mem::replace(&mut self.pending, rest)).expect("validated prefix")
     }
 
     /// Whatever is left at the end, with broken bytes replaced.

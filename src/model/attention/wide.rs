@@ -254,10 +254,10 @@ impl Wide for W256x2 {
         state.max = maxes[seen - 1];
         let one = _mm256_set1_ps(1.0);
         let (mut rescale, mut weight) = ([0f32; RUN], [0f32; RUN]);
-        for h in 0..2 {
+        for (h, &new_max) in new_max.iter().enumerate() {
             let e = _mm256_loadu_ps(factor.as_ptr().add(8 * h));
-            _mm256_storeu_ps(rescale.as_mut_ptr().add(8 * h), _mm256_blendv_ps(one, e, new_max[h]));
-            _mm256_storeu_ps(weight.as_mut_ptr().add(8 * h), _mm256_blendv_ps(e, one, new_max[h]));
+            _mm256_storeu_ps(rescale.as_mut_ptr().add(8 * h), _mm256_blendv_ps(one, e, new_max));
+            _mm256_storeu_ps(weight.as_mut_ptr().add(8 * h), _mm256_blendv_ps(e, one, new_max));
         }
         for p in 0..seen {
             state.sum = state.sum.mul_add(rescale[p], weight[p]);
@@ -495,7 +495,8 @@ impl<W: Wide, const V: usize> HeadMath for Simd<W, V> {
     unsafe fn softmax_run(score: &[f32; RUN], seen: usize, state: &mut Softmax, factor: &mut [f32; RUN]) -> u32 {
         if seen == RUN {
             let x = W::load(score.as_ptr());
-            if !(x.max_lane() > state.max) {
+            // Not greater: no new maximum (NaN included, as the general steps see it).
+            if x.max_lane().partial_cmp(&state.max) != Some(std::cmp::Ordering::Greater) {
                 x.add(W::splat(-state.max)).store(factor.as_mut_ptr());
                 W::exp(factor);
                 for &w in factor.iter() {
