@@ -14,7 +14,9 @@ cd "$(dirname "$0")/.."
 rounds=${1:-3}
 bin=${CARAVAN_BIN:-target/release/caravan}
 models=${CARAVAN_MODELS:-$HOME/.caravan/models}
-sha=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["sha256"])' "$models/manifests/smollm2@135m.json")
+manifest="$models/manifests/smollm2@135m.json"
+[[ -f $manifest ]] || { echo "bench/table.sh: the default model is not installed (caravan pull smollm2:135m)" >&2; exit 1; }
+sha=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["sha256"])' "$manifest")
 gguf="$models/blobs/sha256-$sha.gguf"
 results=$(mktemp)
 trap 'rm -f "$results"' EXIT
