@@ -1,6 +1,7 @@
 //! Microbenchmarks of the CPU kernels, every instruction set this CPU has:
 //! `cargo bench --bench kernels` (optionally a filter: `-- matmul`, and
-//! `--simd-only` to leave out the portable path, which is slow to time).
+//! `--simd-only` to leave out the portable path, which is slow to time;
+//! `--format Q8_0` to time that weight format's matmuls alone).
 //!
 //! Matmuls run on random weights of each format, 1536 x 1536 (the default
 //! model's down projection has rows of 1536; K-quants need multiples of
@@ -71,8 +72,10 @@ fn bench_matmul(pool: &ComputePool) {
     let mut rng = Rng(1);
     println!("matmul {rows}x{cols}, {} threads: microseconds per call (GMAC/s; weight GB/s at m=1)", pool.threads());
     println!("{:<11} {:<12} {:>18} {:>18} {:>18} {:>18} {:>18}", "format", "isa", "m=1", "m=8", "m=32", "m=128", "m=512");
+    let only = std::env::args().skip_while(|a| a != "--format").nth(1);
     let formats = [TensorType::Q4_0, TensorType::Q4_1, TensorType::Q8_0, TensorType::Q4K, TensorType::Q6K];
-    for (t, order) in formats.into_iter().flat_map(|t| orders(t).into_iter().map(move |o| (t, o))) {
+    let formats = formats.into_iter().filter(|t| only.as_ref().is_none_or(|name| name == t.name()));
+    for (t, order) in formats.flat_map(|t| orders(t).into_iter().map(move |o| (t, o))) {
         let w = Matrix { rows, cols, w: repack(t, &random_blocks(&mut rng, t, rows, cols), rows, cols, order) };
         for isa in isas() {
             let mut line = format!("{:<11} {:<12}", format!("{} {order}", t.name()), isa.to_string());
@@ -196,7 +199,9 @@ fn bench_decode_step(pool: &ComputePool, order: Arithmetic) {
 }
 
 fn main() {
-    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-')).unwrap_or_default();
+    // The first argument that is neither a flag nor a flag's value.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let filter = args.iter().enumerate().find(|&(i, a)| !a.starts_with('-') && (i == 0 || args[i - 1] != "--format")).map(|(_, a)| a.clone()).unwrap_or_default();
     let pool = ComputePool::new(2);
     if "matmul".contains(filter.as_str()) {
         bench_matmul(&pool);

@@ -4,6 +4,7 @@
 //! model, samples and emits events to the sequences' streams. Dropping a
 //! stream cancels its sequence; its blocks return at the next step.
 
+mod draw;
 mod embed;
 mod scheduler;
 mod sequence;
@@ -199,6 +200,8 @@ impl<'a> Engine<'a> {
         let elapsed = started.elapsed();
         let (vocab, ctx, bs) = (self.model.model.config.vocab, self.model.model.config.context_length, self.kv.block_size());
         let mut row = 0;
+        // (sequence, logits row) of every sequence that draws a token.
+        let mut picks = Vec::new();
         for p in &plan {
             let s = &mut self.scheduler.running[p.seq];
             self.stats.computed_tokens += p.len as u64;
@@ -214,8 +217,6 @@ impl<'a> Engine<'a> {
                 s.registered = full;
             }
             if p.logits {
-                let row_logits = &logits[row * vocab..(row + 1) * vocab];
-                row += 1;
                 let running = &mut self.scheduler.running;
                 let leader = &running[p.seq];
                 // Only a prompt step can have followers waiting on it.
@@ -226,16 +227,18 @@ impl<'a> Engine<'a> {
                     None
                 };
                 if let Some(shared) = &shared {
-                    for f in running.iter_mut().filter(|f| f.follows == Some(shared.0)) {
+                    for (fi, f) in running.iter_mut().enumerate().filter(|(_, f)| f.follows == Some(shared.0)) {
                         f.follows = None;
                         f.blocks = self.kv.fork(&shared.1);
                         (f.computed, f.registered, f.cached_tokens, f.prompt_duration) = (shared.2, shared.3, shared.4, shared.5);
-                        sample_into(f, row_logits, &self.model.tokenizer, ctx);
+                        picks.push((fi, row));
                     }
                 }
-                sample_into(&mut running[p.seq], row_logits, &self.model.tokenizer, ctx);
+                picks.push((p.seq, row));
+                row += 1;
             }
         }
+        draw::sample_all(&self.model.model.pool, &mut self.scheduler.running, &picks, logits, vocab, &self.model.tokenizer, ctx);
         self.scheduler.requeue_preempted();
         self.retire_finished();
         true
@@ -287,21 +290,6 @@ impl<'a> Engine<'a> {
             }
             !s.finished
         });
-    }
-}
-
-/// Samples the sequence's next token and takes it. A panic here (a bug)
-/// fails this sequence alone; the others in the step go on.
-fn sample_into(s: &mut Sequence, logits: &[f32], tok: &crate::tokenizer::Tokenizer, ctx: usize) {
-    let taken = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        if faults_enabled() && s.req.params.seed == FAULT_SEED {
-            panic!("injected fault");
-        }
-        let token = s.sampler.sample(logits, &s.history);
-        s.accept(token, tok, ctx);
-    }));
-    if taken.is_err() {
-        s.fail("internal error while sampling this sequence");
     }
 }
 

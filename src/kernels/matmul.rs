@@ -54,7 +54,7 @@ impl QuantizedActs {
         let nb = cols / 32;
         let (qs, scale, sum, isum16) =
             (SharedOut::new(&mut self.qs), SharedOut::new(&mut self.scale), SharedOut::new(&mut self.sum), SharedOut::new(&mut self.isum16));
-        pool.run_rows(rows, 16, &|range| {
+        pool.run_rows(rows, &|range| {
             // SAFETY: each task writes the blocks of its own rows only.
             let (qs, scale, sum, isum16) =
                 unsafe { (qs.rows(range.clone(), cols), scale.rows(range.clone(), nb), sum.rows(range.clone(), nb), isum16.rows(range.clone(), 2 * nb)) };

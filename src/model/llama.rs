@@ -137,7 +137,7 @@ impl Model {
     fn norm_rows(&self, x: &[f32], weight: &[f32], out: &mut [f32]) {
         let d = weight.len();
         let shared = SharedOut::new(out);
-        self.pool.run_rows(x.len() / d, 16, &|range| {
+        self.pool.run_rows(x.len() / d, &|range| {
             // SAFETY: each task writes its own rows.
             let out = unsafe { shared.rows(range.clone(), d) };
             rms_norm(&x[range.start * d..range.end * d], weight, self.config.norm_eps, out);
@@ -207,7 +207,7 @@ impl Model {
             self.norm_rows(&s.x, &layer.attn_norm, &mut s.h);
             self.linear(&layer.wqkv, &s.h, t, &mut s.quant, &mut s.qkv);
             let rows = SharedOut::new(&mut s.qkv);
-            self.pool.run_rows(t, 16, &|range| {
+            self.pool.run_rows(t, &|range| {
                 // SAFETY: each task rotates its own rows.
                 let qkv = unsafe { rows.rows(range.clone(), qkv_dim) };
                 for (row, slot) in qkv.chunks_exact_mut(qkv_dim).zip(&slots[range]) {
@@ -227,7 +227,7 @@ impl Model {
             self.linear(&layer.w_gate_up, &s.h, t, &mut s.quant, &mut s.gate_up);
             s.act.resize(t * c.ffn, 0.0);
             let (act, gate_up, ffn) = (SharedOut::new(&mut s.act), &s.gate_up, c.ffn);
-            self.pool.run_rows(t, 16, &|range| {
+            self.pool.run_rows(t, &|range| {
                 // SAFETY: each task writes its own rows.
                 let act = unsafe { act.rows(range.clone(), ffn) };
                 for (gu, a) in gate_up[range.start * 2 * ffn..range.end * 2 * ffn].chunks_exact(2 * ffn).zip(act.chunks_exact_mut(ffn)) {

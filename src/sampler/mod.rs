@@ -63,6 +63,7 @@ pub struct Sampler {
     // Buffers reused from token to token: sampling allocates nothing
     // once they have grown.
     candidates: Vec<(u32, f32)>,
+    scratch: Vec<(u32, f32)>,
     recent: Vec<u32>,
     penalized: Vec<f32>,
     weights: Vec<f32>,
@@ -71,7 +72,7 @@ pub struct Sampler {
 impl Sampler {
     pub fn new(params: SamplingParams) -> Sampler {
         let rng = Rng(params.seed);
-        Sampler { params, rng, candidates: Vec::new(), recent: Vec::new(), penalized: Vec::new(), weights: Vec::new() }
+        Sampler { params, rng, candidates: Vec::new(), scratch: Vec::new(), recent: Vec::new(), penalized: Vec::new(), weights: Vec::new() }
     }
 
     /// Picks a token; `history` is the sequence so far (prompt and output).
@@ -102,11 +103,12 @@ impl Sampler {
             // The draw goes over the vocabulary in its own order: no sort.
             return draw(&mut self.rng, logits.iter().copied(), select::max(logits), p.temperature, &mut self.weights) as u32;
         }
-        let (c, weights) = (&mut self.candidates, &mut self.weights);
+        let (c, weights, scratch) = (&mut self.candidates, &mut self.weights, &mut self.scratch);
         if top_k {
             // Only the k best are sorted: selecting them is one pass over
             // the vocabulary, where sorting it all cost a sort of ~50k entries.
             select::top_k(logits, p.top_k, c);
+            c.sort_unstable_by_key(select::rank_key);
             cut(p, c, weights, true);
         } else {
             // Top-p and min-p look at the likeliest first, and a logit more
@@ -114,9 +116,11 @@ impl Sampler {
             // are sorted, and the whole vocabulary only when a cut reaches
             // past them.
             select::at_least(logits, select::max(logits) - NEGLIGIBLE, c);
+            select::sort_ranked(c, scratch);
             if !cut(p, c, weights, c.len() == logits.len()) {
                 c.clear();
                 c.extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l)));
+                select::sort_ranked(c, scratch);
                 cut(p, c, weights, true);
             }
         }
@@ -132,12 +136,11 @@ impl Sampler {
 /// of them, smallest last, leaves the sum as it is.
 const NEGLIGIBLE: f32 = 20.0;
 
-/// Sorts the `candidates` (most likely first, ties to the lowest id) and
-/// cuts them by top-p, then min-p, with probabilities at temperature 1, as
-/// llama.cpp does. False, with nothing decided, when the cut would look
-/// past the candidates and they are not `complete` (all the vocabulary).
+/// Cuts the `candidates`, sorted most likely first (ties to the lowest id),
+/// by top-p, then min-p, with probabilities at temperature 1, as llama.cpp
+/// does. False, with nothing decided, when the cut would look past the
+/// candidates and they are not `complete` (all the vocabulary).
 fn cut(p: &SamplingParams, c: &mut Vec<(u32, f32)>, weights: &mut Vec<f32>, complete: bool) -> bool {
-    c.sort_unstable_by_key(select::rank_key);
     let max = c[0].1;
     weights.clear();
     weights.extend(c.iter().map(|x| x.1 - max));
