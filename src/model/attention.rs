@@ -133,11 +133,24 @@ trait HeadMath {
         }
         Self::exp_run(weight);
         weight[seen..].fill(0.0);
-        // From no position yet (-inf) this is 0, and the sum starts afresh.
-        let rescale = ggml_expf(state.max - max);
+        let rescale = rescale_factor(state.max, max);
         state.max = max;
         state.sum = state.sum.mul_add(rescale, sum_run(weight));
         rescale
+    }
+}
+
+/// The fast order's e^(old - new) for what a run's new maximum `new` rescales:
+/// from no position yet (-inf) this is 0, and the sum starts afresh. Most
+/// runs of a long prompt keep the maximum, and `ggml_expf(0)` is exactly 1:
+/// that case skips the call, a scalar polynomial per pair and run.
+#[inline(always)]
+fn rescale_factor(old: f32, new: f32) -> f32 {
+    let diff = old - new;
+    if diff == 0.0 {
+        1.0
+    } else {
+        ggml_expf(diff)
     }
 }
 
@@ -309,6 +322,11 @@ struct Softmax {
 /// per KV head and 64 / group tokens, plenty for the pool.
 const MAX_PAIRS: usize = 4 * MAX_GROUP;
 
+/// Most heads one fast-order V sum call takes: whole tokens' heads up to
+/// this, so a model with three query heads per KV head sums two tokens'
+/// six at once (see `weigh_values`).
+const WEIGH_HEADS: usize = 6;
+
 /// The first `n` rows of `buf`, each set to `value`.
 #[inline(always)]
 fn first_rows<T: Copy, const N: usize>(buf: &mut MaybeUninit<[T; N]>, n: usize, value: T) -> &mut [T] {
@@ -429,11 +447,19 @@ unsafe fn attend_group<M: HeadMath, const GGML: bool>(t: &Task, first: usize, to
                     rescale[i] = M::softmax_block(&score[i], seen[i], &mut soft[i], &mut factor[i]);
                 }
             }
-            for heads in (0..pairs).step_by(group).map(|h| h..h + group) {
-                let seen = seen[heads.start];
-                if seen > 0 {
-                    M::weigh_values(&mut acc[heads.clone()], &v_run, &factor[heads.clone()], &rescale[heads], seen, hd);
+            // Consecutive tokens that see the same positions (all but the
+            // chunk's diagonal runs) go together, up to WEIGH_HEADS heads.
+            let mut first = 0;
+            while first < pairs {
+                let n = seen[first];
+                let mut end = first + group;
+                while end + group <= pairs && end + group - first <= WEIGH_HEADS && seen[end] == n {
+                    end += group;
                 }
+                if n > 0 {
+                    M::weigh_values(&mut acc[first..end], &v_run, &factor[first..end], &rescale[first..end], n, hd);
+                }
+                first = end;
             }
         }
     }

@@ -9,7 +9,7 @@ use std::mem::MaybeUninit;
 
 use half::f16;
 
-use super::{HeadMath, Softmax, MAX_PAIRS, RUN};
+use super::{rescale_factor, HeadMath, Softmax, MAX_PAIRS, RUN};
 use crate::kernels::expf::{ggml_expf, ggml_expf_avx2, libm16};
 use crate::kernels::max_lane8;
 
@@ -415,20 +415,24 @@ impl<W: Wide, const V: usize> HeadMath for Simd<W, V> {
             *a = x.fmadd(w, *a).round();
         }
     }
-    /// Tiles of up to four heads by one vector of lanes: the tile's sums
+    /// Tiles of up to six heads by one vector of lanes: the tile's sums
     /// stay in registers over the run's positions, and each V vector is
     /// loaded once for the tile's heads (the per-position form loaded and
-    /// stored every head's sums at every position).
+    /// stored every head's sums at every position). Six heads are twelve
+    /// chains of fused multiply-adds with AVX2: a position's steps then
+    /// overlap where three heads' six chains waited on one another.
     #[inline(always)]
     unsafe fn weigh_values(acc: &mut [Self::Row], v: &[Self::Row; RUN], weight: &[[f32; RUN]], rescale: &[f32], seen: usize, _hd: usize) {
-        for first in (0..acc.len()).step_by(4) {
-            let heads = first..acc.len().min(first + 4);
+        for first in (0..acc.len()).step_by(6) {
+            let heads = first..acc.len().min(first + 6);
             let (acc, weight, rescale) = (&mut acc[heads.clone()], &weight[heads.clone()], &rescale[heads]);
             match acc.len() {
                 1 => weigh_tile::<W, V, 1>(acc, v, weight, rescale, seen),
                 2 => weigh_tile::<W, V, 2>(acc, v, weight, rescale, seen),
                 3 => weigh_tile::<W, V, 3>(acc, v, weight, rescale, seen),
-                _ => weigh_tile::<W, V, 4>(acc, v, weight, rescale, seen),
+                4 => weigh_tile::<W, V, 4>(acc, v, weight, rescale, seen),
+                5 => weigh_tile::<W, V, 5>(acc, v, weight, rescale, seen),
+                _ => weigh_tile::<W, V, 6>(acc, v, weight, rescale, seen),
             }
         }
     }
@@ -469,7 +473,7 @@ impl<W: Wide, const V: usize> HeadMath for Simd<W, V> {
         let quarters = _mm_add_ps(_mm256_castps256_ps128(halves), _mm256_extractf128_ps::<1>(halves));
         let eighths = _mm_add_ps(quarters, _mm_movehl_ps(quarters, quarters));
         let sum = _mm_cvtss_f32(_mm_add_ss(eighths, _mm_shuffle_ps::<1>(eighths, eighths)));
-        let rescale = ggml_expf(state.max - max);
+        let rescale = rescale_factor(state.max, max);
         state.max = max;
         state.sum = state.sum.mul_add(rescale, sum);
         rescale
