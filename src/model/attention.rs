@@ -324,7 +324,8 @@ const MAX_PAIRS: usize = 4 * MAX_GROUP;
 
 /// Most heads one fast-order V sum call takes: whole tokens' heads up to
 /// this, so a model with three query heads per KV head sums two tokens'
-/// six at once (see `weigh_values`).
+/// six at once (see `weigh_values`, whose tiles go up to this; the vector
+/// rows' tiles are written out for 1 to 6).
 const WEIGH_HEADS: usize = 6;
 
 /// The first `n` rows of `buf`, each set to `value`.

@@ -9,7 +9,7 @@ use std::mem::MaybeUninit;
 
 use half::f16;
 
-use super::{rescale_factor, HeadMath, Softmax, MAX_PAIRS, RUN};
+use super::{rescale_factor, HeadMath, Softmax, MAX_PAIRS, RUN, WEIGH_HEADS};
 use crate::kernels::expf::{ggml_expf, ggml_expf_avx2, libm16};
 use crate::kernels::max_lane8;
 
@@ -415,16 +415,16 @@ impl<W: Wide, const V: usize> HeadMath for Simd<W, V> {
             *a = x.fmadd(w, *a).round();
         }
     }
-    /// Tiles of up to six heads by one vector of lanes: the tile's sums
-    /// stay in registers over the run's positions, and each V vector is
-    /// loaded once for the tile's heads (the per-position form loaded and
-    /// stored every head's sums at every position). Six heads are twelve
+    /// Tiles of up to six heads (`WEIGH_HEADS`) by one vector of lanes: the
+    /// tile's sums stay in registers over the run's positions, and each V
+    /// vector is loaded once for the tile's heads (the per-position form
+    /// loaded and stored every head's sums at every position). Six heads are twelve
     /// chains of fused multiply-adds with AVX2: a position's steps then
     /// overlap where three heads' six chains waited on one another.
     #[inline(always)]
     unsafe fn weigh_values(acc: &mut [Self::Row], v: &[Self::Row; RUN], weight: &[[f32; RUN]], rescale: &[f32], seen: usize, _hd: usize) {
-        for first in (0..acc.len()).step_by(6) {
-            let heads = first..acc.len().min(first + 6);
+        for first in (0..acc.len()).step_by(WEIGH_HEADS) {
+            let heads = first..acc.len().min(first + WEIGH_HEADS);
             let (acc, weight, rescale) = (&mut acc[heads.clone()], &weight[heads.clone()], &rescale[heads]);
             match acc.len() {
                 1 => weigh_tile::<W, V, 1>(acc, v, weight, rescale, seen),
@@ -432,7 +432,7 @@ impl<W: Wide, const V: usize> HeadMath for Simd<W, V> {
                 3 => weigh_tile::<W, V, 3>(acc, v, weight, rescale, seen),
                 4 => weigh_tile::<W, V, 4>(acc, v, weight, rescale, seen),
                 5 => weigh_tile::<W, V, 5>(acc, v, weight, rescale, seen),
-                _ => weigh_tile::<W, V, 6>(acc, v, weight, rescale, seen),
+                _ => weigh_tile::<W, V, WEIGH_HEADS>(acc, v, weight, rescale, seen),
             }
         }
     }
