@@ -393,7 +393,20 @@ unsafe fn nibble_blocks_panel<L: Lanes, const U: usize>(
     tile: &mut Tile,
 ) {
     let (k, nb) = (q.cols, q.cols / 32);
+    // More than four units' minimum terms go in a loop of their own: beside
+    // the sums' chains their accumulators overflowed the registers (a tile
+    // of eight activation rows ran a tenth faster apart); with fewer, the
+    // fused loop reads each line of minimums once (a decode step's
+    // matrices ran a twelfth slower apart).
+    let apart = U > 4;
     let (mut acc, mut mins) = ([L::zero(); U], [L::zero(); U]);
+    // Not a closure: one is compiled without the caller's target features.
+    macro_rules! min_term {
+        ($b:expr, $u:expr, $unit:expr) => {{
+            let (at, xb) = ((p * nb + $b) * PANEL + $unit.lane, (i + $unit.act) * nb + $b);
+            mins[$u] = L::fma_min(mins[$u], L::scales_f16(min.as_ptr().add(at)), *q.sum.get_unchecked(xb));
+        }};
+    }
     for b in 0..nb {
         let blk = p * nb + b;
         let w = qs.as_ptr().add(blk * NIBBLE_BLOCK);
@@ -415,7 +428,16 @@ unsafe fn nibble_blocks_panel<L: Lanes, const U: usize>(
         for (u, unit) in units.iter().enumerate() {
             let (at, xb) = (blk * PANEL + unit.lane, (i + unit.act) * nb + b);
             acc[u] = L::fma_block(acc[u], L::widen_nibbles(sums[u]), L::scales_f16(scale.as_ptr().add(at)), *q.scale.get_unchecked(xb));
-            mins[u] = L::fma_min(mins[u], L::scales_f16(min.as_ptr().add(at)), *q.sum.get_unchecked(xb));
+            if !apart {
+                min_term!(b, u, unit);
+            }
+        }
+    }
+    if apart {
+        for b in 0..nb {
+            for (u, unit) in units.iter().enumerate() {
+                min_term!(b, u, unit);
+            }
         }
     }
     for (u, unit) in units.iter().enumerate() {
