@@ -46,10 +46,12 @@ trait HeadMath {
     unsafe fn load(src: &[f16], hd: usize, row: &mut Self::Row);
     /// A query row rounded to f16 precision, as ggml converts it.
     unsafe fn load_query(src: &[f32], hd: usize, row: &mut Self::Row);
-    /// `acc = f16(acc * r)`.
-    unsafe fn rescale(acc: &mut Self::Row, r: f32, hd: usize);
-    /// `acc = f16(v * w + acc)`, fused.
-    unsafe fn accumulate(acc: &mut Self::Row, v: &Self::Row, w: f32, hd: usize);
+    /// ggml's V sums of one token's query heads (they see the same `seen`
+    /// positions of the run), position by position in f16 precision: where
+    /// position p set head i's new maximum (bit p of `new_max[i]`),
+    /// `acc[i] = f16(acc[i] * factor[i][p])` and then `f16(v[p] + acc[i])`,
+    /// otherwise `acc[i] = f16(v[p] * factor[i][p] + acc[i])`, fused.
+    unsafe fn weigh_values_ggml(acc: &mut [Self::Row], v: &[Self::Row; RUN], factor: &[[f32; RUN]], new_max: &[u32], seen: usize, hd: usize);
     /// The fast order's V sums of one token's query heads (they see the
     /// same `seen` positions of the run): each `acc[i] * rescale[i]`, then
     /// `weight[i][p] * v[p]` added for every p < seen in order, fused, in
@@ -238,16 +240,23 @@ impl<R: HalfRound> HeadMath for Scalar<R> {
         }
     }
     #[inline(always)]
-    unsafe fn rescale(acc: &mut Self::Row, r: f32, hd: usize) {
-        acc[..hd].iter_mut().for_each(|a| *a *= r);
-        R::round(&mut acc[..hd]);
-    }
-    #[inline(always)]
-    unsafe fn accumulate(acc: &mut Self::Row, v: &Self::Row, w: f32, hd: usize) {
-        for (a, &x) in acc[..hd].iter_mut().zip(&v[..hd]) {
-            *a = x.mul_add(w, *a);
+    unsafe fn weigh_values_ggml(acc: &mut [Self::Row], v: &[Self::Row; RUN], factor: &[[f32; RUN]], new_max: &[u32], seen: usize, hd: usize) {
+        for (p, v) in v[..seen].iter().enumerate() {
+            for ((acc, factor), &new_max) in acc.iter_mut().zip(factor).zip(new_max) {
+                let acc = &mut acc[..hd];
+                let w = if new_max & (1 << p) != 0 {
+                    acc.iter_mut().for_each(|a| *a *= factor[p]);
+                    R::round(acc);
+                    1.0
+                } else {
+                    factor[p]
+                };
+                for (a, &x) in acc.iter_mut().zip(&v[..hd]) {
+                    *a = x.mul_add(w, *a);
+                }
+                R::round(acc);
+            }
         }
-        R::round(&mut acc[..hd]);
     }
     #[inline(always)]
     unsafe fn weigh_values(acc: &mut [Self::Row], v: &[Self::Row; RUN], weight: &[[f32; RUN]], rescale: &[f32], seen: usize, hd: usize) {
@@ -322,10 +331,10 @@ struct Softmax {
 /// per KV head and 64 / group tokens, plenty for the pool.
 const MAX_PAIRS: usize = 4 * MAX_GROUP;
 
-/// Most heads one fast-order V sum call takes: whole tokens' heads up to
-/// this, so a model with three query heads per KV head sums two tokens'
-/// six at once (see `weigh_values`, whose tiles go up to this; the vector
-/// rows' tiles are written out for 1 to 6).
+/// Most heads one V sum call takes: whole tokens' heads up to this, so a
+/// model with three query heads per KV head sums two tokens' six at once
+/// (see `weigh_values` and `weigh_values_ggml`, whose tiles go up to this;
+/// the vector rows' tiles are written out for 1 to 6).
 const WEIGH_HEADS: usize = 6;
 
 /// The first `n` rows of `buf`, each set to `value`.
@@ -401,7 +410,6 @@ unsafe fn attend_group<M: HeadMath, const GGML: bool>(t: &Task, first: usize, to
     let new_max = first_rows(&mut new_max_buf, pairs, 0);
     let rescale = first_rows(&mut rescale_buf, pairs, 0.0);
     let seen = first_rows(&mut seen_buf, pairs, 0);
-    let mut row = M::zero();
     let (mut k_run, mut v_run) = ([M::zero(); RUN], [M::zero(); RUN]);
     for start in (0..positions).step_by(RUN) {
         let run = RUN.min(positions - start);
@@ -420,27 +428,9 @@ unsafe fn attend_group<M: HeadMath, const GGML: bool>(t: &Task, first: usize, to
                     new_max[i] = M::softmax_run(&score[i], seen[i], &mut soft[i], &mut factor[i]);
                 }
             }
-            // The weighted V sums, in position order.
-            for p in 0..run {
-                M::load(&v_rows[p][kv_off..], hd, &mut row);
-                for i in 0..pairs {
-                    if p >= seen[i] {
-                        continue;
-                    }
-                    if new_max[i] & (1 << p) != 0 {
-                        M::rescale(&mut acc[i], factor[i][p], hd);
-                        M::accumulate(&mut acc[i], &row, 1.0, hd);
-                    } else {
-                        M::accumulate(&mut acc[i], &row, factor[i][p], hd);
-                    }
-                }
-            }
         } else {
-            // The run's K and V rows in f32 once for all the pairs, then
-            // per token (its heads see the same positions) one tile of sums.
             for p in 0..run {
                 M::load(&k_rows[p][kv_off..], hd, &mut k_run[p]);
-                M::load(&v_rows[p][kv_off..], hd, &mut v_run[p]);
             }
             M::scores_fast(&k_run, run, q, hd, scale, score);
             for i in 0..pairs {
@@ -448,20 +438,27 @@ unsafe fn attend_group<M: HeadMath, const GGML: bool>(t: &Task, first: usize, to
                     rescale[i] = M::softmax_block(&score[i], seen[i], &mut soft[i], &mut factor[i]);
                 }
             }
-            // Consecutive tokens that see the same positions (all but the
-            // chunk's diagonal runs) go together, up to WEIGH_HEADS heads.
-            let mut first = 0;
-            while first < pairs {
-                let n = seen[first];
-                let mut end = first + group;
-                while end + group <= pairs && end + group - first <= WEIGH_HEADS && seen[end] == n {
-                    end += group;
-                }
-                if n > 0 {
-                    M::weigh_values(&mut acc[first..end], &v_run, &factor[first..end], &rescale[first..end], n, hd);
-                }
-                first = end;
+        }
+        // The run's V rows in f32 once for all the pairs, then per token
+        // (its heads see the same positions) one tile of sums. Consecutive
+        // tokens that see the same positions (all but the chunk's diagonal
+        // runs) go together, up to WEIGH_HEADS heads.
+        for p in 0..run {
+            M::load(&v_rows[p][kv_off..], hd, &mut v_run[p]);
+        }
+        let mut first = 0;
+        while first < pairs {
+            let n = seen[first];
+            let mut end = first + group;
+            while end + group <= pairs && end + group - first <= WEIGH_HEADS && seen[end] == n {
+                end += group;
             }
+            if n > 0 && GGML {
+                M::weigh_values_ggml(&mut acc[first..end], &v_run, &factor[first..end], &new_max[first..end], n, hd);
+            } else if n > 0 {
+                M::weigh_values(&mut acc[first..end], &v_run, &factor[first..end], &rescale[first..end], n, hd);
+            }
+            first = end;
         }
     }
     // SAFETY: each task writes only its own tokens' heads of its group.

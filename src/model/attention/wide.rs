@@ -352,6 +352,43 @@ unsafe fn weigh_tile<W: Wide, const V: usize, const N: usize>(acc: &mut [[W; V]]
     }
 }
 
+/// `HeadMath::weigh_values_ggml` for `N` heads, `J` vectors of lanes at a
+/// time (`J` divides `V`); `RESCALES`: whether any head's maximum moves in
+/// the run.
+#[inline(always)]
+unsafe fn weigh_tile_ggml<W: Wide, const V: usize, const N: usize, const J: usize, const RESCALES: bool>(
+    acc: &mut [[W; V]],
+    v: &[[W; V]; RUN],
+    factor: &[[f32; RUN]],
+    new_max: &[u32],
+    seen: usize,
+) {
+    for j in (0..V).step_by(J) {
+        // Loops, not `array::from_fn` (see `weigh_tile`).
+        let mut sums = [[W::zero(); J]; N];
+        for (i, sums) in sums.iter_mut().enumerate() {
+            sums.copy_from_slice(&acc[i][j..j + J]);
+        }
+        for (p, row) in v[..seen].iter().enumerate() {
+            for (i, sums) in sums.iter_mut().enumerate() {
+                let mut w = W::splat(factor[i][p]);
+                if RESCALES && new_max[i] & (1 << p) != 0 {
+                    for sum in sums.iter_mut() {
+                        *sum = sum.mul(w).round();
+                    }
+                    w = W::splat(1.0);
+                }
+                for (k, sum) in sums.iter_mut().enumerate() {
+                    *sum = row[j + k].fmadd(w, *sum).round();
+                }
+            }
+        }
+        for (i, sums) in sums.iter().enumerate() {
+            acc[i][j..j + J].copy_from_slice(sums);
+        }
+    }
+}
+
 /// Rows of `V` sixteen-lane vectors (head dimension 16 V, V a multiple of 4).
 pub(super) struct Simd<W, const V: usize>(std::marker::PhantomData<W>);
 
@@ -401,18 +438,35 @@ impl<W: Wide, const V: usize> HeadMath for Simd<W, V> {
             }
         }
     }
+    /// Tiles of up to six heads (`WEIGH_HEADS`) by `J` vectors of lanes,
+    /// as `weigh_values`'s, here with fewer heads taking more vectors: each
+    /// position's step (fused multiply-add, round trip through f16) waits
+    /// on the one before, and a tile's chains (eight to twelve with AVX2)
+    /// overlap them. A tile whose heads set no
+    /// new maximum in the run (most runs) has no branch per position.
     #[inline(always)]
-    unsafe fn rescale(acc: &mut Self::Row, r: f32, _hd: usize) {
-        let r = W::splat(r);
-        for a in acc.iter_mut() {
-            *a = a.mul(r).round();
-        }
-    }
-    #[inline(always)]
-    unsafe fn accumulate(acc: &mut Self::Row, v: &Self::Row, w: f32, _hd: usize) {
-        let w = W::splat(w);
-        for (a, &x) in acc.iter_mut().zip(v) {
-            *a = x.fmadd(w, *a).round();
+    unsafe fn weigh_values_ggml(acc: &mut [Self::Row], v: &[Self::Row; RUN], factor: &[[f32; RUN]], new_max: &[u32], seen: usize, _hd: usize) {
+        for first in (0..acc.len()).step_by(WEIGH_HEADS) {
+            let heads = first..acc.len().min(first + WEIGH_HEADS);
+            let (acc, factor, new_max) = (&mut acc[heads.clone()], &factor[heads.clone()], &new_max[heads]);
+            let rescales = new_max.iter().any(|&m| m & ((1 << seen) - 1) != 0);
+            macro_rules! tile {
+                ($n:literal, $j:literal) => {
+                    if rescales {
+                        weigh_tile_ggml::<W, V, $n, $j, true>(acc, v, factor, new_max, seen)
+                    } else {
+                        weigh_tile_ggml::<W, V, $n, $j, false>(acc, v, factor, new_max, seen)
+                    }
+                };
+            }
+            match acc.len() {
+                1 => tile!(1, 4),
+                2 => tile!(2, 2),
+                3 => tile!(3, 2),
+                4 => tile!(4, 1),
+                5 => tile!(5, 1),
+                _ => tile!(6, 1),
+            }
         }
     }
     /// Tiles of up to six heads (`WEIGH_HEADS`) by one vector of lanes: the
