@@ -453,10 +453,10 @@ unsafe fn attend_group<M: HeadMath, const GGML: bool>(t: &Task, first: usize, to
             while end + group <= pairs && end + group - first <= WEIGH_HEADS && seen[end] == n {
                 end += group;
             }
-            if n > 0 && GGML {
-                M::weigh_values_ggml(&mut acc[first..end], &v_run, &factor[first..end], &new_max[first..end], n, hd);
-            } else if n > 0 {
-                M::weigh_values(&mut acc[first..end], &v_run, &factor[first..end], &rescale[first..end], n, hd);
+            match (n, GGML) {
+                (0, _) => {}
+                (_, true) => M::weigh_values_ggml(&mut acc[first..end], &v_run, &factor[first..end], &new_max[first..end], n, hd),
+                (_, false) => M::weigh_values(&mut acc[first..end], &v_run, &factor[first..end], &rescale[first..end], n, hd),
             }
             first = end;
         }

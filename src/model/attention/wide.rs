@@ -442,8 +442,8 @@ impl<W: Wide, const V: usize> HeadMath for Simd<W, V> {
     /// as `weigh_values`'s, here with fewer heads taking more vectors: each
     /// position's step (fused multiply-add, round trip through f16) waits
     /// on the one before, and a tile's chains (eight to twelve with AVX2)
-    /// overlap them. A tile whose heads set no
-    /// new maximum in the run (most runs) has no branch per position.
+    /// overlap them. A tile whose heads set no new maximum in the run (most
+    /// runs) has no branch per position.
     #[inline(always)]
     unsafe fn weigh_values_ggml(acc: &mut [Self::Row], v: &[Self::Row; RUN], factor: &[[f32; RUN]], new_max: &[u32], seen: usize, _hd: usize) {
         for first in (0..acc.len()).step_by(WEIGH_HEADS) {
