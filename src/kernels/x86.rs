@@ -300,8 +300,8 @@ unsafe fn nibble_panel<L: Lanes, const U: usize, const SIDES: usize>(
             for (u, unit) in units.iter().enumerate() {
                 let (at, xb) = ((first + b) * PANEL + unit.lane, (i + unit.act) * nb + b);
                 scales[b - c][u].write(L::block_scale(L::scales_f16(scale.as_ptr().add(at)), *q.scale.get_unchecked(xb)));
-                mins[u] = L::fma_min(mins[u], L::scales_f16(min.as_ptr().add(at)), *q.sum.get_unchecked(xb));
             }
+            min_step::<L, U>(&mut mins, min, q, (p, i), units, b);
         }
         for t in 0..4 {
             // Lines are asked for once: by the panel's first pass over them.
@@ -377,6 +377,17 @@ unsafe fn nibble_sum<L: Lanes>(l: [L::F; 8], mins: L::F, out: *mut f32) {
     L::store(L::add_f(L::add_f(L::add_f(r[0], r[2]), L::add_f(r[1], r[3])), mins), out);
 }
 
+/// Block `b`'s minimum terms (weight minimum times the activations'
+/// scaled sum) fused into each unit's `mins`, in block order.
+#[inline(always)]
+unsafe fn min_step<L: Lanes, const U: usize>(mins: &mut [L::F; U], min: &[f16], q: &QuantizedActs, (p, i): (usize, usize), units: [Unit; U], b: usize) {
+    let nb = q.cols / 32;
+    for (m, unit) in mins.iter_mut().zip(units) {
+        let (at, xb) = ((p * nb + b) * PANEL + unit.lane, (i + unit.act) * nb + b);
+        *m = L::fma_min(*m, L::scales_f16(min.as_ptr().add(at)), *q.sum.get_unchecked(xb));
+    }
+}
+
 /// 4-bit panels in the fast order (see `portable_dot`): per block the
 /// exact integer dot of its 32 codes, fused into the unit's sum with the
 /// block's combined scale, block by block; the minimum terms in a second
@@ -400,13 +411,6 @@ unsafe fn nibble_blocks_panel<L: Lanes, const U: usize>(
     // matrices ran a twelfth slower apart).
     let apart = U > 4;
     let (mut acc, mut mins) = ([L::zero(); U], [L::zero(); U]);
-    // Not a closure: one is compiled without the caller's target features.
-    macro_rules! min_term {
-        ($b:expr, $u:expr, $unit:expr) => {{
-            let (at, xb) = ((p * nb + $b) * PANEL + $unit.lane, (i + $unit.act) * nb + $b);
-            mins[$u] = L::fma_min(mins[$u], L::scales_f16(min.as_ptr().add(at)), *q.sum.get_unchecked(xb));
-        }};
-    }
     for b in 0..nb {
         let blk = p * nb + b;
         let w = qs.as_ptr().add(blk * NIBBLE_BLOCK);
@@ -428,16 +432,15 @@ unsafe fn nibble_blocks_panel<L: Lanes, const U: usize>(
         for (u, unit) in units.iter().enumerate() {
             let (at, xb) = (blk * PANEL + unit.lane, (i + unit.act) * nb + b);
             acc[u] = L::fma_block(acc[u], L::widen_nibbles(sums[u]), L::scales_f16(scale.as_ptr().add(at)), *q.scale.get_unchecked(xb));
-            if !apart {
-                min_term!(b, u, unit);
-            }
+        }
+        if !apart {
+            min_step::<L, U>(&mut mins, min, q, (p, i), units, b);
         }
     }
     if apart {
+        // A loop, not `for_each`: a closure loses the target features.
         for b in 0..nb {
-            for (u, unit) in units.iter().enumerate() {
-                min_term!(b, u, unit);
-            }
+            min_step::<L, U>(&mut mins, min, q, (p, i), units, b);
         }
     }
     for (u, unit) in units.iter().enumerate() {
