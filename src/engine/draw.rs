@@ -27,23 +27,22 @@ struct Draw<'a> {
 /// Draws and takes the next token of each `(sequence, logits row)` of
 /// `picks` (a sequence at most once), taking them in `picks`' order.
 pub(super) fn sample_all(pool: &ComputePool, running: &mut [Sequence], picks: &[(usize, usize)], logits: &[f32], vocab: usize, tok: &Tokenizer, ctx: usize) {
-    let mut row_of = vec![None; running.len()];
-    for &(seq, row) in picks {
-        row_of[seq] = Some(row);
+    // Each sequence's place in `picks`; draws are made in sequence order
+    // (one mutable borrow of `running` hands out every sampler).
+    let mut pick_of = vec![None; running.len()];
+    for (i, &(seq, _)) in picks.iter().enumerate() {
+        pick_of[seq] = Some(i);
     }
-    // Each picked sequence's place in `draws`.
-    let mut draw_of = vec![None; running.len()];
     let mut draws = Vec::with_capacity(picks.len());
-    for (seq, s) in running.iter_mut().enumerate() {
-        if let Some(row) = row_of[seq] {
-            draw_of[seq] = Some(draws.len());
+    for (s, pick) in running.iter_mut().zip(&pick_of) {
+        if let &Some(i) = pick {
             let fault = faults_enabled() && s.req.params.seed == FAULT_SEED;
-            draws.push(Mutex::new(Draw { sampler: &mut s.sampler, history: &s.history, row, fault, token: None }));
+            draws.push((i, Mutex::new(Draw { sampler: &mut s.sampler, history: &s.history, row: picks[i].1, fault, token: None })));
         }
     }
-    pool.run(draws.len(), &|i| {
+    pool.run(draws.len(), &|d| {
         // Each task locks its own draw: never contended.
-        let mut d = draws[i].lock().unwrap_or_else(|e| e.into_inner());
+        let mut d = draws[d].1.lock().unwrap_or_else(|e| e.into_inner());
         let d = &mut *d;
         let row = &logits[d.row * vocab..(d.row + 1) * vocab];
         d.token = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -54,11 +53,14 @@ pub(super) fn sample_all(pool: &ComputePool, running: &mut [Sequence], picks: &[
         }))
         .ok();
     });
-    let tokens: Vec<Option<u32>> = draws.into_iter().map(|d| d.into_inner().unwrap_or_else(|e| e.into_inner()).token).collect();
-    for &(seq, _) in picks {
+    // The tokens in `picks`' order.
+    let mut tokens = vec![None; picks.len()];
+    for (i, draw) in draws {
+        tokens[i] = draw.into_inner().unwrap_or_else(|e| e.into_inner()).token;
+    }
+    for (&(seq, _), token) in picks.iter().zip(tokens) {
         let s = &mut running[seq];
-        let taken = tokens[draw_of[seq].expect("every pick has a draw")]
-            .map(|token| std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.accept(token, tok, ctx))).is_ok());
+        let taken = token.map(|token| std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.accept(token, tok, ctx))).is_ok());
         if taken != Some(true) {
             s.fail("internal error while sampling this sequence");
         }
