@@ -13,7 +13,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use caravan::kernels::expf::silu_mul;
+use caravan::kernels::expf::{silu_mul, ExpForm};
 use caravan::kernels::matmul::{matmul, Matrix, QuantizedActs};
 use caravan::kernels::ops::{rms_norm, Rope};
 use caravan::kernels::pool::ComputePool;
@@ -28,7 +28,7 @@ use caravan::sampler::{Rng, Sampler, SamplingParams};
 /// all but the portable reference (attention's takes minutes).
 fn isas() -> Vec<Isa> {
     let simd_only = std::env::args().any(|a| a == "--simd-only");
-    Isa::available().into_iter().filter(|&isa| !(simd_only && isa == Isa::Portable)).collect()
+    Isa::available().into_iter().filter(|&isa| !(simd_only && isa == Isa::PORTABLE)).collect()
 }
 
 /// Median seconds per call of `f`, each of 5 runs repeating it for ~50 ms.
@@ -110,7 +110,7 @@ fn bench_ops() {
         let rope = Rope::new(64, 10000.0);
         let mut heads = x[..m * dim].to_vec();
         let rope = time(|| heads.chunks_exact_mut(dim).enumerate().for_each(|(p, row)| rope.apply(row, 64, p)));
-        let silu = time(|| x.chunks_exact(2 * ffn).zip(out.chunks_exact_mut(ffn)).for_each(|(gu, o)| silu_mul(isa, &gu[..ffn], &gu[ffn..], o)));
+        let silu = time(|| x.chunks_exact(2 * ffn).zip(out.chunks_exact_mut(ffn)).for_each(|(gu, o)| silu_mul(isa, ExpForm::of(isa), &gu[..ffn], &gu[ffn..], o)));
         println!("{:<12} {:>12.1} {:>12.1} {:>12.1} {:>12.1}", isa.to_string(), quantize * 1e6, norm * 1e6, rope * 1e6, silu * 1e6);
     }
 }

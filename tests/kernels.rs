@@ -46,7 +46,7 @@ fn simd_matmul_equals_portable_bitwise_for_every_format_and_batch_size() {
         for m in [1usize, 2, 3, 4, 5, 6, 7, 8, 9, 17] {
             let x: Vec<f32> = (0..m * cols).map(|_| float(&mut rng) * 3.0).collect();
             let mut q = QuantizedActs::default();
-            q.quantize(&pool, Isa::Portable, &x, m, cols);
+            q.quantize(&pool, Isa::PORTABLE, &x, m, cols);
             for isa in Isa::available() {
                 let mut out = vec![0f32; m * rows];
                 matmul(&pool, isa, &w, &x, &q, &mut out);
@@ -73,7 +73,7 @@ fn quantized_matmul_tracks_the_float_product() {
         let w = Matrix { rows, cols, w: repack(t, &random_blocks(&mut rng, t, rows, cols), rows, cols, order) };
         let x: Vec<f32> = (0..cols).map(|_| float(&mut rng)).collect();
         let mut q = QuantizedActs::default();
-        q.quantize(&ComputePool::new(1), Isa::Portable, &x, 1, cols);
+        q.quantize(&ComputePool::new(1), Isa::PORTABLE, &x, 1, cols);
         let mut row = vec![0f32; cols];
         for r in 0..rows {
             w.w.row_f32(r, cols, &mut row);
@@ -95,7 +95,7 @@ fn every_isa_quantizes_activations_to_the_same_bytes() {
     x[..32].fill(0.0);
     x[32..64].iter_mut().enumerate().for_each(|(i, v)| *v = i as f32 - 15.5);
     let mut want = QuantizedActs::default();
-    want.quantize(&pool, Isa::Portable, &x, rows, cols);
+    want.quantize(&pool, Isa::PORTABLE, &x, rows, cols);
     for isa in Isa::available() {
         let mut got = QuantizedActs::default();
         got.quantize(&pool, isa, &x, rows, cols);
@@ -208,7 +208,7 @@ fn simd_attention_equals_portable_bitwise_for_every_head_shape() {
     // 3, 1 and 2 query heads per KV head.
     let shapes = [(9, 3, 64), (4, 4, 128), (2, 1, 256), (6, 3, 80)];
     for ((heads, kv_heads, hd), order) in shapes.into_iter().flat_map(|s| ORDERS.map(|o| (s, o))) {
-        let portable = Model::attention_only(heads, kv_heads, hd, Isa::Portable, order, 2);
+        let portable = Model::attention_only(heads, kv_heads, hd, Isa::PORTABLE, order, 2);
         let c = &portable.config;
         let (dim, kv_dim) = (c.dim, c.kv_dim());
         // A decode at position 40, a 37-token chunk at 5..42 (runs its

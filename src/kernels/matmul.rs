@@ -11,7 +11,7 @@
 
 use super::pool::{ComputePool, SharedOut};
 use super::quant::{byte_offset, nibble_offset, Packed, BYTE_BLOCK, PANEL};
-use super::{Arithmetic, Isa};
+use super::{Arithmetic, Isa, IsaKind};
 
 /// The most activation rows a kernel call takes against one weight panel.
 pub const TILE_ACTS: usize = 8;
@@ -79,10 +79,10 @@ impl QuantizedActs {
 fn quantize_block(isa: Isa, x: &[f32; 32], q: &mut [i8; 32]) -> (f32, i32, i32) {
     // SAFETY: the Isa was detected on this CPU.
     #[cfg(target_arch = "x86_64")]
-    match isa {
-        Isa::Avx512Vnni => return unsafe { super::x86::quantize_block_avx512(x, q) },
-        Isa::Avx2 => return unsafe { super::x86::quantize_block_avx2(x, q) },
-        Isa::Portable => {}
+    match isa.kind() {
+        IsaKind::Avx512Vnni => return unsafe { super::x86::quantize_block_avx512(x, q) },
+        IsaKind::Avx2 => return unsafe { super::x86::quantize_block_avx2(x, q) },
+        IsaKind::Portable => {}
     }
     let _ = isa;
     let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
@@ -149,7 +149,7 @@ fn panel_rows(isa: Isa, w: &Matrix, x: &[f32], q: &QuantizedActs, p: usize, tile
 #[allow(clippy::too_many_arguments)]
 fn tile_dot(isa: Isa, w: &Matrix, x: &[f32], q: &QuantizedActs, p: usize, i: usize, acts: usize, tile: &mut Tile) {
     #[cfg(target_arch = "x86_64")]
-    if isa != Isa::Portable && super::x86::tile_dot(isa, &w.w, q, p, i, acts, tile) {
+    if isa != Isa::PORTABLE && super::x86::tile_dot(isa, &w.w, q, p, i, acts, tile) {
         return;
     }
     let _ = isa;

@@ -78,39 +78,60 @@ impl std::str::FromStr for Arithmetic {
     }
 }
 
-/// An instruction set a kernel can be compiled for.
+/// The instruction sets kernels are compiled for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Isa {
+pub enum IsaKind {
     Portable,
     Avx2,
     /// AVX-512 with VNNI (`vpdpbusd`).
     Avx512Vnni,
 }
 
+/// An instruction set this CPU was found to run. Only detection
+/// (`available`, `select`) or the `unsafe` `assume` make one, so the safe
+/// functions that dispatch on it never run an instruction the CPU lacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Isa(IsaKind);
+
 impl fmt::Display for Isa {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Isa::Portable => "portable",
-            Isa::Avx2 => "avx2",
-            Isa::Avx512Vnni => "avx512-vnni",
+        f.write_str(match self.0 {
+            IsaKind::Portable => "portable",
+            IsaKind::Avx2 => "avx2",
+            IsaKind::Avx512Vnni => "avx512-vnni",
         })
     }
 }
 
 impl Isa {
+    /// Plain Rust: every CPU runs it.
+    pub const PORTABLE: Isa = Isa(IsaKind::Portable);
+
+    /// Takes `kind` as available without checking.
+    ///
+    /// # Safety
+    /// The CPU must have every feature `available` checks for `kind`.
+    pub unsafe fn assume(kind: IsaKind) -> Isa {
+        Isa(kind)
+    }
+
+    pub fn kind(self) -> IsaKind {
+        self.0
+    }
+
     /// Every instruction set this CPU can run, portable first.
     pub fn available() -> Vec<Isa> {
-        let mut isas = vec![Isa::Portable];
+        let mut isas = vec![Isa::PORTABLE];
         #[cfg(target_arch = "x86_64")]
         {
             if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
-                isas.push(Isa::Avx2);
+                isas.push(Isa(IsaKind::Avx2));
                 if is_x86_feature_detected!("avx512f")
                     && is_x86_feature_detected!("avx512bw")
                     && is_x86_feature_detected!("avx512vl")
                     && is_x86_feature_detected!("avx512vnni")
                 {
-                    isas.push(Isa::Avx512Vnni);
+                    isas.push(Isa(IsaKind::Avx512Vnni));
                 }
             }
         }

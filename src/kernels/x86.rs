@@ -11,7 +11,7 @@ use half::f16;
 
 use super::matmul::{QuantizedActs, Tile};
 use super::quant::{Packed, BYTE_BLOCK, NIBBLE_BLOCK, PANEL};
-use super::{max_lane8, prefetch, Arithmetic, Isa};
+use super::{max_lane8, prefetch, Arithmetic, Isa, IsaKind};
 
 /// The vector operations the kernels are written in; `N` rows per register.
 trait Lanes {
@@ -602,10 +602,10 @@ pub(super) fn tile_dot(isa: Isa, w: &Packed, q: &QuantizedActs, p: usize, i: usi
     // SAFETY: callers pass only an Isa that Isa::available() detected on
     // this CPU; packed arrays hold whole panels, activations `acts` rows.
     unsafe {
-        match isa {
-            Isa::Avx512Vnni => by_acts!(acts, panel_vnni(w, q, p, i, tile)),
-            Isa::Avx2 => by_acts!(acts, panel_avx2(w, q, p, i, tile)),
-            Isa::Portable => false,
+        match isa.kind() {
+            IsaKind::Avx512Vnni => by_acts!(acts, panel_vnni(w, q, p, i, tile)),
+            IsaKind::Avx2 => by_acts!(acts, panel_avx2(w, q, p, i, tile)),
+            IsaKind::Portable => false,
         }
     }
 }

@@ -26,7 +26,7 @@ use half::slice::HalfFloatSliceExt;
 
 use crate::kernels::expf::ggml_expf;
 use crate::kernels::pool::SharedOut;
-use crate::kernels::{prefetch, Arithmetic, Isa};
+use crate::kernels::{prefetch, Arithmetic, IsaKind};
 use crate::kv::KvPool;
 
 use super::llama::{Model, SeqChunk, TokenSlot};
@@ -498,11 +498,11 @@ unsafe fn attend_group_avx512<const GGML: bool>(t: &Task, first: usize, tokens: 
 /// The model's Isa was detected on this CPU; each Isa implies the features
 /// its path is compiled for.
 unsafe fn attend_group_on<const GGML: bool>(t: &Task, first: usize, tokens: usize, kvh: usize) {
-    match t.model.isa {
+    match t.model.isa.kind() {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => attend_group_avx512::<GGML>(t, first, tokens, kvh),
+        IsaKind::Avx512Vnni => attend_group_avx512::<GGML>(t, first, tokens, kvh),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => attend_group_avx2::<GGML>(t, first, tokens, kvh),
+        IsaKind::Avx2 => attend_group_avx2::<GGML>(t, first, tokens, kvh),
         _ => attend_group::<Scalar<SoftwareRound>, GGML>(t, first, tokens, kvh),
     }
 }
