@@ -18,10 +18,10 @@ use caravan::kernels::matmul::{matmul, Matrix, QuantizedActs};
 use caravan::kernels::ops::{rms_norm, Rope};
 use caravan::kernels::pool::ComputePool;
 use caravan::kernels::quant::{random_blocks, repack, TensorType};
+use caravan::kernels::{Arithmetic, Isa};
 use caravan::kv::KvPool;
 use caravan::model::attention::{attend, AttentionTasks};
 use caravan::model::{Model, SeqChunk, TokenSlot};
-use caravan::kernels::{Arithmetic, Isa};
 use caravan::sampler::{Rng, Sampler, SamplingParams};
 
 /// The instruction sets to time: all this CPU has, or with `--simd-only`
@@ -86,7 +86,11 @@ fn bench_matmul(pool: &ComputePool) {
                 let mut out = vec![0f32; m * rows];
                 let s = time(|| matmul(pool, isa, &w, &x, &q, black_box(&mut out)));
                 let gmacs = (m * rows * cols) as f64 / s / 1e9;
-                let cell = if m == 1 { format!("{:.1} ({:.1}; {:.1})", s * 1e6, gmacs, w.w.bytes() as f64 / s / 1e9) } else { format!("{:.1} ({:.1})", s * 1e6, gmacs) };
+                let cell = if m == 1 {
+                    format!("{:.1} ({:.1}; {:.1})", s * 1e6, gmacs, w.w.bytes() as f64 / s / 1e9)
+                } else {
+                    format!("{:.1} ({:.1})", s * 1e6, gmacs)
+                };
                 line += &format!(" {cell:>18}");
             }
             println!("{line}");
@@ -110,7 +114,11 @@ fn bench_ops() {
         let rope = Rope::new(64, 10000.0);
         let mut heads = x[..m * dim].to_vec();
         let rope = time(|| heads.chunks_exact_mut(dim).enumerate().for_each(|(p, row)| rope.apply(row, 64, p)));
-        let silu = time(|| x.chunks_exact(2 * ffn).zip(out.chunks_exact_mut(ffn)).for_each(|(gu, o)| silu_mul(isa, ExpForm::of(isa), &gu[..ffn], &gu[ffn..], o)));
+        let silu = time(|| {
+            x.chunks_exact(2 * ffn)
+                .zip(out.chunks_exact_mut(ffn))
+                .for_each(|(gu, o)| silu_mul(isa, ExpForm::of(isa), &gu[..ffn], &gu[ffn..], o))
+        });
         println!("{:<12} {:>12.1} {:>12.1} {:>12.1} {:>12.1}", isa.to_string(), quantize * 1e6, norm * 1e6, rope * 1e6, silu * 1e6);
     }
 }
@@ -120,7 +128,10 @@ fn bench_ops() {
 /// a 512-token chunk at positions 2048..2560.
 fn bench_attention() {
     println!("\nattention (9 heads of 64, 3 KV heads), 2 threads: milliseconds per call (ns per head and position)");
-    println!("{:<17} {:>24} {:>24} {:>24} {:>24}", "isa", "decode 1 x ctx 1025", "decode 32 x ctx 1025", "prefill 512 at 0", "prefill 512 at 2048");
+    println!(
+        "{:<17} {:>24} {:>24} {:>24} {:>24}",
+        "isa", "decode 1 x ctx 1025", "decode 32 x ctx 1025", "prefill 512 at 0", "prefill 512 at 2048"
+    );
     let mut rng = Rng(3);
     for (isa, order) in isas().into_iter().flat_map(|isa| [Arithmetic::Ggml, Arithmetic::Fast].map(|o| (isa, o))) {
         let model = Model::attention_only(9, 3, 64, isa, order, 2);
@@ -138,8 +149,10 @@ fn bench_attention() {
                 }
             }
             let tokens = vec![0u32; queries];
-            let chunks: Vec<SeqChunk> = tables.iter().map(|b| SeqChunk { tokens: &tokens, start_pos: first_pos, blocks: b, logits: false }).collect();
-            let slots: Vec<TokenSlot> = (0..seqs).flat_map(|chunk| (0..queries).map(move |j| TokenSlot { chunk, pos: first_pos + j })).collect();
+            let chunks: Vec<SeqChunk> =
+                tables.iter().map(|b| SeqChunk { tokens: &tokens, start_pos: first_pos, blocks: b, logits: false }).collect();
+            let slots: Vec<TokenSlot> =
+                (0..seqs).flat_map(|chunk| (0..queries).map(move |j| TokenSlot { chunk, pos: first_pos + j })).collect();
             let qkv = floats(&mut rng, slots.len() * (dim + 2 * kv_dim));
             let (mut out, mut tasks) = (vec![0f32; slots.len() * dim], AttentionTasks::default());
             let s = time(|| attend(&model, &chunks, &slots, 0, &qkv, &kv, black_box(&mut out), &mut tasks));
@@ -179,10 +192,19 @@ fn bench_stream(pool: &ComputePool) {
 fn bench_decode_step(pool: &ComputePool, order: Arithmetic) {
     let (dim, qkv, ffn, vocab, layers) = (576, 960, 1536, 49152, 30);
     let mut rng = Rng(6);
-    let mut make = |t: TensorType, rows: usize, cols: usize| Matrix { rows, cols, w: repack(t, &random_blocks(&mut rng, t, rows, cols), rows, cols, order) };
+    let mut make = |t: TensorType, rows: usize, cols: usize| Matrix {
+        rows,
+        cols,
+        w: repack(t, &random_blocks(&mut rng, t, rows, cols), rows, cols, order),
+    };
     let mut step: Vec<Matrix> = Vec::new();
     for _ in 0..layers {
-        step.extend([make(TensorType::Q4_1, qkv, dim), make(TensorType::Q4_1, dim, dim), make(TensorType::Q4_1, 2 * ffn, dim), make(TensorType::Q4_1, dim, ffn)]);
+        step.extend([
+            make(TensorType::Q4_1, qkv, dim),
+            make(TensorType::Q4_1, dim, dim),
+            make(TensorType::Q4_1, 2 * ffn, dim),
+            make(TensorType::Q4_1, dim, ffn),
+        ]);
     }
     step.push(make(TensorType::Q8_0, vocab, dim));
     let bytes: usize = step.iter().map(|w| w.w.bytes()).sum();
@@ -195,13 +217,25 @@ fn bench_decode_step(pool: &ComputePool, order: Arithmetic) {
             matmul(pool, isa, w, &x[..w.cols], &q, black_box(&mut out[..w.rows]));
         }
     });
-    println!("decode step's {} matmuls ({:.1} MB) {:<12} {order:<5} {:>10.1} ({:.1})", step.len(), bytes as f64 / 1e6, isa.to_string(), s * 1e6, bytes as f64 / s / 1e9);
+    println!(
+        "decode step's {} matmuls ({:.1} MB) {:<12} {order:<5} {:>10.1} ({:.1})",
+        step.len(),
+        bytes as f64 / 1e6,
+        isa.to_string(),
+        s * 1e6,
+        bytes as f64 / s / 1e9
+    );
 }
 
 fn main() {
     // The first argument that is neither a flag nor a flag's value.
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let filter = args.iter().enumerate().find(|&(i, a)| !a.starts_with('-') && (i == 0 || args[i - 1] != "--format")).map(|(_, a)| a.clone()).unwrap_or_default();
+    let filter = args
+        .iter()
+        .enumerate()
+        .find(|&(i, a)| !a.starts_with('-') && (i == 0 || args[i - 1] != "--format"))
+        .map(|(_, a)| a.clone())
+        .unwrap_or_default();
     let pool = ComputePool::new(2);
     if "matmul".contains(filter.as_str()) {
         bench_matmul(&pool);
@@ -228,9 +262,11 @@ fn main() {
 fn bench_pool(pool: &ComputePool) {
     println!("\ncompute pool, {} threads: microseconds per run of empty tasks", pool.threads());
     for tasks in [2, 8, 64] {
-        let per_run = time(|| pool.run(tasks, &|i| {
-            black_box(i);
-        }));
+        let per_run = time(|| {
+            pool.run(tasks, &|i| {
+                black_box(i);
+            })
+        });
         println!("{tasks:>3} tasks {:>8.2}", per_run * 1e6);
     }
 }
@@ -242,8 +278,14 @@ fn bench_sample() {
     let settings = [
         ("greedy", SamplingParams::greedy()),
         ("ollama defaults (top-k 40, top-p 0.9, t 0.8, penalty)", SamplingParams::default()),
-        ("openai defaults (t 1, no top-k)", SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, repeat_penalty: 1.0, ..SamplingParams::default() }),
-        ("top-p 0.9 alone (t 1)", SamplingParams { temperature: 1.0, top_k: 0, top_p: 0.9, repeat_penalty: 1.0, ..SamplingParams::default() }),
+        (
+            "openai defaults (t 1, no top-k)",
+            SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, repeat_penalty: 1.0, ..SamplingParams::default() },
+        ),
+        (
+            "top-p 0.9 alone (t 1)",
+            SamplingParams { temperature: 1.0, top_k: 0, top_p: 0.9, repeat_penalty: 1.0, ..SamplingParams::default() },
+        ),
     ];
     let history: Vec<u32> = (0..64).collect();
     for (name, params) in settings {

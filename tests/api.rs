@@ -42,7 +42,15 @@ fn openai_prompts_and_messages_stay_text() {
         assert_eq!(controls(&r.prompt), (0, 0));
     }
     let chat = openai::parse(m, openai::Kind::Chat, &json!({ "messages": [{ "role": "system", "content": HOSTILE }, { "role": "user", "content": [{ "type": "text", "text": HOSTILE }] }] }), 1, None, 64).unwrap();
-    let plain = openai::parse(m, openai::Kind::Chat, &json!({ "messages": [{ "role": "system", "content": "s" }, { "role": "user", "content": "u" }] }), 1, None, 64).unwrap();
+    let plain = openai::parse(
+        m,
+        openai::Kind::Chat,
+        &json!({ "messages": [{ "role": "system", "content": "s" }, { "role": "user", "content": "u" }] }),
+        1,
+        None,
+        64,
+    )
+    .unwrap();
     assert_eq!(controls(&chat.requests[0].prompt), controls(&plain.requests[0].prompt));
 }
 

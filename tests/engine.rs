@@ -92,7 +92,8 @@ fn a_pool_too_small_for_everyone_preempts_and_every_sequence_still_gets_its_toke
     let picks: Vec<usize> = (0..12).map(|i| i * 3).collect();
     let mut kv = m.kv_pool(20 * 16, 16);
     let mut engine = Engine::new(m, &mut kv, EngineConfig { max_batch_tokens: 256, max_seqs: 64 });
-    let mut streams: Vec<EventStream> = picks.iter().flat_map(|&i| engine.submit(vec![greedy(rows[i].prompt_tokens.clone(), 24)]).unwrap()).collect();
+    let mut streams: Vec<EventStream> =
+        picks.iter().flat_map(|&i| engine.submit(vec![greedy(rows[i].prompt_tokens.clone(), 24)]).unwrap()).collect();
     let mut seen = vec![Seen::default(); streams.len()];
     while engine.step() {
         drain(&mut streams, &mut seen);
@@ -240,7 +241,8 @@ mod threaded {
     fn a_client_that_leaves_mid_stream_gives_its_blocks_back() {
         let engine = handle(0);
         let rows = golden();
-        let mut stream = engine.submit(vec![GenRequest { ignore_eos: true, ..greedy(rows[35].prompt_tokens.clone(), 500) }]).unwrap().remove(0);
+        let mut stream =
+            engine.submit(vec![GenRequest { ignore_eos: true, ..greedy(rows[35].prompt_tokens.clone(), 500) }]).unwrap().remove(0);
         // Read a few tokens, then go away.
         let tokens = stream.blocking().filter(|e| matches!(e, Event::Token { .. })).take(3).count();
         assert_eq!(tokens, 3);

@@ -5,9 +5,9 @@
 mod common;
 
 use caravan::generate::{generate, GenRequest};
+use caravan::loaded::LoadedModel;
 use caravan::sampler::SamplingParams;
 use caravan::tokenizer::template::Message;
-use caravan::loaded::LoadedModel;
 use common::{fast_model, golden, model};
 
 fn greedy(prompt: Vec<u32>, max_tokens: usize) -> GenRequest {

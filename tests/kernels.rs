@@ -4,9 +4,9 @@
 
 use caravan::kernels::matmul::{matmul, portable_dot, Matrix, QuantizedActs};
 use caravan::kernels::pool::ComputePool;
+use caravan::kernels::quant::random_blocks;
 use caravan::kernels::quant::{repack, TensorType};
 use caravan::kernels::{Arithmetic, Isa};
-use caravan::kernels::quant::random_blocks;
 use caravan::kv::KvPool;
 use caravan::model::attention::{attend, AttentionTasks};
 use caravan::model::{Model, SeqChunk, TokenSlot};
@@ -194,7 +194,8 @@ fn repacked_rows_equal_ggml_dequantization() {
 fn exact_attention(q: &[f32], keys: &[Vec<f32>], values: &[Vec<f32>]) -> Vec<f64> {
     let hd = q.len();
     let round = |x: f32| half::f16::from_f32(x).to_f32() as f64;
-    let scores: Vec<f64> = keys.iter().map(|k| k.iter().zip(q).map(|(&a, &b)| round(a) * round(b)).sum::<f64>() / (hd as f64).sqrt()).collect();
+    let scores: Vec<f64> =
+        keys.iter().map(|k| k.iter().zip(q).map(|(&a, &b)| round(a) * round(b)).sum::<f64>() / (hd as f64).sqrt()).collect();
     let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
     let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
     let total: f64 = weights.iter().sum();
@@ -222,7 +223,9 @@ fn simd_attention_equals_portable_bitwise_for_every_head_shape() {
         for &(start, tokens) in &shapes {
             let mut table = Vec::new();
             kv.reserve(&mut table, start + tokens).unwrap();
-            let rows: Vec<(Vec<f32>, Vec<f32>)> = (0..start + tokens).map(|_| ((0..kv_dim).map(|_| float(&mut rng)).collect(), (0..kv_dim).map(|_| float(&mut rng)).collect())).collect();
+            let rows: Vec<(Vec<f32>, Vec<f32>)> = (0..start + tokens)
+                .map(|_| ((0..kv_dim).map(|_| float(&mut rng)).collect(), (0..kv_dim).map(|_| float(&mut rng)).collect()))
+                .collect();
             for (pos, (k, v)) in rows.iter().enumerate() {
                 kv.write(&table, 0, pos, k, v);
             }
@@ -230,8 +233,16 @@ fn simd_attention_equals_portable_bitwise_for_every_head_shape() {
             tables.push(table);
         }
         let tokens = [0u32; 37];
-        let chunks: Vec<SeqChunk> = shapes.iter().zip(&tables).map(|(&(start, n), b)| SeqChunk { tokens: &tokens[..n], start_pos: start, blocks: b, logits: false }).collect();
-        let slots: Vec<TokenSlot> = shapes.iter().enumerate().flat_map(|(chunk, &(start, n))| (start..start + n).map(move |pos| TokenSlot { chunk, pos })).collect();
+        let chunks: Vec<SeqChunk> = shapes
+            .iter()
+            .zip(&tables)
+            .map(|(&(start, n), b)| SeqChunk { tokens: &tokens[..n], start_pos: start, blocks: b, logits: false })
+            .collect();
+        let slots: Vec<TokenSlot> = shapes
+            .iter()
+            .enumerate()
+            .flat_map(|(chunk, &(start, n))| (start..start + n).map(move |pos| TokenSlot { chunk, pos }))
+            .collect();
         let qkv_dim = dim + 2 * kv_dim;
         let qkv: Vec<f32> = (0..slots.len() * qkv_dim).map(|_| float(&mut rng) * 2.0).collect();
         let mut want = vec![0f32; slots.len() * dim];
@@ -267,7 +278,16 @@ fn simd_attention_equals_portable_bitwise_for_every_head_shape() {
                 let n = chunk.tokens.len();
                 let alone: Vec<TokenSlot> = slots[row..row + n].iter().map(|s| TokenSlot { chunk: 0, pos: s.pos }).collect();
                 let mut out = vec![0f32; n * dim];
-                attend(&model, std::slice::from_ref(chunk), &alone, 0, &qkv[row * qkv_dim..(row + n) * qkv_dim], &kv, &mut out, &mut AttentionTasks::default());
+                attend(
+                    &model,
+                    std::slice::from_ref(chunk),
+                    &alone,
+                    0,
+                    &qkv[row * qkv_dim..(row + n) * qkv_dim],
+                    &kv,
+                    &mut out,
+                    &mut AttentionTasks::default(),
+                );
                 let differ = out.iter().zip(&want[row * dim..]).position(|(g, w)| g.to_bits() != w.to_bits());
                 assert!(differ.is_none(), "{order} {isa} hd {hd}: chunk {ci} alone differs at {differ:?}");
                 row += n;

@@ -62,11 +62,16 @@ fn official_clients_batch_api_errors_backpressure_and_disconnects() {
     for name in ["smollm2:135m", "smol-copy:latest"] {
         Store::new(store.clone()).pull(model.to_str().unwrap(), Some(name)).unwrap();
     }
-    let main = Server::start_with(&store, &dir.path().join("main.log"), &["--max-batch-items", "16", "--max-body", "2MiB"], &[("CARAVAN_TEST_FAULTS", "1")]);
+    let main = Server::start_with(
+        &store,
+        &dir.path().join("main.log"),
+        &["--max-batch-items", "16", "--max-body", "2MiB"],
+        &[("CARAVAN_TEST_FAULTS", "1")],
+    );
     let tight = Server::start(&store, &dir.path().join("tight.log"), &["--max-seqs", "1", "--max-queue", "1"]);
     let secure = Server::start(&store, &dir.path().join("secure.log"), &["--api-key", "s3cret", "--cors-origin", "http://app.example"]);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/test_server.py");
-    let out = Command::new("python3")
+    let out = Command::new(common::python_with_clients())
         .arg(&script)
         .env("CARAVAN_URL", &main.url)
         .env("CARAVAN_TIGHT_URL", &tight.url)
@@ -76,7 +81,11 @@ fn official_clients_batch_api_errors_backpressure_and_disconnects() {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     println!("{text}");
     drop((main, tight, secure));
-    assert!(out.status.success(), "the Python client tests failed:\n{text}\nserver log:\n{}", std::fs::read_to_string(dir.path().join("main.log")).unwrap_or_default());
+    assert!(
+        out.status.success(),
+        "the Python client tests failed:\n{text}\nserver log:\n{}",
+        std::fs::read_to_string(dir.path().join("main.log")).unwrap_or_default()
+    );
 }
 
 /// SIGTERM: the server stops accepting, lets a running stream go on for

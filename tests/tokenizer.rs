@@ -51,7 +51,17 @@ fn spm_tokenizer() -> (Tokenizer, Vec<String>) {
     let pieces = ["▁", "h", "e", "l", "o", "w", "r", "d", "▁h", "ll", "▁he", "▁hell", "▁hello", "▁w", "or", "▁wor", "▁worl", "▁world"];
     tokens.extend(pieces.iter().map(|s| s.to_string()));
     let n = tokens.len();
-    let types: Vec<Value> = (0..n).map(|i| Value::I32(if i < 3 { 3 } else if i < 259 { 6 } else { 1 })).collect();
+    let types: Vec<Value> = (0..n)
+        .map(|i| {
+            Value::I32(if i < 3 {
+                3
+            } else if i < 259 {
+                6
+            } else {
+                1
+            })
+        })
+        .collect();
     // Longer pieces score higher, so they are merged first.
     let scores: Vec<Value> = tokens.iter().map(|t| Value::F32(t.chars().count() as f32)).collect();
     let meta = vec![

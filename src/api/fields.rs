@@ -60,7 +60,9 @@ pub fn stop_strings(body: &Value) -> Result<Vec<String>> {
     let list: Vec<String> = match body.get("stop") {
         None | Some(Value::Null) => vec![],
         Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(a)) => a.iter().map(|s| s.as_str().map(String::from).ok_or_else(|| anyhow!("stop must hold strings"))).collect::<Result<_>>()?,
+        Some(Value::Array(a)) => {
+            a.iter().map(|s| s.as_str().map(String::from).ok_or_else(|| anyhow!("stop must hold strings"))).collect::<Result<_>>()?
+        }
         Some(_) => bail!("stop must be a string or an array of strings"),
     };
     if list.len() > MAX_STOPS {

@@ -143,7 +143,9 @@ pub fn embed_inputs(m: &LoadedModel, body: &Value) -> Result<Vec<Vec<u32>>> {
     let texts: Vec<&str> = match body.get("input") {
         None | Some(Value::Null) => vec![],
         Some(Value::String(s)) => vec![s],
-        Some(Value::Array(a)) => a.iter().map(|s| s.as_str().ok_or_else(|| anyhow::anyhow!("input must hold strings"))).collect::<Result<_>>()?,
+        Some(Value::Array(a)) => {
+            a.iter().map(|s| s.as_str().ok_or_else(|| anyhow::anyhow!("input must hold strings"))).collect::<Result<_>>()?
+        }
         Some(_) => bail!("input must be a string or an array of strings"),
     };
     texts.into_iter().map(|t| super::embed_tokens(m, t, truncate)).collect()

@@ -37,13 +37,20 @@ const UNSUPPORTED: [&str; 7] = ["logprobs", "top_logprobs", "echo", "suffix", "t
 /// A field holding token lists as OpenAI spells them: a string, an array
 /// of strings, an array of token ids, or an array of such arrays; `text`
 /// and `ids` turn one string or one id array into tokens.
-fn token_lists(body: &Value, key: &str, text: impl Fn(&str) -> Result<Vec<u32>>, ids: impl Fn(&[Value]) -> Result<Vec<u32>>) -> Result<Vec<Vec<u32>>> {
+fn token_lists(
+    body: &Value,
+    key: &str,
+    text: impl Fn(&str) -> Result<Vec<u32>>,
+    ids: impl Fn(&[Value]) -> Result<Vec<u32>>,
+) -> Result<Vec<Vec<u32>>> {
     match body.get(key) {
         Some(Value::String(s)) => Ok(vec![text(s)?]),
         Some(Value::Array(a)) if a.is_empty() => bail!("{key} must not be empty"),
         Some(Value::Array(a)) if a.iter().all(Value::is_string) => a.iter().map(|s| text(s.as_str().unwrap_or_default())).collect(),
         Some(Value::Array(a)) if a.iter().all(Value::is_number) => Ok(vec![ids(a)?]),
-        Some(Value::Array(a)) if a.iter().all(Value::is_array) => a.iter().map(|p| ids(p.as_array().map(Vec::as_slice).unwrap_or_default())).collect(),
+        Some(Value::Array(a)) if a.iter().all(Value::is_array) => {
+            a.iter().map(|p| ids(p.as_array().map(Vec::as_slice).unwrap_or_default())).collect()
+        }
         None | Some(Value::Null) => bail!("{key} is required"),
         Some(_) => bail!("{key} must be a string, an array of strings, an array of token ids or an array of such arrays"),
     }
@@ -54,7 +61,14 @@ fn completion_prompts(m: &LoadedModel, body: &Value) -> Result<Vec<Vec<u32>>> {
     let vocab = m.tokenizer.vocab_size() as u64;
     let text = |s: &str| -> Result<Vec<u32>> { Ok(m.tokenizer.with_bos(m.tokenizer.encode(s, false)?)) };
     let ids = |a: &[Value]| -> Result<Vec<u32>> {
-        a.iter().map(|t| t.as_u64().filter(|&t| t < vocab).map(|t| t as u32).ok_or_else(|| anyhow!("prompt token ids must be whole numbers below {vocab}"))).collect()
+        a.iter()
+            .map(|t| {
+                t.as_u64()
+                    .filter(|&t| t < vocab)
+                    .map(|t| t as u32)
+                    .ok_or_else(|| anyhow!("prompt token ids must be whole numbers below {vocab}"))
+            })
+            .collect()
     };
     token_lists(body, "prompt", text, ids)
 }
@@ -108,7 +122,13 @@ pub fn parse(m: &LoadedModel, kind: Kind, body: &Value, seed: u64, default_max: 
     let requests = prompts
         .iter()
         .flat_map(|p| (0..n as u64).map(move |k| (p, k)))
-        .map(|(p, k)| GenRequest { prompt: p.clone(), params: SamplingParams { seed: params.seed.wrapping_add(k), ..params.clone() }, max_tokens, stop: stop.clone(), ignore_eos })
+        .map(|(p, k)| GenRequest {
+            prompt: p.clone(),
+            params: SamplingParams { seed: params.seed.wrapping_add(k), ..params.clone() },
+            max_tokens,
+            stop: stop.clone(),
+            ignore_eos,
+        })
         .collect();
     let stream = opt_bool(body, "stream")?.unwrap_or(false);
     let include_usage = body.get("stream_options").map(|o| opt_bool(o, "include_usage")).transpose()?.flatten().unwrap_or(false);
@@ -155,7 +175,9 @@ pub fn response_body(job: &Job, id: &str, created: u64, model: &str, choices: &[
         .iter()
         .enumerate()
         .map(|(k, c)| match job.kind {
-            Kind::Chat => json!({ "index": k, "message": { "role": "assistant", "content": c.text }, "finish_reason": finish(c), "logprobs": null }),
+            Kind::Chat => {
+                json!({ "index": k, "message": { "role": "assistant", "content": c.text }, "finish_reason": finish(c), "logprobs": null })
+            }
             Kind::Completion => json!({ "index": k, "text": c.text, "finish_reason": finish(c), "logprobs": null }),
         })
         .collect();

@@ -63,7 +63,8 @@ fn read_items(m: &LoadedModel, text: &str, default_max: Option<usize>) -> Vec<Re
                     .map(|job| Item { custom_id: custom_id.clone(), job })
                     .map_err(|e| (custom_id, format!("{e:#}")));
             }
-            let v: Value = serde_json::from_str(line).map_err(|e| (format!("line-{}", n + 1), format!("line {} is not JSON: {e}", n + 1)))?;
+            let v: Value =
+                serde_json::from_str(line).map_err(|e| (format!("line-{}", n + 1), format!("line {} is not JSON: {e}", n + 1)))?;
             let custom_id = v.get("custom_id").and_then(Value::as_str).map(String::from).unwrap_or_else(|| format!("line-{}", n + 1));
             let parsed = (|| {
                 if v.get("custom_id").and_then(Value::as_str).is_none() {
@@ -130,7 +131,9 @@ pub fn batch(a: BatchArgs) -> Result<()> {
         match item {
             Err((id, msg)) => lines[i] = Some(error_line(i, id, msg)),
             Ok(item) => match engine.submit(item.job.requests.clone()) {
-                Ok(streams) => running.push(Running { index: i, streams, choices: vec![Choice::default(); item.job.requests.len()], failure: None }),
+                Ok(streams) => {
+                    running.push(Running { index: i, streams, choices: vec![Choice::default(); item.job.requests.len()], failure: None })
+                }
                 Err(e) => lines[i] = Some(error_line(i, &item.custom_id, &format!("{e:#}"))),
             },
         }
@@ -187,6 +190,10 @@ pub fn batch(a: BatchArgs) -> Result<()> {
     out.flush()?;
     let errors = lines.iter().flatten().filter(|l| !l["error"].is_null()).count();
     let wall = started.elapsed().as_secs_f64();
-    eprintln!("batch: {} items ({errors} errors), {generated} tokens generated in {wall:.1} s, {:.1} tok/s", items.len(), generated as f64 / wall);
+    eprintln!(
+        "batch: {} items ({errors} errors), {generated} tokens generated in {wall:.1} s, {:.1} tok/s",
+        items.len(),
+        generated as f64 / wall
+    );
     Ok(())
 }

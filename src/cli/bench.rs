@@ -101,8 +101,12 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     }
     let block = 16;
     let per_block = KvPool::bytes_per_block(c.layers, c.kv_dim(), block);
-    let greedy = |prompt: Vec<u32>| GenRequest { prompt, params: SamplingParams::greedy(), max_tokens: a.gen, stop: vec![], ignore_eos: true };
-    println!("model {} | kernels {} | arithmetic {} | {} threads | prompt {} | gen {} | median of {}", a.model, m.model.isa, m.model.arithmetic, a.compute.threads, a.prompt, a.gen, a.repeat);
+    let greedy =
+        |prompt: Vec<u32>| GenRequest { prompt, params: SamplingParams::greedy(), max_tokens: a.gen, stop: vec![], ignore_eos: true };
+    println!(
+        "model {} | kernels {} | arithmetic {} | {} threads | prompt {} | gen {} | median of {}",
+        a.model, m.model.isa, m.model.arithmetic, a.compute.threads, a.prompt, a.gen, a.repeat
+    );
     println!("{:>4} {:>14} {:>14} {:>14} {:>16} {:>12}", "B", "prefill tok/s", "decode tok/s", "total tok/s", "KV bytes/token", "KV peak");
     for &b in &a.batch {
         // All prompts in one step, then decoding together, as llama.cpp's

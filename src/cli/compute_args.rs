@@ -12,10 +12,10 @@ pub struct ComputeArgs {
     /// Compute threads (per loaded model)
     #[arg(long, env = "CARAVAN_THREADS", default_value_t = default_threads())]
     pub threads: usize,
-    /// Float arithmetic: ggml (llama.cpp's order; greedy output equals
-    /// llama.cpp's bit for bit) or fast (whole-block integer sums and f32
-    /// attention sums; tokens may differ where the top two are close)
-    #[arg(long, env = "CARAVAN_ARITHMETIC", default_value_t = Arithmetic::Ggml)]
+    /// Float arithmetic: fast (whole-block integer sums and f32 attention
+    /// sums) or ggml (llama.cpp's order: greedy output equals llama.cpp's
+    /// bit for bit; slower, most of all on long prompts)
+    #[arg(long, env = "CARAVAN_ARITHMETIC", default_value_t = Arithmetic::Fast)]
     pub arithmetic: Arithmetic,
 }
 

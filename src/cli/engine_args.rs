@@ -71,14 +71,21 @@ impl EngineArgs {
         let per_block = KvPool::bytes_per_block(c.layers, c.kv_dim(), self.block_size) as u64;
         let bytes = match self.kv_memory {
             Some(b) => b,
-            None => (total_ram().unwrap_or(8 << 30) / 4).min(per_block * (self.max_seqs * c.context_length).div_ceil(self.block_size) as u64),
+            None => {
+                (total_ram().unwrap_or(8 << 30) / 4).min(per_block * (self.max_seqs * c.context_length).div_ceil(self.block_size) as u64)
+            }
         };
         let blocks = (bytes / per_block) as usize;
         if blocks == 0 {
             bail!("--kv-memory {} holds no block (one is {})", human_bytes(bytes), human_bytes(per_block));
         }
         if !quiet {
-            eprintln!("KV pool: {} for {} tokens ({blocks} blocks of {})", human_bytes(blocks as u64 * per_block), blocks * self.block_size, self.block_size);
+            eprintln!(
+                "KV pool: {} for {} tokens ({blocks} blocks of {})",
+                human_bytes(blocks as u64 * per_block),
+                blocks * self.block_size,
+                self.block_size
+            );
         }
         Ok(KvPool::new(c.layers, c.kv_dim(), self.block_size, blocks))
     }

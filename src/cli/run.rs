@@ -64,7 +64,9 @@ impl RunArgs {
         if !(self.repeat_penalty > 0.0 && self.repeat_penalty.is_finite()) {
             bail!("--repeat-penalty must be above 0, got {}", self.repeat_penalty);
         }
-        let seed = self.seed.unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0));
+        let seed = self.seed.unwrap_or_else(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+        });
         Ok(SamplingParams {
             temperature: self.temperature,
             top_k: self.top_k,

@@ -26,7 +26,15 @@ struct Draw<'a> {
 
 /// Draws and takes the next token of each `(sequence, logits row)` of
 /// `picks` (a sequence at most once), taking them in `picks`' order.
-pub(super) fn sample_all(pool: &ComputePool, running: &mut [Sequence], picks: &[(usize, usize)], logits: &[f32], vocab: usize, tok: &Tokenizer, ctx: usize) {
+pub(super) fn sample_all(
+    pool: &ComputePool,
+    running: &mut [Sequence],
+    picks: &[(usize, usize)],
+    logits: &[f32],
+    vocab: usize,
+    tok: &Tokenizer,
+    ctx: usize,
+) {
     // Each sequence's place in `picks`; draws are made in sequence order
     // (one mutable borrow of `running` hands out every sampler).
     let mut pick_of = vec![None; running.len()];

@@ -58,9 +58,14 @@ pub struct Summary {
 #[derive(Debug, Clone)]
 pub enum Event {
     /// Admitted: the sequence's first step.
-    Started { step: u64 },
+    Started {
+        step: u64,
+    },
     /// A generated token and the text it completes (possibly empty).
-    Token { id: u32, text: String },
+    Token {
+        id: u32,
+        text: String,
+    },
     Done(Summary),
     /// The sequence failed inside the engine (a bug caught, not a panic
     /// of the server); it has ended.
@@ -222,7 +227,14 @@ impl<'a> Engine<'a> {
                 // Only a prompt step can have followers waiting on it.
                 let has_followers = leader.generated == 0 && running.iter().any(|f| f.follows == Some(leader.id));
                 let shared = if has_followers {
-                    Some((leader.id, leader.blocks.clone(), leader.computed, leader.registered, leader.cached_tokens, leader.prompt_duration))
+                    Some((
+                        leader.id,
+                        leader.blocks.clone(),
+                        leader.computed,
+                        leader.registered,
+                        leader.cached_tokens,
+                        leader.prompt_duration,
+                    ))
                 } else {
                     None
                 };
@@ -320,7 +332,12 @@ pub(crate) struct Limits {
 
 impl Limits {
     fn of(model: &LoadedModel, kv: &KvPool, config: &EngineConfig) -> Limits {
-        Limits { context: model.model.config.context_length, block_size: kv.block_size(), total_blocks: kv.total_blocks(), max_seqs: config.max_seqs }
+        Limits {
+            context: model.model.config.context_length,
+            block_size: kv.block_size(),
+            total_blocks: kv.total_blocks(),
+            max_seqs: config.max_seqs,
+        }
     }
 
     fn prepare(&self, gang: Vec<GenRequest>) -> Result<(Vec<Prepared>, Vec<EventStream>)> {

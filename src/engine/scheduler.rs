@@ -144,11 +144,8 @@ impl Scheduler {
                     s.cached_tokens = s.computed;
                 }
             }
-            let needed: usize = gang
-                .iter()
-                .filter(|s| s.follows.is_none())
-                .map(|s| s.history.len().div_ceil(kv.block_size()) - s.blocks.len())
-                .sum();
+            let needed: usize =
+                gang.iter().filter(|s| s.follows.is_none()).map(|s| s.history.len().div_ceil(kv.block_size()) - s.blocks.len()).sum();
             if needed > kv.free_blocks() {
                 // Not yet: give back what the prefix match took.
                 for s in gang.iter_mut() {

@@ -47,7 +47,10 @@ enum Job {
     Gang(Vec<Prepared>),
     /// End every sequence now (shutdown).
     FinishAll,
-    Embed { tokens: Vec<u32>, reply: oneshot::Sender<Result<Vec<f32>>> },
+    Embed {
+        tokens: Vec<u32>,
+        reply: oneshot::Sender<Result<Vec<f32>>>,
+    },
 }
 
 pub struct EngineHandle {
@@ -58,9 +61,20 @@ pub struct EngineHandle {
 }
 
 impl EngineHandle {
-    pub fn spawn(model: Arc<LoadedModel>, kv: KvPool, config: EngineConfig, batch_window: Duration, observer: Option<StepObserver>) -> EngineHandle {
+    pub fn spawn(
+        model: Arc<LoadedModel>,
+        kv: KvPool,
+        config: EngineConfig,
+        batch_window: Duration,
+        observer: Option<StepObserver>,
+    ) -> EngineHandle {
         let limits = Limits::of(&model, &kv, &config);
-        let snapshot = Arc::new(Mutex::new(EngineSnapshot { total_blocks: kv.total_blocks(), free_blocks: kv.free_blocks(), idle: true, ..Default::default() }));
+        let snapshot = Arc::new(Mutex::new(EngineSnapshot {
+            total_blocks: kv.total_blocks(),
+            free_blocks: kv.free_blocks(),
+            idle: true,
+            ..Default::default()
+        }));
         let (tx, rx) = channel();
         let shared = snapshot.clone();
         let thread = std::thread::Builder::new()
@@ -126,7 +140,15 @@ fn accept(engine: &mut Engine, embeds: &mut EmbedQueue, job: Job) {
     }
 }
 
-fn run(model: &LoadedModel, mut kv: KvPool, config: EngineConfig, window: Duration, rx: &Receiver<Job>, shared: &Mutex<EngineSnapshot>, observer: Option<StepObserver>) {
+fn run(
+    model: &LoadedModel,
+    mut kv: KvPool,
+    config: EngineConfig,
+    window: Duration,
+    rx: &Receiver<Job>,
+    shared: &Mutex<EngineSnapshot>,
+    observer: Option<StepObserver>,
+) {
     let mut engine = Engine::new(model, &mut kv, config);
     let mut embeds = EmbedQueue::new();
     loop {
@@ -150,7 +172,9 @@ fn run(model: &LoadedModel, mut kv: KvPool, config: EngineConfig, window: Durati
             accept(&mut engine, &mut embeds, job);
         }
         if let Some((tokens, _)) = embeds.front() {
-            let answer = catch_unwind(AssertUnwindSafe(|| engine.embed(tokens))).unwrap_or_else(|_| Err(anyhow!("internal error while embedding"))).transpose();
+            let answer = catch_unwind(AssertUnwindSafe(|| engine.embed(tokens)))
+                .unwrap_or_else(|_| Err(anyhow!("internal error while embedding")))
+                .transpose();
             if let Some(answer) = answer {
                 let (_, reply) = embeds.pop_front().expect("front exists");
                 let _ = reply.send(answer);

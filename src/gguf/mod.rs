@@ -73,13 +73,7 @@ impl GgufFile {
         // file not being truncated underneath us while the model is loaded.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| fail(format!("cannot map: {e}")))?;
         let parsed = parse(&map).map_err(fail)?;
-        Ok(GgufFile {
-            path: path.to_path_buf(),
-            version: parsed.version,
-            metadata: parsed.metadata,
-            tensors: parsed.tensors,
-            map,
-        })
+        Ok(GgufFile { path: path.to_path_buf(), version: parsed.version, metadata: parsed.metadata, tensors: parsed.tensors, map })
     }
 
     pub fn error(&self, problem: impl Into<String>) -> GgufError {
@@ -106,9 +100,7 @@ impl GgufFile {
 
     pub fn get_f32(&self, key: &str) -> Result<f32, GgufError> {
         let v = self.get(key).ok_or_else(|| self.error(format!("metadata {key} is missing")))?;
-        v.as_f64()
-            .map(|x| x as f32)
-            .ok_or_else(|| self.error(format!("metadata {key} is {}, expected a number", v.type_name())))
+        v.as_f64().map(|x| x as f32).ok_or_else(|| self.error(format!("metadata {key} is {}, expected a number", v.type_name())))
     }
 
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
@@ -139,9 +131,11 @@ pub(crate) struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     pub(crate) fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], String> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len()).ok_or_else(|| {
-            format!("truncated: {what} at byte {} needs {n} bytes, file has {}", self.pos, self.bytes.len())
-        })?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.bytes.len())
+            .ok_or_else(|| format!("truncated: {what} at byte {} needs {n} bytes, file has {}", self.pos, self.bytes.len()))?;
         let s = &self.bytes[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -216,8 +210,7 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Parsed, String> {
         }
         let dims = (0..n_dims).map(|_| c.u64("tensor dimension")).collect::<Result<Vec<_>, _>>()?;
         let type_id = c.u32("tensor type")?;
-        let ttype = TensorType::from_ggml(type_id)
-            .ok_or_else(|| format!("tensor {name} has unknown or unsupported type id {type_id}"))?;
+        let ttype = TensorType::from_ggml(type_id).ok_or_else(|| format!("tensor {name} has unknown or unsupported type id {type_id}"))?;
         let rel = c.u64("tensor offset")?;
         if rel % alignment != 0 {
             return Err(format!("corrupt: tensor {name} offset {rel} is not aligned to {alignment}"));

@@ -236,15 +236,15 @@ unsafe fn expf_fma_avx2(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m2
     let abs_n = _mm256_andnot_ps(_mm256_set1_ps(-0.0), n);
     let beyond_126 = _mm256_cmp_ps::<_CMP_GT_OQ>(abs_n, _mm256_set1_ps(126.0));
     let u = _mm256_mul_ps(b, b);
-    let j = _mm256_fmadd_ps(
-        _mm256_fmadd_ps(_mm256_fmadd_ps(k(C5), b, k(C4)), u, _mm256_fmadd_ps(k(C3), b, k(C2))),
-        u,
-        _mm256_mul_ps(k(C1), b),
-    );
+    let j =
+        _mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_fmadd_ps(k(C5), b, k(C4)), u, _mm256_fmadd_ps(k(C3), b, k(C2))), u, _mm256_mul_ps(k(C1), b));
     if _mm256_movemask_ps(beyond_126) == 0 {
         return _mm256_fmadd_ps(j, pow2, pow2);
     }
-    let g = _mm256_and_si256(_mm256_castps_si256(_mm256_cmp_ps::<_CMP_LE_OQ>(n, _mm256_setzero_ps())), _mm256_set1_epi32(0x8200_0000u32 as i32));
+    let g = _mm256_and_si256(
+        _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LE_OQ>(n, _mm256_setzero_ps())),
+        _mm256_set1_epi32(0x8200_0000u32 as i32),
+    );
     let s1 = _mm256_castsi256_ps(_mm256_add_epi32(g, _mm256_set1_epi32(0x7f00_0000)));
     let s2 = _mm256_castsi256_ps(_mm256_sub_epi32(e, g));
     let beyond_192 = _mm256_cmp_ps::<_CMP_GT_OQ>(abs_n, _mm256_set1_ps(192.0));
@@ -270,7 +270,8 @@ pub unsafe fn ggml_expf_avx2(x: std::arch::x86_64::__m256) -> Option<std::arch::
     let k = |bits: u32| _mm256_set1_ps(c(bits));
     let shift = _mm256_set1_ps(SHIFT);
     let n = _mm256_sub_ps(_mm256_fmadd_ps(x, k(LOG2_E), shift), shift);
-    let outside = _mm256_or_ps(_mm256_cmp_ps::<_CMP_LT_OQ>(n, _mm256_set1_ps(-126.0)), _mm256_cmp_ps::<_CMP_GT_OQ>(n, _mm256_set1_ps(127.0)));
+    let outside =
+        _mm256_or_ps(_mm256_cmp_ps::<_CMP_LT_OQ>(n, _mm256_set1_ps(-126.0)), _mm256_cmp_ps::<_CMP_GT_OQ>(n, _mm256_set1_ps(127.0)));
     if _mm256_movemask_ps(outside) != 0 {
         return None;
     }
@@ -564,7 +565,11 @@ mod tests {
                 // SAFETY: the width's features were detected above.
                 unsafe { exp16(&mut x) };
                 for (i, (got, want)) in x.iter().zip(want).enumerate().take(chunk.len()) {
-                    assert!(got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()), "{name} expf({}) = {got}, want {want}", chunk[i]);
+                    assert!(
+                        got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                        "{name} expf({}) = {got}, want {want}",
+                        chunk[i]
+                    );
                 }
             }
         }

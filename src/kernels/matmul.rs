@@ -52,12 +52,22 @@ impl QuantizedActs {
         self.sum.resize(blocks, 0.0);
         self.isum16.resize(2 * blocks, 0);
         let nb = cols / 32;
-        let (qs, scale, sum, isum16) =
-            (SharedOut::new(&mut self.qs), SharedOut::new(&mut self.scale), SharedOut::new(&mut self.sum), SharedOut::new(&mut self.isum16));
+        let (qs, scale, sum, isum16) = (
+            SharedOut::new(&mut self.qs),
+            SharedOut::new(&mut self.scale),
+            SharedOut::new(&mut self.sum),
+            SharedOut::new(&mut self.isum16),
+        );
         pool.run_rows(rows, &|range| {
             // SAFETY: each task writes the blocks of its own rows only.
-            let (qs, scale, sum, isum16) =
-                unsafe { (qs.rows(range.clone(), cols), scale.rows(range.clone(), nb), sum.rows(range.clone(), nb), isum16.rows(range.clone(), 2 * nb)) };
+            let (qs, scale, sum, isum16) = unsafe {
+                (
+                    qs.rows(range.clone(), cols),
+                    scale.rows(range.clone(), nb),
+                    sum.rows(range.clone(), nb),
+                    isum16.rows(range.clone(), 2 * nb),
+                )
+            };
             let x = &x[range.start * cols..range.end * cols];
             for (b, xb) in x.chunks_exact(32).enumerate() {
                 let q: &mut [i8; 32] = (&mut qs[b * 32..(b + 1) * 32]).try_into().unwrap();

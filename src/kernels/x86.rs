@@ -380,7 +380,14 @@ unsafe fn nibble_sum<L: Lanes>(l: [L::F; 8], mins: L::F, out: *mut f32) {
 /// Block `b`'s minimum terms (weight minimum times the activations'
 /// scaled sum) fused into each unit's `mins`, in block order.
 #[inline(always)]
-unsafe fn min_step<L: Lanes, const U: usize>(mins: &mut [L::F; U], min: &[f16], q: &QuantizedActs, (p, i): (usize, usize), units: [Unit; U], b: usize) {
+unsafe fn min_step<L: Lanes, const U: usize>(
+    mins: &mut [L::F; U],
+    min: &[f16],
+    q: &QuantizedActs,
+    (p, i): (usize, usize),
+    units: [Unit; U],
+    b: usize,
+) {
     let nb = q.cols / 32;
     for (m, unit) in mins.iter_mut().zip(units) {
         let (at, xb) = ((p * nb + b) * PANEL + unit.lane, (i + unit.act) * nb + b);
@@ -450,7 +457,14 @@ unsafe fn nibble_blocks_panel<L: Lanes, const U: usize>(
 
 /// 8-bit panels (codes q + 128).
 #[inline(always)]
-unsafe fn int8_panel<L: Lanes, const U: usize>(qs: &[u8], scale: &[f16], q: &QuantizedActs, (p, i): (usize, usize), units: [Unit; U], tile: &mut Tile) {
+unsafe fn int8_panel<L: Lanes, const U: usize>(
+    qs: &[u8],
+    scale: &[f16],
+    q: &QuantizedActs,
+    (p, i): (usize, usize),
+    units: [Unit; U],
+    tile: &mut Tile,
+) {
     let (k, nb) = (q.cols, q.cols / 32);
     let mut acc = [L::zero(); U];
     for b in 0..nb {
@@ -487,7 +501,14 @@ unsafe fn int8_panel<L: Lanes, const U: usize>(qs: &[u8], scale: &[f16], q: &Qua
 
 /// 6-bit panels (codes q, weights q - 32): a chain and a scale per half block.
 #[inline(always)]
-unsafe fn int6_panel<L: Lanes, const U: usize>(qs: &[u8], scale: &[f32], q: &QuantizedActs, (p, i): (usize, usize), units: [Unit; U], tile: &mut Tile) {
+unsafe fn int6_panel<L: Lanes, const U: usize>(
+    qs: &[u8],
+    scale: &[f32],
+    q: &QuantizedActs,
+    (p, i): (usize, usize),
+    units: [Unit; U],
+    tile: &mut Tile,
+) {
     let (k, nb) = (q.cols, q.cols / 32);
     let mut acc = [L::zero(); U];
     for b in 0..nb {
@@ -559,7 +580,13 @@ fn units<L: Lanes, const U: usize>(widths: usize, lane0: usize) -> [Unit; U] {
 /// The dots of `units` with the kernel of `w`'s format; `SIDES`: how many
 /// of a 4-bit line's nibble sides one pass takes (see `nibble_panel`).
 #[inline(always)]
-unsafe fn units_dot<L: Lanes, const U: usize, const SIDES: usize>(w: &Packed, q: &QuantizedActs, at: (usize, usize), units: [Unit; U], tile: &mut Tile) -> bool {
+unsafe fn units_dot<L: Lanes, const U: usize, const SIDES: usize>(
+    w: &Packed,
+    q: &QuantizedActs,
+    at: (usize, usize),
+    units: [Unit; U],
+    tile: &mut Tile,
+) -> bool {
     match w {
         Packed::Nibble { qs, scale, min, order: Arithmetic::Ggml } => nibble_panel::<L, U, SIDES>((qs, scale, min), q, at, units, tile),
         Packed::Nibble { qs, scale, min, order: Arithmetic::Fast } => nibble_blocks_panel::<L, U>((qs, scale, min), q, at, units, tile),

@@ -51,7 +51,14 @@ trait HeadMath {
     /// position p set head i's new maximum (bit p of `new_max[i]`),
     /// `acc[i] = f16(acc[i] * factor[i][p])` and then `f16(v[p] + acc[i])`,
     /// otherwise `acc[i] = f16(v[p] * factor[i][p] + acc[i])`, fused.
-    unsafe fn weigh_values_ggml(acc: &mut [Self::Row], v: &[Self::Row; RUN], factor: &[[f32; RUN]], new_max: &[u32], seen: usize, hd: usize);
+    unsafe fn weigh_values_ggml(
+        acc: &mut [Self::Row],
+        v: &[Self::Row; RUN],
+        factor: &[[f32; RUN]],
+        new_max: &[u32],
+        seen: usize,
+        hd: usize,
+    );
     /// The fast order's V sums of one token's query heads (they see the
     /// same `seen` positions of the run): each `acc[i] * rescale[i]`, then
     /// `weight[i][p] * v[p]` added for every p < seen in order, fused, in
@@ -240,7 +247,14 @@ impl<R: HalfRound> HeadMath for Scalar<R> {
         }
     }
     #[inline(always)]
-    unsafe fn weigh_values_ggml(acc: &mut [Self::Row], v: &[Self::Row; RUN], factor: &[[f32; RUN]], new_max: &[u32], seen: usize, hd: usize) {
+    unsafe fn weigh_values_ggml(
+        acc: &mut [Self::Row],
+        v: &[Self::Row; RUN],
+        factor: &[[f32; RUN]],
+        new_max: &[u32],
+        seen: usize,
+        hd: usize,
+    ) {
         for (p, v) in v[..seen].iter().enumerate() {
             for ((acc, factor), &new_max) in acc.iter_mut().zip(factor).zip(new_max) {
                 let acc = &mut acc[..hd];
@@ -390,7 +404,8 @@ unsafe fn attend_group<M: HeadMath, const GGML: bool>(t: &Task, first: usize, to
     let (mut limit_buf, mut seen_buf) = (MaybeUninit::<[usize; MAX_PAIRS]>::uninit(), MaybeUninit::<[usize; MAX_PAIRS]>::uninit());
     let (mut q_buf, mut acc_buf) = (MaybeUninit::<[M::Row; MAX_PAIRS]>::uninit(), MaybeUninit::<[M::Row; MAX_PAIRS]>::uninit());
     let mut soft_buf = MaybeUninit::<[Softmax; MAX_PAIRS]>::uninit();
-    let (mut score_buf, mut factor_buf) = (MaybeUninit::<[[f32; RUN]; MAX_PAIRS]>::uninit(), MaybeUninit::<[[f32; RUN]; MAX_PAIRS]>::uninit());
+    let (mut score_buf, mut factor_buf) =
+        (MaybeUninit::<[[f32; RUN]; MAX_PAIRS]>::uninit(), MaybeUninit::<[[f32; RUN]; MAX_PAIRS]>::uninit());
     let (mut new_max_buf, mut rescale_buf) = (MaybeUninit::<[u32; MAX_PAIRS]>::uninit(), MaybeUninit::<[f32; MAX_PAIRS]>::uninit());
     let limit = first_rows(&mut limit_buf, pairs, 0);
     for (i, l) in limit.iter_mut().enumerate() {
@@ -515,7 +530,16 @@ pub struct AttentionTasks(Vec<(usize, usize)>);
 /// Writes every token's attention output (heads concatenated) into `out`;
 /// `tasks` is the caller's buffer for the task list.
 #[allow(clippy::too_many_arguments)]
-pub fn attend(model: &Model, chunks: &[SeqChunk], slots: &[TokenSlot], layer: usize, qkv: &[f32], kv: &KvPool, out: &mut [f32], tasks: &mut AttentionTasks) {
+pub fn attend(
+    model: &Model,
+    chunks: &[SeqChunk],
+    slots: &[TokenSlot],
+    layer: usize,
+    qkv: &[f32],
+    kv: &KvPool,
+    out: &mut [f32],
+    tasks: &mut AttentionTasks,
+) {
     let c = &model.config;
     let per_task = (MAX_PAIRS / (c.heads / c.kv_heads)).max(1);
     // Runs of up to `per_task` consecutive tokens of one chunk.
@@ -532,7 +556,9 @@ pub fn attend(model: &Model, chunks: &[SeqChunk], slots: &[TokenSlot], layer: us
     // pool hands tasks out in order, and the small ones left at the end
     // keep the threads finishing together. Unstable (a stable sort takes
     // a buffer), ties in token order.
-    runs.sort_unstable_by_key(|&(first, tokens)| (std::cmp::Reverse(slots[first..first + tokens].iter().map(|s| s.pos + 1).sum::<usize>()), first));
+    runs.sort_unstable_by_key(|&(first, tokens)| {
+        (std::cmp::Reverse(slots[first..first + tokens].iter().map(|s| s.pos + 1).sum::<usize>()), first)
+    });
     let task = Task { model, chunks, slots, layer, qkv, kv, out: SharedOut::new(out) };
     model.pool.run(runs.len() * c.kv_heads, &|i| {
         let ((first, tokens), kvh) = (runs[i / c.kv_heads], i % c.kv_heads);

@@ -1,8 +1,8 @@
 //! The llama architecture's forward pass over a ragged batch: tokens of many
 //! sequences, each a chunk at its own positions, in one pass with no padding.
 
-use crate::kernels::matmul::{matmul, Matrix, QuantizedActs};
 use crate::kernels::expf::{silu_mul, ExpForm};
+use crate::kernels::matmul::{matmul, Matrix, QuantizedActs};
 use crate::kernels::ops::{add_assign, rms_norm, Rope};
 use crate::kernels::pool::{ComputePool, SharedOut};
 use crate::kernels::{Arithmetic, Isa};
@@ -198,7 +198,12 @@ impl Model {
         let c = &self.config;
         let (dim, kv_dim) = (c.dim, c.kv_dim());
         s.slots.clear();
-        s.slots.extend(chunks.iter().enumerate().flat_map(|(ci, ch)| (0..ch.tokens.len()).map(move |j| TokenSlot { chunk: ci, pos: ch.start_pos + j })));
+        s.slots.extend(
+            chunks
+                .iter()
+                .enumerate()
+                .flat_map(|(ci, ch)| (0..ch.tokens.len()).map(move |j| TokenSlot { chunk: ci, pos: ch.start_pos + j })),
+        );
         let (slots, t) = (&s.slots, s.slots.len());
 
         s.x.resize(t * dim, 0.0);

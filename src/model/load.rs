@@ -4,9 +4,9 @@
 use anyhow::{anyhow, bail, Result};
 
 use crate::gguf::{GgufFile, TensorInfo};
+use crate::kernels::expf::ExpForm;
 use crate::kernels::matmul::Matrix;
 use crate::kernels::ops::Rope;
-use crate::kernels::expf::ExpForm;
 use crate::kernels::pool::ComputePool;
 use crate::kernels::quant::{repack, Packed, PANEL};
 use crate::kernels::{Arithmetic, Isa};

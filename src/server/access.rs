@@ -31,11 +31,13 @@ pub async fn require_key(State(key): State<Arc<Option<String>>>, req: Request, n
     if req.uri().path() == "/health" {
         return next.run(req).await;
     }
-    let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
+    let given =
+        req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
     if bool::from(given.as_bytes().ct_eq(key.as_bytes())) {
         return next.run(req).await;
     }
-    let mut r = ApiError::new(api_of(req.uri().path()), StatusCode::UNAUTHORIZED, "missing or wrong API key (Authorization: Bearer ...)").into_response();
+    let mut r = ApiError::new(api_of(req.uri().path()), StatusCode::UNAUTHORIZED, "missing or wrong API key (Authorization: Bearer ...)")
+        .into_response();
     r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     r
 }
@@ -58,7 +60,10 @@ pub fn cors(origins: &[String]) -> anyhow::Result<Option<CorsLayer>> {
     let allow = if origins.iter().any(|o| o == "*") {
         AllowOrigin::any()
     } else {
-        let list = origins.iter().map(|o| HeaderValue::from_str(o).map_err(|_| anyhow::anyhow!("--cors-origin {o:?} is not a valid origin"))).collect::<anyhow::Result<Vec<_>>>()?;
+        let list = origins
+            .iter()
+            .map(|o| HeaderValue::from_str(o).map_err(|_| anyhow::anyhow!("--cors-origin {o:?} is not a valid origin")))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         AllowOrigin::list(list)
     };
     Ok(Some(

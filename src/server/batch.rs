@@ -54,7 +54,10 @@ pub async fn batch(State(app): State<Arc<App>>, Extension(log): Extension<Reques
     let items: Vec<(Shape, GenRequest)> = list
         .iter()
         .enumerate()
-        .map(|(i, v)| shape::batch_item(&loaded.model, v, body.get("options"), seed.wrapping_add(i as u64)).map_err(|e| ApiError::bad(API, format!("requests[{i}]: {e:#}"))))
+        .map(|(i, v)| {
+            shape::batch_item(&loaded.model, v, body.get("options"), seed.wrapping_add(i as u64))
+                .map_err(|e| ApiError::bad(API, format!("requests[{i}]: {e:#}")))
+        })
         .collect::<Result<_, _>>()?;
     let shapes: Vec<Shape> = items.iter().map(|(s, _)| *s).collect();
     let gang = app.submit(API, &loaded, items.into_iter().map(|(_, r)| r).collect(), arrived, &log)?;

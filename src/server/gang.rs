@@ -48,11 +48,22 @@ pub struct Gang {
 impl Gang {
     /// Queues `requests` as one gang, unless `max_queue` requests already
     /// wait (then: overloaded, so the client retries later).
-    pub fn submit(loaded: &Loaded, requests: Vec<GenRequest>, api: Api, metrics: &Arc<Metrics>, max_queue: usize, arrived: Instant, log: &RequestLog) -> Result<Gang, ApiError> {
+    pub fn submit(
+        loaded: &Loaded,
+        requests: Vec<GenRequest>,
+        api: Api,
+        metrics: &Arc<Metrics>,
+        max_queue: usize,
+        arrived: Instant,
+        log: &RequestLog,
+    ) -> Result<Gang, ApiError> {
         if metrics.queued.fetch_add(1, Ordering::Relaxed) >= max_queue {
             metrics.queued.fetch_sub(1, Ordering::Relaxed);
             metrics.reject();
-            return Err(ApiError::overloaded(api, format!("server busy: {max_queue} requests are already waiting (--max-queue); retry later")));
+            return Err(ApiError::overloaded(
+                api,
+                format!("server busy: {max_queue} requests are already waiting (--max-queue); retry later"),
+            ));
         }
         let ticket = Ticket(metrics.clone());
         let streams = loaded.engine.submit(requests).map_err(|e| ApiError::bad(api, e))?;
@@ -138,7 +149,13 @@ impl Gang {
                 Event::Failed(message) => return Err(ApiError::internal(api, message)),
                 Event::Done(summary) => {
                     let started_step = self.started_steps[i].unwrap_or(0);
-                    outputs[i] = Some(Output { text: std::mem::take(&mut texts[i]), tokens: tokens[i], finish: summary.finish, summary, started_step });
+                    outputs[i] = Some(Output {
+                        text: std::mem::take(&mut texts[i]),
+                        tokens: tokens[i],
+                        finish: summary.finish,
+                        summary,
+                        started_step,
+                    });
                 }
             }
         }

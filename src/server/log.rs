@@ -45,7 +45,14 @@ impl Drop for Line {
     fn drop(&mut self) {
         let f = self.log.0.lock().unwrap_or_else(|e| e.into_inner());
         let model = if f.model.is_empty() { "-" } else { &f.model };
-        eprintln!("{} {} model={model} status={} tokens={} {:.1}ms", self.method, self.path, self.status, f.tokens, self.started.elapsed().as_secs_f64() * 1e3);
+        eprintln!(
+            "{} {} model={model} status={} tokens={} {:.1}ms",
+            self.method,
+            self.path,
+            self.status,
+            f.tokens,
+            self.started.elapsed().as_secs_f64() * 1e3
+        );
     }
 }
 
@@ -55,7 +62,11 @@ pub async fn log_requests(mut req: Request, next: Next) -> Response {
     let (method, path, started) = (req.method().to_string(), req.uri().path().to_string(), Instant::now());
     let response = next.run(req).await;
     let line = Line { method, path, status: response.status().as_u16(), started, log };
-    let streamed = response.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|t| t.starts_with("application/x-ndjson") || t.starts_with("text/event-stream"));
+    let streamed = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/x-ndjson") || t.starts_with("text/event-stream"));
     if !streamed {
         return response;
     }

@@ -62,13 +62,22 @@ impl App {
         match self.registry.get(name).await {
             Ok(found) => Ok(found),
             Err(LoadError::NotFound) => Err(ApiError::not_found(api, name)),
-            Err(LoadError::Busy) => Err(ApiError::overloaded(api, "every loaded model is busy and --max-loaded-models is reached; retry later")),
+            Err(LoadError::Busy) => {
+                Err(ApiError::overloaded(api, "every loaded model is busy and --max-loaded-models is reached; retry later"))
+            }
             Err(LoadError::Failed(e)) => Err(ApiError::internal(api, format!("cannot load model '{name}': {e:#}"))),
         }
     }
 
     /// Submits a gang behind the queue limit.
-    fn submit(&self, api: Api, loaded: &Loaded, requests: Vec<crate::engine::GenRequest>, arrived: Instant, log: &RequestLog) -> Result<gang::Gang, ApiError> {
+    fn submit(
+        &self,
+        api: Api,
+        loaded: &Loaded,
+        requests: Vec<crate::engine::GenRequest>,
+        arrived: Instant,
+        log: &RequestLog,
+    ) -> Result<gang::Gang, ApiError> {
         gang::Gang::submit(loaded, requests, api, &self.metrics, self.config.max_queue, arrived, log)
     }
 }
@@ -77,7 +86,11 @@ impl App {
 async fn read_json(app: &App, api: Api, body: Body) -> Result<Value, ApiError> {
     let limit = app.config.max_body_bytes;
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
-        ApiError::new(api, axum::http::StatusCode::PAYLOAD_TOO_LARGE, format!("the request body is over the limit of {limit} bytes (--max-body)"))
+        ApiError::new(
+            api,
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is over the limit of {limit} bytes (--max-body)"),
+        )
     })?;
     let v: Value = serde_json::from_slice(&bytes).map_err(|e| ApiError::bad(api, format!("the body is not valid JSON: {e}")))?;
     if !v.is_object() {

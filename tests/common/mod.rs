@@ -3,7 +3,8 @@
 
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::OnceLock;
 
 use caravan::kernels::Arithmetic;
@@ -15,13 +16,51 @@ pub fn model_path() -> PathBuf {
     PATH.get_or_init(|| Store::from_env().resolve(DEFAULT_MODEL).expect("the default model installs")).clone()
 }
 
-/// The default model in ggml's order of arithmetic (the default).
+/// The official clients the server tests drive, at the versions tested.
+const PYTHON_CLIENTS: [&str; 2] = ["ollama==0.6.3", "openai==3.57.0"];
+
+/// A Python with the official clients installed: a virtual environment
+/// under the target directory, made on first use (then reused while its
+/// pinned versions stay the same).
+pub fn python_with_clients() -> PathBuf {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON
+        .get_or_init(|| {
+            let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("python-clients");
+            let python = dir.join("bin/python");
+            let stamp = dir.join("installed.txt");
+            let wanted = PYTHON_CLIENTS.join("\n");
+            if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
+                return python;
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+            let run = |cmd: &mut Command, what: &str| {
+                let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+                assert!(
+                    out.status.success(),
+                    "{what} failed:\n{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            };
+            run(Command::new("python3").args(["-m", "venv"]).arg(&dir), "python3 -m venv (Python 3 with its venv module is needed)");
+            run(
+                Command::new(&python).args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"]).args(PYTHON_CLIENTS),
+                "installing the official clients",
+            );
+            std::fs::write(&stamp, wanted).unwrap();
+            python
+        })
+        .clone()
+}
+
+/// The default model in ggml's order of arithmetic (llama.cpp's bits).
 pub fn model() -> &'static LoadedModel {
     static MODEL: OnceLock<LoadedModel> = OnceLock::new();
     MODEL.get_or_init(|| LoadedModel::open(&model_path(), 2, Arithmetic::Ggml).expect("the default model loads"))
 }
 
-/// The default model in the fast order.
+/// The default model in the fast order (the default).
 pub fn fast_model() -> &'static LoadedModel {
     static MODEL: OnceLock<LoadedModel> = OnceLock::new();
     MODEL.get_or_init(|| LoadedModel::open(&model_path(), 2, Arithmetic::Fast).expect("the default model loads"))
@@ -58,7 +97,9 @@ pub fn golden() -> Vec<GoldenRow> {
                     .as_array()
                     .unwrap()
                     .iter()
-                    .map(|pos| pos.as_array().unwrap().iter().map(|c| (c["id"].as_u64().unwrap() as u32, c["logprob"].as_f64().unwrap())).collect())
+                    .map(|pos| {
+                        pos.as_array().unwrap().iter().map(|c| (c["id"].as_u64().unwrap() as u32, c["logprob"].as_f64().unwrap())).collect()
+                    })
                     .collect(),
             }
         })

@@ -456,7 +456,7 @@ class Surface(unittest.TestCase):
             ollama_client.chat(model=MODEL, messages=[{"role": "system", "content": system}, {"role": "user", "content": q}], options={"num_predict": 1})
         self.assertGreaterEqual(metrics()["caravan_prefix_cache_hit_tokens_total"] - before, 64)
 
-    def test_zz_another_model_replaces_the_idle_one(self):
+    def test_another_model_replaces_the_idle_one(self):
         # --max-loaded-models 1: naming another installed model unloads the
         # idle default model and loads it; naming the default brings it back.
         r = ollama_client.generate(model="smol-copy", prompt="hi", options={"num_predict": 2, "temperature": 0})

@@ -294,7 +294,13 @@ unsafe fn dot_lanes<W: Wide, const V: usize>(k: &[W; V], q: &[W; V]) -> W {
 
 /// `HeadMath::scores_fast` for `N` pairs: rows of `2 V` eight-lane chunks.
 #[inline(always)]
-unsafe fn scores_tile<const V: usize, const N: usize>(k: &[impl Copy; RUN], run: usize, q: &[impl Copy], scale: __m256, score: &mut [[f32; RUN]]) {
+unsafe fn scores_tile<const V: usize, const N: usize>(
+    k: &[impl Copy; RUN],
+    run: usize,
+    q: &[impl Copy],
+    scale: __m256,
+    score: &mut [[f32; RUN]],
+) {
     let row = |r: *const u8, c: usize| (r as *const f32).add(8 * c);
     for group in (0..run).step_by(8) {
         let mut lanes = [[_mm256_setzero_ps(); 8]; N];
@@ -333,7 +339,13 @@ unsafe fn sum_lanes8x8(a: &[__m256; 8]) -> __m256 {
 
 /// `HeadMath::weigh_values` for `N` heads, one vector of lanes at a time.
 #[inline(always)]
-unsafe fn weigh_tile<W: Wide, const V: usize, const N: usize>(acc: &mut [[W; V]], v: &[[W; V]; RUN], weight: &[[f32; RUN]], rescale: &[f32], seen: usize) {
+unsafe fn weigh_tile<W: Wide, const V: usize, const N: usize>(
+    acc: &mut [[W; V]],
+    v: &[[W; V]; RUN],
+    weight: &[[f32; RUN]],
+    rescale: &[f32],
+    seen: usize,
+) {
     for j in 0..V {
         // Loops, not `array::from_fn`: its closure is compiled without the
         // caller's target features, and the intrinsics were calls.
@@ -445,7 +457,14 @@ impl<W: Wide, const V: usize> HeadMath for Simd<W, V> {
     /// overlap them. A tile whose heads set no new maximum in the run (most
     /// runs) has no branch per position.
     #[inline(always)]
-    unsafe fn weigh_values_ggml(acc: &mut [Self::Row], v: &[Self::Row; RUN], factor: &[[f32; RUN]], new_max: &[u32], seen: usize, _hd: usize) {
+    unsafe fn weigh_values_ggml(
+        acc: &mut [Self::Row],
+        v: &[Self::Row; RUN],
+        factor: &[[f32; RUN]],
+        new_max: &[u32],
+        seen: usize,
+        _hd: usize,
+    ) {
         for first in (0..acc.len()).step_by(WEIGH_HEADS) {
             let heads = first..acc.len().min(first + WEIGH_HEADS);
             let (acc, factor, new_max) = (&mut acc[heads.clone()], &factor[heads.clone()], &new_max[heads]);
