@@ -13,16 +13,20 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use caravan::kernels::expf::{silu_mul, ExpForm};
+use caravan::kernels::expf::silu_mul;
 use caravan::kernels::matmul::{matmul, Matrix, QuantizedActs};
 use caravan::kernels::ops::{rms_norm, Rope};
 use caravan::kernels::pool::ComputePool;
-use caravan::kernels::quant::{random_blocks, repack, TensorType};
+use caravan::kernels::quant::{repack, TensorType};
 use caravan::kernels::{Arithmetic, Isa};
 use caravan::kv::KvPool;
 use caravan::model::attention::{attend, AttentionTasks};
 use caravan::model::{Model, SeqChunk, TokenSlot};
 use caravan::sampler::{Rng, Sampler, SamplingParams};
+
+#[path = "../tests/common/blocks.rs"]
+mod blocks;
+use blocks::random_blocks;
 
 /// The instruction sets to time: all this CPU has, or with `--simd-only`
 /// all but the portable reference (attention's takes minutes).
@@ -114,11 +118,8 @@ fn bench_ops() {
         let rope = Rope::new(64, 10000.0);
         let mut heads = x[..m * dim].to_vec();
         let rope = time(|| heads.chunks_exact_mut(dim).enumerate().for_each(|(p, row)| rope.apply(row, 64, p)));
-        let silu = time(|| {
-            x.chunks_exact(2 * ffn)
-                .zip(out.chunks_exact_mut(ffn))
-                .for_each(|(gu, o)| silu_mul(isa, ExpForm::of(isa), &gu[..ffn], &gu[ffn..], o))
-        });
+        let silu =
+            time(|| x.chunks_exact(2 * ffn).zip(out.chunks_exact_mut(ffn)).for_each(|(gu, o)| silu_mul(isa, &gu[..ffn], &gu[ffn..], o)));
         println!("{:<12} {:>12.1} {:>12.1} {:>12.1} {:>12.1}", isa.to_string(), quantize * 1e6, norm * 1e6, rope * 1e6, silu * 1e6);
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod engine;
+#[cfg(feature = "test-hooks")]
 pub mod fuzz_targets;
 pub mod generate;
 pub mod gguf;
@@ -14,4 +15,5 @@ pub mod sampler;
 pub mod server;
 pub mod stop;
 pub mod store;
+mod test_hooks;
 pub mod tokenizer;

@@ -2,15 +2,17 @@
 //! weights of every packed format and on every batch size a tile can see,
 //! and attention on every head shape.
 
+mod common;
+
 use caravan::kernels::matmul::{matmul, portable_dot, Matrix, QuantizedActs};
 use caravan::kernels::pool::ComputePool;
-use caravan::kernels::quant::random_blocks;
 use caravan::kernels::quant::{repack, TensorType};
 use caravan::kernels::{Arithmetic, Isa};
 use caravan::kv::KvPool;
 use caravan::model::attention::{attend, AttentionTasks};
 use caravan::model::{Model, SeqChunk, TokenSlot};
 use caravan::sampler::Rng;
+use common::blocks::random_blocks;
 
 fn float(rng: &mut Rng) -> f32 {
     rng.next_f32() * 2.0 - 1.0

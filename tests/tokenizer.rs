@@ -3,10 +3,10 @@
 
 mod common;
 
-use caravan::gguf::write::write_file;
 use caravan::gguf::{GgufFile, Value};
 use caravan::tokenizer::template::Message;
 use caravan::tokenizer::Tokenizer;
+use common::gguf_write::write_file;
 
 const IM_START: u32 = 1;
 const IM_END: u32 = 2;

@@ -3,6 +3,7 @@
 
 use std::sync::OnceLock;
 
+use caravan::kernels::Arithmetic;
 use caravan::loaded::LoadedModel;
 use caravan::store::{Store, DEFAULT_MODEL};
 
@@ -10,6 +11,6 @@ pub fn model() -> &'static LoadedModel {
     static MODEL: OnceLock<LoadedModel> = OnceLock::new();
     MODEL.get_or_init(|| {
         let path = Store::from_env().resolve(DEFAULT_MODEL).expect("the default model is installed");
-        LoadedModel::open(&path, 1).expect("the default model loads")
+        LoadedModel::open(&path, 1, Arithmetic::default()).expect("the default model loads")
     })
 }

@@ -59,7 +59,7 @@ struct Run {
 /// Runs the sequences to completion on a fresh engine.
 fn run(m: &LoadedModel, kv: &mut KvPool, config: EngineConfig, gangs: Vec<Vec<GenRequest>>) -> Result<Run> {
     let mut engine = Engine::new(m, kv, config);
-    let mut streams: Vec<_> = gangs.into_iter().map(|g| engine.submit(g)).collect::<Result<Vec<_>>>()?.into_iter().flatten().collect();
+    let mut streams: Vec<_> = gangs.into_iter().map(|g| engine.submit(g)).collect::<Result<Vec<_>, _>>()?.into_iter().flatten().collect();
     let mut firsts = vec![false; streams.len()];
     let started = Instant::now();
     let mut prefill = None;

@@ -8,7 +8,6 @@
 use std::sync::Mutex;
 
 use super::sequence::Sequence;
-use super::{faults_enabled, FAULT_SEED};
 use crate::kernels::pool::ComputePool;
 use crate::sampler::Sampler;
 use crate::tokenizer::Tokenizer;
@@ -44,7 +43,7 @@ pub(super) fn sample_all(
     let mut draws = Vec::with_capacity(picks.len());
     for (s, pick) in running.iter_mut().zip(&pick_of) {
         if let &Some(i) = pick {
-            let fault = faults_enabled() && s.req.params.seed == FAULT_SEED;
+            let fault = crate::test_hooks::sequence_fails(s.req.params.seed);
             draws.push((i, Mutex::new(Draw { sampler: &mut s.sampler, history: &s.history, row: picks[i].1, fault, token: None })));
         }
     }

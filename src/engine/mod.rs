@@ -14,8 +14,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
-
 use crate::kv::KvPool;
 use crate::loaded::LoadedModel;
 use crate::model::{Scratch, SeqChunk};
@@ -158,7 +156,7 @@ impl<'a> Engine<'a> {
     }
 
     /// Queues the requests as one gang; their streams, in order.
-    pub fn submit(&mut self, gang: Vec<GenRequest>) -> Result<Vec<EventStream>> {
+    pub fn submit(&mut self, gang: Vec<GenRequest>) -> Result<Vec<EventStream>, EngineError> {
         let limits = Limits::of(self.model, self.kv, &self.scheduler.config);
         let (members, streams) = limits.prepare(gang)?;
         self.enqueue(members);
@@ -305,14 +303,29 @@ impl<'a> Engine<'a> {
     }
 }
 
-/// With CARAVAN_TEST_FAULTS=1 (tests only), a sequence whose seed is this
-/// panics while sampling: the tests prove the failure stays with it.
-pub const FAULT_SEED: u64 = 0xFA17;
-
-pub fn faults_enabled() -> bool {
-    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ENABLED.get_or_init(|| std::env::var_os("CARAVAN_TEST_FAULTS").is_some_and(|v| v == "1"))
+/// Why the engine did not take, or did not finish, a request or an
+/// embedding; each kind is one class of failure for the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EngineError {
+    /// It cannot run as given (an empty prompt, one longer than the
+    /// context, more than the pool can ever hold): the caller's to change.
+    Rejected(String),
+    /// The engine thread has ended (shut down, or stopped by a fault).
+    Stopped,
+    /// A fault inside the engine while it ran.
+    Internal(String),
 }
+
+impl std::fmt::Display for EngineError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EngineError::Rejected(why) | EngineError::Internal(why) => f.write_str(why),
+            EngineError::Stopped => f.write_str("the engine has stopped"),
+        }
+    }
+}
+
+impl std::error::Error for EngineError {}
 
 /// A request checked and given its stream, on its way to the engine.
 pub(crate) struct Prepared {
@@ -340,17 +353,20 @@ impl Limits {
         }
     }
 
-    fn prepare(&self, gang: Vec<GenRequest>) -> Result<(Vec<Prepared>, Vec<EventStream>)> {
+    fn prepare(&self, gang: Vec<GenRequest>) -> Result<(Vec<Prepared>, Vec<EventStream>), EngineError> {
         let ctx = self.context;
         for (i, r) in gang.iter().enumerate() {
             if r.prompt.is_empty() {
-                bail!("request {i}: the prompt is empty");
+                return Err(EngineError::Rejected(format!("request {i}: the prompt is empty")));
             }
             if r.max_tokens == 0 {
-                bail!("request {i}: max_tokens must be at least 1");
+                return Err(EngineError::Rejected(format!("request {i}: max_tokens must be at least 1")));
             }
             if r.prompt.len() >= ctx {
-                bail!("request {i}: prompt of {} tokens does not fit the context of {ctx}", r.prompt.len());
+                return Err(EngineError::Rejected(format!(
+                    "request {i}: prompt of {} tokens does not fit the context of {ctx}",
+                    r.prompt.len()
+                )));
             }
         }
         // A shared prompt counts once; each follower copies one block.
@@ -360,12 +376,12 @@ impl Limits {
             blocks += if shared { 1 } else { (r.prompt.len() + 1).div_ceil(self.block_size) };
         }
         if gang.is_empty() || blocks > self.total_blocks || gang.len() > self.max_seqs {
-            bail!(
+            return Err(EngineError::Rejected(format!(
                 "{} sequences needing {blocks} KV blocks cannot run together (pool: {} blocks, max {} sequences)",
                 gang.len(),
                 self.total_blocks,
                 self.max_seqs
-            );
+            )));
         }
         let mut members = Vec::new();
         let mut streams = Vec::new();

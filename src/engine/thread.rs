@@ -11,10 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Result};
 use tokio::sync::oneshot;
 
-use super::{Engine, EngineConfig, EngineStats, EventStream, GenRequest, Limits, Prepared};
+use super::{Engine, EngineConfig, EngineError, EngineStats, EventStream, GenRequest, Limits, Prepared};
 use crate::kv::KvPool;
 use crate::loaded::LoadedModel;
 
@@ -49,7 +48,7 @@ enum Job {
     FinishAll,
     Embed {
         tokens: Vec<u32>,
-        reply: oneshot::Sender<Result<Vec<f32>>>,
+        reply: oneshot::Sender<Result<Vec<f32>, EngineError>>,
     },
 }
 
@@ -85,7 +84,7 @@ impl EngineHandle {
     }
 
     /// Checks the gang and queues it; its streams, in order.
-    pub fn submit(&self, gang: Vec<GenRequest>) -> Result<Vec<EventStream>> {
+    pub fn submit(&self, gang: Vec<GenRequest>) -> Result<Vec<EventStream>, EngineError> {
         let (members, streams) = self.limits.prepare(gang)?;
         self.send(Job::Gang(members))?;
         Ok(streams)
@@ -93,14 +92,14 @@ impl EngineHandle {
 
     /// Queues an embedding of `tokens`; the answer (or why the input cannot
     /// be embedded) comes on the receiver.
-    pub fn embed(&self, tokens: Vec<u32>) -> Result<oneshot::Receiver<Result<Vec<f32>>>> {
+    pub fn embed(&self, tokens: Vec<u32>) -> Result<oneshot::Receiver<Result<Vec<f32>, EngineError>>, EngineError> {
         let (reply, rx) = oneshot::channel();
         self.send(Job::Embed { tokens, reply })?;
         Ok(rx)
     }
 
-    fn send(&self, job: Job) -> Result<()> {
-        self.submissions.as_ref().expect("open until drop").send(job).map_err(|_| anyhow!("the engine has stopped"))
+    fn send(&self, job: Job) -> Result<(), EngineError> {
+        self.submissions.as_ref().expect("open until drop").send(job).map_err(|_| EngineError::Stopped)
     }
 
     /// Ends every running and waiting sequence at the next step, each with a
@@ -130,7 +129,7 @@ impl Drop for EngineHandle {
 }
 
 /// Embeddings waiting for blocks, oldest first.
-type EmbedQueue = VecDeque<(Vec<u32>, oneshot::Sender<Result<Vec<f32>>>)>;
+type EmbedQueue = VecDeque<(Vec<u32>, oneshot::Sender<Result<Vec<f32>, EngineError>>)>;
 
 fn accept(engine: &mut Engine, embeds: &mut EmbedQueue, job: Job) {
     match job {
@@ -173,7 +172,7 @@ fn run(
         }
         if let Some((tokens, _)) = embeds.front() {
             let answer = catch_unwind(AssertUnwindSafe(|| engine.embed(tokens)))
-                .unwrap_or_else(|_| Err(anyhow!("internal error while embedding")))
+                .unwrap_or_else(|_| Err(EngineError::Internal("internal error while embedding".into())))
                 .transpose();
             if let Some(answer) = answer {
                 let (_, reply) = embeds.pop_front().expect("front exists");

@@ -6,8 +6,8 @@
 //! a bad magic, an unknown type, an offset past the end — is a one-line error
 //! naming the file and the problem, never a panic.
 
+mod tensor_type;
 mod value;
-pub mod write;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -16,9 +16,8 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 
+pub use tensor_type::TensorType;
 pub use value::Value;
-
-use crate::kernels::quant::TensorType;
 
 const MAGIC: &[u8; 4] = b"GGUF";
 const DEFAULT_ALIGNMENT: u64 = 32;

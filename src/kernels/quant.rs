@@ -16,82 +16,7 @@
 use half::{bf16, f16};
 
 use super::Arithmetic;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TensorType {
-    F32,
-    F16,
-    BF16,
-    Q4_0,
-    Q4_1,
-    Q8_0,
-    Q4K,
-    Q6K,
-}
-
-impl TensorType {
-    pub fn from_ggml(id: u32) -> Option<TensorType> {
-        Some(match id {
-            0 => TensorType::F32,
-            1 => TensorType::F16,
-            2 => TensorType::Q4_0,
-            3 => TensorType::Q4_1,
-            8 => TensorType::Q8_0,
-            12 => TensorType::Q4K,
-            14 => TensorType::Q6K,
-            30 => TensorType::BF16,
-            _ => return None,
-        })
-    }
-
-    pub fn ggml_id(self) -> u32 {
-        match self {
-            TensorType::F32 => 0,
-            TensorType::F16 => 1,
-            TensorType::Q4_0 => 2,
-            TensorType::Q4_1 => 3,
-            TensorType::Q8_0 => 8,
-            TensorType::Q4K => 12,
-            TensorType::Q6K => 14,
-            TensorType::BF16 => 30,
-        }
-    }
-
-    /// Elements per block.
-    pub fn block_elems(self) -> usize {
-        match self {
-            TensorType::F32 | TensorType::F16 | TensorType::BF16 => 1,
-            TensorType::Q4_0 | TensorType::Q4_1 | TensorType::Q8_0 => 32,
-            TensorType::Q4K | TensorType::Q6K => 256,
-        }
-    }
-
-    /// Bytes per block.
-    pub fn block_bytes(self) -> usize {
-        match self {
-            TensorType::F32 => 4,
-            TensorType::F16 | TensorType::BF16 => 2,
-            TensorType::Q4_0 => 18,
-            TensorType::Q4_1 => 20,
-            TensorType::Q8_0 => 34,
-            TensorType::Q4K => 144,
-            TensorType::Q6K => 210,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            TensorType::F32 => "F32",
-            TensorType::F16 => "F16",
-            TensorType::BF16 => "BF16",
-            TensorType::Q4_0 => "Q4_0",
-            TensorType::Q4_1 => "Q4_1",
-            TensorType::Q8_0 => "Q8_0",
-            TensorType::Q4K => "Q4_K",
-            TensorType::Q6K => "Q6_K",
-        }
-    }
-}
+pub use crate::gguf::TensorType;
 
 fn f16_at(b: &[u8], i: usize) -> f32 {
     f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
@@ -339,32 +264,4 @@ impl Packed {
         }
         Some(acc)
     }
-}
-
-/// Random ggml blocks of type `t` with sane scales (random bytes would make
-/// NaNs and infinities): the weights of kernel tests and microbenchmarks.
-pub fn random_blocks(rng: &mut crate::sampler::Rng, t: TensorType, rows: usize, cols: usize) -> Vec<u8> {
-    let mut float = || rng.next_f32() * 2.0 - 1.0;
-    let f16 = |x: f32| f16::from_f32(x).to_le_bytes();
-    let mut out = Vec::with_capacity(rows * cols / t.block_elems() * t.block_bytes());
-    for _ in 0..rows * cols / t.block_elems() {
-        let mut b: Vec<u8> = (0..t.block_bytes()).map(|_| (float() * 128.0 + 128.0) as u8).collect();
-        match t {
-            TensorType::F32 => b = float().to_le_bytes().to_vec(),
-            TensorType::F16 => b = f16(float()).to_vec(),
-            TensorType::BF16 => b = bf16::from_f32(float()).to_le_bytes().to_vec(),
-            TensorType::Q4_0 | TensorType::Q8_0 => b[0..2].copy_from_slice(&f16(float() * 0.05)),
-            TensorType::Q4_1 => {
-                b[0..2].copy_from_slice(&f16(float() * 0.05));
-                b[2..4].copy_from_slice(&f16(float() * 0.1));
-            }
-            TensorType::Q4K => {
-                b[0..2].copy_from_slice(&f16(float() * 0.01));
-                b[2..4].copy_from_slice(&f16(float() * 0.01));
-            }
-            TensorType::Q6K => b[208..210].copy_from_slice(&f16(float() * 0.01)),
-        }
-        out.extend(b);
-    }
-    out
 }

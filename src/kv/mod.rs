@@ -11,11 +11,15 @@ mod blocks;
 
 use std::hash::{Hash, Hasher};
 
-use anyhow::{bail, Result};
 use half::f16;
 use half::vec::HalfBitsVecExt;
 
 use blocks::Blocks;
+
+/// Not enough free blocks for a reservation: the scheduler preempts or
+/// waits, so it needs only the fact, not a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolFull;
 
 pub struct KvPool {
     block_size: usize,
@@ -72,10 +76,10 @@ impl KvPool {
 
     /// Grows `table` so that it covers `tokens` positions, or fails leaving
     /// it as it was.
-    pub fn reserve(&mut self, table: &mut Vec<u32>, tokens: usize) -> Result<()> {
+    pub fn reserve(&mut self, table: &mut Vec<u32>, tokens: usize) -> Result<(), PoolFull> {
         let needed = tokens.div_ceil(self.block_size).saturating_sub(table.len());
         if needed > self.blocks.available() {
-            bail!("KV pool exhausted: {needed} more blocks needed, {} free", self.blocks.available());
+            return Err(PoolFull);
         }
         for _ in 0..needed {
             table.push(self.blocks.allocate().expect("checked above"));
@@ -99,14 +103,14 @@ impl KvPool {
 
     /// Makes the blocks that positions `from..to` fall in this sequence's
     /// own, copying any it shares, so that writing them disturbs nobody.
-    pub fn make_writable(&mut self, table: &mut [u32], from: usize, to: usize) -> Result<()> {
+    pub fn make_writable(&mut self, table: &mut [u32], from: usize, to: usize) -> Result<(), PoolFull> {
         if from >= to {
             return Ok(());
         }
         for slot in &mut table[from / self.block_size..=(to - 1) / self.block_size] {
             let old = *slot;
             if self.blocks.refs(old) > 1 {
-                let new = self.blocks.allocate().ok_or_else(|| anyhow::anyhow!("KV pool exhausted: no block to copy a shared one into"))?;
+                let new = self.blocks.allocate().ok_or(PoolFull)?;
                 let (src, end, dst) = (self.offset(old, 0, false, 0), self.offset(old + 1, 0, false, 0), self.offset(new, 0, false, 0));
                 self.data.copy_within(src..end, dst);
                 self.blocks.release(old);

@@ -1,7 +1,7 @@
 //! The llama architecture's forward pass over a ragged batch: tokens of many
 //! sequences, each a chunk at its own positions, in one pass with no padding.
 
-use crate::kernels::expf::{silu_mul, ExpForm};
+use crate::kernels::expf::silu_mul;
 use crate::kernels::matmul::{matmul, Matrix, QuantizedActs};
 use crate::kernels::ops::{add_assign, rms_norm, Rope};
 use crate::kernels::pool::{ComputePool, SharedOut};
@@ -53,11 +53,6 @@ pub struct Model {
     pub rope: Rope,
     pub isa: Isa,
     pub arithmetic: Arithmetic,
-    /// SiLU's `expf`: in ggml's order the form llama.cpp uses on `isa`
-    /// (its result then equals llama.cpp's on the same CPU), in the fast
-    /// order one form on every CPU. Tests set it to hold a SIMD model to
-    /// the portable path computing the same form.
-    pub silu_form: ExpForm,
     pub pool: ComputePool,
     /// Total parameter count, for listings.
     pub parameters: u64,
@@ -127,7 +122,6 @@ impl Model {
             rope: Rope::new(head_dim, 10000.0),
             isa,
             arithmetic,
-            silu_form: ExpForm::for_model(isa, arithmetic),
             pool: ComputePool::new(threads),
             parameters: 0,
         }
@@ -242,7 +236,7 @@ impl Model {
                 // SAFETY: each task writes its own rows.
                 let act = unsafe { act.rows(range.clone(), ffn) };
                 for (gu, a) in gate_up[range.start * 2 * ffn..range.end * 2 * ffn].chunks_exact(2 * ffn).zip(act.chunks_exact_mut(ffn)) {
-                    silu_mul(self.isa, self.silu_form, &gu[..ffn], &gu[ffn..], a);
+                    silu_mul(self.isa, &gu[..ffn], &gu[ffn..], a);
                 }
             });
             self.linear(&layer.w_down, &s.act, t, &mut s.quant, &mut s.tmp);

@@ -4,7 +4,6 @@
 use anyhow::{anyhow, bail, Result};
 
 use crate::gguf::{GgufFile, TensorInfo};
-use crate::kernels::expf::ExpForm;
 use crate::kernels::matmul::Matrix;
 use crate::kernels::ops::Rope;
 use crate::kernels::pool::ComputePool;
@@ -146,7 +145,6 @@ impl Model {
             rope: Rope::new(c.rope_dims, c.rope_base),
             isa,
             arithmetic,
-            silu_form: ExpForm::for_model(isa, arithmetic),
             pool: ComputePool::new(threads),
             parameters,
             config: c,

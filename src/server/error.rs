@@ -6,6 +6,9 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::engine::EngineError;
+use crate::store::StoreError;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Api {
     Ollama,
@@ -44,6 +47,24 @@ impl ApiError {
 
     pub fn internal(api: Api, e: impl std::fmt::Display) -> ApiError {
         ApiError::new(api, StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"))
+    }
+
+    /// The engine's refusals are the client's to fix; its stopping and its
+    /// faults are the server's.
+    pub fn engine(api: Api, e: EngineError) -> ApiError {
+        match e {
+            EngineError::Rejected(_) => ApiError::bad(api, e),
+            EngineError::Stopped | EngineError::Internal(_) => ApiError::internal(api, e),
+        }
+    }
+
+    /// A name that cannot be a model's is the client's; a store that
+    /// cannot be read is the server's.
+    pub fn store(api: Api, e: StoreError) -> ApiError {
+        match e {
+            StoreError::BadName(_) => ApiError::bad(api, e),
+            StoreError::Unreadable(_) => ApiError::internal(api, e),
+        }
     }
 }
 

@@ -66,7 +66,7 @@ impl Gang {
             ));
         }
         let ticket = Ticket(metrics.clone());
-        let streams = loaded.engine.submit(requests).map_err(|e| ApiError::bad(api, e))?;
+        let streams = loaded.engine.submit(requests).map_err(|e| ApiError::engine(api, e))?;
         let n = streams.len();
         Ok(Gang {
             streams,

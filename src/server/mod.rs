@@ -65,6 +65,7 @@ impl App {
             Err(LoadError::Busy) => {
                 Err(ApiError::overloaded(api, "every loaded model is busy and --max-loaded-models is reached; retry later"))
             }
+            Err(LoadError::Store(e)) => Err(ApiError::store(api, e)),
             Err(LoadError::Failed(e)) => Err(ApiError::internal(api, format!("cannot load model '{name}': {e:#}"))),
         }
     }
@@ -96,7 +97,7 @@ async fn read_json(app: &App, api: Api, body: Body) -> Result<Value, ApiError> {
     if !v.is_object() {
         return Err(ApiError::bad(api, "the body must be a JSON object"));
     }
-    if crate::engine::faults_enabled() && v.get("caravan_test_panic").is_some() {
+    if crate::test_hooks::handler_panics(&v) {
         panic!("injected fault while handling a request");
     }
     Ok(v)
@@ -152,6 +153,7 @@ pub fn serve(config: ServerConfig, registry: Registry, metrics: Arc<Metrics>) ->
                     let why = match e {
                         LoadError::NotFound => format!("model '{name}' is not installed"),
                         LoadError::Busy => "no room to load it".into(),
+                        LoadError::Store(e) => e.to_string(),
                         LoadError::Failed(e) => format!("{e:#}"),
                     };
                     eprintln!("error: cannot load the default model: {why}");

@@ -9,7 +9,7 @@ use anyhow::Result;
 
 use crate::engine::{EngineHandle, StepObserver};
 use crate::loaded::LoadedModel;
-use crate::store::{Manifest, Store};
+use crate::store::{Manifest, Store, StoreError};
 
 /// Opens a model file and starts its engine (the command line decides
 /// threads and the KV pool's size).
@@ -42,6 +42,8 @@ pub enum LoadError {
     NotFound,
     /// Every loaded model is busy and no more may be loaded.
     Busy,
+    /// The store could not say whether it is installed.
+    Store(StoreError),
     Failed(anyhow::Error),
 }
 
@@ -63,9 +65,11 @@ impl Registry {
     }
 
     /// Ollama's names: "smollm2" means "smollm2:latest".
-    pub fn find_manifest(&self, name: &str) -> Option<Manifest> {
-        let exact = self.store.find(name).ok().flatten();
-        exact.or_else(|| if name.contains(':') { None } else { self.store.find(&format!("{name}:latest")).ok().flatten() })
+    pub fn find_manifest(&self, name: &str) -> Result<Option<Manifest>, StoreError> {
+        match self.store.find(name)? {
+            None if !name.contains(':') => self.store.find(&format!("{name}:latest")),
+            found => Ok(found),
+        }
     }
 
     /// The model's engine, loading it if needed, and how long loading took.
@@ -73,7 +77,7 @@ impl Registry {
     /// (up to `BUSY_WAIT`) for one to go idle, as a request that has just
     /// been answered may hold its model a moment longer.
     pub async fn get(self: &Arc<Self>, name: &str) -> Result<(Arc<Loaded>, Duration), LoadError> {
-        let manifest = self.find_manifest(name).ok_or(LoadError::NotFound)?;
+        let manifest = self.find_manifest(name).map_err(LoadError::Store)?.ok_or(LoadError::NotFound)?;
         let deadline = Instant::now() + BUSY_WAIT;
         let mut loaded = loop {
             let mut loaded = self.loaded.lock().await;

@@ -17,8 +17,7 @@ use super::{ndjson, read_json, App};
 use crate::api::embed_tokens;
 use crate::api::fields::{fresh_seed, opt_bool, req_str};
 use crate::api::ollama::{self as shape, Shape, Stats};
-use crate::engine::{Event, Summary};
-use crate::gguf::GgufFile;
+use crate::engine::{EngineError, Event, Summary};
 use crate::store::{human_count, Manifest};
 
 const API: Api = Api::Ollama;
@@ -128,10 +127,11 @@ pub(super) async fn embed_all(app: &App, loaded: &Loaded, inputs: Vec<Vec<u32>>,
         ));
     }
     let pending: Vec<_> =
-        inputs.into_iter().map(|t| loaded.engine.embed(t).map_err(|e| ApiError::bad(api, e))).collect::<Result<_, _>>()?;
+        inputs.into_iter().map(|t| loaded.engine.embed(t).map_err(|e| ApiError::engine(api, e))).collect::<Result<_, _>>()?;
     let mut out = Vec::new();
     for rx in pending {
-        out.push(rx.await.map_err(|_| ApiError::internal(api, "the engine stopped"))?.map_err(|e| ApiError::bad(api, e))?);
+        let answer = rx.await.unwrap_or(Err(EngineError::Stopped));
+        out.push(answer.map_err(|e| ApiError::engine(api, e))?);
     }
     Ok(out)
 }
@@ -150,7 +150,7 @@ fn modified_at(app: &App, m: &Manifest) -> String {
 }
 
 pub async fn tags(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
-    let list = app.registry.store().list().map_err(|e| ApiError::internal(API, e))?;
+    let list = app.registry.store().list().map_err(|e| ApiError::store(API, e))?;
     let models: Vec<Value> = list
         .iter()
         .map(|m| json!({ "name": m.name, "model": m.name, "modified_at": modified_at(&app, m), "size": m.size, "digest": m.sha256, "details": details(m) }))
@@ -164,27 +164,25 @@ pub async fn show(State(app): State<Arc<App>>, Extension(log): Extension<Request
     let name =
         req_str(&body, "model").or_else(|_| req_str(&body, "name")).map_err(|_| ApiError::bad(API, "model is required"))?.to_string();
     log.set_model(&name);
-    let m = app.registry.find_manifest(&name).ok_or_else(|| ApiError::not_found(API, &name))?;
+    let m = app.registry.find_manifest(&name).map_err(|e| ApiError::store(API, e))?.ok_or_else(|| ApiError::not_found(API, &name))?;
     let path = app.registry.store().blob_path(&m);
-    let f = GgufFile::open(&path).map_err(|e| ApiError::internal(API, e))?;
-    let text = |k: &str| f.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_string();
-    let number = |k: &str| f.get_u64(k).ok();
-    let arch = m.architecture.clone();
+    let reader = app.clone();
+    let manifest = m.clone();
+    let model_info = tokio::task::spawn_blocking(move || reader.registry.store().info(&manifest))
+        .await
+        .map_err(|e| ApiError::internal(API, e))?
+        .map_err(|e| ApiError::store(API, e))?;
     let mut info = serde_json::Map::new();
-    info.insert("general.architecture".into(), json!(arch));
+    info.insert("general.architecture".into(), json!(m.architecture));
     info.insert("general.parameter_count".into(), json!(m.parameters));
-    for key in
-        ["context_length", "embedding_length", "block_count", "feed_forward_length", "attention.head_count", "attention.head_count_kv"]
-    {
-        if let Some(n) = number(&format!("{arch}.{key}")) {
-            info.insert(format!("{arch}.{key}"), json!(n));
-        }
+    for (key, n) in model_info.hyper_parameters {
+        info.insert(key, json!(n));
     }
     Ok(Json(json!({
-        "license": text("general.license"),
+        "license": model_info.license,
         "modelfile": format!("FROM {}\n", path.display()),
         "parameters": "",
-        "template": text("tokenizer.chat_template"),
+        "template": model_info.chat_template,
         "details": details(&m),
         "model_info": info,
         "capabilities": ["completion"],

@@ -102,12 +102,12 @@ fn model_object(app: &App, m: &Manifest) -> Value {
 }
 
 pub async fn models(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
-    let list = app.registry.store().list().map_err(|e| ApiError::internal(API, e))?;
+    let list = app.registry.store().list().map_err(|e| ApiError::store(API, e))?;
     Ok(Json(json!({ "object": "list", "data": list.iter().map(|m| model_object(&app, m)).collect::<Vec<_>>() })).into_response())
 }
 
 pub async fn model(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let m = app.registry.find_manifest(&id).ok_or_else(|| ApiError::not_found(API, &id))?;
+    let m = app.registry.find_manifest(&id).map_err(|e| ApiError::store(API, e))?.ok_or_else(|| ApiError::not_found(API, &id))?;
     Ok(Json(model_object(&app, &m)).into_response())
 }
 

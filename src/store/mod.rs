@@ -7,7 +7,7 @@ mod fetch;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::gguf::GgufFile;
@@ -31,16 +31,42 @@ pub struct Store {
     root: PathBuf,
 }
 
+/// Why the store could not answer a look-up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// Not a name a model can have.
+    BadName(String),
+    /// A manifest or the store's folder could not be read (path: problem).
+    Unreadable(String),
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::BadName(name) => write!(f, "invalid model name {name:?}: use letters, digits and . _ : - only"),
+            StoreError::Unreadable(why) => f.write_str(why),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
 /// Model names: letters, digits and `._:-`, so they map to file names safely.
-fn check_name(name: &str) -> Result<()> {
+fn check_name(name: &str) -> Result<(), StoreError> {
     let ok = !name.is_empty()
         && name.len() <= 128
         && !name.starts_with('.')
         && name.chars().all(|c| c.is_ascii_alphanumeric() || "._:-".contains(c));
     if !ok {
-        bail!("invalid model name {name:?}: use letters, digits and . _ : - only");
+        return Err(StoreError::BadName(name.to_string()));
     }
     Ok(())
+}
+
+/// A manifest's model, or why it cannot be read.
+fn read_manifest(path: &Path) -> Result<Manifest, StoreError> {
+    let text = std::fs::read_to_string(path).map_err(|e| StoreError::Unreadable(format!("{}: {e}", path.display())))?;
+    serde_json::from_str(&text).map_err(|e| StoreError::Unreadable(format!("{}: corrupt manifest: {e}", path.display())))
 }
 
 impl Store {
@@ -69,29 +95,28 @@ impl Store {
         self.root.join("blobs").join(format!("sha256-{}.gguf", m.sha256))
     }
 
-    pub fn find(&self, name: &str) -> Result<Option<Manifest>> {
+    pub fn find(&self, name: &str) -> Result<Option<Manifest>, StoreError> {
         check_name(name)?;
         let path = self.manifest_path(name);
-        match std::fs::read_to_string(&path) {
-            Ok(text) => Ok(Some(serde_json::from_str(&text).with_context(|| format!("{}: corrupt manifest", path.display()))?)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(anyhow!("{}: {e}", path.display())),
+        if !path.exists() {
+            return Ok(None);
         }
+        read_manifest(&path).map(Some)
     }
 
-    pub fn list(&self) -> Result<Vec<Manifest>> {
+    pub fn list(&self) -> Result<Vec<Manifest>, StoreError> {
         let dir = self.root.join("manifests");
+        let unreadable = |e: std::io::Error| StoreError::Unreadable(format!("{}: {e}", dir.display()));
         let mut out = Vec::new();
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-            Err(e) => bail!("{}: {e}", dir.display()),
+            Err(e) => return Err(unreadable(e)),
         };
         for entry in entries {
-            let path = entry?.path();
+            let path = entry.map_err(unreadable)?.path();
             if path.extension().is_some_and(|e| e == "json") {
-                let text = std::fs::read_to_string(&path)?;
-                out.push(serde_json::from_str(&text).with_context(|| format!("{}: corrupt manifest", path.display()))?);
+                out.push(read_manifest(&path)?);
             }
         }
         out.sort_by(|a: &Manifest, b| a.name.cmp(&b.name));
@@ -162,6 +187,29 @@ impl Store {
         std::fs::rename(&tmp, self.blob_path(&manifest))?;
         std::fs::write(self.manifest_path(&name), serde_json::to_string_pretty(&manifest)?)?;
         Ok(manifest)
+    }
+}
+
+/// What `show` tells of an installed model beyond its manifest, read from
+/// its GGUF's metadata.
+pub struct ModelInfo {
+    pub license: String,
+    pub chat_template: String,
+    /// The architecture's hyper-parameters by GGUF key, those present.
+    pub hyper_parameters: Vec<(String, u64)>,
+}
+
+impl Store {
+    /// Opens the model's file for its metadata (a blocking read).
+    pub fn info(&self, m: &Manifest) -> Result<ModelInfo, StoreError> {
+        let path = self.blob_path(m);
+        let f = GgufFile::open(&path).map_err(|e| StoreError::Unreadable(e.to_string()))?;
+        let text = |k: &str| f.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+        let keys =
+            ["context_length", "embedding_length", "block_count", "feed_forward_length", "attention.head_count", "attention.head_count_kv"];
+        let hyper_parameters =
+            keys.iter().map(|key| format!("{}.{key}", m.architecture)).filter_map(|key| f.get_u64(&key).ok().map(|n| (key, n))).collect();
+        Ok(ModelInfo { license: text("general.license"), chat_template: text("tokenizer.chat_template"), hyper_parameters })
     }
 }
 

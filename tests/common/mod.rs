@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod blocks;
+pub mod gguf_write;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;

@@ -3,8 +3,10 @@
 
 use std::io::{self, Write};
 
-use super::{Value, DEFAULT_ALIGNMENT};
-use crate::kernels::quant::TensorType;
+use caravan::gguf::{TensorType, Value};
+
+/// GGUF's alignment where `general.alignment` is not set.
+const ALIGNMENT: usize = 32;
 
 pub struct TensorData {
     pub name: String,
@@ -44,9 +46,9 @@ fn write_payload(out: &mut Vec<u8>, v: &Value) {
 
 /// Serializes a whole GGUF v3 file (default alignment) into bytes.
 pub fn to_bytes(metadata: &[(String, Value)], tensors: &[TensorData]) -> Vec<u8> {
-    let align = DEFAULT_ALIGNMENT as usize;
+    let align = ALIGNMENT;
     let mut out = Vec::new();
-    out.extend_from_slice(super::MAGIC);
+    out.extend_from_slice(b"GGUF");
     out.extend_from_slice(&3u32.to_le_bytes());
     out.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
     out.extend_from_slice(&(metadata.len() as u64).to_le_bytes());
