@@ -59,7 +59,7 @@ for line in open(sys.argv[1]):
     column, metric, value = line.split()
     seen[column, metric].append(float(value))
 columns = [c for c in ("ggml", "fast", "llama") if (c, "decode1") in seen]
-names = {"ggml": "ggml (default)", "fast": "fast", "llama": "llama.cpp"}
+names = {"ggml": "ggml", "fast": "fast (default)", "llama": "llama.cpp"}
 rows = [("decode, 1 sequence (tok/s)", "decode1"), ("32 sequences: prefill (tok/s)", "prefill32"),
         ("32 sequences: decode (tok/s)", "decode32"), ("prefill, 512-token prompt (tok/s)", "prefill512"),
         ("first token, 3,000-token prompt (s)", "ttft3000")]

@@ -20,8 +20,8 @@ use caravan::kernels::pool::ComputePool;
 use caravan::kernels::quant::{repack, TensorType};
 use caravan::kernels::{Arithmetic, Isa};
 use caravan::kv::KvPool;
-use caravan::model::attention::{attend, AttentionTasks};
-use caravan::model::{Model, SeqChunk, TokenSlot};
+use caravan::model::attention::{attend, Attention, AttentionTasks};
+use caravan::model::{SeqChunk, TokenSlot};
 use caravan::sampler::{Rng, Sampler, SamplingParams};
 
 #[path = "../tests/common/blocks.rs"]
@@ -135,9 +135,9 @@ fn bench_attention() {
     );
     let mut rng = Rng(3);
     for (isa, order) in isas().into_iter().flat_map(|isa| [Arithmetic::Ggml, Arithmetic::Fast].map(|o| (isa, o))) {
-        let model = Model::attention_only(9, 3, 64, isa, order, 2);
-        let c = &model.config;
-        let (dim, kv_dim) = (c.dim, c.kv_dim());
+        let attention = Attention { heads: 9, kv_heads: 3, head_dim: 64, isa, arithmetic: order };
+        let pool = ComputePool::new(2);
+        let (dim, kv_dim) = (attention.dim(), attention.kv_dim());
         let mut line = format!("{:<17}", format!("{isa} {order}"));
         for (seqs, queries, first_pos) in [(1usize, 1usize, 1024usize), (32, 1, 1024), (1, 512, 0), (1, 512, 2048)] {
             let context = first_pos + queries;
@@ -156,8 +156,8 @@ fn bench_attention() {
                 (0..seqs).flat_map(|chunk| (0..queries).map(move |j| TokenSlot { chunk, pos: first_pos + j })).collect();
             let qkv = floats(&mut rng, slots.len() * (dim + 2 * kv_dim));
             let (mut out, mut tasks) = (vec![0f32; slots.len() * dim], AttentionTasks::default());
-            let s = time(|| attend(&model, &chunks, &slots, 0, &qkv, &kv, black_box(&mut out), &mut tasks));
-            let head_positions: usize = slots.iter().map(|t| (t.pos + 1) * c.heads).sum();
+            let s = time(|| attend(&attention, &pool, &chunks, &slots, 0, &qkv, &kv, black_box(&mut out), &mut tasks));
+            let head_positions: usize = slots.iter().map(|t| (t.pos + 1) * attention.heads).sum();
             line += &format!(" {:>24}", format!("{:.2} ({:.2})", s * 1e3, s * 1e9 / head_positions as f64));
         }
         println!("{line}");

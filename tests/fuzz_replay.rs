@@ -1,7 +1,7 @@
-//! Replays the fuzzers' seed inputs and every input that once crashed one
-//! (fuzz/seeds/<target>, fuzz/regressions/<target>) through the same entry
-//! points the fuzzers run: none may panic. The fuzzers themselves run with
-//! `cargo fuzz` (see README, "Fuzzing").
+//! Replays the fuzzers' seed inputs (fuzz/seeds/<target>; an input that
+//! once crashed a target joins its seeds) through the same entry points
+//! the fuzzers run: none may panic. The fuzzers themselves run with
+//! `cargo fuzz` (docs/testing.md).
 
 mod common;
 
@@ -10,13 +10,10 @@ use std::path::Path;
 use caravan::fuzz_targets;
 
 fn inputs(target: &str) -> Vec<Vec<u8>> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds").join(target);
     let mut out = Vec::new();
-    for dir in ["seeds", "regressions"] {
-        let Ok(entries) = std::fs::read_dir(root.join(dir).join(target)) else { continue };
-        for e in entries {
-            out.push(std::fs::read(e.unwrap().path()).unwrap());
-        }
+    for e in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        out.push(std::fs::read(e.unwrap().path()).unwrap());
     }
     assert!(!out.is_empty(), "no inputs for {target}");
     out

@@ -9,8 +9,8 @@ use caravan::kernels::pool::ComputePool;
 use caravan::kernels::quant::{repack, TensorType};
 use caravan::kernels::{Arithmetic, Isa};
 use caravan::kv::KvPool;
-use caravan::model::attention::{attend, AttentionTasks};
-use caravan::model::{Model, SeqChunk, TokenSlot};
+use caravan::model::attention::{attend, Attention, AttentionTasks};
+use caravan::model::{SeqChunk, TokenSlot};
 use caravan::sampler::Rng;
 use common::blocks::random_blocks;
 
@@ -211,9 +211,10 @@ fn simd_attention_equals_portable_bitwise_for_every_head_shape() {
     // 3, 1 and 2 query heads per KV head.
     let shapes = [(9, 3, 64), (4, 4, 128), (2, 1, 256), (6, 3, 80)];
     for ((heads, kv_heads, hd), order) in shapes.into_iter().flat_map(|s| ORDERS.map(|o| (s, o))) {
-        let portable = Model::attention_only(heads, kv_heads, hd, Isa::PORTABLE, order, 2);
-        let c = &portable.config;
-        let (dim, kv_dim) = (c.dim, c.kv_dim());
+        let pool = ComputePool::new(2);
+        let on = |isa| Attention { heads, kv_heads, head_dim: hd, isa, arithmetic: order };
+        let portable = on(Isa::PORTABLE);
+        let (dim, kv_dim) = (portable.dim(), portable.kv_dim());
         // A decode at position 40, a 37-token chunk at 5..42 (runs its
         // tokens see only part of), a first token at position 0, and a
         // decode at position 300, most of whose runs of 16 positions set no
@@ -248,7 +249,7 @@ fn simd_attention_equals_portable_bitwise_for_every_head_shape() {
         let qkv_dim = dim + 2 * kv_dim;
         let qkv: Vec<f32> = (0..slots.len() * qkv_dim).map(|_| float(&mut rng) * 2.0).collect();
         let mut want = vec![0f32; slots.len() * dim];
-        attend(&portable, &chunks, &slots, 0, &qkv, &kv, &mut want, &mut AttentionTasks::default());
+        attend(&portable, &pool, &chunks, &slots, 0, &qkv, &kv, &mut want, &mut AttentionTasks::default());
         // The reference is attention, up to its accumulator (f16 in ggml's
         // order, f32 in the fast one).
         let tol = match order {
@@ -269,9 +270,9 @@ fn simd_attention_equals_portable_bitwise_for_every_head_shape() {
             }
         }
         for isa in Isa::available() {
-            let model = Model::attention_only(heads, kv_heads, hd, isa, order, 2);
+            let attention = on(isa);
             let mut got = vec![0f32; want.len()];
-            attend(&model, &chunks, &slots, 0, &qkv, &kv, &mut got, &mut AttentionTasks::default());
+            attend(&attention, &pool, &chunks, &slots, 0, &qkv, &kv, &mut got, &mut AttentionTasks::default());
             let differ = got.iter().zip(&want).position(|(g, w)| g.to_bits() != w.to_bits());
             assert!(differ.is_none(), "{order} {isa} hd {hd}: output {differ:?} differs");
             // Each chunk alone gives the bits it had in the batch.
@@ -281,7 +282,8 @@ fn simd_attention_equals_portable_bitwise_for_every_head_shape() {
                 let alone: Vec<TokenSlot> = slots[row..row + n].iter().map(|s| TokenSlot { chunk: 0, pos: s.pos }).collect();
                 let mut out = vec![0f32; n * dim];
                 attend(
-                    &model,
+                    &attention,
+                    &pool,
                     std::slice::from_ref(chunk),
                     &alone,
                     0,

@@ -9,34 +9,16 @@
 //! every kernel gives the portable reference's bits, and a sequence's
 //! results are the same alone or batched.
 
+pub use super::acts::{QuantizedActs, Tile, TILE_ACTS};
 use super::pool::{ComputePool, SharedOut};
 use super::quant::{byte_offset, nibble_offset, Packed, BYTE_BLOCK, PANEL};
 use super::{Arithmetic, Isa, IsaKind};
-
-/// The most activation rows a kernel call takes against one weight panel.
-pub const TILE_ACTS: usize = 8;
-/// A kernel's output: `tile[act][lane]`.
-pub type Tile = [[f32; PANEL]; TILE_ACTS];
 
 /// A weight matrix: `rows` output features of `cols` inputs each.
 pub struct Matrix {
     pub rows: usize,
     pub cols: usize,
     pub w: Packed,
-}
-
-/// Activations quantized to blocks of 32: `qs[row * cols + i]`,
-/// `scale[row * blocks + b]`, `sum[...] = scale * Σ qs` over the block, and
-/// `isum16[row * cols / 16 + h]`, the integer sum of each 16 codes (for
-/// weight codes stored with an offset).
-#[derive(Default)]
-pub struct QuantizedActs {
-    pub rows: usize,
-    pub cols: usize,
-    pub qs: Vec<i8>,
-    pub scale: Vec<f32>,
-    pub sum: Vec<f32>,
-    pub isum16: Vec<i32>,
 }
 
 impl QuantizedActs {

@@ -2,6 +2,7 @@
 //! ops, the compute pool. SIMD paths are chosen at run time; the portable
 //! path is the reference the tests hold the others to.
 
+mod acts;
 pub mod expf;
 pub mod matmul;
 pub mod ops;

@@ -9,7 +9,7 @@ use std::mem::MaybeUninit;
 
 use half::f16;
 
-use super::matmul::{QuantizedActs, Tile};
+use super::acts::{QuantizedActs, Tile};
 use super::quant::{Packed, BYTE_BLOCK, NIBBLE_BLOCK, PANEL};
 use super::{max_lane8, prefetch, Arithmetic, Isa, IsaKind};
 

@@ -25,11 +25,34 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 
 use crate::kernels::expf::ggml_expf;
-use crate::kernels::pool::SharedOut;
-use crate::kernels::{prefetch, Arithmetic, IsaKind};
+use crate::kernels::pool::{ComputePool, SharedOut};
+use crate::kernels::{prefetch, Arithmetic, Isa, IsaKind};
 use crate::kv::KvPool;
 
-use super::llama::{Model, SeqChunk, TokenSlot};
+use super::batch::{SeqChunk, TokenSlot};
+
+/// What attention computes with: the heads' shape (`heads` query heads of
+/// `head_dim` over `kv_heads` KV heads), the instruction set and the order
+/// of arithmetic.
+#[derive(Debug, Clone, Copy)]
+pub struct Attention {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub isa: Isa,
+    pub arithmetic: Arithmetic,
+}
+
+impl Attention {
+    /// Width of a token's queries (and of its attention output).
+    pub fn dim(&self) -> usize {
+        self.heads * self.head_dim
+    }
+
+    pub fn kv_dim(&self) -> usize {
+        self.kv_heads * self.head_dim
+    }
+}
 
 /// Head dimensions up to this fit the per-task stack buffers.
 pub const MAX_HEAD_DIM: usize = 256;
@@ -321,7 +344,7 @@ mod wide;
 use wide::{Simd, W256x2, W512};
 
 struct Task<'a> {
-    model: &'a Model,
+    spec: &'a Attention,
     chunks: &'a [SeqChunk<'a>],
     slots: &'a [TokenSlot],
     layer: usize,
@@ -371,8 +394,8 @@ fn first_rows<T: Copy, const N: usize>(buf: &mut MaybeUninit<[T; N]>, n: usize, 
 /// or the fast one.
 #[inline(always)]
 unsafe fn attend_group<M: HeadMath, const GGML: bool>(t: &Task, first: usize, tokens: usize, kvh: usize) {
-    let c = &t.model.config;
-    let (dim, hd) = (c.dim, c.head_dim);
+    let c = t.spec;
+    let (dim, hd) = (c.dim(), c.head_dim);
     let qkv_dim = dim + 2 * c.kv_dim();
     let group = c.heads / c.kv_heads;
     let pairs = tokens * group;
@@ -488,7 +511,7 @@ unsafe fn attend_group<M: HeadMath, const GGML: bool>(t: &Task, first: usize, to
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn attend_group_avx2<const GGML: bool>(t: &Task, first: usize, tokens: usize, kvh: usize) {
-    match t.model.config.head_dim {
+    match t.spec.head_dim {
         64 => attend_group::<Simd<W256x2, 4>, GGML>(t, first, tokens, kvh),
         128 => attend_group::<Simd<W256x2, 8>, GGML>(t, first, tokens, kvh),
         256 => attend_group::<Simd<W256x2, 16>, GGML>(t, first, tokens, kvh),
@@ -499,7 +522,7 @@ unsafe fn attend_group_avx2<const GGML: bool>(t: &Task, first: usize, tokens: us
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c,avx512f")]
 unsafe fn attend_group_avx512<const GGML: bool>(t: &Task, first: usize, tokens: usize, kvh: usize) {
-    match t.model.config.head_dim {
+    match t.spec.head_dim {
         64 => attend_group::<Simd<W512, 4>, GGML>(t, first, tokens, kvh),
         128 => attend_group::<Simd<W512, 8>, GGML>(t, first, tokens, kvh),
         256 => attend_group::<Simd<W512, 16>, GGML>(t, first, tokens, kvh),
@@ -510,10 +533,10 @@ unsafe fn attend_group_avx512<const GGML: bool>(t: &Task, first: usize, tokens: 
 /// One task's `attend_group` on the model's instruction set.
 ///
 /// # Safety
-/// The model's Isa was detected on this CPU; each Isa implies the features
+/// The Isa was detected on this CPU; each Isa implies the features
 /// its path is compiled for.
 unsafe fn attend_group_on<const GGML: bool>(t: &Task, first: usize, tokens: usize, kvh: usize) {
-    match t.model.isa.kind() {
+    match t.spec.isa.kind() {
         #[cfg(target_arch = "x86_64")]
         IsaKind::Avx512Vnni => attend_group_avx512::<GGML>(t, first, tokens, kvh),
         #[cfg(target_arch = "x86_64")]
@@ -531,7 +554,8 @@ pub struct AttentionTasks(Vec<(usize, usize)>);
 /// `tasks` is the caller's buffer for the task list.
 #[allow(clippy::too_many_arguments)]
 pub fn attend(
-    model: &Model,
+    spec: &Attention,
+    pool: &ComputePool,
     chunks: &[SeqChunk],
     slots: &[TokenSlot],
     layer: usize,
@@ -540,7 +564,7 @@ pub fn attend(
     out: &mut [f32],
     tasks: &mut AttentionTasks,
 ) {
-    let c = &model.config;
+    let c = spec;
     let per_task = (MAX_PAIRS / (c.heads / c.kv_heads)).max(1);
     // Runs of up to `per_task` consecutive tokens of one chunk.
     let runs = &mut tasks.0;
@@ -559,12 +583,12 @@ pub fn attend(
     runs.sort_unstable_by_key(|&(first, tokens)| {
         (std::cmp::Reverse(slots[first..first + tokens].iter().map(|s| s.pos + 1).sum::<usize>()), first)
     });
-    let task = Task { model, chunks, slots, layer, qkv, kv, out: SharedOut::new(out) };
-    model.pool.run(runs.len() * c.kv_heads, &|i| {
+    let task = Task { spec, chunks, slots, layer, qkv, kv, out: SharedOut::new(out) };
+    pool.run(runs.len() * c.kv_heads, &|i| {
         let ((first, tokens), kvh) = (runs[i / c.kv_heads], i % c.kv_heads);
-        // SAFETY: the model's Isa was detected on this CPU.
+        // SAFETY: an Isa is only had where the CPU has it.
         unsafe {
-            match model.arithmetic {
+            match spec.arithmetic {
                 Arithmetic::Ggml => attend_group_on::<true>(&task, first, tokens, kvh),
                 Arithmetic::Fast => attend_group_on::<false>(&task, first, tokens, kvh),
             }

@@ -8,7 +8,8 @@ use crate::kernels::pool::{ComputePool, SharedOut};
 use crate::kernels::{Arithmetic, Isa};
 use crate::kv::KvPool;
 
-use super::attention::{attend, AttentionTasks};
+use super::attention::{attend, Attention, AttentionTasks};
+use super::batch::{SeqChunk, TokenSlot};
 
 #[derive(Debug, Clone)]
 pub struct ModelConfig {
@@ -58,16 +59,6 @@ pub struct Model {
     pub parameters: u64,
 }
 
-/// One sequence's part of a ragged batch: `tokens` at positions
-/// `start_pos..`, KV blocks in `blocks` (already covering those positions),
-/// and whether the last token's logits are wanted.
-pub struct SeqChunk<'a> {
-    pub tokens: &'a [u32],
-    pub start_pos: usize,
-    pub blocks: &'a [u32],
-    pub logits: bool,
-}
-
 /// Buffers a forward pass reuses from step to step: once they have grown
 /// to a step's size, a step allocates nothing.
 #[derive(Default)]
@@ -86,45 +77,11 @@ pub struct Scratch {
     pub logits: Vec<f32>,
 }
 
-/// Where each batch token sits: its sequence chunk and position.
-#[derive(Clone, Copy)]
-pub struct TokenSlot {
-    pub chunk: usize,
-    pub pos: usize,
-}
-
 impl Model {
-    /// A model with attention's shape and no weights (`head_dim` a head,
-    /// `heads` query heads over `kv_heads`): what tests and benchmarks of
-    /// `attend` need.
-    pub fn attention_only(heads: usize, kv_heads: usize, head_dim: usize, isa: Isa, arithmetic: Arithmetic, threads: usize) -> Model {
-        let config = ModelConfig {
-            architecture: "llama".into(),
-            vocab: 0,
-            dim: heads * head_dim,
-            layers: 1,
-            heads,
-            kv_heads,
-            head_dim,
-            ffn: 0,
-            context_length: 1 << 16,
-            norm_eps: 1e-5,
-            rope_base: 10000.0,
-            rope_dims: head_dim,
-        };
-        let empty = Matrix { rows: 0, cols: 0, w: crate::kernels::quant::Packed::Float(Vec::new()) };
-        Model {
-            config,
-            token_embd: empty,
-            layers: Vec::new(),
-            output_norm: Vec::new(),
-            output: None,
-            rope: Rope::new(head_dim, 10000.0),
-            isa,
-            arithmetic,
-            pool: ComputePool::new(threads),
-            parameters: 0,
-        }
+    /// What attention computes with for this model.
+    pub fn attention(&self) -> Attention {
+        let c = &self.config;
+        Attention { heads: c.heads, kv_heads: c.kv_heads, head_dim: c.head_dim, isa: self.isa, arithmetic: self.arithmetic }
     }
 
     fn linear(&self, w: &Matrix, x: &[f32], rows: usize, quant: &mut QuantizedActs, out: &mut Vec<f32>) {
@@ -191,6 +148,7 @@ impl Model {
     fn run_layers(&self, chunks: &[SeqChunk], kv: &mut KvPool, s: &mut Scratch) {
         let c = &self.config;
         let (dim, kv_dim) = (c.dim, c.kv_dim());
+        let attention = self.attention();
         s.slots.clear();
         s.slots.extend(
             chunks
@@ -224,7 +182,7 @@ impl Model {
                 kv.write(chunks[slot.chunk].blocks, li, slot.pos, k, v);
             }
             s.attn.resize(t * dim, 0.0);
-            attend(self, chunks, slots, li, &s.qkv, kv, &mut s.attn, &mut s.attention);
+            attend(&attention, &self.pool, chunks, slots, li, &s.qkv, kv, &mut s.attn, &mut s.attention);
             self.linear(&layer.wo, &s.attn, t, &mut s.quant, &mut s.tmp);
             add_assign(&mut s.x, &s.tmp);
 

@@ -2,7 +2,9 @@
 //! pass over a ragged batch.
 
 pub mod attention;
+mod batch;
 pub mod llama;
 mod load;
 
-pub use llama::{Model, ModelConfig, Scratch, SeqChunk, TokenSlot};
+pub use batch::{SeqChunk, TokenSlot};
+pub use llama::{Model, ModelConfig, Scratch};
