@@ -94,6 +94,8 @@ fn silu_mul_tail(gate: &[f32], up: &[f32], out: &mut [f32]) {
     }
 }
 
+/// # Safety
+/// The CPU has FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "fma")]
 unsafe fn silu_mul_fma(gate: &[f32], up: &[f32], out: &mut [f32]) {
@@ -101,6 +103,9 @@ unsafe fn silu_mul_fma(gate: &[f32], up: &[f32], out: &mut [f32]) {
 }
 
 /// ggml's `ggml_v_expf` (AVX-512), of which `ggml_expf` is one lane.
+///
+/// # Safety
+/// The CPU has AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx512f")]
@@ -128,6 +133,9 @@ unsafe fn expf_avx512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512
 
 /// SiLU times up, 16 values at a time (ggml's `ggml_v_silu` with AVX-512):
 /// the same operations as `silu_mul_body`.
+///
+/// # Safety
+/// The CPU has AVX-512F and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 unsafe fn silu_mul_avx512(gate: &[f32], up: &[f32], out: &mut [f32]) {
@@ -177,6 +185,9 @@ pub unsafe fn ggml_expf_avx2(x: std::arch::x86_64::__m256) -> Option<std::arch::
 /// SiLU times up with AVX2: `silu_mul_body`'s operations, eight lanes at
 /// a time (`ggml_expf_avx2`, the scalar form where a lane is beyond its
 /// range), so the same bits.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn silu_mul_avx2(gate: &[f32], up: &[f32], out: &mut [f32]) {
@@ -258,6 +269,8 @@ pub mod libm16 {
         TABLE.get_or_init(|| std::array::from_fn(|i| ((i as f64) / 32.0).exp2().to_bits().wrapping_sub((i as u64) << 47)))
     }
 
+    /// # Safety
+    /// The CPU has AVX-512F.
     #[inline(always)]
     unsafe fn pd(bits: u64) -> __m512d {
         _mm512_set1_pd(f64::from_bits(bits))

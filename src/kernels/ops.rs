@@ -38,6 +38,8 @@ impl Rope {
         self.apply_body(x, head_dim, pos)
     }
 
+    /// # Safety
+    /// The CPU has FMA.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "fma")]
     unsafe fn apply_fma(&self, x: &mut [f32], head_dim: usize, pos: usize) {

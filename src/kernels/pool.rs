@@ -278,7 +278,15 @@ impl<T> Clone for SharedOut<T> {
     }
 }
 impl<T> Copy for SharedOut<T> {}
+// SAFETY: a SharedOut is a `&mut [T]` split among threads: sending it
+// sends access to `T`s, hence `T: Send`. Sharing it lets several threads
+// reach the buffer at once, which is sound because the only access is
+// through the `unsafe` `slice` and `rows`, whose callers promise disjoint
+// elements and a buffer that outlives them (the pool's `run` returns only
+// when every task has finished); no two threads ever touch one `T`, so
+// `T: Sync` is not needed.
 unsafe impl<T: Send> Send for SharedOut<T> {}
+// SAFETY: as for Send, above.
 unsafe impl<T: Send> Sync for SharedOut<T> {}
 
 impl<T> SharedOut<T> {

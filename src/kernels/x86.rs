@@ -18,40 +18,98 @@ trait Lanes {
     type I: Copy;
     type F: Copy;
     const N: usize;
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found; a pointer is valid for one register's width.
     unsafe fn load(p: *const u8) -> Self::I;
     /// The low and high nibbles of every byte.
+    ///
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found; a pointer is valid for one register's width.
     unsafe fn nibbles(v: Self::I) -> (Self::I, Self::I);
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found; a pointer is valid for one register's width.
     unsafe fn splat(v: i32) -> Self::I;
     /// `acc` plus, per 32-bit lane, the dot of four unsigned weight bytes
     /// with the four signed activation bytes at `x`.
+    ///
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found; a pointer is valid for one register's width.
     unsafe fn dot(acc: Self::I, w: Self::I, x: *const i8) -> Self::I;
     /// `dot` for 4-bit codes, summed in a form `widen_nibbles` turns into
     /// 32-bit lanes: room for the eight steps of one block.
+    ///
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found; a pointer is valid for one register's width.
     unsafe fn dot_nibbles(acc: Self::I, w: Self::I, x: *const i8) -> Self::I;
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found; a pointer is valid for one register's width.
     unsafe fn widen_nibbles(acc: Self::I) -> Self::I;
     /// The same for 8-bit weights stored as q + 128: with `dot` that is
     /// Σ(q + 128)x, and `int8_start` supplies the -128Σx that makes it Σqx;
     /// without `vpdpbusd` the signed product is formed directly instead.
+    ///
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found; a pointer is valid for one register's width.
     unsafe fn dot_int8(acc: Self::I, w: Self::I, x: *const i8) -> Self::I;
     fn int8_start(isum: i32) -> i32;
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found; a pointer is valid for one register's width.
     unsafe fn scales_f16(p: *const f16) -> Self::F;
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found; a pointer is valid for one register's width.
     unsafe fn scales_f32(p: *const f32) -> Self::F;
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found; a pointer is valid for one register's width.
     unsafe fn zero() -> Self::F;
     /// A block's combined scale, `w_scale * x_scale`.
+    ///
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found; a pointer is valid for one register's width.
     unsafe fn block_scale(w_scale: Self::F, x_scale: f32) -> Self::F;
     /// `acc + float(isum) * scale`, fused.
+    ///
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found; a pointer is valid for one register's width.
     unsafe fn fma_scaled(acc: Self::F, isum: Self::I, scale: Self::F) -> Self::F;
     /// `acc + float(isum) * (w_scale * x_scale)`, fused.
+    ///
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found; a pointer is valid for one register's width.
     #[inline(always)]
     unsafe fn fma_block(acc: Self::F, isum: Self::I, w_scale: Self::F, x_scale: f32) -> Self::F {
         Self::fma_scaled(acc, isum, Self::block_scale(w_scale, x_scale))
     }
     /// `acc + w_min * x_sum`, fused.
+    ///
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found; a pointer is valid for one register's width.
     unsafe fn fma_min(acc: Self::F, w_min: Self::F, x_sum: f32) -> Self::F;
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found; a pointer is valid for one register's width.
     unsafe fn add_f(a: Self::F, b: Self::F) -> Self::F;
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found; a pointer is valid for one register's width.
     unsafe fn store(v: Self::F, out: *mut f32);
 }
 
+/// # Safety
+/// `x` is valid for a read of four bytes.
 #[inline(always)]
 unsafe fn four_bytes(x: *const i8) -> i32 {
     (x as *const i32).read_unaligned()
@@ -63,31 +121,52 @@ impl Lanes for Vnni512 {
     type I = __m512i;
     type F = __m512;
     const N: usize = 16;
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found; a pointer is valid for one register's width.
     #[inline(always)]
     unsafe fn load(p: *const u8) -> __m512i {
         _mm512_loadu_si512(p as *const __m512i)
     }
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found; a pointer is valid for one register's width.
     #[inline(always)]
     unsafe fn nibbles(v: __m512i) -> (__m512i, __m512i) {
         let low = _mm512_set1_epi8(0x0F);
         (_mm512_and_si512(v, low), _mm512_and_si512(_mm512_srli_epi16(v, 4), low))
     }
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found; a pointer is valid for one register's width.
     #[inline(always)]
     unsafe fn splat(v: i32) -> __m512i {
         _mm512_set1_epi32(v)
     }
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found; a pointer is valid for one register's width.
     #[inline(always)]
     unsafe fn dot(acc: __m512i, w: __m512i, x: *const i8) -> __m512i {
         _mm512_dpbusd_epi32(acc, w, _mm512_set1_epi32(four_bytes(x)))
     }
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found; a pointer is valid for one register's width.
     #[inline(always)]
     unsafe fn dot_nibbles(acc: __m512i, w: __m512i, x: *const i8) -> __m512i {
         Self::dot(acc, w, x)
     }
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found; a pointer is valid for one register's width.
     #[inline(always)]
     unsafe fn widen_nibbles(acc: __m512i) -> __m512i {
         acc
     }
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found; a pointer is valid for one register's width.
     #[inline(always)]
     unsafe fn dot_int8(acc: __m512i, w: __m512i, x: *const i8) -> __m512i {
         Self::dot(acc, w, x)
@@ -95,34 +174,58 @@ impl Lanes for Vnni512 {
     fn int8_start(isum: i32) -> i32 {
         -128 * isum
     }
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found; a pointer is valid for one register's width.
     #[inline(always)]
     unsafe fn scales_f16(p: *const f16) -> __m512 {
         _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
     }
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found; a pointer is valid for one register's width.
     #[inline(always)]
     unsafe fn scales_f32(p: *const f32) -> __m512 {
         _mm512_loadu_ps(p)
     }
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found; a pointer is valid for one register's width.
     #[inline(always)]
     unsafe fn zero() -> __m512 {
         _mm512_setzero_ps()
     }
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found; a pointer is valid for one register's width.
     #[inline(always)]
     unsafe fn block_scale(w_scale: __m512, x_scale: f32) -> __m512 {
         _mm512_mul_ps(w_scale, _mm512_set1_ps(x_scale))
     }
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found; a pointer is valid for one register's width.
     #[inline(always)]
     unsafe fn fma_scaled(acc: __m512, isum: __m512i, scale: __m512) -> __m512 {
         _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), scale, acc)
     }
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found; a pointer is valid for one register's width.
     #[inline(always)]
     unsafe fn fma_min(acc: __m512, w_min: __m512, x_sum: f32) -> __m512 {
         _mm512_fmadd_ps(w_min, _mm512_set1_ps(x_sum), acc)
     }
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found; a pointer is valid for one register's width.
     #[inline(always)]
     unsafe fn add_f(a: __m512, b: __m512) -> __m512 {
         _mm512_add_ps(a, b)
     }
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found; a pointer is valid for one register's width.
     #[inline(always)]
     unsafe fn store(v: __m512, out: *mut f32) {
         _mm512_storeu_ps(out, v)
@@ -132,6 +235,8 @@ impl Lanes for Vnni512 {
 struct Avx2;
 
 impl Avx2 {
+    /// # Safety
+    /// The CPU has AVX2.
     #[inline(always)]
     unsafe fn pair_sums(w: __m256i, x: __m256i) -> __m256i {
         _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1))
@@ -142,20 +247,33 @@ impl Lanes for Avx2 {
     type I = __m256i;
     type F = __m256;
     const N: usize = 8;
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found; a pointer is valid for one register's width.
     #[inline(always)]
     unsafe fn load(p: *const u8) -> __m256i {
         _mm256_loadu_si256(p as *const __m256i)
     }
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found; a pointer is valid for one register's width.
     #[inline(always)]
     unsafe fn nibbles(v: __m256i) -> (__m256i, __m256i) {
         let low = _mm256_set1_epi8(0x0F);
         (_mm256_and_si256(v, low), _mm256_and_si256(_mm256_srli_epi16(v, 4), low))
     }
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found; a pointer is valid for one register's width.
     #[inline(always)]
     unsafe fn splat(v: i32) -> __m256i {
         _mm256_set1_epi32(v)
     }
     /// Codes here are at most 63, so the 16-bit pair sums cannot saturate.
+    ///
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found; a pointer is valid for one register's width.
     #[inline(always)]
     unsafe fn dot(acc: __m256i, w: __m256i, x: *const i8) -> __m256i {
         _mm256_add_epi32(acc, Self::pair_sums(w, _mm256_set1_epi32(four_bytes(x))))
@@ -163,15 +281,26 @@ impl Lanes for Avx2 {
     /// 16-bit sums: a block's eight steps of 4-bit codes stay within
     /// 8 * 2 * 15 * 127 = 30480, so one `vpmaddwd` per block widens them
     /// instead of one per step.
+    ///
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found; a pointer is valid for one register's width.
     #[inline(always)]
     unsafe fn dot_nibbles(acc: __m256i, w: __m256i, x: *const i8) -> __m256i {
         _mm256_add_epi16(acc, _mm256_maddubs_epi16(w, _mm256_set1_epi32(four_bytes(x))))
     }
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found; a pointer is valid for one register's width.
     #[inline(always)]
     unsafe fn widen_nibbles(acc: __m256i) -> __m256i {
         _mm256_madd_epi16(acc, _mm256_set1_epi16(1))
     }
     /// |q| times x with q's sign: pair sums stay within 2 * 128 * 127.
+    ///
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found; a pointer is valid for one register's width.
     #[inline(always)]
     unsafe fn dot_int8(acc: __m256i, w: __m256i, x: *const i8) -> __m256i {
         let q = _mm256_xor_si256(w, _mm256_set1_epi8(-128));
@@ -181,34 +310,58 @@ impl Lanes for Avx2 {
     fn int8_start(_isum: i32) -> i32 {
         0
     }
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found; a pointer is valid for one register's width.
     #[inline(always)]
     unsafe fn scales_f16(p: *const f16) -> __m256 {
         _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
     }
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found; a pointer is valid for one register's width.
     #[inline(always)]
     unsafe fn scales_f32(p: *const f32) -> __m256 {
         _mm256_loadu_ps(p)
     }
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found; a pointer is valid for one register's width.
     #[inline(always)]
     unsafe fn zero() -> __m256 {
         _mm256_setzero_ps()
     }
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found; a pointer is valid for one register's width.
     #[inline(always)]
     unsafe fn block_scale(w_scale: __m256, x_scale: f32) -> __m256 {
         _mm256_mul_ps(w_scale, _mm256_set1_ps(x_scale))
     }
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found; a pointer is valid for one register's width.
     #[inline(always)]
     unsafe fn fma_scaled(acc: __m256, isum: __m256i, scale: __m256) -> __m256 {
         _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc)
     }
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found; a pointer is valid for one register's width.
     #[inline(always)]
     unsafe fn fma_min(acc: __m256, w_min: __m256, x_sum: f32) -> __m256 {
         _mm256_fmadd_ps(w_min, _mm256_set1_ps(x_sum), acc)
     }
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found; a pointer is valid for one register's width.
     #[inline(always)]
     unsafe fn add_f(a: __m256, b: __m256) -> __m256 {
         _mm256_add_ps(a, b)
     }
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found; a pointer is valid for one register's width.
     #[inline(always)]
     unsafe fn store(v: __m256, out: *mut f32) {
         _mm256_storeu_ps(out, v)
@@ -240,6 +393,11 @@ struct Unit {
 /// codes from `ahead`, a panel on) for the pass over vector `t`: its code
 /// line, and with the first pass, on even blocks, the line of scales and
 /// the line of minimums that hold it and the next block (half a panel on).
+///
+/// # Safety
+/// The CPU has `L`'s instruction set; `w` holds whole panels through the one
+/// read and `q` the activation rows it reads, as `tile_dot`'s callers
+/// guarantee.
 #[inline(always)]
 unsafe fn prefetch_nibbles(ahead: *const u8, scale: &[f16], min: &[f16], first: usize, nb: usize, b: usize, t: usize) {
     if t == 0 && b.is_multiple_of(2) {
@@ -271,6 +429,11 @@ const NIBBLE_CHUNK: usize = 16;
 /// sides share the loads. Blocks go in chunks: each block's combined scales
 /// (weight scale times activation scale, per unit) are computed once per
 /// chunk for all the passes, and its minimum terms with them.
+///
+/// # Safety
+/// The CPU has `L`'s instruction set; `w` holds whole panels through the one
+/// read and `q` the activation rows it reads, as `tile_dot`'s callers
+/// guarantee.
 #[inline(always)]
 unsafe fn nibble_panel<L: Lanes, const U: usize, const SIDES: usize>(
     (qs, scale, min): (&[u8], &[f16], &[f16]),
@@ -339,6 +502,11 @@ struct Pass {
 /// `FIRST`, 0 low and 1 high; a sum per unit) with the chunk's combined
 /// `scales`; `ahead(b)` prefetches. The first chunk (from block 0) starts
 /// the sums at zero, later ones from what `acc` holds.
+///
+/// # Safety
+/// The CPU has `L`'s instruction set; `w` holds whole panels through the one
+/// read and `q` the activation rows it reads, as `tile_dot`'s callers
+/// guarantee.
 #[inline(always)]
 unsafe fn nibble_pass<L: Lanes, const U: usize, const SIDES: usize, const FIRST: usize>(
     pass: Pass,
@@ -371,6 +539,11 @@ unsafe fn nibble_pass<L: Lanes, const U: usize, const SIDES: usize, const FIRST:
 
 /// A 4-bit panel's eight float lanes and minimum terms, summed in ggml's
 /// fixed tree, stored at `out`.
+///
+/// # Safety
+/// The CPU has `L`'s instruction set; `w` holds whole panels through the one
+/// read and `q` the activation rows it reads, as `tile_dot`'s callers
+/// guarantee.
 #[inline(always)]
 unsafe fn nibble_sum<L: Lanes>(l: [L::F; 8], mins: L::F, out: *mut f32) {
     let r = [L::add_f(l[0], l[4]), L::add_f(l[1], l[5]), L::add_f(l[2], l[6]), L::add_f(l[3], l[7])];
@@ -379,6 +552,11 @@ unsafe fn nibble_sum<L: Lanes>(l: [L::F; 8], mins: L::F, out: *mut f32) {
 
 /// Block `b`'s minimum terms (weight minimum times the activations'
 /// scaled sum) fused into each unit's `mins`, in block order.
+///
+/// # Safety
+/// The CPU has `L`'s instruction set; `w` holds whole panels through the one
+/// read and `q` the activation rows it reads, as `tile_dot`'s callers
+/// guarantee.
 #[inline(always)]
 unsafe fn min_step<L: Lanes, const U: usize>(
     mins: &mut [L::F; U],
@@ -402,6 +580,11 @@ unsafe fn min_step<L: Lanes, const U: usize>(
 /// lines each giving two steps (low and high nibbles): the instructions
 /// per code are half those of ggml's order, which needs a conversion and
 /// a fused multiply-add for every four codes.
+///
+/// # Safety
+/// The CPU has `L`'s instruction set; `w` holds whole panels through the one
+/// read and `q` the activation rows it reads, as `tile_dot`'s callers
+/// guarantee.
 #[inline(always)]
 unsafe fn nibble_blocks_panel<L: Lanes, const U: usize>(
     (qs, scale, min): (&[u8], &[f16], &[f16]),
@@ -456,6 +639,11 @@ unsafe fn nibble_blocks_panel<L: Lanes, const U: usize>(
 }
 
 /// 8-bit panels (codes q + 128).
+///
+/// # Safety
+/// The CPU has `L`'s instruction set; `w` holds whole panels through the one
+/// read and `q` the activation rows it reads, as `tile_dot`'s callers
+/// guarantee.
 #[inline(always)]
 unsafe fn int8_panel<L: Lanes, const U: usize>(
     qs: &[u8],
@@ -500,6 +688,11 @@ unsafe fn int8_panel<L: Lanes, const U: usize>(
 }
 
 /// 6-bit panels (codes q, weights q - 32): a chain and a scale per half block.
+///
+/// # Safety
+/// The CPU has `L`'s instruction set; `w` holds whole panels through the one
+/// read and `q` the activation rows it reads, as `tile_dot`'s callers
+/// guarantee.
 #[inline(always)]
 unsafe fn int6_panel<L: Lanes, const U: usize>(
     qs: &[u8],
@@ -543,6 +736,11 @@ unsafe fn int6_panel<L: Lanes, const U: usize>(
 
 /// Panel `p` against the tile's activation rows from `i`, in units of `L`
 /// (see `Unit`); false for formats without a kernel.
+///
+/// # Safety
+/// The CPU has `L`'s instruction set; `w` holds whole panels through the one
+/// read and `q` the activation rows it reads, as `tile_dot`'s callers
+/// guarantee.
 #[inline(always)]
 unsafe fn panel<L: Lanes, const AR: usize>(w: &Packed, q: &QuantizedActs, p: usize, i: usize, tile: &mut Tile) -> bool {
     // Up to eight units cover the whole panel for a few rows; with up to
@@ -579,6 +777,11 @@ fn units<L: Lanes, const U: usize>(widths: usize, lane0: usize) -> [Unit; U] {
 
 /// The dots of `units` with the kernel of `w`'s format; `SIDES`: how many
 /// of a 4-bit line's nibble sides one pass takes (see `nibble_panel`).
+///
+/// # Safety
+/// The CPU has `L`'s instruction set; `w` holds whole panels through the one
+/// read and `q` the activation rows it reads, as `tile_dot`'s callers
+/// guarantee.
 #[inline(always)]
 unsafe fn units_dot<L: Lanes, const U: usize, const SIDES: usize>(
     w: &Packed,
@@ -597,11 +800,17 @@ unsafe fn units_dot<L: Lanes, const U: usize, const SIDES: usize>(
     true
 }
 
+/// # Safety
+/// The CPU has AVX-512 VNNI; `w` holds whole panels through the one read and
+/// `q` the activation rows it reads, as `tile_dot`'s callers guarantee.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn panel_vnni<const AR: usize>(w: &Packed, q: &QuantizedActs, p: usize, i: usize, tile: &mut Tile) -> bool {
     panel::<Vnni512, AR>(w, q, p, i, tile)
 }
 
+/// # Safety
+/// The CPU has AVX2; `w` holds whole panels through the one read and `q` the
+/// activation rows it reads, as `tile_dot`'s callers guarantee.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn panel_avx2<const AR: usize>(w: &Packed, q: &QuantizedActs, p: usize, i: usize, tile: &mut Tile) -> bool {
     panel::<Avx2, AR>(w, q, p, i, tile)
@@ -640,6 +849,9 @@ pub(super) fn tile_dot(isa: Isa, w: &Packed, q: &QuantizedActs, p: usize, i: usi
 /// `matmul::quantize_block` with 512-bit registers: the same scale and
 /// products, rounded to nearest even by the conversion (as the portable
 /// path rounds), so the same bytes.
+///
+/// # Safety
+/// The CPU has AVX-512 (F and BW).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 pub(super) unsafe fn quantize_block_avx512(x: &[f32; 32], q: &mut [i8; 32]) -> (f32, i32, i32) {
     let (v0, v1) = (_mm512_loadu_ps(x.as_ptr()), _mm512_loadu_ps(x.as_ptr().add(16)));
@@ -652,6 +864,9 @@ pub(super) unsafe fn quantize_block_avx512(x: &[f32; 32], q: &mut [i8; 32]) -> (
 }
 
 /// `quantize_block_avx512` with 256-bit registers: the same bytes.
+///
+/// # Safety
+/// The CPU has AVX2.
 #[target_feature(enable = "avx2")]
 pub(super) unsafe fn quantize_block_avx2(x: &[f32; 32], q: &mut [i8; 32]) -> (f32, i32, i32) {
     let v: [__m256; 4] = std::array::from_fn(|j| _mm256_loadu_ps(x.as_ptr().add(8 * j)));

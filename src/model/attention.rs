@@ -66,14 +66,26 @@ trait HeadMath {
     type Row: Copy;
     fn zero() -> Self::Row;
     /// An f16 cache row as f32, into `row`.
+    ///
+    /// # Safety
+    /// The CPU has the instruction set the implementation is compiled for (any,
+    /// for the scalar one); slices hold `hd` values.
     unsafe fn load(src: &[f16], hd: usize, row: &mut Self::Row);
     /// A query row rounded to f16 precision, as ggml converts it.
+    ///
+    /// # Safety
+    /// The CPU has the instruction set the implementation is compiled for (any,
+    /// for the scalar one); slices hold `hd` values.
     unsafe fn load_query(src: &[f32], hd: usize, row: &mut Self::Row);
     /// ggml's V sums of one token's query heads (they see the same `seen`
     /// positions of the run), position by position in f16 precision: where
     /// position p set head i's new maximum (bit p of `new_max[i]`),
     /// `acc[i] = f16(acc[i] * factor[i][p])` and then `f16(v[p] + acc[i])`,
     /// otherwise `acc[i] = f16(v[p] * factor[i][p] + acc[i])`, fused.
+    ///
+    /// # Safety
+    /// The CPU has the instruction set the implementation is compiled for (any,
+    /// for the scalar one); slices hold `hd` values.
     unsafe fn weigh_values_ggml(
         acc: &mut [Self::Row],
         v: &[Self::Row; RUN],
@@ -86,12 +98,23 @@ trait HeadMath {
     /// same `seen` positions of the run): each `acc[i] * rescale[i]`, then
     /// `weight[i][p] * v[p]` added for every p < seen in order, fused, in
     /// f32.
+    ///
+    /// # Safety
+    /// The CPU has the instruction set the implementation is compiled for (any,
+    /// for the scalar one); slices hold `hd` values.
     unsafe fn weigh_values(acc: &mut [Self::Row], v: &[Self::Row; RUN], weight: &[[f32; RUN]], rescale: &[f32], seen: usize, hd: usize);
+    /// # Safety
+    /// The CPU has the instruction set the implementation is compiled for (any,
+    /// for the scalar one); slices hold `hd` values.
     unsafe fn store(acc: &Self::Row, scale: f32, out: &mut [f32], hd: usize);
     /// `score[i][p] = dot(k_p, q_i) * scale` for every pair i and at least
     /// the positions p < seen[i] of the run (the rest are never read), the
     /// dot in ggml's `vec_dot_f16` order: per 64 elements four 16-lane fused
     /// accumulators, then a fixed tree.
+    ///
+    /// # Safety
+    /// The CPU has the instruction set the implementation is compiled for (any,
+    /// for the scalar one); slices hold `hd` values.
     unsafe fn scores(k_rows: &[&[f16]], kv_off: usize, hd: usize, q: &[Self::Row], seen: &[usize], scale: f32, score: &mut [[f32; RUN]]);
     /// The online softmax over the first `seen` scores of a run: for each
     /// position, a new maximum rescales what came before by e^(old - new)
@@ -100,6 +123,10 @@ trait HeadMath {
     /// set a new maximum as bits, with their rescale factors, and the other
     /// positions' weights, in `factor`. Position by position here; the
     /// vector rows do the same steps a run at a time.
+    ///
+    /// # Safety
+    /// The CPU has the instruction set the implementation is compiled for (any,
+    /// for the scalar one); slices hold `hd` values.
     #[inline(always)]
     unsafe fn softmax_run(score: &[f32; RUN], seen: usize, state: &mut Softmax, factor: &mut [f32; RUN]) -> u32 {
         let mut new_max = 0u32;
@@ -123,6 +150,10 @@ trait HeadMath {
     /// for every pair and at least the run's `run` positions, the dot in
     /// eight lanes (lane l fusing elements 8c + l, c in order) summed in
     /// `sum_lanes8`'s tree.
+    ///
+    /// # Safety
+    /// The CPU has the instruction set the implementation is compiled for (any,
+    /// for the scalar one); slices hold `hd` values.
     #[inline(always)]
     unsafe fn scores_fast(k: &[Self::Row; RUN], run: usize, q: &[Self::Row], hd: usize, scale: f32, score: &mut [[f32; RUN]]) {
         for (i, q) in q.iter().enumerate() {
@@ -148,6 +179,10 @@ trait HeadMath {
     }
     /// The fast order's `x[i] = e^x[i]`: ggml's polynomial (`ggml_expf`,
     /// within 1.5 ulp), a fraction of the C library's cost vectorized.
+    ///
+    /// # Safety
+    /// The CPU has the instruction set the implementation is compiled for (any,
+    /// for the scalar one); slices hold `hd` values.
     #[inline(always)]
     unsafe fn exp_run(x: &mut [f32; RUN]) {
         x.iter_mut().for_each(|v| *v = ggml_expf(*v));
@@ -157,6 +192,10 @@ trait HeadMath {
     /// e^(s - max) (into `weight`, zeros past `seen`), and the sum of what
     /// came before, rescaled by e^(old - new) (returned), grows by the
     /// weights' fixed tree (`sum_run`).
+    ///
+    /// # Safety
+    /// The CPU has the instruction set the implementation is compiled for (any,
+    /// for the scalar one); slices hold `hd` values.
     #[inline(always)]
     unsafe fn softmax_block(score: &[f32; RUN], seen: usize, state: &mut Softmax, weight: &mut [f32; RUN]) -> f32 {
         let max = score[..seen].iter().fold(state.max, |m, &s| m.max(s));
@@ -248,15 +287,24 @@ impl<R: HalfRound> HeadMath for Scalar<R> {
     fn zero() -> Self::Row {
         [0.0; MAX_HEAD_DIM]
     }
+    /// # Safety
+    /// The CPU has the instruction set the implementation is compiled for (any,
+    /// for the scalar one); slices hold `hd` values.
     #[inline(always)]
     unsafe fn load(src: &[f16], hd: usize, row: &mut Self::Row) {
         src[..hd].convert_to_f32_slice(&mut row[..hd]);
     }
+    /// # Safety
+    /// The CPU has the instruction set the implementation is compiled for (any,
+    /// for the scalar one); slices hold `hd` values.
     #[inline(always)]
     unsafe fn load_query(src: &[f32], hd: usize, row: &mut Self::Row) {
         row[..hd].copy_from_slice(&src[..hd]);
         R::round(&mut row[..hd]);
     }
+    /// # Safety
+    /// The CPU has the instruction set the implementation is compiled for (any,
+    /// for the scalar one); slices hold `hd` values.
     #[inline(always)]
     unsafe fn scores(k_rows: &[&[f16]], kv_off: usize, hd: usize, q: &[Self::Row], seen: &[usize], scale: f32, score: &mut [[f32; RUN]]) {
         let mut row = Self::zero();
@@ -269,6 +317,9 @@ impl<R: HalfRound> HeadMath for Scalar<R> {
             }
         }
     }
+    /// # Safety
+    /// The CPU has the instruction set the implementation is compiled for (any,
+    /// for the scalar one); slices hold `hd` values.
     #[inline(always)]
     unsafe fn weigh_values_ggml(
         acc: &mut [Self::Row],
@@ -295,6 +346,9 @@ impl<R: HalfRound> HeadMath for Scalar<R> {
             }
         }
     }
+    /// # Safety
+    /// The CPU has the instruction set the implementation is compiled for (any,
+    /// for the scalar one); slices hold `hd` values.
     #[inline(always)]
     unsafe fn weigh_values(acc: &mut [Self::Row], v: &[Self::Row; RUN], weight: &[[f32; RUN]], rescale: &[f32], seen: usize, hd: usize) {
         for ((acc, weight), &r) in acc.iter_mut().zip(weight).zip(rescale) {
@@ -303,6 +357,9 @@ impl<R: HalfRound> HeadMath for Scalar<R> {
             }
         }
     }
+    /// # Safety
+    /// The CPU has the instruction set the implementation is compiled for (any,
+    /// for the scalar one); slices hold `hd` values.
     #[inline(always)]
     unsafe fn store(acc: &Self::Row, scale: f32, out: &mut [f32], hd: usize) {
         for (o, a) in out[..hd].iter_mut().zip(&acc[..hd]) {
@@ -392,6 +449,10 @@ fn first_rows<T: Copy, const N: usize>(buf: &mut MaybeUninit<[T; N]>, n: usize, 
 /// Attention of tokens `first..first + tokens` (one sequence's, in order)
 /// for every query head sharing KV head `kvh`, in ggml's order (`GGML`)
 /// or the fast one.
+///
+/// # Safety
+/// The CPU has `M`'s instruction set; tokens `first..first + tokens` are one
+/// chunk's, whose blocks cover their positions.
 #[inline(always)]
 unsafe fn attend_group<M: HeadMath, const GGML: bool>(t: &Task, first: usize, tokens: usize, kvh: usize) {
     let c = t.spec;
@@ -508,6 +569,8 @@ unsafe fn attend_group<M: HeadMath, const GGML: bool>(t: &Task, first: usize, to
     }
 }
 
+/// # Safety
+/// The CPU has AVX2, FMA and F16C; the tokens as for `attend_group`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn attend_group_avx2<const GGML: bool>(t: &Task, first: usize, tokens: usize, kvh: usize) {
@@ -519,6 +582,8 @@ unsafe fn attend_group_avx2<const GGML: bool>(t: &Task, first: usize, tokens: us
     }
 }
 
+/// # Safety
+/// The CPU has AVX-512F besides; the tokens as for `attend_group`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c,avx512f")]
 unsafe fn attend_group_avx512<const GGML: bool>(t: &Task, first: usize, tokens: usize, kvh: usize) {

@@ -17,25 +17,70 @@ use crate::kernels::max_lane8;
 /// features the implementation needs (AVX2/FMA/F16C, plus AVX-512F for
 /// `W512`).
 pub(super) trait Wide: Copy {
+    /// # Safety
+    /// The CPU has the width's instructions (AVX2, FMA and F16C; AVX-512F too
+    /// for `W512`); a pointer is valid for 16 lanes.
     unsafe fn zero() -> Self;
+    /// # Safety
+    /// The CPU has the width's instructions (AVX2, FMA and F16C; AVX-512F too
+    /// for `W512`); a pointer is valid for 16 lanes.
     unsafe fn splat(x: f32) -> Self;
+    /// # Safety
+    /// The CPU has the width's instructions (AVX2, FMA and F16C; AVX-512F too
+    /// for `W512`); a pointer is valid for 16 lanes.
     unsafe fn load_f16(src: *const f16) -> Self;
+    /// # Safety
+    /// The CPU has the width's instructions (AVX2, FMA and F16C; AVX-512F too
+    /// for `W512`); a pointer is valid for 16 lanes.
     unsafe fn load(src: *const f32) -> Self;
+    /// # Safety
+    /// The CPU has the width's instructions (AVX2, FMA and F16C; AVX-512F too
+    /// for `W512`); a pointer is valid for 16 lanes.
     unsafe fn store(self, dst: *mut f32);
+    /// # Safety
+    /// The CPU has the width's instructions (AVX2, FMA and F16C; AVX-512F too
+    /// for `W512`); a pointer is valid for 16 lanes.
     unsafe fn add(self, b: Self) -> Self;
+    /// # Safety
+    /// The CPU has the width's instructions (AVX2, FMA and F16C; AVX-512F too
+    /// for `W512`); a pointer is valid for 16 lanes.
     unsafe fn mul(self, b: Self) -> Self;
     /// `self * b + c`, fused.
+    ///
+    /// # Safety
+    /// The CPU has the width's instructions (AVX2, FMA and F16C; AVX-512F too
+    /// for `W512`); a pointer is valid for 16 lanes.
     unsafe fn fmadd(self, b: Self, c: Self) -> Self;
     /// Rounded to f16 precision.
+    ///
+    /// # Safety
+    /// The CPU has the width's instructions (AVX2, FMA and F16C; AVX-512F too
+    /// for `W512`); a pointer is valid for 16 lanes.
     unsafe fn round(self) -> Self;
 
     /// Lanes 8..16 added onto 0..8: the first step of the final sum.
+    ///
+    /// # Safety
+    /// The CPU has the width's instructions (AVX2, FMA and F16C; AVX-512F too
+    /// for `W512`); a pointer is valid for 16 lanes.
     unsafe fn fold8(self) -> __m256;
     /// The largest lane.
+    ///
+    /// # Safety
+    /// The CPU has the width's instructions (AVX2, FMA and F16C; AVX-512F too
+    /// for `W512`); a pointer is valid for 16 lanes.
     unsafe fn max_lane(self) -> f32;
     /// `x[i] = expf(x[i])`, the C library's bits.
+    ///
+    /// # Safety
+    /// The CPU has the width's instructions (AVX2, FMA and F16C; AVX-512F too
+    /// for `W512`); a pointer is valid for 16 lanes.
     unsafe fn exp(x: &mut [f32; RUN]);
     /// The online softmax over a run (see `HeadMath::softmax_run`).
+    ///
+    /// # Safety
+    /// The CPU has the width's instructions (AVX2, FMA and F16C; AVX-512F too
+    /// for `W512`); a pointer is valid for 16 lanes.
     unsafe fn softmax_run(score: &[f32; RUN], seen: usize, state: &mut Softmax, factor: &mut [f32; RUN]) -> u32;
 }
 
@@ -44,6 +89,9 @@ pub(super) trait Wide: Copy {
 /// `_mm512_reduce_add_ps` order after ggml's tree. Each step adds the same
 /// two lanes of one product as the one-product form would, whichever side
 /// each lands on; the shuffles are shared by all eight.
+///
+/// # Safety
+/// The CPU has AVX2.
 #[inline(always)]
 unsafe fn reduce_halves8(t8: &[__m256; 8]) -> __m256 {
     // [a lanes 0-3 + 4-7 | b lanes 0-3 + 4-7] for the pairs (0,1) (2,3) ...
@@ -66,57 +114,97 @@ unsafe fn reduce_halves8(t8: &[__m256; 8]) -> __m256 {
 pub(super) struct W512(__m512);
 
 impl Wide for W512 {
+    /// # Safety
+    /// The CPU has the width's instructions (AVX2, FMA and F16C; AVX-512F too
+    /// for `W512`); a pointer is valid for 16 lanes.
     #[inline(always)]
     unsafe fn zero() -> Self {
         W512(_mm512_setzero_ps())
     }
+    /// # Safety
+    /// The CPU has the width's instructions (AVX2, FMA and F16C; AVX-512F too
+    /// for `W512`); a pointer is valid for 16 lanes.
     #[inline(always)]
     unsafe fn splat(x: f32) -> Self {
         W512(_mm512_set1_ps(x))
     }
+    /// # Safety
+    /// The CPU has the width's instructions (AVX2, FMA and F16C; AVX-512F too
+    /// for `W512`); a pointer is valid for 16 lanes.
     #[inline(always)]
     unsafe fn load_f16(src: *const f16) -> Self {
         W512(_mm512_cvtph_ps(_mm256_loadu_si256(src as *const __m256i)))
     }
+    /// # Safety
+    /// The CPU has the width's instructions (AVX2, FMA and F16C; AVX-512F too
+    /// for `W512`); a pointer is valid for 16 lanes.
     #[inline(always)]
     unsafe fn load(src: *const f32) -> Self {
         W512(_mm512_loadu_ps(src))
     }
+    /// # Safety
+    /// The CPU has the width's instructions (AVX2, FMA and F16C; AVX-512F too
+    /// for `W512`); a pointer is valid for 16 lanes.
     #[inline(always)]
     unsafe fn store(self, dst: *mut f32) {
         _mm512_storeu_ps(dst, self.0)
     }
+    /// # Safety
+    /// The CPU has the width's instructions (AVX2, FMA and F16C; AVX-512F too
+    /// for `W512`); a pointer is valid for 16 lanes.
     #[inline(always)]
     unsafe fn add(self, b: Self) -> Self {
         W512(_mm512_add_ps(self.0, b.0))
     }
+    /// # Safety
+    /// The CPU has the width's instructions (AVX2, FMA and F16C; AVX-512F too
+    /// for `W512`); a pointer is valid for 16 lanes.
     #[inline(always)]
     unsafe fn mul(self, b: Self) -> Self {
         W512(_mm512_mul_ps(self.0, b.0))
     }
+    /// # Safety
+    /// The CPU has the width's instructions (AVX2, FMA and F16C; AVX-512F too
+    /// for `W512`); a pointer is valid for 16 lanes.
     #[inline(always)]
     unsafe fn fmadd(self, b: Self, c: Self) -> Self {
         W512(_mm512_fmadd_ps(self.0, b.0, c.0))
     }
+    /// # Safety
+    /// The CPU has the width's instructions (AVX2, FMA and F16C; AVX-512F too
+    /// for `W512`); a pointer is valid for 16 lanes.
     #[inline(always)]
     unsafe fn round(self) -> Self {
         W512(_mm512_cvtph_ps(_mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(self.0)))
     }
+    /// # Safety
+    /// The CPU has the width's instructions (AVX2, FMA and F16C; AVX-512F too
+    /// for `W512`); a pointer is valid for 16 lanes.
     #[inline(always)]
     unsafe fn fold8(self) -> __m256 {
         let x = self.0;
         _mm256_add_ps(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1)), _mm512_castps512_ps256(x))
     }
+    /// # Safety
+    /// The CPU has the width's instructions (AVX2, FMA and F16C; AVX-512F too
+    /// for `W512`); a pointer is valid for 16 lanes.
     #[inline(always)]
     unsafe fn max_lane(self) -> f32 {
         _mm512_reduce_max_ps(self.0)
     }
+    /// # Safety
+    /// The CPU has the width's instructions (AVX2, FMA and F16C; AVX-512F too
+    /// for `W512`); a pointer is valid for 16 lanes.
     #[inline(always)]
     unsafe fn exp(x: &mut [f32; RUN]) {
         libm16::exp(x)
     }
     /// The same steps sixteen positions at a time: the running maximum
     /// as a prefix scan, the choices as masks, one 16-wide `expf`.
+    ///
+    /// # Safety
+    /// The CPU has the width's instructions (AVX2, FMA and F16C; AVX-512F too
+    /// for `W512`); a pointer is valid for 16 lanes.
     #[inline(always)]
     unsafe fn softmax_run(score: &[f32; RUN], seen: usize, state: &mut Softmax, factor: &mut [f32; RUN]) -> u32 {
         let valid: __mmask16 = ((1u32 << seen) - 1) as __mmask16;
@@ -161,6 +249,9 @@ impl Wide for W512 {
 pub(super) struct W256x2(__m256, __m256);
 
 impl W256x2 {
+    /// # Safety
+    /// The CPU has the width's instructions (AVX2, FMA and F16C; AVX-512F too
+    /// for `W512`); a pointer is valid for 16 lanes.
     #[inline(always)]
     unsafe fn each(self, b: Self, f: impl Fn(__m256, __m256) -> __m256) -> Self {
         W256x2(f(self.0, b.0), f(self.1, b.1))
@@ -168,53 +259,89 @@ impl W256x2 {
 }
 
 impl Wide for W256x2 {
+    /// # Safety
+    /// The CPU has the width's instructions (AVX2, FMA and F16C; AVX-512F too
+    /// for `W512`); a pointer is valid for 16 lanes.
     #[inline(always)]
     unsafe fn zero() -> Self {
         W256x2(_mm256_setzero_ps(), _mm256_setzero_ps())
     }
+    /// # Safety
+    /// The CPU has the width's instructions (AVX2, FMA and F16C; AVX-512F too
+    /// for `W512`); a pointer is valid for 16 lanes.
     #[inline(always)]
     unsafe fn splat(x: f32) -> Self {
         W256x2(_mm256_set1_ps(x), _mm256_set1_ps(x))
     }
+    /// # Safety
+    /// The CPU has the width's instructions (AVX2, FMA and F16C; AVX-512F too
+    /// for `W512`); a pointer is valid for 16 lanes.
     #[inline(always)]
     unsafe fn load_f16(src: *const f16) -> Self {
         let h = |at: usize| _mm256_cvtph_ps(_mm_loadu_si128(src.add(at) as *const __m128i));
         W256x2(h(0), h(8))
     }
+    /// # Safety
+    /// The CPU has the width's instructions (AVX2, FMA and F16C; AVX-512F too
+    /// for `W512`); a pointer is valid for 16 lanes.
     #[inline(always)]
     unsafe fn load(src: *const f32) -> Self {
         W256x2(_mm256_loadu_ps(src), _mm256_loadu_ps(src.add(8)))
     }
+    /// # Safety
+    /// The CPU has the width's instructions (AVX2, FMA and F16C; AVX-512F too
+    /// for `W512`); a pointer is valid for 16 lanes.
     #[inline(always)]
     unsafe fn store(self, dst: *mut f32) {
         _mm256_storeu_ps(dst, self.0);
         _mm256_storeu_ps(dst.add(8), self.1);
     }
+    /// # Safety
+    /// The CPU has the width's instructions (AVX2, FMA and F16C; AVX-512F too
+    /// for `W512`); a pointer is valid for 16 lanes.
     #[inline(always)]
     unsafe fn add(self, b: Self) -> Self {
         self.each(b, |x, y| _mm256_add_ps(x, y))
     }
+    /// # Safety
+    /// The CPU has the width's instructions (AVX2, FMA and F16C; AVX-512F too
+    /// for `W512`); a pointer is valid for 16 lanes.
     #[inline(always)]
     unsafe fn mul(self, b: Self) -> Self {
         self.each(b, |x, y| _mm256_mul_ps(x, y))
     }
+    /// # Safety
+    /// The CPU has the width's instructions (AVX2, FMA and F16C; AVX-512F too
+    /// for `W512`); a pointer is valid for 16 lanes.
     #[inline(always)]
     unsafe fn fmadd(self, b: Self, c: Self) -> Self {
         W256x2(_mm256_fmadd_ps(self.0, b.0, c.0), _mm256_fmadd_ps(self.1, b.1, c.1))
     }
+    /// # Safety
+    /// The CPU has the width's instructions (AVX2, FMA and F16C; AVX-512F too
+    /// for `W512`); a pointer is valid for 16 lanes.
     #[inline(always)]
     unsafe fn round(self) -> Self {
         let r = |v: __m256| _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v));
         W256x2(r(self.0), r(self.1))
     }
+    /// # Safety
+    /// The CPU has the width's instructions (AVX2, FMA and F16C; AVX-512F too
+    /// for `W512`); a pointer is valid for 16 lanes.
     #[inline(always)]
     unsafe fn fold8(self) -> __m256 {
         _mm256_add_ps(self.1, self.0)
     }
+    /// # Safety
+    /// The CPU has the width's instructions (AVX2, FMA and F16C; AVX-512F too
+    /// for `W512`); a pointer is valid for 16 lanes.
     #[inline(always)]
     unsafe fn max_lane(self) -> f32 {
         max_lane8(_mm256_max_ps(self.0, self.1))
     }
+    /// # Safety
+    /// The CPU has the width's instructions (AVX2, FMA and F16C; AVX-512F too
+    /// for `W512`); a pointer is valid for 16 lanes.
     #[inline(always)]
     unsafe fn exp(x: &mut [f32; RUN]) {
         libm16::exp_avx2(x)
@@ -222,6 +349,10 @@ impl Wide for W256x2 {
     /// `W512::softmax_run`'s steps in two halves of eight lanes: each
     /// half's prefix maximum as a scan, the second half's raised by the
     /// first's last, the choices as masks, one 16-wide `expf`.
+    ///
+    /// # Safety
+    /// The CPU has the width's instructions (AVX2, FMA and F16C; AVX-512F too
+    /// for `W512`); a pointer is valid for 16 lanes.
     #[inline(always)]
     unsafe fn softmax_run(score: &[f32; RUN], seen: usize, state: &mut Softmax, factor: &mut [f32; RUN]) -> u32 {
         let neg_inf = _mm256_set1_ps(f32::NEG_INFINITY);
@@ -267,12 +398,18 @@ impl Wide for W256x2 {
 }
 
 /// Each lane's own index, 0..8.
+///
+/// # Safety
+/// The CPU has AVX2.
 #[inline(always)]
 unsafe fn lane_indices() -> __m256i {
     _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)
 }
 
 /// The lanes of `v` moved up by `by`, -inf shifted in.
+///
+/// # Safety
+/// The CPU has AVX2.
 #[inline(always)]
 unsafe fn lanes_up(v: __m256, by: i32) -> __m256 {
     let from = _mm256_sub_epi32(lane_indices(), _mm256_set1_epi32(by));
@@ -281,6 +418,9 @@ unsafe fn lanes_up(v: __m256, by: i32) -> __m256 {
 }
 
 /// ggml's four 16-lane accumulators over a row, combined as (0 + 2) + (1 + 3).
+///
+/// # Safety
+/// The CPU has `W`'s instructions.
 #[inline(always)]
 unsafe fn dot_lanes<W: Wide, const V: usize>(k: &[W; V], q: &[W; V]) -> W {
     let mut lanes = [W::zero(); 4];
@@ -293,6 +433,9 @@ unsafe fn dot_lanes<W: Wide, const V: usize>(k: &[W; V], q: &[W; V]) -> W {
 }
 
 /// `HeadMath::scores_fast` for `N` pairs: rows of `2 V` eight-lane chunks.
+///
+/// # Safety
+/// The CPU has `W`'s instructions.
 #[inline(always)]
 unsafe fn scores_tile<const V: usize, const N: usize>(
     k: &[impl Copy; RUN],
@@ -330,6 +473,9 @@ unsafe fn scores_tile<const V: usize, const N: usize>(
 
 /// Eight vectors' lanes summed at once, one per lane of the result, in
 /// `sum_lanes8`'s tree: pairs (`vhaddps`), pairs of pairs, then halves.
+///
+/// # Safety
+/// The CPU has AVX2.
 #[inline(always)]
 unsafe fn sum_lanes8x8(a: &[__m256; 8]) -> __m256 {
     let t: [__m256; 4] = [_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]), _mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7])];
@@ -338,6 +484,9 @@ unsafe fn sum_lanes8x8(a: &[__m256; 8]) -> __m256 {
 }
 
 /// `HeadMath::weigh_values` for `N` heads, one vector of lanes at a time.
+///
+/// # Safety
+/// The CPU has `W`'s instructions.
 #[inline(always)]
 unsafe fn weigh_tile<W: Wide, const V: usize, const N: usize>(
     acc: &mut [[W; V]],
@@ -367,6 +516,9 @@ unsafe fn weigh_tile<W: Wide, const V: usize, const N: usize>(
 /// `HeadMath::weigh_values_ggml` for `N` heads, `J` vectors of lanes at a
 /// time (`J` divides `V`); `RESCALES`: whether any head's maximum moves in
 /// the run.
+///
+/// # Safety
+/// The CPU has `W`'s instructions.
 #[inline(always)]
 unsafe fn weigh_tile_ggml<W: Wide, const V: usize, const N: usize, const J: usize, const RESCALES: bool>(
     acc: &mut [[W; V]],
@@ -410,12 +562,18 @@ impl<W: Wide, const V: usize> HeadMath for Simd<W, V> {
         // SAFETY: every Wide is plain vector registers, valid as all-zero bits.
         unsafe { std::mem::zeroed() }
     }
+    /// # Safety
+    /// The CPU has `W`'s instructions; rows hold a head's values (at most
+    /// `MAX_HEAD_DIM`).
     #[inline(always)]
     unsafe fn load(src: &[f16], _hd: usize, row: &mut Self::Row) {
         for (j, r) in row.iter_mut().enumerate() {
             *r = W::load_f16(src.as_ptr().add(16 * j));
         }
     }
+    /// # Safety
+    /// The CPU has `W`'s instructions; rows hold a head's values (at most
+    /// `MAX_HEAD_DIM`).
     #[inline(always)]
     unsafe fn load_query(src: &[f32], _hd: usize, row: &mut Self::Row) {
         for (j, r) in row.iter_mut().enumerate() {
@@ -423,6 +581,10 @@ impl<W: Wide, const V: usize> HeadMath for Simd<W, V> {
         }
     }
     /// Eight positions at a time, their final sums shared (`reduce_halves8`).
+    ///
+    /// # Safety
+    /// The CPU has `W`'s instructions; rows hold a head's values (at most
+    /// `MAX_HEAD_DIM`).
     #[inline(always)]
     unsafe fn scores(k_rows: &[&[f16]], kv_off: usize, hd: usize, q: &[Self::Row], seen: &[usize], scale: f32, score: &mut [[f32; RUN]]) {
         let mut row = Self::zero();
@@ -456,6 +618,10 @@ impl<W: Wide, const V: usize> HeadMath for Simd<W, V> {
     /// on the one before, and a tile's chains (eight to twelve with AVX2)
     /// overlap them. A tile whose heads set no new maximum in the run (most
     /// runs) has no branch per position.
+    ///
+    /// # Safety
+    /// The CPU has `W`'s instructions; rows hold a head's values (at most
+    /// `MAX_HEAD_DIM`).
     #[inline(always)]
     unsafe fn weigh_values_ggml(
         acc: &mut [Self::Row],
@@ -494,6 +660,10 @@ impl<W: Wide, const V: usize> HeadMath for Simd<W, V> {
     /// loaded and stored every head's sums at every position). Six heads are twelve
     /// chains of fused multiply-adds with AVX2: a position's steps then
     /// overlap where three heads' six chains waited on one another.
+    ///
+    /// # Safety
+    /// The CPU has `W`'s instructions; rows hold a head's values (at most
+    /// `MAX_HEAD_DIM`).
     #[inline(always)]
     unsafe fn weigh_values(acc: &mut [Self::Row], v: &[Self::Row; RUN], weight: &[[f32; RUN]], rescale: &[f32], seen: usize, _hd: usize) {
         for first in (0..acc.len()).step_by(WEIGH_HEADS) {
@@ -509,6 +679,9 @@ impl<W: Wide, const V: usize> HeadMath for Simd<W, V> {
             }
         }
     }
+    /// # Safety
+    /// The CPU has `W`'s instructions; rows hold a head's values (at most
+    /// `MAX_HEAD_DIM`).
     #[inline(always)]
     unsafe fn exp_run(x: &mut [f32; RUN]) {
         for half in x.chunks_exact_mut(8) {
@@ -521,6 +694,10 @@ impl<W: Wide, const V: usize> HeadMath for Simd<W, V> {
     /// `HeadMath::softmax_block` in two halves of eight lanes: the same
     /// maximum, differences and `expf`, the weights past `seen` masked to
     /// zero, and `sum_run`'s tree as vector folds.
+    ///
+    /// # Safety
+    /// The CPU has `W`'s instructions; rows hold a head's values (at most
+    /// `MAX_HEAD_DIM`).
     #[inline(always)]
     unsafe fn softmax_block(score: &[f32; RUN], seen: usize, state: &mut Softmax, weight: &mut [f32; RUN]) -> f32 {
         // Lanes of each half below `seen` (no closure: see `weigh_tile`).
@@ -553,6 +730,10 @@ impl<W: Wide, const V: usize> HeadMath for Simd<W, V> {
     }
     /// Tiles of two pairs by four positions (eight accumulators), each
     /// group of eight positions' lanes summed together (`sum_lanes8x8`).
+    ///
+    /// # Safety
+    /// The CPU has `W`'s instructions; rows hold a head's values (at most
+    /// `MAX_HEAD_DIM`).
     #[inline(always)]
     unsafe fn scores_fast(k: &[Self::Row; RUN], run: usize, q: &[Self::Row], _hd: usize, scale: f32, score: &mut [[f32; RUN]]) {
         let scale = _mm256_set1_ps(scale);
@@ -568,6 +749,10 @@ impl<W: Wide, const V: usize> HeadMath for Simd<W, V> {
     /// A whole run that sets no new maximum (the common case once a long
     /// prompt is under way) needs no prefix scan: each position weighs
     /// e^(s - max), the bits the general steps give it.
+    ///
+    /// # Safety
+    /// The CPU has `W`'s instructions; rows hold a head's values (at most
+    /// `MAX_HEAD_DIM`).
     #[inline(always)]
     unsafe fn softmax_run(score: &[f32; RUN], seen: usize, state: &mut Softmax, factor: &mut [f32; RUN]) -> u32 {
         if seen == RUN {
@@ -584,6 +769,9 @@ impl<W: Wide, const V: usize> HeadMath for Simd<W, V> {
         }
         W::softmax_run(score, seen, state, factor)
     }
+    /// # Safety
+    /// The CPU has `W`'s instructions; rows hold a head's values (at most
+    /// `MAX_HEAD_DIM`).
     #[inline(always)]
     unsafe fn store(acc: &Self::Row, scale: f32, out: &mut [f32], _hd: usize) {
         let s = W::splat(scale);
