@@ -3,7 +3,9 @@
 
 use anyhow::{anyhow, Result};
 use tokenizers::models::bpe::BPE;
-use tokenizers::normalizers::{Prepend, Replace, Sequence as Normalizers};
+use tokenizers::models::wordpiece::WordPiece;
+use tokenizers::normalizers::{BertNormalizer, Prepend, Replace, Sequence as Normalizers};
+use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
@@ -23,6 +25,31 @@ const LLAMA3_SPLIT: &str =
 const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// Pre-tokenizer names (llama.cpp's) that split digits singly before GPT-2's regex.
 const DIGITS_THEN_GPT2: &[&str] = &["smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva"];
+/// Pre-tokenizer names (llama.cpp's) that split with GPT-2's regex alone.
+const GPT2: &[&str] = &["default", "gpt2", "gpt-2", "mpt", "olmo"];
+
+/// The regexes llama.cpp splits text with, one after another, for the
+/// pre-tokenizers not covered above (`llama-vocab.cpp`, in its order).
+fn split_regexes(pre: &str) -> Option<&'static [&'static str]> {
+    Some(match pre {
+        "deepseek-llm" => &[
+            r"[\r\n]",
+            r"\s?[A-Za-z\x{B5}\x{C0}-\x{D6}\x{D8}-\x{F6}\x{F8}-\x{1BA}\x{1BC}-\x{1BF}\x{1C4}-\x{293}\x{295}-\x{2AF}\x{370}-\x{373}\x{376}\x{377}\x{37B}-\x{37D}\x{37F}\x{386}\x{388}-\x{38A}\x{38C}\x{38E}-\x{3A1}\x{3A3}-\x{3F5}\x{3F7}-\x{481}\x{48A}-\x{52F}\x{531}-\x{556}\x{10A0}-\x{10C5}\x{13A0}-\x{13F5}\x{13F8}-\x{13FD}\x{1C90}-\x{1CBA}\x{1CBD}-\x{1CBF}\x{1D00}-\x{1D2B}\x{1D6B}-\x{1D77}\x{1D79}-\x{1D9A}\x{1E00}-\x{1F15}\x{1F18}-\x{1F1D}\x{1F20}-\x{1F45}\x{1F48}-\x{1F4D}\x{1F50}-\x{1F57}\x{1F59}\x{1F5B}\x{1F5D}\x{1F5F}-\x{1F7D}\x{1F80}-\x{1FB4}\x{1FB6}-\x{1FBC}\x{1FBE}\x{1FC2}-\x{1FC4}\x{1FC6}-\x{1FCC}\x{1FD0}-\x{1FD3}\x{1FD6}-\x{1FDB}\x{1FE0}-\x{1FEC}\x{1FF2}-\x{1FF4}\x{1FF6}-\x{1FFC}\x{2102}\x{2107}\x{210A}-\x{2113}\x{2115}\x{2119}-\x{211D}\x{2124}\x{2126}\x{2128}\x{212A}-\x{212D}\x{212F}-\x{2134}\x{2139}\x{213C}-\x{213F}\x{2145}-\x{2149}\x{214E}\x{2183}\x{2184}\x{2C00}-\x{2C7B}\x{2C7E}-\x{2CE4}\x{2CEB}-\x{2CEE}\x{2CF2}\x{2CF3}\x{A640}-\x{A66D}\x{A680}-\x{A69B}\x{A722}-\x{A76F}\x{A771}-\x{A787}\x{A78B}-\x{A78E}\x{AB70}-\x{ABBF}\x{FB00}-\x{FB06}\x{FB13}-\x{FB17}\x{FF21}-\x{FF3A}\x{FF41}-\x{FF5A}\x{10400}-\x{1044F}\x{104B0}-\x{104D3}\x{104D8}-\x{104FB}\x{10C80}-\x{10CB2}\x{10CC0}-\x{10CF2}\x{118A0}-\x{118DF}\x{1E900}-\x{1E943}]+",
+            r"\s?[!-/:-~\x{FF01}-\x{FF0F}\x{FF1A}-\x{FF5E}\x{2018}-\x{201F}\x{3000}-\x{3002}]+",
+            r"\s+$",
+            r"[\x{4E00}-\x{9FA5}\x{800}-\x{4E00}\x{AC00}-\x{D7FF}]+",
+            r"\p{N}+",
+        ],
+        "deepseek-coder" => &[r"[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", r"[\x{4E00}-\x{9FA5}\x{800}-\x{4E00}\x{AC00}-\x{D7FF}]+", r"\p{N}"],
+        "falcon" => {
+            &[r"[\p{P}\$\+<=>\^~\|`]+", r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)", r"[0-9][0-9][0-9]"]
+        }
+        "qwen35" => &[
+            r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+        ],
+        _ => return None,
+    })
+}
 
 fn regex_split(pattern: &str) -> Result<PreTokenizerWrapper> {
     let split = Split::new(SplitPattern::Regex(pattern.into()), SplitDelimiterBehavior::Isolated, false)
@@ -61,13 +88,20 @@ pub(super) fn byte_level_bpe(f: &GgufFile, tokens: &[&str]) -> Result<Built> {
     let pre = f.get("tokenizer.ggml.pre").and_then(|v| v.as_str()).unwrap_or("default");
     let byte_level = ByteLevel::new(false, false, true);
     let (pre_tokenizer, ignore_merges): (PreTokenizerWrapper, bool) = match pre {
-        "default" | "gpt2" | "gpt-2" => (byte_level.into(), false),
+        p if GPT2.contains(&p) => (byte_level.into(), false),
         p if DIGITS_THEN_GPT2.contains(&p) => (Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into(), false),
         "llama3" | "llama-v3" | "llama-bpe" => {
             (Sequence::new(vec![regex_split(LLAMA3_SPLIT)?, ByteLevel::new(false, false, false).into()]).into(), true)
         }
         "qwen2" => (Sequence::new(vec![regex_split(QWEN2_SPLIT)?, ByteLevel::new(false, false, false).into()]).into(), false),
-        other => return Err(f.error(format!("pre-tokenizer {other:?} is not supported")).into()),
+        other => match split_regexes(other) {
+            Some(regexes) => {
+                let mut steps = regexes.iter().map(|r| regex_split(r)).collect::<Result<Vec<_>>>()?;
+                steps.push(ByteLevel::new(false, false, false).into());
+                (Sequence::new(steps).into(), false)
+            }
+            None => return Err(f.error(format!("pre-tokenizer {other:?} is not supported")).into()),
+        },
     };
     let bpe = BPE::builder()
         .vocab_and_merges(vocab, merges)
@@ -139,6 +173,43 @@ pub(super) fn sentencepiece(f: &GgufFile, tokens: &[&str], types: &[i64]) -> Res
             None => t.replace('▁', " ").into_bytes(),
         })
         .collect();
+    Ok(Built { tokenizer, pieces })
+}
+
+/// A BERT WordPiece vocabulary as llama.cpp reads it: text decomposed
+/// (NFD), its combining marks dropped, and lowercased, split at
+/// whitespace, punctuation and CJK characters,
+/// each word then the longest vocabulary pieces from its start. GGUF marks
+/// a word's first piece with a leading `▁` and stores the pieces that
+/// continue a word bare; WordPiece wants the first bare and the rest
+/// behind `##`.
+pub(super) fn word_piece(f: &GgufFile, tokens: &[&str], types: &[i64]) -> Result<Built> {
+    let unk = f
+        .get("tokenizer.ggml.unknown_token_id")
+        .and_then(|v| v.as_u64())
+        .ok_or_else(|| f.error("metadata tokenizer.ggml.unknown_token_id is missing"))?;
+    let unk = tokens.get(unk as usize).ok_or_else(|| f.error("tokenizer.ggml.unknown_token_id is not a token"))?;
+    let mut vocab = ahash::AHashMap::with_capacity(tokens.len());
+    for (id, tok) in tokens.iter().enumerate() {
+        let piece = match tok.strip_prefix('▁') {
+            _ if types[id] != 1 => tok.to_string(),
+            Some(first) => first.to_string(),
+            None => format!("##{tok}"),
+        };
+        // A first piece and a control token may share a text: the first id
+        // wins, as in llama.cpp's text-to-token map.
+        vocab.entry(piece).or_insert(id as u32);
+    }
+    let model = WordPiece::builder()
+        .vocab(vocab)
+        .unk_token(unk.to_string())
+        .max_input_chars_per_word(usize::MAX)
+        .build()
+        .map_err(|e| f.error(format!("cannot build WordPiece: {e}")))?;
+    let mut tokenizer = tokenizers::Tokenizer::new(model);
+    tokenizer.with_normalizer(Some(BertNormalizer::new(true, true, Some(true), true)));
+    tokenizer.with_pre_tokenizer(Some(BertPreTokenizer));
+    let pieces = tokens.iter().map(|t| t.replace('▁', " ").into_bytes()).collect();
     Ok(Built { tokenizer, pieces })
 }
 

@@ -17,14 +17,32 @@ use crate::gguf::GgufFile;
 const TYPE_CONTROL: i64 = 3;
 const TYPE_USER_DEFINED: i64 = 4;
 
+/// Finds the texts of some tokens in text, longest first.
+struct Matcher {
+    texts: AhoCorasick,
+    ids: Vec<u32>,
+}
+
+impl Matcher {
+    fn new(tokens: &[&str], ids: Vec<u32>) -> Result<Option<Matcher>, aho_corasick::BuildError> {
+        if ids.is_empty() {
+            return Ok(None);
+        }
+        let texts = AhoCorasick::builder().match_kind(MatchKind::LeftmostLongest).build(ids.iter().map(|&i| tokens[i as usize]))?;
+        Ok(Some(Matcher { texts, ids }))
+    }
+}
+
 pub struct Tokenizer {
     bpe: tokenizers::Tokenizer,
     /// The bytes each token stands for (control tokens: their text).
     pieces: Vec<Vec<u8>>,
     control: Vec<bool>,
     /// Control and user-defined tokens, matched in text when parsing specials.
-    special_ids: Vec<u32>,
-    special_matcher: Option<AhoCorasick>,
+    specials: Option<Matcher>,
+    /// User-defined tokens alone (whitespace runs, for one), matched in any
+    /// text, as llama.cpp does: they are vocabulary, not control.
+    user_defined: Option<Matcher>,
     pub bos: Option<u32>,
     pub eos: Option<u32>,
     pub eot: Option<u32>,
@@ -52,26 +70,20 @@ impl Tokenizer {
         let built = match kind {
             "gpt2" => build::byte_level_bpe(f, &tokens)?,
             "llama" => build::sentencepiece(f, &tokens, &types)?,
-            other => return Err(f.error(format!("tokenizer model {other:?} is not supported (supported: gpt2, llama)")).into()),
+            "bert" => build::word_piece(f, &tokens, &types)?,
+            other => return Err(f.error(format!("tokenizer model {other:?} is not supported (supported: gpt2, llama, bert)")).into()),
         };
         let control: Vec<bool> = types.iter().map(|&t| t == TYPE_CONTROL).collect();
-        let special_ids: Vec<u32> = (0..tokens.len() as u32)
-            .filter(|&i| matches!(types[i as usize], TYPE_CONTROL | TYPE_USER_DEFINED) && !tokens[i as usize].is_empty())
-            .collect();
-        let special_matcher = if special_ids.is_empty() {
-            None
-        } else {
-            Some(
-                AhoCorasick::builder()
-                    .match_kind(MatchKind::LeftmostLongest)
-                    .build(special_ids.iter().map(|&i| tokens[i as usize]))
-                    .map_err(|e| anyhow!("{}: special tokens: {e}", f.path.display()))?,
-            )
+        let of_types = |wanted: &[i64]| -> Vec<u32> {
+            (0..tokens.len() as u32).filter(|&i| wanted.contains(&types[i as usize]) && !tokens[i as usize].is_empty()).collect()
         };
+        let special_ids = of_types(&[TYPE_CONTROL, TYPE_USER_DEFINED]);
         let mut pieces = built.pieces;
         for &i in &special_ids {
             pieces[i as usize] = tokens[i as usize].as_bytes().to_vec();
         }
+        let matcher = |ids: Vec<u32>| Matcher::new(&tokens, ids).map_err(|e| anyhow!("{}: special tokens: {e}", f.path.display()));
+        let (specials, user_defined) = (matcher(special_ids)?, matcher(of_types(&[TYPE_USER_DEFINED]))?);
         let id = |key: &str| -> Result<Option<u32>> {
             match f.get(key) {
                 None => Ok(None),
@@ -87,8 +99,8 @@ impl Tokenizer {
             bpe: built.tokenizer,
             pieces,
             control,
-            special_ids,
-            special_matcher,
+            specials,
+            user_defined,
             bos: id("tokenizer.ggml.bos_token_id")?,
             eos,
             eot,
@@ -104,12 +116,12 @@ impl Tokenizer {
     /// token texts in it become those tokens; without, all of it is plain text.
     pub fn encode(&self, text: &str, parse_special: bool) -> Result<Vec<u32>> {
         let mut out = Vec::new();
-        let matcher = self.special_matcher.as_ref().filter(|_| parse_special);
+        let matcher = if parse_special { &self.specials } else { &self.user_defined };
         let mut plain_from = 0;
         if let Some(m) = matcher {
-            for hit in m.find_iter(text) {
+            for hit in m.texts.find_iter(text) {
                 self.encode_plain(&text[plain_from..hit.start()], &mut out)?;
-                out.push(self.special_ids[hit.pattern().as_usize()]);
+                out.push(m.ids[hit.pattern().as_usize()]);
                 plain_from = hit.end();
             }
         }
