@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use caravan::kernels::expf::silu_mul;
 use caravan::kernels::matmul::{matmul, Matrix, QuantizedActs};
-use caravan::kernels::ops::{rms_norm, Rope};
+use caravan::kernels::ops::{rms_norm, Rope, RopeStyle};
 use caravan::kernels::pool::ComputePool;
 use caravan::kernels::quant::{repack, TensorType};
 use caravan::kernels::{Arithmetic, Isa};
@@ -115,7 +115,7 @@ fn bench_ops() {
         let mut q = QuantizedActs::default();
         let quantize = time(|| q.quantize(&single, isa, &x[..m * ffn], m, ffn));
         let norm = time(|| rms_norm(&x[..m * dim], &weight, 1e-5, black_box(&mut out[..m * dim])));
-        let rope = Rope::new(64, 10000.0);
+        let rope = Rope::new(64, 10000.0, RopeStyle::Normal);
         let mut heads = x[..m * dim].to_vec();
         let rope = time(|| heads.chunks_exact_mut(dim).enumerate().for_each(|(p, row)| rope.apply(row, 64, p)));
         let silu =

@@ -21,12 +21,13 @@ fn float(rng: &mut Rng) -> f32 {
 /// Both orders of the float arithmetic (and the 4-bit layouts that go with them).
 const ORDERS: [Arithmetic; 2] = [Arithmetic::Ggml, Arithmetic::Fast];
 
-const TYPES: [TensorType; 8] = [
+const TYPES: [TensorType; 9] = [
     TensorType::F32,
     TensorType::F16,
     TensorType::BF16,
     TensorType::Q4_0,
     TensorType::Q4_1,
+    TensorType::Q5_0,
     TensorType::Q8_0,
     TensorType::Q4K,
     TensorType::Q6K,
@@ -124,6 +125,17 @@ fn ggml_dequantize(t: TensorType, row: &[u8]) -> Vec<f32> {
                 let (d, m) = (f16(b, 0), f16(b, 2));
                 y.extend(b[4..20].iter().map(|&q| (q & 0xF) as f32 * d + m));
                 y.extend(b[4..20].iter().map(|&q| (q >> 4) as f32 * d + m));
+            }
+            TensorType::Q5_0 => {
+                let (d, qh) = (f16(b, 0), u32::from_le_bytes(b[2..6].try_into().unwrap()));
+                let mut out = [0f32; 32];
+                for j in 0..16 {
+                    let xh_0 = (((qh >> j) << 4) & 0x10) as i32;
+                    let xh_1 = ((qh >> (j + 12)) & 0x10) as i32;
+                    out[j] = (((b[6 + j] & 0x0F) as i32 | xh_0) - 16) as f32 * d;
+                    out[j + 16] = (((b[6 + j] >> 4) as i32 | xh_1) - 16) as f32 * d;
+                }
+                y.extend(out);
             }
             TensorType::Q8_0 => y.extend(b[2..34].iter().map(|&q| q as i8 as f32 * f16(b, 0))),
             TensorType::Q4K => {

@@ -7,6 +7,7 @@ pub enum TensorType {
     BF16,
     Q4_0,
     Q4_1,
+    Q5_0,
     Q8_0,
     Q4K,
     Q6K,
@@ -19,6 +20,7 @@ impl TensorType {
             1 => TensorType::F16,
             2 => TensorType::Q4_0,
             3 => TensorType::Q4_1,
+            6 => TensorType::Q5_0,
             8 => TensorType::Q8_0,
             12 => TensorType::Q4K,
             14 => TensorType::Q6K,
@@ -33,6 +35,7 @@ impl TensorType {
             TensorType::F16 => 1,
             TensorType::Q4_0 => 2,
             TensorType::Q4_1 => 3,
+            TensorType::Q5_0 => 6,
             TensorType::Q8_0 => 8,
             TensorType::Q4K => 12,
             TensorType::Q6K => 14,
@@ -44,7 +47,7 @@ impl TensorType {
     pub fn block_elems(self) -> usize {
         match self {
             TensorType::F32 | TensorType::F16 | TensorType::BF16 => 1,
-            TensorType::Q4_0 | TensorType::Q4_1 | TensorType::Q8_0 => 32,
+            TensorType::Q4_0 | TensorType::Q4_1 | TensorType::Q5_0 | TensorType::Q8_0 => 32,
             TensorType::Q4K | TensorType::Q6K => 256,
         }
     }
@@ -56,6 +59,7 @@ impl TensorType {
             TensorType::F16 | TensorType::BF16 => 2,
             TensorType::Q4_0 => 18,
             TensorType::Q4_1 => 20,
+            TensorType::Q5_0 => 22,
             TensorType::Q8_0 => 34,
             TensorType::Q4K => 144,
             TensorType::Q6K => 210,
@@ -69,6 +73,7 @@ impl TensorType {
             TensorType::BF16 => "BF16",
             TensorType::Q4_0 => "Q4_0",
             TensorType::Q4_1 => "Q4_1",
+            TensorType::Q5_0 => "Q5_0",
             TensorType::Q8_0 => "Q8_0",
             TensorType::Q4K => "Q4_K",
             TensorType::Q6K => "Q6_K",

@@ -13,22 +13,33 @@ pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
+/// Which elements of a head RoPE rotates together, as ggml names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Adjacent pairs (x[2i], x[2i+1]): llama's GGUFs are converted for it.
+    Normal,
+    /// Pairs half the rotary dimensions apart (x[i], x[i + d/2]): GPT-NeoX's,
+    /// which Qwen, Gemma and Phi-3 keep.
+    Neox,
+}
+
 /// Rotary position embedding.
 pub struct Rope {
     half_dims: usize,
     theta_scale: f32,
+    style: RopeStyle,
 }
 
 impl Rope {
-    pub fn new(rot_dims: usize, base: f32) -> Rope {
-        Rope { half_dims: rot_dims / 2, theta_scale: base.powf(-2.0 / rot_dims as f32) }
+    pub fn new(rot_dims: usize, base: f32, style: RopeStyle) -> Rope {
+        Rope { half_dims: rot_dims / 2, theta_scale: base.powf(-2.0 / rot_dims as f32), style }
     }
 
-    /// Rotates adjacent pairs (x[2i], x[2i+1]) of every head in `x` (ggml's
-    /// "normal" mode, which llama GGUFs are converted for) at position `pos`.
-    /// The angle is built by repeated multiplication and the rotation uses
-    /// one fused multiply-add per output, exactly as llama.cpp's compiled
-    /// code does: with these, greedy outputs match its bit for bit.
+    /// Rotates the pairs of every head in `x` at position `pos` (the first
+    /// rotary dimensions of each head; the rest stay). The angle is built
+    /// by repeated multiplication and the rotation uses one fused
+    /// multiply-add per output, exactly as llama.cpp's compiled code does:
+    /// with these, greedy outputs match its bit for bit.
     pub fn apply(&self, x: &mut [f32], head_dim: usize, pos: usize) {
         #[cfg(target_arch = "x86_64")]
         if is_x86_feature_detected!("fma") {
@@ -54,11 +65,16 @@ impl Rope {
             *cs = (theta.cos(), theta.sin());
             theta *= self.theta_scale;
         }
+        let (step, apart) = match self.style {
+            RopeStyle::Normal => (2, 1),
+            RopeStyle::Neox => (1, self.half_dims),
+        };
         for head in x.chunks_exact_mut(head_dim) {
             for (i, &(cos, sin)) in cos_sin.iter().take(self.half_dims).enumerate() {
-                let (a, b) = (head[2 * i], head[2 * i + 1]);
-                head[2 * i] = a.mul_add(cos, -(b * sin));
-                head[2 * i + 1] = a.mul_add(sin, b * cos);
+                let (j, k) = (step * i, step * i + apart);
+                let (a, b) = (head[j], head[k]);
+                head[j] = a.mul_add(cos, -(b * sin));
+                head[k] = a.mul_add(sin, b * cos);
             }
         }
     }

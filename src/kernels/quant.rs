@@ -66,7 +66,9 @@ pub enum Packed {
     /// 4-bit codes q in 0..=15, w = scale * q + min, laid out and summed in
     /// `order`. From Q4_0, Q4_1, Q4_K.
     Nibble { qs: Vec<u8>, scale: Vec<f16>, min: Vec<f16>, order: Arithmetic },
-    /// 8-bit codes stored as q + 128 (unsigned, for `vpdpbusd`), w = scale * q. From Q8_0.
+    /// 8-bit codes stored as q + 128 (unsigned, for `vpdpbusd`), w = scale * q. From Q8_0,
+    /// and Q5_0 (its codes q - 16 in -16..=15: ggml's Q5_0 dot product is
+    /// Q8_0's, step for step, once the fifth bit is in place).
     Int8 { qs: Vec<u8>, scale: Vec<f16> },
     /// 6-bit codes q in 0..=63, w = scale * (q - 32), a scale per 16 weights. From Q6_K.
     Int6 { qs: Vec<u8>, scale: Vec<f32> },
@@ -106,6 +108,16 @@ fn decode_row(ttype: TensorType, data: &[u8], cols: usize) -> RowCodes {
             }
             TensorType::Q8_0 => {
                 row.codes.extend(b[2..34].iter().map(|&q| (q as i8 as i16 + 128) as u8));
+                row.scale.push(f16_at(b, 0));
+            }
+            TensorType::Q5_0 => {
+                // Five bits: the nibble, and bit j of qh (j + 16 for the
+                // block's high half) above it; w = d * (q - 16), an 8-bit
+                // code as Q8_0's, so q - 16 + 128.
+                let (qh, qs) = (u32::from_le_bytes(b[2..6].try_into().expect("four bytes")), &b[6..22]);
+                let high = |j: usize| ((qh >> j) & 1) as u8 * 16;
+                row.codes.extend(qs.iter().enumerate().map(|(j, &q)| (q & 0xF) + high(j) + 112));
+                row.codes.extend(qs.iter().enumerate().map(|(j, &q)| (q >> 4) + high(j + 16) + 112));
                 row.scale.push(f16_at(b, 0));
             }
             TensorType::Q4K => {
@@ -171,7 +183,7 @@ pub fn repack(ttype: TensorType, data: &[u8], rows: usize, cols: usize, order: A
             }
             Packed::Nibble { qs, scale, min, order }
         }
-        TensorType::Q8_0 | TensorType::Q6K => {
+        TensorType::Q8_0 | TensorType::Q5_0 | TensorType::Q6K => {
             // Padding rows: code 0 with scale 0.
             let mut qs = vec![0u8; slots * 32];
             let per_block = if ttype == TensorType::Q6K { 2 } else { 1 };

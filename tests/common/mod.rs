@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod blocks;
+pub mod faithful;
 pub mod gguf_write;
 
 use std::path::{Path, PathBuf};
@@ -80,8 +81,26 @@ pub struct GoldenRow {
     pub top_logprobs: Vec<Vec<(u32, f64)>>,
 }
 
+/// The default model's reference rows.
 pub fn golden() -> Vec<GoldenRow> {
-    let text = include_str!("../data/smollm2-greedy.jsonl");
+    golden_rows(include_str!("../data/smollm2-greedy.jsonl"))
+}
+
+/// Qwen2.5-Coder-0.5B-Instruct (`qwen2.5-coder:0.5b`), pulled if missing.
+pub fn qwen(order: Arithmetic) -> &'static LoadedModel {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    static MODELS: [OnceLock<LoadedModel>; 2] = [OnceLock::new(), OnceLock::new()];
+    let path = PATH.get_or_init(|| Store::from_env().resolve("qwen2.5-coder:0.5b").expect("qwen2.5-coder:0.5b installs"));
+    MODELS[order as usize].get_or_init(|| LoadedModel::open(path, 2, order).expect("qwen2.5-coder:0.5b loads"))
+}
+
+/// llama.cpp's outputs on `qwen2.5-coder:0.5b`.
+pub fn qwen_golden() -> Vec<GoldenRow> {
+    golden_rows(include_str!("../data/qwen2.5-coder-0.5b-greedy.jsonl"))
+}
+
+/// Reference rows from a JSONL file's text (see ../data).
+pub fn golden_rows(text: &str) -> Vec<GoldenRow> {
     let ids = |v: &serde_json::Value| -> Vec<u32> { v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect() };
     text.lines()
         .map(|line| {
