@@ -1,6 +1,6 @@
 """Writes a reference file like tests/data/smollm2-greedy.jsonl from a
-running llama.cpp server: for every row of an existing file (its prompt
-tokens), llama.cpp's greedy continuation of up to 32 tokens and the five
+running llama.cpp server: for every row of a file (its prompt tokens),
+llama.cpp's greedy continuation of up to 32 tokens and the five
 most likely tokens with their log-probabilities at the first four
 positions. Used to record llama.cpp's output on another instruction set
 (llama.cpp's AVX2 and AVX-512 builds round SiLU differently).
@@ -20,10 +20,19 @@ def complete(url, tokens):
     return json.loads(urllib.request.urlopen(req, timeout=600).read())
 
 
+def tokenize(url, text):
+    body = {"content": text, "add_special": True, "parse_special": True}
+    req = urllib.request.Request(url + "/tokenize", json.dumps(body).encode(), {"Content-Type": "application/json"})
+    return json.loads(urllib.request.urlopen(req, timeout=600).read())["tokens"]
+
+
 def main():
     url, rows = sys.argv[1], sys.argv[2]
     for line in open(rows):
         row = json.loads(line)
+        # A row may give its prompt as text alone: llama.cpp tokenizes it.
+        if "prompt_tokens" not in row:
+            row["prompt_tokens"] = tokenize(url, row["prompt"])
         r = complete(url, row["prompt_tokens"])
         row["completion_tokens"] = r["tokens"]
         row["completion"] = r["content"]

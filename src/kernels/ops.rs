@@ -28,11 +28,22 @@ pub struct Rope {
     half_dims: usize,
     theta_scale: f32,
     style: RopeStyle,
+    /// Each pair's angle divided by its factor (Llama 3's `rope_freqs`).
+    freq_factors: Option<Vec<f32>>,
+    /// Every angle times this (linear scaling: 1 / the scaling factor).
+    freq_scale: f32,
 }
 
 impl Rope {
     pub fn new(rot_dims: usize, base: f32, style: RopeStyle) -> Rope {
-        Rope { half_dims: rot_dims / 2, theta_scale: base.powf(-2.0 / rot_dims as f32), style }
+        Rope { half_dims: rot_dims / 2, theta_scale: base.powf(-2.0 / rot_dims as f32), style, freq_factors: None, freq_scale: 1.0 }
+    }
+
+    /// The same with pair i's angle `freq_scale * theta_i / freq_factors[i]`,
+    /// in ggml's order of operations.
+    pub fn scaled(rot_dims: usize, base: f32, style: RopeStyle, freq_factors: Option<Vec<f32>>, freq_scale: f32) -> Rope {
+        assert!(freq_factors.as_ref().is_none_or(|f| f.len() == rot_dims / 2), "one frequency factor per pair");
+        Rope { freq_factors, freq_scale, ..Rope::new(rot_dims, base, style) }
     }
 
     /// Rotates the pairs of every head in `x` at position `pos` (the first
@@ -61,8 +72,10 @@ impl Rope {
     fn apply_body(&self, x: &mut [f32], head_dim: usize, pos: usize) {
         let mut cos_sin = [(0f32, 0f32); 256];
         let mut theta = pos as f32;
-        for cs in cos_sin.iter_mut().take(self.half_dims) {
-            *cs = (theta.cos(), theta.sin());
+        for (i, cs) in cos_sin.iter_mut().take(self.half_dims).enumerate() {
+            let factor = self.freq_factors.as_ref().map_or(1.0, |f| f[i]);
+            let angle = self.freq_scale * (theta / factor);
+            *cs = (angle.cos(), angle.sin());
             theta *= self.theta_scale;
         }
         let (step, apart) = match self.style {

@@ -26,6 +26,8 @@ pub struct ModelConfig {
     pub rope_base: f32,
     pub rope_dims: usize,
     pub rope_style: RopeStyle,
+    /// Every RoPE angle times this (linear scaling; 1 for none).
+    pub rope_freq_scale: f32,
     /// Whether the layers have Q, K and V biases.
     pub qkv_bias: bool,
 }

@@ -72,10 +72,31 @@ impl ModelConfig {
             norm_eps: f.get_f32(&key("attention.layer_norm_rms_epsilon"))?,
             rope_base: if f.get(&key("rope.freq_base")).is_some() { f.get_f32(&key("rope.freq_base"))? } else { 10000.0 },
             rope_dims,
+            rope_freq_scale: rope_freq_scale(f, &key)?,
             rope_style: a.rope,
             qkv_bias: a.qkv_bias,
             architecture: arch,
         })
+    }
+}
+
+/// How RoPE's angles are scaled for a longer context: not at all, or
+/// linearly (`rope.scaling.factor` times slower). Any other scaling is a
+/// load error, never positions silently wrong.
+fn rope_freq_scale(f: &GgufFile, key: &dyn Fn(&str) -> String) -> Result<f32> {
+    let kind = match f.get(&key("rope.scaling.type")) {
+        Some(_) => f.get_str(&key("rope.scaling.type"))?,
+        None => "none",
+    };
+    let factor = match f.get(&key("rope.scaling.factor")) {
+        Some(_) => f.get_f32(&key("rope.scaling.factor"))?,
+        None => 1.0,
+    };
+    match kind {
+        "none" => Ok(1.0),
+        "linear" if factor > 0.0 => Ok(1.0 / factor),
+        "linear" => bail!("{}: rope.scaling.factor {factor} must be positive", f.path.display()),
+        other => bail!("{}: RoPE scaling {other:?} is not supported (supported: none, linear)", f.path.display()),
     }
 }
 
@@ -165,7 +186,16 @@ impl Model {
             output_norm: l.vector("output_norm.weight", dim)?,
             output,
             layers,
-            rope: Rope::new(c.rope_dims, c.rope_base, c.rope_style),
+            rope: Rope::scaled(
+                c.rope_dims,
+                c.rope_base,
+                c.rope_style,
+                match f.tensor("rope_freqs.weight") {
+                    Some(_) => Some(l.vector("rope_freqs.weight", c.rope_dims / 2)?),
+                    None => None,
+                },
+                c.rope_freq_scale,
+            ),
             isa,
             arithmetic,
             pool: ComputePool::new(threads),

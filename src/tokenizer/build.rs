@@ -17,6 +17,9 @@ use crate::gguf::GgufFile;
 pub(super) struct Built {
     pub tokenizer: tokenizers::Tokenizer,
     pub pieces: Vec<Vec<u8>>,
+    /// Whether BOS starts a prompt when the metadata does not say
+    /// (`tokenizer.ggml.add_bos_token`): llama.cpp's default for the kind.
+    pub add_bos: bool,
 }
 
 /// The regex llama 3 style vocabularies split words with before BPE.
@@ -25,6 +28,8 @@ const LLAMA3_SPLIT: &str =
 const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// Pre-tokenizer names (llama.cpp's) that split digits singly before GPT-2's regex.
 const DIGITS_THEN_GPT2: &[&str] = &["smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva"];
+/// Llama 3's pre-tokenizer names: its regex, merges ignored, BOS added.
+const LLAMA3: &[&str] = &["llama3", "llama-v3", "llama-bpe"];
 /// Pre-tokenizer names (llama.cpp's) that split with GPT-2's regex alone.
 const GPT2: &[&str] = &["default", "gpt2", "gpt-2", "mpt", "olmo"];
 
@@ -90,7 +95,7 @@ pub(super) fn byte_level_bpe(f: &GgufFile, tokens: &[&str]) -> Result<Built> {
     let (pre_tokenizer, ignore_merges): (PreTokenizerWrapper, bool) = match pre {
         p if GPT2.contains(&p) => (byte_level.into(), false),
         p if DIGITS_THEN_GPT2.contains(&p) => (Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into(), false),
-        "llama3" | "llama-v3" | "llama-bpe" => {
+        p if LLAMA3.contains(&p) => {
             (Sequence::new(vec![regex_split(LLAMA3_SPLIT)?, ByteLevel::new(false, false, false).into()]).into(), true)
         }
         "qwen2" => (Sequence::new(vec![regex_split(QWEN2_SPLIT)?, ByteLevel::new(false, false, false).into()]).into(), false),
@@ -125,7 +130,7 @@ pub(super) fn byte_level_bpe(f: &GgufFile, tokens: &[&str]) -> Result<Built> {
             bytes
         })
         .collect();
-    Ok(Built { tokenizer, pieces })
+    Ok(Built { tokenizer, pieces, add_bos: LLAMA3.contains(&pre) })
 }
 
 /// A SentencePiece vocabulary as a BPE: merges come from the scores (a merge
@@ -173,7 +178,7 @@ pub(super) fn sentencepiece(f: &GgufFile, tokens: &[&str], types: &[i64]) -> Res
             None => t.replace('▁', " ").into_bytes(),
         })
         .collect();
-    Ok(Built { tokenizer, pieces })
+    Ok(Built { tokenizer, pieces, add_bos: true })
 }
 
 /// A BERT WordPiece vocabulary as llama.cpp reads it: text decomposed
@@ -210,7 +215,7 @@ pub(super) fn word_piece(f: &GgufFile, tokens: &[&str], types: &[i64]) -> Result
     tokenizer.with_normalizer(Some(BertNormalizer::new(true, true, Some(true), true)));
     tokenizer.with_pre_tokenizer(Some(BertPreTokenizer));
     let pieces = tokens.iter().map(|t| t.replace('▁', " ").into_bytes()).collect();
-    Ok(Built { tokenizer, pieces })
+    Ok(Built { tokenizer, pieces, add_bos: true })
 }
 
 /// `<0xAB>` -> 0xAB.

@@ -104,7 +104,7 @@ impl Tokenizer {
             bos: id("tokenizer.ggml.bos_token_id")?,
             eos,
             eot,
-            add_bos: f.get("tokenizer.ggml.add_bos_token").and_then(|v| v.as_bool()).unwrap_or(kind == "llama"),
+            add_bos: f.get("tokenizer.ggml.add_bos_token").and_then(|v| v.as_bool()).unwrap_or(built.add_bos),
         })
     }
 

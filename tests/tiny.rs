@@ -1,0 +1,74 @@
+//! Architectures with no small real model to be had, on tiny random-weight
+//! files with real vocabularies (tools/tiny_gguf.py), against llama.cpp's
+//! outputs on the same files (tools/golden.py; ggml's order of arithmetic).
+
+mod common;
+
+use std::path::Path;
+
+use caravan::gguf::{GgufFile, Value};
+use caravan::kernels::ops::{Rope, RopeStyle};
+use caravan::kernels::Arithmetic;
+use caravan::loaded::LoadedModel;
+use caravan::model::ModelConfig;
+use common::faithful::{agreeing_rows, log_probability_differences, run_all_together};
+use common::gguf_write::write_file;
+use common::{golden_rows, GoldenRow};
+
+fn tiny(name: &str) -> LoadedModel {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/data/tiny/{name}.gguf"));
+    LoadedModel::open(&path, 2, Arithmetic::Ggml).unwrap_or_else(|e| panic!("{name}: {e:#}"))
+}
+
+/// Tokenization on every row, the first 16 greedy tokens on every row, and
+/// the largest teacher-forced log-probability difference.
+fn worst_difference(m: &LoadedModel, rows: &[GoldenRow]) -> f64 {
+    for row in rows {
+        assert_eq!(m.raw_tokens(&row.prompt).unwrap(), row.prompt_tokens, "row {}", row.id);
+    }
+    assert_eq!(agreeing_rows(rows, &run_all_together(m, rows), 0.1), rows.len());
+    log_probability_differences(m, rows).into_iter().fold(0f64, f64::max)
+}
+
+/// Llama 3's RoPE: each pair's angle divided by its factor from
+/// `rope_freqs.weight`. Measured: 1.5e-4 at most (the reference rounds to
+/// 1e-4); with the factors ignored the same file is 0.1 or more off.
+#[test]
+fn llama3_rope_frequency_factors_match_llama_cpp() {
+    let rows = golden_rows(include_str!("data/tiny/llama3-greedy.jsonl"));
+    let mut m = tiny("llama3");
+    let worst = worst_difference(&m, &rows);
+    assert!(worst < 1e-3, "largest log-probability difference {worst}");
+    let c = &m.model.config;
+    m.model.rope = Rope::new(c.rope_dims, c.rope_base, RopeStyle::Normal);
+    let without = log_probability_differences(&m, &rows).into_iter().fold(0f64, f64::max);
+    assert!(without > 0.1, "the factors make no difference ({without}): the test cannot see them");
+}
+
+/// A model's metadata alone, with `extra` keys and `arch` for architecture.
+fn config_error(arch: &str, extra: &[(&str, Value)]) -> String {
+    let key = |k: &str| format!("{arch}.{k}");
+    let mut meta = vec![
+        ("general.architecture".to_string(), Value::String(arch.into())),
+        (key("embedding_length"), Value::U32(32)),
+        (key("attention.head_count"), Value::U32(2)),
+        (key("block_count"), Value::U32(1)),
+        (key("feed_forward_length"), Value::U32(64)),
+        (key("context_length"), Value::U32(64)),
+        (key("attention.layer_norm_rms_epsilon"), Value::F32(1e-5)),
+        (key("vocab_size"), Value::U32(256)),
+    ];
+    meta.extend(extra.iter().map(|(k, v)| (key(k), v.clone())));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.gguf");
+    write_file(&path, &meta, &[]).unwrap();
+    ModelConfig::from_gguf(&GgufFile::open(&path).unwrap()).err().expect("refused").to_string()
+}
+
+#[test]
+fn what_is_not_supported_is_a_load_error_naming_it() {
+    let e = config_error("mamba", &[]);
+    assert!(e.contains("architecture \"mamba\" is not supported (supported: llama, mistral, qwen2)"), "{e}");
+    let e = config_error("llama", &[("rope.scaling.type", Value::String("yarn".into()))]);
+    assert!(e.contains("RoPE scaling \"yarn\" is not supported (supported: none, linear)"), "{e}");
+}

@@ -1,0 +1,96 @@
+"""Writes a tiny random-weight GGUF with a real vocabulary, for testing an
+architecture's forward pass against llama.cpp's on the same file (no small
+real model of the architecture is to be had):
+
+    python3 tools/tiny_gguf.py llama3 tests/data/vocab/ggml-vocab-llama-bpe.gguf tests/data/tiny/llama3.gguf
+
+Needs the `gguf` and `numpy` packages. The weights come from a fixed seed,
+so the same command writes the same file.
+"""
+
+import sys
+
+import gguf
+import numpy as np
+
+# name -> (architecture, hyper-parameters, extra metadata, tensors beyond llama's)
+SHAPES = {
+    # Llama 3's RoPE: per-dimension frequency factors (`rope_freqs.weight`).
+    "llama3": dict(arch="llama", dim=32, heads=2, kv_heads=1, layers=2, ffn=64, rope_base=500000.0, freq_factors=True),
+}
+
+
+def copy_vocabulary(writer, vocab_path):
+    reader = gguf.GGUFReader(vocab_path)
+    for key, field in reader.fields.items():
+        if not key.startswith("tokenizer."):
+            continue
+        value = field.contents()
+        if key == "tokenizer.ggml.token_type":
+            writer.add_array(key, [int(v) for v in value])
+        elif isinstance(value, list):
+            writer.add_array(key, value)
+        elif isinstance(value, str):
+            writer.add_string(key, value)
+        elif isinstance(value, bool):
+            writer.add_bool(key, value)
+        elif isinstance(value, int):
+            writer.add_uint32(key, value)
+        else:
+            writer.add_float32(key, float(value))
+    return len(reader.fields["tokenizer.ggml.tokens"].contents())
+
+
+def main():
+    name, vocab_path, out = sys.argv[1:4]
+    s = SHAPES[name]
+    rng = np.random.default_rng(20261202)
+    arch, dim, heads, kv_heads, ffn = s["arch"], s["dim"], s["heads"], s["kv_heads"], s["ffn"]
+    head_dim = dim // heads
+    w = gguf.GGUFWriter(out, arch)
+    vocab = copy_vocabulary(w, vocab_path)
+    w.add_name(f"tiny-{name}")
+    w.add_context_length(2048)
+    w.add_embedding_length(dim)
+    w.add_block_count(s["layers"])
+    w.add_feed_forward_length(ffn)
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv_heads)
+    w.add_rope_dimension_count(head_dim)
+    w.add_rope_freq_base(s["rope_base"])
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_vocab_size(vocab)
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
+
+    def matrix(tensor, rows, cols, scale):
+        data = (rng.standard_normal((rows, cols)) * scale).astype(np.float32)
+        q = gguf.quants.quantize(data, gguf.GGMLQuantizationType.Q8_0)
+        w.add_tensor(tensor, q, raw_shape=q.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+
+    def vector(tensor, values):
+        w.add_tensor(tensor, np.asarray(values, dtype=np.float32))
+
+    matrix("token_embd.weight", vocab, dim, 1.0)
+    vector("output_norm.weight", 1.0 + 0.1 * rng.standard_normal(dim))
+    if s.get("freq_factors"):
+        # Llama 3.1's scaling: high frequencies kept, low ones slowed.
+        vector("rope_freqs.weight", np.geomspace(1.0, 8.0, head_dim // 2))
+    for i in range(s["layers"]):
+        p = f"blk.{i}."
+        vector(p + "attn_norm.weight", 1.0 + 0.1 * rng.standard_normal(dim))
+        matrix(p + "attn_q.weight", dim, dim, dim**-0.5)
+        matrix(p + "attn_k.weight", kv_heads * head_dim, dim, dim**-0.5)
+        matrix(p + "attn_v.weight", kv_heads * head_dim, dim, dim**-0.5)
+        matrix(p + "attn_output.weight", dim, dim, dim**-0.5)
+        vector(p + "ffn_norm.weight", 1.0 + 0.1 * rng.standard_normal(dim))
+        matrix(p + "ffn_gate.weight", ffn, dim, dim**-0.5)
+        matrix(p + "ffn_up.weight", ffn, dim, dim**-0.5)
+        matrix(p + "ffn_down.weight", dim, ffn, ffn**-0.5)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+if __name__ == "__main__":
+    main()
