@@ -62,7 +62,7 @@ fn config_error(arch: &str, extra: &[(&str, Value)]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.gguf");
     write_file(&path, &meta, &[]).unwrap();
-    ModelConfig::from_gguf(&GgufFile::open(&path).unwrap()).err().expect("refused").to_string()
+    ModelConfig::from_gguf(&GgufFile::open(&path).unwrap()).expect_err("refused").to_string()
 }
 
 #[test]
