@@ -3,6 +3,7 @@ architecture's forward pass against llama.cpp's on the same file (no small
 real model of the architecture is to be had):
 
     python3 tools/tiny_gguf.py llama3 tests/data/vocab/ggml-vocab-llama-bpe.gguf tests/data/tiny/llama3.gguf
+    python3 tools/tiny_gguf.py qwen3 tests/data/vocab/ggml-vocab-qwen2.gguf tests/data/tiny/qwen3.gguf
 
 Needs the `gguf` and `numpy` packages. The weights come from a fixed seed,
 so the same command writes the same file.
@@ -13,10 +14,13 @@ import sys
 import gguf
 import numpy as np
 
-# name -> (architecture, hyper-parameters, extra metadata, tensors beyond llama's)
+# name -> architecture, shape, and what it has beyond llama's tensors
 SHAPES = {
     # Llama 3's RoPE: per-dimension frequency factors (`rope_freqs.weight`).
     "llama3": dict(arch="llama", dim=32, heads=2, kv_heads=1, layers=2, ffn=64, rope_base=500000.0, freq_factors=True),
+    # Qwen 3: RMSNorm of each query and key head; heads wider together than
+    # the embedding (attention.key_length).
+    "qwen3": dict(arch="qwen3", dim=32, heads=4, kv_heads=2, head_dim=16, layers=2, ffn=64, rope_base=1000000.0, qk_norm=True),
 }
 
 
@@ -46,7 +50,7 @@ def main():
     s = SHAPES[name]
     rng = np.random.default_rng(20261202)
     arch, dim, heads, kv_heads, ffn = s["arch"], s["dim"], s["heads"], s["kv_heads"], s["ffn"]
-    head_dim = dim // heads
+    head_dim = s.get("head_dim", dim // heads)
     w = gguf.GGUFWriter(out, arch)
     vocab = copy_vocabulary(w, vocab_path)
     w.add_name(f"tiny-{name}")
@@ -57,6 +61,9 @@ def main():
     w.add_head_count(heads)
     w.add_head_count_kv(kv_heads)
     w.add_rope_dimension_count(head_dim)
+    if "head_dim" in s:
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
     w.add_rope_freq_base(s["rope_base"])
     w.add_layer_norm_rms_eps(1e-5)
     w.add_vocab_size(vocab)
@@ -78,10 +85,13 @@ def main():
     for i in range(s["layers"]):
         p = f"blk.{i}."
         vector(p + "attn_norm.weight", 1.0 + 0.1 * rng.standard_normal(dim))
-        matrix(p + "attn_q.weight", dim, dim, dim**-0.5)
+        matrix(p + "attn_q.weight", heads * head_dim, dim, dim**-0.5)
         matrix(p + "attn_k.weight", kv_heads * head_dim, dim, dim**-0.5)
         matrix(p + "attn_v.weight", kv_heads * head_dim, dim, dim**-0.5)
-        matrix(p + "attn_output.weight", dim, dim, dim**-0.5)
+        if s.get("qk_norm"):
+            vector(p + "attn_q_norm.weight", 1.0 + 0.1 * rng.standard_normal(head_dim))
+            vector(p + "attn_k_norm.weight", 1.0 + 0.1 * rng.standard_normal(head_dim))
+        matrix(p + "attn_output.weight", dim, heads * head_dim, (heads * head_dim) ** -0.5)
         vector(p + "ffn_norm.weight", 1.0 + 0.1 * rng.standard_normal(dim))
         matrix(p + "ffn_gate.weight", ffn, dim, dim**-0.5)
         matrix(p + "ffn_up.weight", ffn, dim, dim**-0.5)

@@ -5,12 +5,26 @@
 pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     let d = weight.len();
     for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
-        let ss = (xr.iter().map(|&v| (v * v) as f64).sum::<f64>() / d as f64) as f32;
-        let scale = 1.0 / (ss + eps).sqrt();
+        let scale = rms_scale(xr, eps);
         for ((o, &v), &w) in or.iter_mut().zip(xr).zip(weight) {
             *o = v * scale * w;
         }
     }
+}
+
+/// `x = x / rms(x) * weight` for one row (a head's queries or keys), as
+/// `rms_norm` computes it.
+pub fn rms_norm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
+    let scale = rms_scale(x, eps);
+    for (v, &w) in x.iter_mut().zip(weight) {
+        *v = *v * scale * w;
+    }
+}
+
+/// 1 / rms(x), the mean of squares summed in f64.
+fn rms_scale(x: &[f32], eps: f32) -> f32 {
+    let ss = (x.iter().map(|&v| (v * v) as f64).sum::<f64>() / x.len() as f64) as f32;
+    1.0 / (ss + eps).sqrt()
 }
 
 /// Which elements of a head RoPE rotates together, as ggml names them.

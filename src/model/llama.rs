@@ -3,7 +3,7 @@
 
 use crate::kernels::expf::silu_mul;
 use crate::kernels::matmul::{matmul, Matrix, QuantizedActs};
-use crate::kernels::ops::{add_assign, rms_norm, Rope, RopeStyle};
+use crate::kernels::ops::{add_assign, rms_norm, rms_norm_in_place, Rope, RopeStyle};
 use crate::kernels::pool::{ComputePool, SharedOut};
 use crate::kernels::{Arithmetic, Isa};
 use crate::kv::KvPool;
@@ -30,9 +30,16 @@ pub struct ModelConfig {
     pub rope_freq_scale: f32,
     /// Whether the layers have Q, K and V biases.
     pub qkv_bias: bool,
+    /// Whether each query and key head is RMS-normed before RoPE.
+    pub qk_norm: bool,
 }
 
 impl ModelConfig {
+    /// Width of a token's queries: every head's.
+    pub fn q_dim(&self) -> usize {
+        self.heads * self.head_dim
+    }
+
     pub fn kv_dim(&self) -> usize {
         self.kv_heads * self.head_dim
     }
@@ -44,6 +51,8 @@ pub struct Layer {
     pub wqkv: Matrix,
     /// Their biases, [q | k | v], where the architecture has them.
     pub qkv_bias: Option<Vec<f32>>,
+    /// The weights of each query head's and each key head's RMSNorm.
+    pub qk_norm: Option<(Vec<f32>, Vec<f32>)>,
     pub wo: Matrix,
     pub ffn_norm: Vec<f32>,
     /// Gate and up projections fused: rows [gate | up].
@@ -172,7 +181,8 @@ impl Model {
         }
         s.h.resize(t * dim, 0.0);
 
-        let qkv_dim = dim + 2 * kv_dim;
+        let q_dim = c.q_dim();
+        let qkv_dim = q_dim + 2 * kv_dim;
         for (li, layer) in self.layers.iter().enumerate() {
             self.norm_rows(&s.x, &layer.attn_norm, &mut s.h);
             self.linear(&layer.wqkv, &s.h, t, &mut s.quant, &mut s.qkv);
@@ -184,14 +194,22 @@ impl Model {
                     if let Some(bias) = &layer.qkv_bias {
                         add_assign(row, bias);
                     }
-                    self.rope.apply(&mut row[..dim + kv_dim], c.head_dim, slot.pos);
+                    if let Some((q_norm, k_norm)) = &layer.qk_norm {
+                        let (q, k) = row[..q_dim + kv_dim].split_at_mut(q_dim);
+                        for (head, weight) in
+                            q.chunks_exact_mut(c.head_dim).map(|h| (h, q_norm)).chain(k.chunks_exact_mut(c.head_dim).map(|h| (h, k_norm)))
+                        {
+                            rms_norm_in_place(head, weight, c.norm_eps);
+                        }
+                    }
+                    self.rope.apply(&mut row[..q_dim + kv_dim], c.head_dim, slot.pos);
                 }
             });
             for (row, slot) in s.qkv.chunks_exact(qkv_dim).zip(slots) {
-                let (k, v) = row[dim..].split_at(kv_dim);
+                let (k, v) = row[q_dim..].split_at(kv_dim);
                 kv.write(chunks[slot.chunk].blocks, li, slot.pos, k, v);
             }
-            s.attn.resize(t * dim, 0.0);
+            s.attn.resize(t * q_dim, 0.0);
             attend(&attention, &self.pool, chunks, slots, li, &s.qkv, kv, &mut s.attn, &mut s.attention);
             self.linear(&layer.wo, &s.attn, t, &mut s.quant, &mut s.tmp);
             add_assign(&mut s.x, &s.tmp);

@@ -19,12 +19,15 @@ struct Architecture {
     rope: RopeStyle,
     /// Biases on the Q, K and V projections.
     qkv_bias: bool,
+    /// RMSNorm of each query and key head before RoPE.
+    qk_norm: bool,
 }
 
 const ARCHITECTURES: &[Architecture] = &[
-    Architecture { name: "llama", rope: RopeStyle::Normal, qkv_bias: false },
-    Architecture { name: "mistral", rope: RopeStyle::Normal, qkv_bias: false },
-    Architecture { name: "qwen2", rope: RopeStyle::Neox, qkv_bias: true },
+    Architecture { name: "llama", rope: RopeStyle::Normal, qkv_bias: false, qk_norm: false },
+    Architecture { name: "mistral", rope: RopeStyle::Normal, qkv_bias: false, qk_norm: false },
+    Architecture { name: "qwen2", rope: RopeStyle::Neox, qkv_bias: true, qk_norm: false },
+    Architecture { name: "qwen3", rope: RopeStyle::Neox, qkv_bias: false, qk_norm: true },
 ];
 
 impl ModelConfig {
@@ -41,10 +44,20 @@ impl ModelConfig {
             Some(_) => f.get_u64(&key("attention.head_count_kv"))? as usize,
             None => heads,
         };
-        if heads == 0 || kv_heads == 0 || !dim.is_multiple_of(heads) || !heads.is_multiple_of(kv_heads) {
+        if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
             bail!("{}: inconsistent attention shape: dim {dim}, {heads} heads, {kv_heads} KV heads", f.path.display());
         }
-        let head_dim = dim / heads;
+        // A head's width: the key length where the file gives one (then
+        // the heads together may be wider than the embedding), else an
+        // equal share of the embedding.
+        let head_dim = match f.get(&key("attention.key_length")) {
+            Some(_) => f.get_u64(&key("attention.key_length"))? as usize,
+            None if dim.is_multiple_of(heads) => dim / heads,
+            None => bail!("{}: inconsistent attention shape: dim {dim}, {heads} heads", f.path.display()),
+        };
+        if f.get(&key("attention.value_length")).is_some() && f.get_u64(&key("attention.value_length"))? as usize != head_dim {
+            bail!("{}: value heads of another width than key heads are not supported", f.path.display());
+        }
         let vocab = match f.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()) {
             Some(tokens) => tokens.len(),
             None => f.get_u64(&key("vocab_size"))? as usize,
@@ -75,6 +88,7 @@ impl ModelConfig {
             rope_freq_scale: rope_freq_scale(f, &key)?,
             rope_style: a.rope,
             qkv_bias: a.qkv_bias,
+            qk_norm: a.qk_norm,
             architecture: arch,
         })
     }
@@ -154,23 +168,28 @@ impl Model {
     pub fn load(f: &GgufFile, isa: Isa, arithmetic: Arithmetic, threads: usize) -> Result<Model> {
         let c = ModelConfig::from_gguf(f)?;
         let l = Loader { f, arithmetic };
-        let (dim, kv_dim) = (c.dim, c.kv_dim());
+        let (dim, q_dim, kv_dim) = (c.dim, c.q_dim(), c.kv_dim());
         let mut layers = Vec::with_capacity(c.layers);
         for i in 0..c.layers {
             let n = |s: &str| format!("blk.{i}.{s}.weight");
             layers.push(Layer {
                 attn_norm: l.vector(&n("attn_norm"), dim)?,
-                wqkv: l.fused(&[(n("attn_q"), dim), (n("attn_k"), kv_dim), (n("attn_v"), kv_dim)], dim)?,
+                wqkv: l.fused(&[(n("attn_q"), q_dim), (n("attn_k"), kv_dim), (n("attn_v"), kv_dim)], dim)?,
                 qkv_bias: if c.qkv_bias {
                     let b = |s: &str| format!("blk.{i}.{s}.bias");
-                    let mut bias = l.vector(&b("attn_q"), dim)?;
+                    let mut bias = l.vector(&b("attn_q"), q_dim)?;
                     bias.extend(l.vector(&b("attn_k"), kv_dim)?);
                     bias.extend(l.vector(&b("attn_v"), kv_dim)?);
                     Some(bias)
                 } else {
                     None
                 },
-                wo: l.matrix(&n("attn_output"), dim, dim)?,
+                qk_norm: if c.qk_norm {
+                    Some((l.vector(&n("attn_q_norm"), c.head_dim)?, l.vector(&n("attn_k_norm"), c.head_dim)?))
+                } else {
+                    None
+                },
+                wo: l.matrix(&n("attn_output"), dim, q_dim)?,
                 ffn_norm: l.vector(&n("ffn_norm"), dim)?,
                 w_gate_up: l.fused(&[(n("ffn_gate"), c.ffn), (n("ffn_up"), c.ffn)], dim)?,
                 w_down: l.matrix(&n("ffn_down"), dim, c.ffn)?,
