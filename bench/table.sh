@@ -5,17 +5,18 @@
 # alternating rounds (the machine drifts: each round runs every column
 # once). Prints a Markdown table of medians, ranges in brackets.
 #
-#   bench/table.sh [rounds]        (default 3)
+#   bench/table.sh [rounds] [model]     (default 3, smollm2:135m)
 #
 # CARAVAN_BIN picks the binary (default target/release/caravan); the model
-# is the default one, pulled beforehand (`caravan pull smollm2:135m`).
+# must be installed beforehand (`caravan pull MODEL`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
+model=${2:-smollm2:135m}
 bin=${CARAVAN_BIN:-target/release/caravan}
 models=${CARAVAN_MODELS:-$HOME/.caravan/models}
-manifest="$models/manifests/smollm2@135m.json"
-[[ -f $manifest ]] || { echo "bench/table.sh: the default model is not installed (caravan pull smollm2:135m)" >&2; exit 1; }
+manifest="$models/manifests/${model/:/@}.json"
+[[ -f $manifest ]] || { echo "bench/table.sh: $model is not installed (caravan pull $model)" >&2; exit 1; }
 sha=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["sha256"])' "$manifest")
 gguf="$models/blobs/sha256-$sha.gguf"
 results=$(mktemp)
@@ -26,14 +27,14 @@ row() { awk -v b="$1" '$1 == b { print $2, $3 }'; }
 caravan_round() {
   local order=$1 r
   export CARAVAN_ARITHMETIC=$order
-  r=$("$bin" bench --batch 1 --repeat 1 --shared-prompt 0 2>&1 | row 1)
+  r=$("$bin" bench "$model" --batch 1 --repeat 1 --shared-prompt 0 2>&1 | row 1)
   echo "$order decode1 ${r#* }"
-  r=$("$bin" bench --batch 32 --repeat 1 --shared-prompt 0 2>&1 | row 32)
+  r=$("$bin" bench "$model" --batch 32 --repeat 1 --shared-prompt 0 2>&1 | row 32)
   echo "$order prefill32 ${r% *}"
   echo "$order decode32 ${r#* }"
-  r=$("$bin" bench --batch 1 --prompt 512 --gen 2 --repeat 1 --shared-prompt 0 2>&1 | row 1)
+  r=$("$bin" bench "$model" --batch 1 --prompt 512 --gen 2 --repeat 1 --shared-prompt 0 2>&1 | row 1)
   echo "$order prefill512 ${r% *}"
-  r=$("$bin" bench --batch 1 --prompt 3000 --gen 2 --repeat 1 --shared-prompt 0 2>&1 | row 1)
+  r=$("$bin" bench "$model" --batch 1 --prompt 3000 --gen 2 --repeat 1 --shared-prompt 0 2>&1 | row 1)
   echo "$order ttft3000 $(python3 -c "print(3000 / ${r% *})")"
 }
 llama_round() {

@@ -228,3 +228,21 @@ fn batch_takes_plain_prompts_one_per_line() {
     assert!(lines.iter().all(|l| l["response"]["status_code"] == 200));
     assert!(lines.iter().all(|l| l["response"]["body"]["usage"]["completion_tokens"].as_u64().unwrap() <= 24));
 }
+
+#[test]
+fn show_reports_a_model_s_details_and_capabilities() {
+    let o = caravan(&default_store(), &["show", "smollm2:135m"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8(o.stdout).unwrap();
+    let field = |name: &str| out.lines().find_map(|l| l.trim().strip_prefix(name)).map(str::trim).unwrap_or_default().to_string();
+    assert_eq!(field("architecture"), "llama");
+    assert_eq!(field("parameters"), "134.5M");
+    assert_eq!(field("quantization"), "Q4_1");
+    assert_eq!(field("context length"), "8192");
+    assert_eq!(field("block_count"), "30");
+    // Its template has no tools.
+    assert_eq!(field("capabilities"), "completion, chat");
+    let o = caravan(&default_store(), &["show", "no-such-model"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr_line(&o).contains("model \"no-such-model\" not found"));
+}

@@ -23,6 +23,8 @@ enum Command {
     Pull(models::PullArgs),
     /// List installed models
     List,
+    /// Show an installed model's details
+    Show { name: String },
     /// Remove an installed model
     Rm {
         /// The model's name
@@ -42,6 +44,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Pull(a) => models::pull(a),
         Command::List => models::list(),
+        Command::Show { name } => models::show(&name),
         Command::Rm { name } => models::rm(&name),
         Command::Run(a) => run::run(a),
         Command::Batch(a) => batch::batch(a),

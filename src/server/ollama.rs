@@ -185,7 +185,7 @@ pub async fn show(State(app): State<Arc<App>>, Extension(log): Extension<Request
         "template": model_info.chat_template,
         "details": details(&m),
         "model_info": info,
-        "capabilities": ["completion"],
+        "capabilities": model_info.capabilities,
         "modified_at": modified_at(&app, &m),
     }))
     .into_response())

@@ -228,6 +228,10 @@ pub struct ModelInfo {
     pub chat_template: String,
     /// The architecture's hyper-parameters by GGUF key, those present.
     pub hyper_parameters: Vec<(String, u64)>,
+    /// What the model can be asked for, as Ollama names it: `completion`
+    /// always, `chat` with a chat template in the file, `tools` when that
+    /// template takes tools.
+    pub capabilities: Vec<&'static str>,
 }
 
 impl Store {
@@ -240,7 +244,12 @@ impl Store {
             ["context_length", "embedding_length", "block_count", "feed_forward_length", "attention.head_count", "attention.head_count_kv"];
         let hyper_parameters =
             keys.iter().map(|key| format!("{}.{key}", m.architecture)).filter_map(|key| f.get_u64(&key).ok().map(|n| (key, n))).collect();
-        Ok(ModelInfo { license: text("general.license"), chat_template: text("tokenizer.chat_template"), hyper_parameters })
+        Ok(ModelInfo {
+            license: text("general.license"),
+            chat_template: text("tokenizer.chat_template"),
+            hyper_parameters,
+            capabilities: capabilities(&f),
+        })
     }
 }
 
@@ -260,8 +269,47 @@ fn describe(path: &Path, name: &str, source: &str, sha256: &str) -> Result<Manif
     })
 }
 
-/// The type most of a model's weight bytes are in.
+fn capabilities(f: &GgufFile) -> Vec<&'static str> {
+    let mut out = vec!["completion"];
+    if let Some(template) = f.get("tokenizer.chat_template").and_then(|v| v.as_str()) {
+        out.push("chat");
+        if template.contains("tools") {
+            out.push("tools");
+        }
+    }
+    out
+}
+
+/// The file's quantization as llama.cpp names its file types (`Q4_K_M`),
+/// else the type most of its weight bytes are in.
 fn quantization_name(f: &GgufFile) -> String {
+    let named = f.get_u64("general.file_type").ok().and_then(|t| {
+        Some(match t {
+            0 => "F32",
+            1 => "F16",
+            2 => "Q4_0",
+            3 => "Q4_1",
+            7 => "Q8_0",
+            8 => "Q5_0",
+            9 => "Q5_1",
+            10 => "Q2_K",
+            11 => "Q3_K_S",
+            12 => "Q3_K_M",
+            13 => "Q3_K_L",
+            14 => "Q4_K_S",
+            15 => "Q4_K_M",
+            16 => "Q5_K_S",
+            17 => "Q5_K_M",
+            18 => "Q6_K",
+            32 => "BF16",
+            _ => return None,
+        })
+    });
+    named.map(str::to_string).unwrap_or_else(|| dominant_type(f))
+}
+
+/// The type most of a model's weight bytes are in.
+fn dominant_type(f: &GgufFile) -> String {
     let mut by_type: Vec<(&'static str, u64)> = Vec::new();
     for t in &f.tensors {
         match by_type.iter_mut().find(|(n, _)| *n == t.ttype.name()) {

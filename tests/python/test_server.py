@@ -122,6 +122,7 @@ class OllamaClient(unittest.TestCase):
         self.assertEqual(shown.details.quantization_level, "Q4_1")
         self.assertIn("<|im_start|>", shown.template)
         self.assertEqual(shown.modelinfo["llama.context_length"], 8192)
+        self.assertEqual(shown.capabilities, ["completion", "chat"])
         ollama_client.generate(model=MODEL, prompt="hi", options={"num_predict": 1})
         self.assertIn(MODEL, [m.model for m in ollama_client.ps().models])
 
