@@ -17,7 +17,9 @@ import numpy as np
 # name -> architecture, shape, and what it has beyond llama's tensors
 SHAPES = {
     # Llama 3's RoPE: per-dimension frequency factors (`rope_freqs.weight`).
-    "llama3": dict(arch="llama", dim=32, heads=2, kv_heads=1, layers=2, ffn=64, rope_base=500000.0, freq_factors=True),
+    # V and the up projection in Q4_1, the rest Q8_0, as a Q4_K_M file mixes
+    # types: they cannot be fused with Q and the gate.
+    "llama3": dict(arch="llama", dim=32, heads=2, kv_heads=1, layers=2, ffn=64, rope_base=500000.0, freq_factors=True, q4_1=("attn_v", "ffn_up")),
     # Qwen 3: RMSNorm of each query and key head; heads wider together than
     # the embedding (attention.key_length).
     "qwen3": dict(arch="qwen3", dim=32, heads=4, kv_heads=2, head_dim=16, layers=2, ffn=64, rope_base=1000000.0, qk_norm=True),
@@ -71,8 +73,11 @@ def main():
 
     def matrix(tensor, rows, cols, scale):
         data = (rng.standard_normal((rows, cols)) * scale).astype(np.float32)
-        q = gguf.quants.quantize(data, gguf.GGMLQuantizationType.Q8_0)
-        w.add_tensor(tensor, q, raw_shape=q.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        kind = gguf.GGMLQuantizationType.Q8_0
+        if any(f".{name}." in tensor for name in s.get("q4_1", ())):
+            kind = gguf.GGMLQuantizationType.Q4_1
+        q = gguf.quants.quantize(data, kind)
+        w.add_tensor(tensor, q, raw_shape=q.shape, raw_dtype=kind)
 
     def vector(tensor, values):
         w.add_tensor(tensor, np.asarray(values, dtype=np.float32))

@@ -250,11 +250,23 @@ impl Packed {
         }
     }
 
-    /// Stacks the rows of matrices of one format; None if formats differ.
-    /// Every part but the last must have whole panels of rows.
-    pub fn concat(parts: Vec<Packed>) -> Option<Packed> {
+    /// Whether rows of `other` can be stacked under rows of `self`.
+    fn same_format(&self, other: &Packed) -> bool {
+        match (self, other) {
+            (Packed::Nibble { order: a, .. }, Packed::Nibble { order: b, .. }) => a == b,
+            _ => std::mem::discriminant(self) == std::mem::discriminant(other),
+        }
+    }
+
+    /// Stacks the rows of matrices of one format, or gives them back where
+    /// the formats differ. Every part but the last must have whole panels
+    /// of rows.
+    pub fn concat(parts: Vec<Packed>) -> Result<Packed, Vec<Packed>> {
+        if parts.is_empty() || !parts.iter().all(|p| p.same_format(&parts[0])) {
+            return Err(parts);
+        }
         let mut it = parts.into_iter();
-        let mut acc = it.next()?;
+        let mut acc = it.next().expect("not empty");
         for p in it {
             match (&mut acc, p) {
                 (Packed::Float(a), Packed::Float(b)) => a.extend(b),
@@ -271,9 +283,9 @@ impl Packed {
                     scale.extend(s2);
                     min.extend(m2);
                 }
-                _ => return None,
+                _ => unreachable!("formats checked above"),
             }
         }
-        Some(acc)
+        Ok(acc)
     }
 }

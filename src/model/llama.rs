@@ -47,17 +47,26 @@ impl ModelConfig {
 
 pub struct Layer {
     pub attn_norm: Vec<f32>,
-    /// Q, K and V projections fused into one matrix: rows [q | k | v].
-    pub wqkv: Matrix,
+    /// Q, K and V projections: rows [q | k | v].
+    pub wqkv: Stacked,
     /// Their biases, [q | k | v], where the architecture has them.
     pub qkv_bias: Option<Vec<f32>>,
     /// The weights of each query head's and each key head's RMSNorm.
     pub qk_norm: Option<(Vec<f32>, Vec<f32>)>,
     pub wo: Matrix,
     pub ffn_norm: Vec<f32>,
-    /// Gate and up projections fused: rows [gate | up].
-    pub w_gate_up: Matrix,
+    /// Gate and up projections: rows [gate | up].
+    pub w_gate_up: Stacked,
     pub w_down: Matrix,
+}
+
+/// Matrices over the same inputs whose outputs sit side by side in a row:
+/// fused into one where their formats are one (one pass over the
+/// activations), else multiplied one by one (a file may quantize them
+/// differently: Q4_K_M gives V and half the down projections Q6_K).
+pub enum Stacked {
+    Fused(Matrix),
+    Parts(Vec<Matrix>),
 }
 
 pub struct Model {
@@ -88,6 +97,8 @@ pub struct Scratch {
     attn: Vec<f32>,
     tmp: Vec<f32>,
     gate_up: Vec<f32>,
+    /// One part's outputs of a `Stacked` that could not be fused.
+    part: Vec<f32>,
     act: Vec<f32>,
     quant: QuantizedActs,
     pub logits: Vec<f32>,
@@ -98,6 +109,29 @@ impl Model {
     pub fn attention(&self) -> Attention {
         let c = &self.config;
         Attention { heads: c.heads, kv_heads: c.kv_heads, head_dim: c.head_dim, isa: self.isa, arithmetic: self.arithmetic }
+    }
+
+    /// `out = x · W` for each part of `w`, the parts' outputs side by side
+    /// in each row (`part` holds one part's at a time).
+    #[allow(clippy::too_many_arguments)]
+    fn linear_stacked(&self, w: &Stacked, x: &[f32], rows: usize, quant: &mut QuantizedActs, part: &mut Vec<f32>, out: &mut Vec<f32>) {
+        match w {
+            Stacked::Fused(m) => self.linear(m, x, rows, quant, out),
+            Stacked::Parts(parts) => {
+                let width: usize = parts.iter().map(|m| m.rows).sum();
+                out.resize(rows * width, 0.0);
+                quant.quantize(&self.pool, self.isa, x, rows, parts[0].cols);
+                let mut at = 0;
+                for m in parts {
+                    part.resize(rows * m.rows, 0.0);
+                    matmul(&self.pool, self.isa, m, x, quant, part);
+                    for (dst, src) in out.chunks_exact_mut(width).zip(part.chunks_exact(m.rows)) {
+                        dst[at..at + m.rows].copy_from_slice(src);
+                    }
+                    at += m.rows;
+                }
+            }
+        }
     }
 
     fn linear(&self, w: &Matrix, x: &[f32], rows: usize, quant: &mut QuantizedActs, out: &mut Vec<f32>) {
@@ -185,7 +219,7 @@ impl Model {
         let qkv_dim = q_dim + 2 * kv_dim;
         for (li, layer) in self.layers.iter().enumerate() {
             self.norm_rows(&s.x, &layer.attn_norm, &mut s.h);
-            self.linear(&layer.wqkv, &s.h, t, &mut s.quant, &mut s.qkv);
+            self.linear_stacked(&layer.wqkv, &s.h, t, &mut s.quant, &mut s.part, &mut s.qkv);
             let rows = SharedOut::new(&mut s.qkv);
             self.pool.run_rows(t, &|range| {
                 // SAFETY: each task rotates its own rows.
@@ -215,7 +249,7 @@ impl Model {
             add_assign(&mut s.x, &s.tmp);
 
             self.norm_rows(&s.x, &layer.ffn_norm, &mut s.h);
-            self.linear(&layer.w_gate_up, &s.h, t, &mut s.quant, &mut s.gate_up);
+            self.linear_stacked(&layer.w_gate_up, &s.h, t, &mut s.quant, &mut s.part, &mut s.gate_up);
             s.act.resize(t * c.ffn, 0.0);
             let (act, gate_up, ffn) = (SharedOut::new(&mut s.act), &s.gate_up, c.ffn);
             self.pool.run_rows(t, &|range| {

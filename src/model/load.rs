@@ -11,7 +11,7 @@ use crate::kernels::quant::{repack, Packed, PANEL};
 use crate::kernels::{Arithmetic, Isa};
 
 use super::attention::{MAX_GROUP, MAX_HEAD_DIM};
-use super::llama::{Layer, Model, ModelConfig};
+use super::llama::{Layer, Model, ModelConfig, Stacked};
 
 /// What sets an architecture apart from llama's layout and metadata.
 struct Architecture {
@@ -146,21 +146,18 @@ impl Loader<'_> {
         Ok(Matrix { rows, cols, w: repack(t.ttype, self.f.tensor_data(t), rows, cols, self.arithmetic) })
     }
 
-    /// Several matrices with the same columns as one, rows stacked.
-    fn fused(&self, names: &[(String, usize)], cols: usize) -> Result<Matrix> {
+    /// Several matrices with the same columns, rows stacked: one matrix
+    /// where they are of one format, else each apart.
+    fn stacked(&self, names: &[(String, usize)], cols: usize) -> Result<Stacked> {
         let parts = names.iter().map(|(n, rows)| self.matrix(n, *rows, cols)).collect::<Result<Vec<_>>>()?;
         if parts[..parts.len() - 1].iter().any(|m| m.rows % PANEL != 0) {
-            bail!("{}: cannot fuse matrices whose rows are not a multiple of {PANEL}", self.f.path.display());
+            return Ok(Stacked::Parts(parts));
         }
-        let rows = parts.iter().map(|m| m.rows).sum();
-        match Packed::concat(parts.into_iter().map(|m| m.w).collect()) {
-            Some(w) => Ok(Matrix { rows, cols, w }),
-            None => bail!(
-                "{}: tensors {} have different types and cannot be fused",
-                self.f.path.display(),
-                names.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
-            ),
-        }
+        let rows: Vec<usize> = parts.iter().map(|m| m.rows).collect();
+        Ok(match Packed::concat(parts.into_iter().map(|m| m.w).collect()) {
+            Ok(w) => Stacked::Fused(Matrix { rows: rows.iter().sum(), cols, w }),
+            Err(ws) => Stacked::Parts(ws.into_iter().zip(rows).map(|(w, rows)| Matrix { rows, cols, w }).collect()),
+        })
     }
 }
 
@@ -174,7 +171,7 @@ impl Model {
             let n = |s: &str| format!("blk.{i}.{s}.weight");
             layers.push(Layer {
                 attn_norm: l.vector(&n("attn_norm"), dim)?,
-                wqkv: l.fused(&[(n("attn_q"), q_dim), (n("attn_k"), kv_dim), (n("attn_v"), kv_dim)], dim)?,
+                wqkv: l.stacked(&[(n("attn_q"), q_dim), (n("attn_k"), kv_dim), (n("attn_v"), kv_dim)], dim)?,
                 qkv_bias: if c.qkv_bias {
                     let b = |s: &str| format!("blk.{i}.{s}.bias");
                     let mut bias = l.vector(&b("attn_q"), q_dim)?;
@@ -191,7 +188,7 @@ impl Model {
                 },
                 wo: l.matrix(&n("attn_output"), dim, q_dim)?,
                 ffn_norm: l.vector(&n("ffn_norm"), dim)?,
-                w_gate_up: l.fused(&[(n("ffn_gate"), c.ffn), (n("ffn_up"), c.ffn)], dim)?,
+                w_gate_up: l.stacked(&[(n("ffn_gate"), c.ffn), (n("ffn_up"), c.ffn)], dim)?,
                 w_down: l.matrix(&n("ffn_down"), dim, c.ffn)?,
             });
         }
