@@ -2,11 +2,12 @@
 running llama.cpp server: for every row of a file (its prompt tokens),
 llama.cpp's greedy continuation of up to 32 tokens and the five
 most likely tokens with their log-probabilities at the first four
-positions. Used to record llama.cpp's output on another instruction set
-(llama.cpp's AVX2 and AVX-512 builds round SiLU differently).
+positions. A row with a prompt and no prompt tokens has its prompt
+tokenized by llama.cpp. The tiny models' references (tests/data/tiny) come
+from it:
 
-    llama-server -m MODEL.gguf -t 2 -c 4096 -np 1 --port 18080
-    python3 tools/golden.py http://127.0.0.1:18080 tests/data/smollm2-greedy.jsonl > out.jsonl
+    llama-server -m tests/data/tiny/llama3.gguf -t 2 -c 4096 -np 1 --port 18080
+    python3 tools/golden.py http://127.0.0.1:18080 ROWS.jsonl > tests/data/tiny/llama3-greedy.jsonl
 """
 
 import json
