@@ -135,7 +135,7 @@ fn bench_attention() {
     );
     let mut rng = Rng(3);
     for (isa, order) in isas().into_iter().flat_map(|isa| [Arithmetic::Ggml, Arithmetic::Fast].map(|o| (isa, o))) {
-        let attention = Attention { heads: 9, kv_heads: 3, head_dim: 64, isa, arithmetic: order };
+        let attention = Attention::new(9, 3, 64, isa, order);
         let pool = ComputePool::new(2);
         let (dim, kv_dim) = (attention.dim(), attention.kv_dim());
         let mut line = format!("{:<17}", format!("{isa} {order}"));

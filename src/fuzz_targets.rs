@@ -38,8 +38,9 @@ pub fn template(m: &LoadedModel, data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let parts: Vec<&str> = text.split('\0').collect();
     let messages: Vec<Message> = parts.chunks(2).map(|p| Message::new(p[0], p.get(1).copied().unwrap_or(""))).collect();
+    let Some(template) = &m.template else { return };
     for add_generation_prompt in [false, true] {
-        if let Ok(segments) = m.template.render_segments(&messages, add_generation_prompt) {
+        if let Ok(segments) = template.render_segments(&messages, add_generation_prompt) {
             let _ = tokenize_segments(&m.tokenizer, &segments);
         }
     }

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 
 use crate::gguf::GgufFile;
 use crate::kernels::{Arithmetic, Isa};
@@ -14,7 +14,9 @@ use crate::tokenizer::Tokenizer;
 pub struct LoadedModel {
     pub model: Model,
     pub tokenizer: Tokenizer,
-    pub template: ChatTemplate,
+    /// None for a model whose file has no chat template (a base model):
+    /// it takes raw prompts only.
+    pub template: Option<ChatTemplate>,
 }
 
 impl LoadedModel {
@@ -28,7 +30,25 @@ impl LoadedModel {
 
     /// Prompt tokens of a conversation, the assistant's turn opened.
     pub fn chat_tokens(&self, messages: &[Message]) -> Result<Vec<u32>> {
-        tokenize_segments(&self.tokenizer, &self.template.render_segments(messages, true)?)
+        let Some(template) = &self.template else {
+            bail!("the model has no chat template: it takes raw prompts only (generate, completions)")
+        };
+        tokenize_segments(&self.tokenizer, &template.render_segments(messages, true)?)
+    }
+
+    /// Prompt tokens of a generate request: the prompt (after the system
+    /// message, if any) as the user's turn of the chat template, or, for a
+    /// model without one, the prompt as it is (Ollama's `{{ .Prompt }}`).
+    pub fn prompt_tokens(&self, system: Option<&str>, prompt: &str) -> Result<Vec<u32>> {
+        if self.template.is_none() {
+            if system.is_some() {
+                bail!("the model has no chat template to place a system message in");
+            }
+            return self.raw_tokens(prompt);
+        }
+        let mut messages: Vec<Message> = system.map(|s| Message::new("system", s)).into_iter().collect();
+        messages.push(Message::new("user", prompt));
+        self.chat_tokens(&messages)
     }
 
     /// Prompt tokens of raw text (special tokens in it are parsed, as a raw

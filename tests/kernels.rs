@@ -204,12 +204,14 @@ fn repacked_rows_equal_ggml_dequantization() {
 }
 
 /// Plain softmax attention in f64 over the same f16-rounded cache, as a
-/// check on the reference itself.
-fn exact_attention(q: &[f32], keys: &[Vec<f32>], values: &[Vec<f32>]) -> Vec<f64> {
+/// check on the reference itself: scores scaled by 1/sqrt(hd), soft-capped
+/// by `cap` where there is one.
+fn exact_attention(q: &[f32], keys: &[Vec<f32>], values: &[Vec<f32>], cap: Option<f32>) -> Vec<f64> {
     let hd = q.len();
     let round = |x: f32| half::f16::from_f32(x).to_f32() as f64;
+    let capped = |s: f64| cap.map_or(s, |c| c as f64 * (s / c as f64).tanh());
     let scores: Vec<f64> =
-        keys.iter().map(|k| k.iter().zip(q).map(|(&a, &b)| round(a) * round(b)).sum::<f64>() / (hd as f64).sqrt()).collect();
+        keys.iter().map(|k| capped(k.iter().zip(q).map(|(&a, &b)| round(a) * round(b)).sum::<f64>() / (hd as f64).sqrt())).collect();
     let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
     let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
     let total: f64 = weights.iter().sum();
@@ -221,10 +223,16 @@ fn simd_attention_equals_portable_bitwise_for_every_head_shape() {
     let mut rng = Rng(19);
     // Head sizes with vector rows (64, 128, 256) and without (80); groups of
     // 3, 1 and 2 query heads per KV head.
+    // Each also with a sliding window of 23 positions (the 37-token chunk's
+    // tokens' windows begin at different places inside its runs) and the
+    // scores soft-capped.
     let shapes = [(9, 3, 64), (4, 4, 128), (2, 1, 256), (6, 3, 80)];
-    for ((heads, kv_heads, hd), order) in shapes.into_iter().flat_map(|s| ORDERS.map(|o| (s, o))) {
+    let windows = [(usize::MAX, None), (23, Some(2.0))];
+    for (((heads, kv_heads, hd), order), (window, softcap)) in
+        shapes.into_iter().flat_map(|s| ORDERS.map(|o| (s, o))).flat_map(|so| windows.map(|w| (so, w)))
+    {
         let pool = ComputePool::new(2);
-        let on = |isa| Attention { heads, kv_heads, head_dim: hd, isa, arithmetic: order };
+        let on = |isa| Attention { softcap, window, ..Attention::new(heads, kv_heads, hd, isa, order) };
         let portable = on(Isa::PORTABLE);
         let (dim, kv_dim) = (portable.dim(), portable.kv_dim());
         // A decode at position 40, a 37-token chunk at 5..42 (runs its
@@ -269,15 +277,15 @@ fn simd_attention_equals_portable_bitwise_for_every_head_shape() {
             Arithmetic::Fast => 1e-4,
         };
         for (t, slot) in slots.iter().enumerate() {
-            let rows = &cache[slot.chunk][..=slot.pos];
+            let rows = &cache[slot.chunk][(slot.pos + 1).saturating_sub(window)..=slot.pos];
             for h in 0..heads {
                 let kvh = h / (heads / kv_heads);
                 let keys: Vec<Vec<f32>> = rows.iter().map(|(k, _)| k[kvh * hd..(kvh + 1) * hd].to_vec()).collect();
                 let values: Vec<Vec<f32>> = rows.iter().map(|(_, v)| v[kvh * hd..(kvh + 1) * hd].to_vec()).collect();
-                let exact = exact_attention(&qkv[t * qkv_dim + h * hd..][..hd], &keys, &values);
+                let exact = exact_attention(&qkv[t * qkv_dim + h * hd..][..hd], &keys, &values, softcap);
                 for (e, x) in exact.iter().enumerate() {
                     let got = want[t * dim + h * hd + e] as f64;
-                    assert!((got - x).abs() < tol, "{order} hd {hd} token {t} head {h} element {e}: {got} vs {x}");
+                    assert!((got - x).abs() < tol, "{order} hd {hd} window {window} token {t} head {h} element {e}: {got} vs {x}");
                 }
             }
         }
@@ -286,7 +294,7 @@ fn simd_attention_equals_portable_bitwise_for_every_head_shape() {
             let mut got = vec![0f32; want.len()];
             attend(&attention, &pool, &chunks, &slots, 0, &qkv, &kv, &mut got, &mut AttentionTasks::default());
             let differ = got.iter().zip(&want).position(|(g, w)| g.to_bits() != w.to_bits());
-            assert!(differ.is_none(), "{order} {isa} hd {hd}: output {differ:?} differs");
+            assert!(differ.is_none(), "{order} {isa} hd {hd} window {window}: output {differ:?} differs");
             // Each chunk alone gives the bits it had in the batch.
             let mut row = 0;
             for (ci, chunk) in chunks.iter().enumerate() {

@@ -12,7 +12,6 @@ use super::{finish_name, parse_messages};
 use crate::engine::{FinishReason, GenRequest};
 use crate::loaded::LoadedModel;
 use crate::sampler::SamplingParams;
-use crate::tokenizer::template::Message;
 
 /// Generation settings from `options`.
 #[derive(Debug, Clone)]
@@ -92,12 +91,7 @@ pub fn generate_prompt(m: &LoadedModel, body: &Value) -> Result<Option<Vec<u32>>
     if opt_bool(body, "raw")?.unwrap_or(false) {
         return Ok(Some(m.raw_tokens(prompt)?));
     }
-    let mut messages = Vec::new();
-    if let Some(s) = system.filter(|s| !s.is_empty()) {
-        messages.push(Message::new("system", s));
-    }
-    messages.push(Message::new("user", prompt));
-    Ok(Some(m.chat_tokens(&messages)?))
+    Ok(Some(m.prompt_tokens(system.filter(|s| !s.is_empty()), prompt)?))
 }
 
 /// The prompt tokens of a chat request.

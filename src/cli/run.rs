@@ -6,7 +6,6 @@ use anyhow::{bail, Result};
 use caravan::generate::{generate, GenRequest};
 use caravan::sampler::SamplingParams;
 use caravan::store::{Store, DEFAULT_MODEL};
-use caravan::tokenizer::template::Message;
 
 use super::compute_args::ComputeArgs;
 
@@ -107,16 +106,7 @@ pub fn run(a: RunArgs) -> Result<()> {
     }
     let path = store.resolve(&model)?;
     let m = a.compute.open(&path)?;
-    let tokens = if a.raw {
-        m.raw_tokens(&prompt)?
-    } else {
-        let mut messages = Vec::new();
-        if let Some(system) = &a.system {
-            messages.push(Message::new("system", system));
-        }
-        messages.push(Message::new("user", &prompt));
-        m.chat_tokens(&messages)?
-    };
+    let tokens = if a.raw { m.raw_tokens(&prompt)? } else { m.prompt_tokens(a.system.as_deref(), &prompt)? };
     let ctx = m.model.config.context_length;
     let max_tokens = if a.num_predict < 0 { ctx } else { a.num_predict as usize };
     let mut kv = m.kv_pool(ctx, 16);

@@ -4,6 +4,7 @@
 
 mod acts;
 pub mod expf;
+pub mod gelu;
 pub mod matmul;
 pub mod ops;
 pub mod pool;

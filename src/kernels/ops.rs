@@ -46,11 +46,26 @@ pub struct Rope {
     freq_factors: Option<Vec<f32>>,
     /// Every angle times this (linear scaling: 1 / the scaling factor).
     freq_scale: f32,
+    /// cos and sin times this (ggml's `attn_factor`: Phi-3's long-context
+    /// scaling).
+    attn_factor: f32,
 }
 
 impl Rope {
     pub fn new(rot_dims: usize, base: f32, style: RopeStyle) -> Rope {
-        Rope { half_dims: rot_dims / 2, theta_scale: base.powf(-2.0 / rot_dims as f32), style, freq_factors: None, freq_scale: 1.0 }
+        Rope {
+            half_dims: rot_dims / 2,
+            theta_scale: base.powf(-2.0 / rot_dims as f32),
+            style,
+            freq_factors: None,
+            freq_scale: 1.0,
+            attn_factor: 1.0,
+        }
+    }
+
+    /// The same with cos and sin times `attn_factor`.
+    pub fn with_attn_factor(self, attn_factor: f32) -> Rope {
+        Rope { attn_factor, ..self }
     }
 
     /// The same with pair i's angle `freq_scale * theta_i / freq_factors[i]`,
@@ -89,7 +104,7 @@ impl Rope {
         for (i, cs) in cos_sin.iter_mut().take(self.half_dims).enumerate() {
             let factor = self.freq_factors.as_ref().map_or(1.0, |f| f[i]);
             let angle = self.freq_scale * (theta / factor);
-            *cs = (angle.cos(), angle.sin());
+            *cs = (angle.cos() * self.attn_factor, angle.sin() * self.attn_factor);
             theta *= self.theta_scale;
         }
         let (step, apart) = match self.style {

@@ -1,6 +1,7 @@
 //! Attention over the paged KV pool for a ragged batch: every token attends
 //! to its own sequence's cached positions 0..=pos (causal within its chunk,
-//! since the chunk's K and V were written before this runs).
+//! since the chunk's K and V were written before this runs), or on a
+//! sliding-window layer to the last `window` of them.
 //!
 //! In ggml's order (the default, `Arithmetic::Ggml`) the arithmetic is that
 //! of llama.cpp's CPU flash attention over an f16 cache, operation for
@@ -33,7 +34,7 @@ use super::batch::{SeqChunk, TokenSlot};
 
 /// What attention computes with: the heads' shape (`heads` query heads of
 /// `head_dim` over `kv_heads` KV heads), the instruction set and the order
-/// of arithmetic.
+/// of arithmetic, the scores' scale and soft cap, and the window.
 #[derive(Debug, Clone, Copy)]
 pub struct Attention {
     pub heads: usize,
@@ -41,9 +42,23 @@ pub struct Attention {
     pub head_dim: usize,
     pub isa: Isa,
     pub arithmetic: Arithmetic,
+    /// Each Q·K times this: 1/sqrt(head_dim), or 1 where the model scaled
+    /// its queries itself (Gemma).
+    pub scale: f32,
+    /// Scores as `cap * tanh(score / cap)` (Gemma 2), ggml's way: the
+    /// scale divided by the cap first.
+    pub softcap: Option<f32>,
+    /// Positions a token sees, itself included: `usize::MAX` for all.
+    pub window: usize,
 }
 
 impl Attention {
+    /// Full causal attention scaled by 1/sqrt(head_dim), uncapped.
+    pub fn new(heads: usize, kv_heads: usize, head_dim: usize, isa: Isa, arithmetic: Arithmetic) -> Attention {
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        Attention { heads, kv_heads, head_dim, isa, arithmetic, scale, softcap: None, window: usize::MAX }
+    }
+
     /// Width of a token's queries (and of its attention output).
     pub fn dim(&self) -> usize {
         self.heads * self.head_dim
@@ -460,10 +475,13 @@ unsafe fn attend_group<M: HeadMath, const GGML: bool>(t: &Task, first: usize, to
     let qkv_dim = dim + 2 * c.kv_dim();
     let group = c.heads / c.kv_heads;
     let pairs = tokens * group;
-    let scale = 1.0 / (hd as f32).sqrt();
+    let scale = c.softcap.map_or(c.scale, |cap| c.scale / cap);
     let blocks = t.chunks[t.slots[first].chunk].blocks;
     let kv_off = kvh * hd;
     let positions = t.slots[first + tokens - 1].pos + 1;
+    // The first position a token `limit` positions long sees.
+    let window_start = |limit: usize| limit.saturating_sub(c.window);
+    let lo = window_start(t.slots[first].pos + 1);
     // The K and V rows of the run from `start`, asked for (`prefetch`) a
     // run before they are read: a decode step reads every sequence's cache
     // once, mostly from memory, and waited on those loads. The first run's
@@ -479,13 +497,17 @@ unsafe fn attend_group<M: HeadMath, const GGML: bool>(t: &Task, first: usize, to
         }
         (k_rows, v_rows)
     };
-    let mut next_rows = fetch_rows(0);
+    let mut next_rows = fetch_rows(lo);
     // Pair i is query head i % group of token first + i / group.
     let head_at = |i: usize| (first + i / group) * qkv_dim + (kvh * group + i % group) * hd;
     // Buffers are sized for the most pairs (rows of up to MAX_HEAD_DIM):
     // only the task's own pairs' rows are set up, which for a decode's
     // three pairs saves clearing kilobytes per task.
-    let (mut limit_buf, mut seen_buf) = (MaybeUninit::<[usize; MAX_PAIRS]>::uninit(), MaybeUninit::<[usize; MAX_PAIRS]>::uninit());
+    let (mut limit_buf, mut seen_buf, mut skip_buf) = (
+        MaybeUninit::<[usize; MAX_PAIRS]>::uninit(),
+        MaybeUninit::<[usize; MAX_PAIRS]>::uninit(),
+        MaybeUninit::<[usize; MAX_PAIRS]>::uninit(),
+    );
     let (mut q_buf, mut acc_buf) = (MaybeUninit::<[M::Row; MAX_PAIRS]>::uninit(), MaybeUninit::<[M::Row; MAX_PAIRS]>::uninit());
     let mut soft_buf = MaybeUninit::<[Softmax; MAX_PAIRS]>::uninit();
     let (mut score_buf, mut factor_buf) =
@@ -509,12 +531,17 @@ unsafe fn attend_group<M: HeadMath, const GGML: bool>(t: &Task, first: usize, to
     let new_max = first_rows(&mut new_max_buf, pairs, 0);
     let rescale = first_rows(&mut rescale_buf, pairs, 0.0);
     let seen = first_rows(&mut seen_buf, pairs, 0);
+    let skip = first_rows(&mut skip_buf, pairs, 0);
     let (mut k_run, mut v_run) = ([M::zero(); RUN], [M::zero(); RUN]);
-    for start in (0..positions).step_by(RUN) {
+    for start in (lo..positions).step_by(RUN) {
         let run = RUN.min(positions - start);
-        // How much of this run each pair sees (causal: later tokens more).
-        for (s, &l) in seen.iter_mut().zip(&*limit) {
-            *s = l.saturating_sub(start).min(run);
+        // How much of this run each pair sees (causal: later tokens more),
+        // and where in it a later token's window begins.
+        for ((s, k), &l) in seen.iter_mut().zip(skip.iter_mut()).zip(&*limit) {
+            (*s, *k) = (l.saturating_sub(start).min(run), window_start(l).saturating_sub(start));
+            if *k >= *s {
+                (*s, *k) = (0, 0);
+            }
         }
         let (k_rows, v_rows) = next_rows;
         if start + RUN < positions {
@@ -522,20 +549,23 @@ unsafe fn attend_group<M: HeadMath, const GGML: bool>(t: &Task, first: usize, to
         }
         if GGML {
             M::scores(&k_rows[..run], kv_off, hd, q, seen, scale, score);
-            for i in 0..pairs {
-                if seen[i] > 0 {
-                    new_max[i] = M::softmax_run(&score[i], seen[i], &mut soft[i], &mut factor[i]);
-                }
-            }
         } else {
             for p in 0..run {
                 M::load(&k_rows[p][kv_off..], hd, &mut k_run[p]);
             }
             M::scores_fast(&k_run, run, q, hd, scale, score);
-            for i in 0..pairs {
-                if seen[i] > 0 {
-                    rescale[i] = M::softmax_block(&score[i], seen[i], &mut soft[i], &mut factor[i]);
-                }
+        }
+        if let Some(cap) = c.softcap {
+            for (score, &n) in score.iter_mut().zip(&*seen) {
+                score[..n].iter_mut().for_each(|s| *s = cap * s.tanh());
+            }
+        }
+        for i in 0..pairs {
+            match (seen[i], skip[i]) {
+                (0, _) => {}
+                (n, 0) if GGML => new_max[i] = M::softmax_run(&score[i], n, &mut soft[i], &mut factor[i]),
+                (n, 0) => rescale[i] = M::softmax_block(&score[i], n, &mut soft[i], &mut factor[i]),
+                (n, k) => (new_max[i], rescale[i]) = softmax_from::<M, GGML>(&score[i], k, n, &mut soft[i], &mut factor[i]),
             }
         }
         // The run's V rows in f32 once for all the pairs, then per token
@@ -567,6 +597,36 @@ unsafe fn attend_group<M: HeadMath, const GGML: bool>(t: &Task, first: usize, to
         let at = (first + i / group) * dim + (kvh * group + i % group) * hd;
         M::store(&acc[i], inv, &mut out[at..at + hd], hd);
     }
+}
+
+/// The softmax of a run for a pair whose window begins `skip` positions
+/// into it: its scores from there shifted to the front, then its factors
+/// (or weights) shifted back behind zeros, with no new maximum there. A
+/// zero weight adds nothing to the sum or the V sums, not even a rounding,
+/// so this is the run as if it began at the window: what ggml computes,
+/// which skips masked positions. Returns the new maxima (ggml's order) and
+/// the rescale factor (the fast one's).
+///
+/// # Safety
+/// As for `HeadMath::softmax_run`.
+#[inline(always)]
+unsafe fn softmax_from<M: HeadMath, const GGML: bool>(
+    score: &[f32; RUN],
+    skip: usize,
+    seen: usize,
+    state: &mut Softmax,
+    factor: &mut [f32; RUN],
+) -> (u32, f32) {
+    let (mut shifted, mut out) = ([0f32; RUN], [0f32; RUN]);
+    shifted[..seen - skip].copy_from_slice(&score[skip..seen]);
+    let got = if GGML {
+        (M::softmax_run(&shifted, seen - skip, state, &mut out) << skip, 1.0)
+    } else {
+        (0, M::softmax_block(&shifted, seen - skip, state, &mut out))
+    };
+    factor.fill(0.0);
+    factor[skip..seen].copy_from_slice(&out[..seen - skip]);
+    got
 }
 
 /// # Safety

@@ -2,6 +2,7 @@
 //! sequences, each a chunk at its own positions, in one pass with no padding.
 
 use crate::kernels::expf::silu_mul;
+use crate::kernels::gelu::gelu_mul;
 use crate::kernels::matmul::{matmul, Matrix, QuantizedActs};
 use crate::kernels::ops::{add_assign, rms_norm, rms_norm_in_place, Rope, RopeStyle};
 use crate::kernels::pool::{ComputePool, SharedOut};
@@ -32,6 +33,42 @@ pub struct ModelConfig {
     pub qkv_bias: bool,
     /// Whether each query and key head is RMS-normed before RoPE.
     pub qk_norm: bool,
+    /// Whether the file holds Q, K and V as one tensor, and gate and up
+    /// (Phi-3).
+    pub fused: bool,
+    /// Embeddings times this as they enter the first layer (Gemma's
+    /// sqrt(dim)).
+    pub embed_scale: Option<f32>,
+    /// Queries times this before attention, which then scales by 1
+    /// (Gemma's order); otherwise attention scales by 1/sqrt(head_dim).
+    pub query_scale: Option<f32>,
+    /// Whether attention's and the feed-forward's outputs are RMS-normed
+    /// before they join the residual (Gemma's post-norms).
+    pub post_norms: bool,
+    pub activation: Activation,
+    pub sliding_window: Option<SlidingWindow>,
+    /// Attention scores soft-capped at this (Gemma 2).
+    pub attn_softcap: Option<f32>,
+    /// Logits soft-capped at this: `cap * tanh(logit / cap)` (Gemma 2).
+    pub final_softcap: Option<f32>,
+}
+
+/// The feed-forward's gating: `act(gate) * up`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    Silu,
+    /// GELU, tanh form.
+    Gelu,
+}
+
+/// Layers whose attention sees only the last `window` positions, each
+/// token itself included, rotated with their own RoPE base.
+#[derive(Debug, Clone)]
+pub struct SlidingWindow {
+    pub window: usize,
+    /// Per layer: whether it is a windowed one.
+    pub layers: Vec<bool>,
+    pub rope_base: f32,
 }
 
 impl ModelConfig {
@@ -54,6 +91,9 @@ pub struct Layer {
     /// The weights of each query head's and each key head's RMSNorm.
     pub qk_norm: Option<(Vec<f32>, Vec<f32>)>,
     pub wo: Matrix,
+    /// Norms of attention's output and the feed-forward's, where the
+    /// architecture has them.
+    pub post_norms: Option<(Vec<f32>, Vec<f32>)>,
     pub ffn_norm: Vec<f32>,
     /// Gate and up projections: rows [gate | up].
     pub w_gate_up: Stacked,
@@ -77,6 +117,8 @@ pub struct Model {
     /// None when the embeddings are tied (token_embd is the lm_head).
     pub output: Option<Matrix>,
     pub rope: Rope,
+    /// The sliding-window layers' RoPE, where their base is another.
+    pub rope_local: Option<Rope>,
     pub isa: Isa,
     pub arithmetic: Arithmetic,
     pub pool: ComputePool,
@@ -105,10 +147,24 @@ pub struct Scratch {
 }
 
 impl Model {
-    /// What attention computes with for this model.
-    pub fn attention(&self) -> Attention {
+    /// What attention computes with in layer `layer`.
+    pub fn attention(&self, layer: usize) -> Attention {
         let c = &self.config;
-        Attention { heads: c.heads, kv_heads: c.kv_heads, head_dim: c.head_dim, isa: self.isa, arithmetic: self.arithmetic }
+        let full = Attention::new(c.heads, c.kv_heads, c.head_dim, self.isa, self.arithmetic);
+        Attention {
+            scale: if c.query_scale.is_some() { 1.0 } else { full.scale },
+            softcap: c.attn_softcap,
+            window: c.sliding_window.as_ref().filter(|w| w.layers[layer]).map_or(usize::MAX, |w| w.window),
+            ..full
+        }
+    }
+
+    /// The RoPE of layer `layer`.
+    fn rope(&self, layer: usize) -> &Rope {
+        match (&self.rope_local, &self.config.sliding_window) {
+            (Some(local), Some(w)) if w.layers[layer] => local,
+            _ => &self.rope,
+        }
     }
 
     /// `out = x · W` for each part of `w`, the parts' outputs side by side
@@ -172,6 +228,10 @@ impl Model {
         }
         let head = self.output.as_ref().unwrap_or(&self.token_embd);
         self.linear(head, &s.h, s.last_rows.len(), &mut s.quant, &mut s.logits);
+        if let Some(cap) = c.final_softcap {
+            // ggml's steps: scale, tanh, scale.
+            s.logits.iter_mut().for_each(|l| *l = cap * (*l * (1.0 / cap)).tanh());
+        }
         &s.logits
     }
 
@@ -198,7 +258,6 @@ impl Model {
     fn run_layers(&self, chunks: &[SeqChunk], kv: &mut KvPool, s: &mut Scratch) {
         let c = &self.config;
         let (dim, kv_dim) = (c.dim, c.kv_dim());
-        let attention = self.attention();
         s.slots.clear();
         s.slots.extend(
             chunks
@@ -212,12 +271,16 @@ impl Model {
         let tokens = chunks.iter().flat_map(|ch| ch.tokens.iter());
         for (row, &tok) in s.x.chunks_exact_mut(dim).zip(tokens) {
             self.token_embd.w.row_f32(tok as usize, dim, row);
+            if let Some(scale) = c.embed_scale {
+                row.iter_mut().for_each(|v| *v *= scale);
+            }
         }
         s.h.resize(t * dim, 0.0);
 
         let q_dim = c.q_dim();
         let qkv_dim = q_dim + 2 * kv_dim;
         for (li, layer) in self.layers.iter().enumerate() {
+            let rope = self.rope(li);
             self.norm_rows(&s.x, &layer.attn_norm, &mut s.h);
             self.linear_stacked(&layer.wqkv, &s.h, t, &mut s.quant, &mut s.part, &mut s.qkv);
             let rows = SharedOut::new(&mut s.qkv);
@@ -236,7 +299,10 @@ impl Model {
                             rms_norm_in_place(head, weight, c.norm_eps);
                         }
                     }
-                    self.rope.apply(&mut row[..q_dim + kv_dim], c.head_dim, slot.pos);
+                    rope.apply(&mut row[..q_dim + kv_dim], c.head_dim, slot.pos);
+                    if let Some(scale) = c.query_scale {
+                        row[..q_dim].iter_mut().for_each(|v| *v *= scale);
+                    }
                 }
             });
             for (row, slot) in s.qkv.chunks_exact(qkv_dim).zip(slots) {
@@ -244,9 +310,9 @@ impl Model {
                 kv.write(chunks[slot.chunk].blocks, li, slot.pos, k, v);
             }
             s.attn.resize(t * q_dim, 0.0);
-            attend(&attention, &self.pool, chunks, slots, li, &s.qkv, kv, &mut s.attn, &mut s.attention);
+            attend(&self.attention(li), &self.pool, chunks, slots, li, &s.qkv, kv, &mut s.attn, &mut s.attention);
             self.linear(&layer.wo, &s.attn, t, &mut s.quant, &mut s.tmp);
-            add_assign(&mut s.x, &s.tmp);
+            self.join_residual(&mut s.x, &s.tmp, layer.post_norms.as_ref().map(|n| &n.0[..]), &mut s.h);
 
             self.norm_rows(&s.x, &layer.ffn_norm, &mut s.h);
             self.linear_stacked(&layer.w_gate_up, &s.h, t, &mut s.quant, &mut s.part, &mut s.gate_up);
@@ -256,11 +322,27 @@ impl Model {
                 // SAFETY: each task writes its own rows.
                 let act = unsafe { act.rows(range.clone(), ffn) };
                 for (gu, a) in gate_up[range.start * 2 * ffn..range.end * 2 * ffn].chunks_exact(2 * ffn).zip(act.chunks_exact_mut(ffn)) {
-                    silu_mul(self.isa, &gu[..ffn], &gu[ffn..], a);
+                    match c.activation {
+                        Activation::Silu => silu_mul(self.isa, &gu[..ffn], &gu[ffn..], a),
+                        Activation::Gelu => gelu_mul(&gu[..ffn], &gu[ffn..], a),
+                    }
                 }
             });
             self.linear(&layer.w_down, &s.act, t, &mut s.quant, &mut s.tmp);
-            add_assign(&mut s.x, &s.tmp);
+            self.join_residual(&mut s.x, &s.tmp, layer.post_norms.as_ref().map(|n| &n.1[..]), &mut s.h);
+        }
+    }
+
+    /// `x += out`, `out` RMS-normed first where there is a post-norm
+    /// (`normed` holds it).
+    fn join_residual(&self, x: &mut [f32], out: &[f32], post_norm: Option<&[f32]>, normed: &mut Vec<f32>) {
+        match post_norm {
+            Some(weight) => {
+                normed.resize(out.len(), 0.0);
+                self.norm_rows(out, weight, normed);
+                add_assign(x, normed);
+            }
+            None => add_assign(x, out),
         }
     }
 }

@@ -11,7 +11,7 @@ use crate::kernels::quant::{repack, Packed, PANEL};
 use crate::kernels::{Arithmetic, Isa};
 
 use super::attention::{MAX_GROUP, MAX_HEAD_DIM};
-use super::llama::{Layer, Model, ModelConfig, Stacked};
+use super::llama::{Activation, Layer, Model, ModelConfig, SlidingWindow, Stacked};
 
 /// What sets an architecture apart from llama's layout and metadata.
 struct Architecture {
@@ -21,13 +21,70 @@ struct Architecture {
     qkv_bias: bool,
     /// RMSNorm of each query and key head before RoPE.
     qk_norm: bool,
+    /// Q, K and V in one tensor (`attn_qkv`), gate and up in one
+    /// (`ffn_up`, twice the feed-forward's rows): Phi-3's.
+    fused: bool,
+    gemma: Option<Gemma>,
 }
 
+/// Gemma's layout: embeddings times sqrt(dim), norms after attention and
+/// the feed-forward, GELU gating, queries scaled before attention, and
+/// sliding-window layers; with llama.cpp's defaults for what a file may
+/// leave out.
+struct Gemma {
+    /// Of each `swa_pattern` layers, the last attends to every position,
+    /// the others to the window.
+    swa_pattern: usize,
+    /// The window where the file gives none (None: no windowed layers).
+    default_window: Option<usize>,
+    /// The windowed layers' RoPE base where the file gives none (None: the
+    /// other layers').
+    default_local_base: Option<f32>,
+    /// The attention scores' soft cap (where the architecture has one) and
+    /// the logits', where the file gives none.
+    default_attn_softcap: Option<f32>,
+    default_final_softcap: Option<f32>,
+    /// Layers of the 27B model, whose queries are scaled by
+    /// 1/sqrt(dim / heads) instead of 1/sqrt(head_dim).
+    layers_27b: usize,
+}
+
+const LLAMA: Architecture =
+    Architecture { name: "llama", rope: RopeStyle::Normal, qkv_bias: false, qk_norm: false, fused: false, gemma: None };
+
 const ARCHITECTURES: &[Architecture] = &[
-    Architecture { name: "llama", rope: RopeStyle::Normal, qkv_bias: false, qk_norm: false },
-    Architecture { name: "mistral", rope: RopeStyle::Normal, qkv_bias: false, qk_norm: false },
-    Architecture { name: "qwen2", rope: RopeStyle::Neox, qkv_bias: true, qk_norm: false },
-    Architecture { name: "qwen3", rope: RopeStyle::Neox, qkv_bias: false, qk_norm: true },
+    LLAMA,
+    Architecture { name: "mistral", ..LLAMA },
+    Architecture { name: "qwen2", rope: RopeStyle::Neox, qkv_bias: true, ..LLAMA },
+    Architecture { name: "qwen3", rope: RopeStyle::Neox, qk_norm: true, ..LLAMA },
+    Architecture { name: "phi3", rope: RopeStyle::Neox, fused: true, ..LLAMA },
+    Architecture {
+        name: "gemma2",
+        rope: RopeStyle::Neox,
+        gemma: Some(Gemma {
+            swa_pattern: 2,
+            default_window: Some(4096),
+            default_local_base: None,
+            default_attn_softcap: Some(50.0),
+            default_final_softcap: Some(30.0),
+            layers_27b: 46,
+        }),
+        ..LLAMA
+    },
+    Architecture {
+        name: "gemma3",
+        rope: RopeStyle::Neox,
+        qk_norm: true,
+        gemma: Some(Gemma {
+            swa_pattern: 6,
+            default_window: None,
+            default_local_base: Some(10000.0),
+            default_attn_softcap: None,
+            default_final_softcap: None,
+            layers_27b: 62,
+        }),
+        ..LLAMA
+    },
 ];
 
 impl ModelConfig {
@@ -66,6 +123,8 @@ impl ModelConfig {
             Some(_) => f.get_u64(&key("rope.dimension_count"))? as usize,
             None => head_dim,
         };
+        let layers = f.get_u64(&key("block_count"))? as usize;
+        let rope_base = if f.get(&key("rope.freq_base")).is_some() { f.get_f32(&key("rope.freq_base"))? } else { 10000.0 };
         if head_dim > MAX_HEAD_DIM || rope_dims > head_dim || rope_dims % 2 != 0 || heads / kv_heads > MAX_GROUP {
             bail!(
                 "{}: attention shape not supported: head dimension {head_dim} (at most {MAX_HEAD_DIM}), {rope_dims} rotary dimensions (even, within the head), {} query heads per KV head (at most {MAX_GROUP})",
@@ -73,25 +132,83 @@ impl ModelConfig {
                 heads / kv_heads
             );
         }
+        let optional_f32 = |k: &str| match f.get(&key(k)) {
+            Some(_) => f.get_f32(&key(k)).map(Some),
+            None => Ok(None),
+        };
+        let (mut embed_scale, mut query_scale, mut sliding_window, mut attn_softcap, mut final_softcap) = (None, None, None, None, None);
+        if let Some(g) = &a.gemma {
+            embed_scale = Some((dim as f32).sqrt());
+            let scaled_by = if layers == g.layers_27b { dim / heads } else { head_dim };
+            query_scale = Some(1.0 / (scaled_by as f32).sqrt());
+            let window = match f.get(&key("attention.sliding_window")) {
+                Some(_) => Some(f.get_u64(&key("attention.sliding_window"))? as usize).filter(|&w| w > 0),
+                None => g.default_window,
+            };
+            if let Some(window) = window {
+                sliding_window = Some(SlidingWindow {
+                    window,
+                    layers: windowed_layers(f, &key, layers, g.swa_pattern)?,
+                    rope_base: optional_f32("rope.freq_base_swa")?.or(g.default_local_base).unwrap_or(rope_base),
+                });
+            }
+            let cap = |v: Option<f32>| v.filter(|&c| c > 0.0);
+            attn_softcap = cap(if g.default_attn_softcap.is_some() {
+                optional_f32("attn_logit_softcapping")?.or(g.default_attn_softcap)
+            } else {
+                None
+            });
+            final_softcap = cap(optional_f32("final_logit_softcapping")?.or(g.default_final_softcap));
+        }
         Ok(ModelConfig {
             vocab,
             dim,
-            layers: f.get_u64(&key("block_count"))? as usize,
+            layers,
             heads,
             kv_heads,
             head_dim,
             ffn: f.get_u64(&key("feed_forward_length"))? as usize,
             context_length: f.get_u64(&key("context_length"))? as usize,
             norm_eps: f.get_f32(&key("attention.layer_norm_rms_epsilon"))?,
-            rope_base: if f.get(&key("rope.freq_base")).is_some() { f.get_f32(&key("rope.freq_base"))? } else { 10000.0 },
+            rope_base,
             rope_dims,
             rope_freq_scale: rope_freq_scale(f, &key)?,
             rope_style: a.rope,
             qkv_bias: a.qkv_bias,
             qk_norm: a.qk_norm,
+            fused: a.fused,
+            embed_scale,
+            query_scale,
+            post_norms: a.gemma.is_some(),
+            activation: if a.gemma.is_some() { Activation::Gelu } else { Activation::Silu },
+            sliding_window,
+            attn_softcap,
+            final_softcap,
             architecture: arch,
         })
     }
+}
+
+/// Which layers attend in the window: as the file lists them
+/// (`attention.sliding_window_pattern`, one flag per layer), or the last of
+/// every `pattern` layers (the file's number, else the architecture's)
+/// attending fully.
+fn windowed_layers(f: &GgufFile, key: &dyn Fn(&str) -> String, layers: usize, pattern: usize) -> Result<Vec<bool>> {
+    let k = key("attention.sliding_window_pattern");
+    let pattern = match f.get(&k) {
+        None => pattern,
+        Some(v) => match v.as_array() {
+            Some(flags) => {
+                let flags: Option<Vec<bool>> = flags.iter().map(|v| v.as_bool()).collect();
+                match flags {
+                    Some(flags) if flags.len() == layers => return Ok(flags),
+                    _ => bail!("{}: {k} must be a number or {layers} flags", f.path.display()),
+                }
+            }
+            None => f.get_u64(&k)? as usize,
+        },
+    };
+    Ok((0..layers).map(|i| pattern == 0 || i % pattern < pattern - 1).collect())
 }
 
 /// How RoPE's angles are scaled for a longer context: not at all, or
@@ -120,6 +237,28 @@ struct Loader<'a> {
 }
 
 impl Loader<'_> {
+    /// The RoPE of the file: Llama 3's frequency factors (`rope_freqs`), or
+    /// Phi-3's for its original context (`rope_factors_short`; sequences
+    /// are then held to that context, where llama.cpp's default context
+    /// uses them too), with the file's attention factor on cos and sin.
+    fn rope(&self, c: &mut ModelConfig) -> Result<Rope> {
+        let half = c.rope_dims / 2;
+        let factors = if self.f.tensor("rope_freqs.weight").is_some() {
+            Some(self.vector("rope_freqs.weight", half)?)
+        } else if self.f.tensor("rope_factors_short.weight").is_some() {
+            let key = format!("{}.rope.scaling.original_context_length", c.architecture);
+            if self.f.get(&key).is_some() {
+                c.context_length = c.context_length.min(self.f.get_u64(&key)? as usize);
+            }
+            Some(self.vector("rope_factors_short.weight", half)?)
+        } else {
+            None
+        };
+        let key = format!("{}.rope.scaling.attn_factor", c.architecture);
+        let attn_factor = if self.f.get(&key).is_some() { self.f.get_f32(&key)? } else { 1.0 };
+        Ok(Rope::scaled(c.rope_dims, c.rope_base, c.rope_style, factors, c.rope_freq_scale).with_attn_factor(attn_factor))
+    }
+
     fn info(&self, name: &str, dims: &[usize]) -> Result<&TensorInfo> {
         let t = self.f.tensor(name).ok_or_else(|| anyhow!("{}: tensor {name} is missing", self.f.path.display()))?;
         let actual: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
@@ -163,15 +302,26 @@ impl Loader<'_> {
 
 impl Model {
     pub fn load(f: &GgufFile, isa: Isa, arithmetic: Arithmetic, threads: usize) -> Result<Model> {
-        let c = ModelConfig::from_gguf(f)?;
+        let mut c = ModelConfig::from_gguf(f)?;
         let l = Loader { f, arithmetic };
         let (dim, q_dim, kv_dim) = (c.dim, c.q_dim(), c.kv_dim());
         let mut layers = Vec::with_capacity(c.layers);
         for i in 0..c.layers {
             let n = |s: &str| format!("blk.{i}.{s}.weight");
+            let (wqkv, w_gate_up) = if c.fused {
+                (
+                    Stacked::Fused(l.matrix(&n("attn_qkv"), q_dim + 2 * kv_dim, dim)?),
+                    Stacked::Fused(l.matrix(&n("ffn_up"), 2 * c.ffn, dim)?),
+                )
+            } else {
+                (
+                    l.stacked(&[(n("attn_q"), q_dim), (n("attn_k"), kv_dim), (n("attn_v"), kv_dim)], dim)?,
+                    l.stacked(&[(n("ffn_gate"), c.ffn), (n("ffn_up"), c.ffn)], dim)?,
+                )
+            };
             layers.push(Layer {
                 attn_norm: l.vector(&n("attn_norm"), dim)?,
-                wqkv: l.stacked(&[(n("attn_q"), q_dim), (n("attn_k"), kv_dim), (n("attn_v"), kv_dim)], dim)?,
+                wqkv,
                 qkv_bias: if c.qkv_bias {
                     let b = |s: &str| format!("blk.{i}.{s}.bias");
                     let mut bias = l.vector(&b("attn_q"), q_dim)?;
@@ -187,8 +337,13 @@ impl Model {
                     None
                 },
                 wo: l.matrix(&n("attn_output"), dim, q_dim)?,
+                post_norms: if c.post_norms {
+                    Some((l.vector(&n("post_attention_norm"), dim)?, l.vector(&n("post_ffw_norm"), dim)?))
+                } else {
+                    None
+                },
                 ffn_norm: l.vector(&n("ffn_norm"), dim)?,
-                w_gate_up: l.stacked(&[(n("ffn_gate"), c.ffn), (n("ffn_up"), c.ffn)], dim)?,
+                w_gate_up,
                 w_down: l.matrix(&n("ffn_down"), dim, c.ffn)?,
             });
         }
@@ -196,22 +351,17 @@ impl Model {
             Some(_) => Some(l.matrix("output.weight", c.vocab, dim)?),
             None => None,
         };
+        let rope = l.rope(&mut c)?;
+        let rope_local =
+            c.sliding_window.as_ref().filter(|w| w.rope_base != c.rope_base).map(|w| Rope::new(c.rope_dims, w.rope_base, c.rope_style));
         let parameters = f.tensors.iter().map(TensorInfo::elements).sum();
         Ok(Model {
             token_embd: l.matrix("token_embd.weight", c.vocab, dim)?,
             output_norm: l.vector("output_norm.weight", dim)?,
             output,
             layers,
-            rope: Rope::scaled(
-                c.rope_dims,
-                c.rope_base,
-                c.rope_style,
-                match f.tensor("rope_freqs.weight") {
-                    Some(_) => Some(l.vector("rope_freqs.weight", c.rope_dims / 2)?),
-                    None => None,
-                },
-                c.rope_freq_scale,
-            ),
+            rope,
+            rope_local,
             isa,
             arithmetic,
             pool: ComputePool::new(threads),

@@ -14,9 +14,6 @@ use crate::gguf::GgufFile;
 const OPEN: char = '\u{F0000}';
 const CLOSE: char = '\u{F0001}';
 
-/// ChatML, the template used when a model ships none (as llama.cpp does).
-const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
-
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Message {
     pub role: String,
@@ -49,10 +46,11 @@ pub struct ChatTemplate {
 }
 
 impl ChatTemplate {
-    pub fn from_gguf(f: &GgufFile, tok: &Tokenizer) -> Result<ChatTemplate> {
-        let source = f.get("tokenizer.chat_template").and_then(|v| v.as_str()).unwrap_or(CHATML);
+    /// The file's template; None where it has none (a base model).
+    pub fn from_gguf(f: &GgufFile, tok: &Tokenizer) -> Result<Option<ChatTemplate>> {
+        let Some(source) = f.get("tokenizer.chat_template").and_then(|v| v.as_str()) else { return Ok(None) };
         let text = |id: Option<u32>| id.map(|i| tok.token_text(i)).unwrap_or_default();
-        ChatTemplate::new(source, text(tok.bos), text(tok.eos))
+        ChatTemplate::new(source, text(tok.bos), text(tok.eos)).map(Some)
     }
 
     pub fn new(source: &str, bos: String, eos: String) -> Result<ChatTemplate> {
@@ -147,6 +145,8 @@ mod tests {
         let err = t.render(&[Message::new("assistant", "hi")], false).unwrap_err().to_string();
         assert!(err.contains("roles must start with user"), "{err}");
     }
+
+    const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
     #[test]
     fn content_is_a_segment_of_its_own_even_with_markers_in_it() {

@@ -99,6 +99,18 @@ pub fn qwen_golden() -> Vec<GoldenRow> {
     golden_rows(include_str!("../data/qwen2.5-coder-0.5b-greedy.jsonl"))
 }
 
+pub fn gemma(order: Arithmetic) -> &'static LoadedModel {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    static MODELS: [OnceLock<LoadedModel>; 2] = [OnceLock::new(), OnceLock::new()];
+    let path = PATH.get_or_init(|| Store::from_env().resolve("gemma3:270m").expect("gemma3:270m installs"));
+    MODELS[order as usize].get_or_init(|| LoadedModel::open(path, 2, order).expect("gemma3:270m loads"))
+}
+
+/// llama.cpp's outputs on `gemma3:270m`.
+pub fn gemma_golden() -> Vec<GoldenRow> {
+    golden_rows(include_str!("../data/gemma3-270m-greedy.jsonl"))
+}
+
 /// Reference rows from a JSONL file's text (see ../data).
 pub fn golden_rows(text: &str) -> Vec<GoldenRow> {
     let ids = |v: &serde_json::Value| -> Vec<u32> { v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect() };
