@@ -205,21 +205,33 @@ pub fn portable_dot(w: &Matrix, x: &[f32], q: &QuantizedActs, r: usize, a: usize
                 mins = min[blk * PANEL + lane].to_f32().mul_add(xsum[b], mins);
             }
             acc = match order {
-                Arithmetic::Ggml => {
-                    let r = [lanes[0] + lanes[4], lanes[1] + lanes[5], lanes[2] + lanes[6], lanes[3] + lanes[7]];
-                    ((r[0] + r[2]) + (r[1] + r[3])) + mins
-                }
+                Arithmetic::Ggml => ggml_tree8(&lanes) + mins,
                 Arithmetic::Fast => lanes[0] + mins,
             };
         }
-        Packed::Int8 { qs, scale } => {
-            for b in 0..nb {
+        Packed::Int8 { qs, scale, order } => {
+            // ggml's order (its AVX2 `vec_dot_q8_0_q8_0`, and llamafile's
+            // tinyBLAS, which llama.cpp runs for Q8_0 and Q5_0): eight
+            // lanes, lane j fusing the sum of elements 4j..4j+4 of each
+            // block, then ggml's tree; the fast order fuses whole blocks.
+            let steps = match order {
+                Arithmetic::Ggml => 8,
+                Arithmetic::Fast => 1,
+            };
+            let width = 32 / steps;
+            let mut lanes = [0f32; 8];
+            for (b, &x_scale) in xs.iter().enumerate() {
                 let blk = panel * nb + b;
-                let code = |e: usize| qs[blk * BYTE_BLOCK + byte_offset(lane, e)] as i32;
-                let offset = 128 * (xisum[2 * b] + xisum[2 * b + 1]);
-                let ws = scale[blk * PANEL + lane].to_f32() * xs[b];
-                acc = ((isum(b, 0..32, &code) - offset) as f32).mul_add(ws, acc);
+                let code = |e: usize| qs[blk * BYTE_BLOCK + byte_offset(lane, e)] as i32 - 128;
+                let ws = scale[blk * PANEL + lane].to_f32() * x_scale;
+                for (j, l) in lanes.iter_mut().enumerate().take(steps) {
+                    *l = (isum(b, width * j..width * (j + 1), &code) as f32).mul_add(ws, *l);
+                }
             }
+            acc = match order {
+                Arithmetic::Ggml => ggml_tree8(&lanes),
+                Arithmetic::Fast => lanes[0],
+            };
         }
         Packed::Int6 { qs, scale } => {
             for b in 0..nb {
@@ -234,6 +246,13 @@ pub fn portable_dot(w: &Matrix, x: &[f32], q: &QuantizedActs, r: usize, a: usize
         }
     }
     acc
+}
+
+/// Eight float lanes summed as ggml's AVX2 `hsum_float_8` does: the
+/// halves, then pairs two apart, then the last two.
+fn ggml_tree8(l: &[f32; 8]) -> f32 {
+    let r = [l[0] + l[4], l[1] + l[5], l[2] + l[6], l[3] + l[7]];
+    (r[0] + r[2]) + (r[1] + r[3])
 }
 
 /// Rounds half to even like `f32::round_ties_even`, without the libm call

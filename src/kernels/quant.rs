@@ -66,10 +66,11 @@ pub enum Packed {
     /// 4-bit codes q in 0..=15, w = scale * q + min, laid out and summed in
     /// `order`. From Q4_0, Q4_1, Q4_K.
     Nibble { qs: Vec<u8>, scale: Vec<f16>, min: Vec<f16>, order: Arithmetic },
-    /// 8-bit codes stored as q + 128 (unsigned, for `vpdpbusd`), w = scale * q. From Q8_0,
-    /// and Q5_0 (its codes q - 16 in -16..=15: ggml's Q5_0 dot product is
-    /// Q8_0's, step for step, once the fifth bit is in place).
-    Int8 { qs: Vec<u8>, scale: Vec<f16> },
+    /// 8-bit codes stored as q + 128 (unsigned, for `vpdpbusd`), w = scale * q, summed
+    /// in `order`. From Q8_0, and Q5_0 (its codes q - 16 in -16..=15: ggml's
+    /// Q5_0 dot product is Q8_0's, step for step, once the fifth bit is in
+    /// place).
+    Int8 { qs: Vec<u8>, scale: Vec<f16>, order: Arithmetic },
     /// 6-bit codes q in 0..=63, w = scale * (q - 32), a scale per 16 weights. From Q6_K.
     Int6 { qs: Vec<u8>, scale: Vec<f32> },
     /// Plain floats, row-major. From F32, F16 and BF16.
@@ -202,7 +203,7 @@ pub fn repack(ttype: TensorType, data: &[u8], rows: usize, cols: usize, order: A
             if ttype == TensorType::Q6K {
                 Packed::Int6 { qs, scale: scales }
             } else {
-                Packed::Int8 { qs, scale: scales.into_iter().map(f16::from_f32).collect() }
+                Packed::Int8 { qs, scale: scales.into_iter().map(f16::from_f32).collect(), order }
             }
         }
     }
@@ -224,7 +225,7 @@ impl Packed {
                     *o = scale[blk * PANEL + lane].to_f32() * q as f32 + min[blk * PANEL + lane].to_f32();
                 }
             }
-            Packed::Int8 { qs, scale } => {
+            Packed::Int8 { qs, scale, .. } => {
                 for (i, o) in out.iter_mut().enumerate() {
                     let blk = block(i / 32);
                     let q = qs[blk * BYTE_BLOCK + byte_offset(lane, i % 32)] as i32 - 128;
@@ -244,7 +245,7 @@ impl Packed {
     pub fn bytes(&self) -> usize {
         match self {
             Packed::Float(w) => w.len() * 4,
-            Packed::Int8 { qs, scale } => qs.len() + scale.len() * 2,
+            Packed::Int8 { qs, scale, .. } => qs.len() + scale.len() * 2,
             Packed::Int6 { qs, scale } => qs.len() + scale.len() * 4,
             Packed::Nibble { qs, scale, min, .. } => qs.len() + (scale.len() + min.len()) * 2,
         }
@@ -253,7 +254,8 @@ impl Packed {
     /// Whether rows of `other` can be stacked under rows of `self`.
     fn same_format(&self, other: &Packed) -> bool {
         match (self, other) {
-            (Packed::Nibble { order: a, .. }, Packed::Nibble { order: b, .. }) => a == b,
+            (Packed::Nibble { order: a, .. }, Packed::Nibble { order: b, .. })
+            | (Packed::Int8 { order: a, .. }, Packed::Int8 { order: b, .. }) => a == b,
             _ => std::mem::discriminant(self) == std::mem::discriminant(other),
         }
     }
@@ -270,7 +272,7 @@ impl Packed {
         for p in it {
             match (&mut acc, p) {
                 (Packed::Float(a), Packed::Float(b)) => a.extend(b),
-                (Packed::Int8 { qs, scale }, Packed::Int8 { qs: q2, scale: s2 }) => {
+                (Packed::Int8 { qs, scale, order }, Packed::Int8 { qs: q2, scale: s2, order: o2 }) if *order == o2 => {
                     qs.extend(q2);
                     scale.extend(s2);
                 }

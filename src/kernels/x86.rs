@@ -546,8 +546,18 @@ unsafe fn nibble_pass<L: Lanes, const U: usize, const SIDES: usize, const FIRST:
 /// guarantee.
 #[inline(always)]
 unsafe fn nibble_sum<L: Lanes>(l: [L::F; 8], mins: L::F, out: *mut f32) {
+    L::store(L::add_f(tree8::<L>(l), mins), out);
+}
+
+/// Eight float lanes in ggml's fixed tree (`hsum_float_8`): the halves,
+/// then pairs two apart, then the last two.
+///
+/// # Safety
+/// The CPU has `L`'s instruction set.
+#[inline(always)]
+unsafe fn tree8<L: Lanes>(l: [L::F; 8]) -> L::F {
     let r = [L::add_f(l[0], l[4]), L::add_f(l[1], l[5]), L::add_f(l[2], l[6]), L::add_f(l[3], l[7])];
-    L::store(L::add_f(L::add_f(L::add_f(r[0], r[2]), L::add_f(r[1], r[3])), mins), out);
+    L::add_f(L::add_f(r[0], r[2]), L::add_f(r[1], r[3]))
 }
 
 /// Block `b`'s minimum terms (weight minimum times the activations'
@@ -638,7 +648,8 @@ unsafe fn nibble_blocks_panel<L: Lanes, const U: usize>(
     }
 }
 
-/// 8-bit panels (codes q + 128).
+/// 8-bit panels (codes q + 128) in the fast order: a block's whole integer
+/// sum fused at once.
 ///
 /// # Safety
 /// The CPU has `L`'s instruction set; `w` holds whole panels through the one
@@ -684,6 +695,49 @@ unsafe fn int8_panel<L: Lanes, const U: usize>(
     }
     for (acc, unit) in acc.iter().zip(units) {
         L::store(*acc, tile[unit.act].as_mut_ptr().add(unit.lane));
+    }
+}
+
+/// 8-bit panels in ggml's order (see `portable_dot`): float lane t of a
+/// unit fuses, block by block, the integer sum of elements 4t..4t+4
+/// (vector t of the block), and the eight lanes end in ggml's tree.
+///
+/// # Safety
+/// The CPU has `L`'s instruction set; `w` holds whole panels through the one
+/// read and `q` the activation rows it reads, as `tile_dot`'s callers
+/// guarantee.
+#[inline(always)]
+unsafe fn int8_lanes_panel<L: Lanes, const U: usize>(
+    qs: &[u8],
+    scale: &[f16],
+    q: &QuantizedActs,
+    (p, i): (usize, usize),
+    units: [Unit; U],
+    tile: &mut Tile,
+) {
+    let (k, nb) = (q.cols, q.cols / 32);
+    let mut lanes = [[L::zero(); 8]; U];
+    for b in 0..nb {
+        let blk = p * nb + b;
+        let w = qs.as_ptr().add(blk * BYTE_BLOCK);
+        if units[0].lane == 0 {
+            (0..BYTE_BLOCK).step_by(64).for_each(|line| prefetch(w.wrapping_add(nb * BYTE_BLOCK / 2 + line)));
+        }
+        let x = q.qs.as_ptr().add(i * k + b * 32);
+        for (lanes, unit) in lanes.iter_mut().zip(units) {
+            let sw = L::scales_f16(scale.as_ptr().add(blk * PANEL + unit.lane));
+            let ws = L::block_scale(sw, *q.scale.get_unchecked((i + unit.act) * nb + b));
+            let xa = x.add(unit.act * k);
+            for (t, lane) in lanes.iter_mut().enumerate() {
+                let xt = std::slice::from_raw_parts(xa.add(4 * t), 4);
+                let start = L::int8_start(xt.iter().map(|&v| v as i32).sum());
+                let isum = L::dot_int8(L::splat(start), L::load(w.add(64 * t + 4 * unit.lane)), xt.as_ptr());
+                *lane = L::fma_scaled(*lane, isum, ws);
+            }
+        }
+    }
+    for (lanes, unit) in lanes.iter().zip(units) {
+        L::store(tree8::<L>(*lanes), tile[unit.act].as_mut_ptr().add(unit.lane));
     }
 }
 
@@ -793,7 +847,8 @@ unsafe fn units_dot<L: Lanes, const U: usize, const SIDES: usize>(
     match w {
         Packed::Nibble { qs, scale, min, order: Arithmetic::Ggml } => nibble_panel::<L, U, SIDES>((qs, scale, min), q, at, units, tile),
         Packed::Nibble { qs, scale, min, order: Arithmetic::Fast } => nibble_blocks_panel::<L, U>((qs, scale, min), q, at, units, tile),
-        Packed::Int8 { qs, scale } => int8_panel::<L, U>(qs, scale, q, at, units, tile),
+        Packed::Int8 { qs, scale, order: Arithmetic::Ggml } => int8_lanes_panel::<L, U>(qs, scale, q, at, units, tile),
+        Packed::Int8 { qs, scale, order: Arithmetic::Fast } => int8_panel::<L, U>(qs, scale, q, at, units, tile),
         Packed::Int6 { qs, scale } => int6_panel::<L, U>(qs, scale, q, at, units, tile),
         Packed::Float(_) => return false,
     }
