@@ -4,6 +4,8 @@ real model of the architecture is to be had):
 
     python3 tools/tiny_gguf.py llama3 tests/data/vocab/ggml-vocab-llama-bpe.gguf tests/data/tiny/llama3.gguf
     python3 tools/tiny_gguf.py qwen3 tests/data/vocab/ggml-vocab-qwen2.gguf tests/data/tiny/qwen3.gguf
+    python3 tools/tiny_gguf.py gemma2 tests/data/vocab/ggml-vocab-llama-spm.gguf tests/data/tiny/gemma2.gguf
+    python3 tools/tiny_gguf.py phi3 tests/data/vocab/ggml-vocab-phi-3.gguf tests/data/tiny/phi3.gguf
 
 Needs the `gguf` and `numpy` packages. The weights come from a fixed seed,
 so the same command writes the same file.
@@ -23,6 +25,13 @@ SHAPES = {
     # Qwen 3: RMSNorm of each query and key head; heads wider together than
     # the embedding (attention.key_length).
     "qwen3": dict(arch="qwen3", dim=32, heads=4, kv_heads=2, head_dim=16, layers=2, ffn=64, rope_base=1000000.0, qk_norm=True),
+    # Gemma 2: embeddings times sqrt(d), post-norms, GELU, soft-capped
+    # attention scores and logits, and a window of 8 positions on every
+    # other layer (the prompts are longer).
+    "gemma2": dict(arch="gemma2", dim=32, heads=2, kv_heads=1, head_dim=16, layers=2, ffn=64, rope_base=10000.0, gemma=True, window=8, softcap=(5.0, 3.0)),
+    # Phi-3: Q, K and V in one tensor, gate and up in one, and RoPE factors
+    # for its original context (with long ones beside them).
+    "phi3": dict(arch="phi3", dim=32, heads=2, kv_heads=2, layers=2, ffn=64, rope_base=10000.0, fused=True),
 }
 
 
@@ -69,6 +78,14 @@ def main():
     w.add_rope_freq_base(s["rope_base"])
     w.add_layer_norm_rms_eps(1e-5)
     w.add_vocab_size(vocab)
+    if "window" in s:
+        w.add_sliding_window(s["window"])
+    if "softcap" in s:
+        w.add_float32(f"{arch}.attn_logit_softcapping", s["softcap"][0])
+        w.add_float32(f"{arch}.final_logit_softcapping", s["softcap"][1])
+    if s.get("fused"):
+        w.add_uint32(f"{arch}.rope.scaling.original_context_length", 1024)
+        w.add_float32(f"{arch}.rope.scaling.attn_factor", 1.1)
     w.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
 
     def matrix(tensor, rows, cols, scale):
@@ -87,19 +104,31 @@ def main():
     if s.get("freq_factors"):
         # Llama 3.1's scaling: high frequencies kept, low ones slowed.
         vector("rope_freqs.weight", np.geomspace(1.0, 8.0, head_dim // 2))
+    if s.get("fused"):
+        vector("rope_factors_short.weight", np.geomspace(1.0, 3.0, head_dim // 2))
+        vector("rope_factors_long.weight", np.geomspace(1.0, 30.0, head_dim // 2))
     for i in range(s["layers"]):
         p = f"blk.{i}."
         vector(p + "attn_norm.weight", 1.0 + 0.1 * rng.standard_normal(dim))
-        matrix(p + "attn_q.weight", heads * head_dim, dim, dim**-0.5)
-        matrix(p + "attn_k.weight", kv_heads * head_dim, dim, dim**-0.5)
-        matrix(p + "attn_v.weight", kv_heads * head_dim, dim, dim**-0.5)
+        if s.get("fused"):
+            matrix(p + "attn_qkv.weight", (heads + 2 * kv_heads) * head_dim, dim, dim**-0.5)
+        else:
+            matrix(p + "attn_q.weight", heads * head_dim, dim, dim**-0.5)
+            matrix(p + "attn_k.weight", kv_heads * head_dim, dim, dim**-0.5)
+            matrix(p + "attn_v.weight", kv_heads * head_dim, dim, dim**-0.5)
         if s.get("qk_norm"):
             vector(p + "attn_q_norm.weight", 1.0 + 0.1 * rng.standard_normal(head_dim))
             vector(p + "attn_k_norm.weight", 1.0 + 0.1 * rng.standard_normal(head_dim))
         matrix(p + "attn_output.weight", dim, heads * head_dim, (heads * head_dim) ** -0.5)
+        if s.get("gemma"):
+            vector(p + "post_attention_norm.weight", 1.0 + 0.1 * rng.standard_normal(dim))
+            vector(p + "post_ffw_norm.weight", 1.0 + 0.1 * rng.standard_normal(dim))
         vector(p + "ffn_norm.weight", 1.0 + 0.1 * rng.standard_normal(dim))
-        matrix(p + "ffn_gate.weight", ffn, dim, dim**-0.5)
-        matrix(p + "ffn_up.weight", ffn, dim, dim**-0.5)
+        if s.get("fused"):
+            matrix(p + "ffn_up.weight", 2 * ffn, dim, dim**-0.5)
+        else:
+            matrix(p + "ffn_gate.weight", ffn, dim, dim**-0.5)
+            matrix(p + "ffn_up.weight", ffn, dim, dim**-0.5)
         matrix(p + "ffn_down.weight", dim, ffn, ffn**-0.5)
     w.write_header_to_file()
     w.write_kv_data_to_file()
