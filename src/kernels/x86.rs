@@ -648,6 +648,17 @@ unsafe fn nibble_blocks_panel<L: Lanes, const U: usize>(
     }
 }
 
+/// Asks for the 8-bit block half a panel ahead of block `blk` (at `w`) and,
+/// every other block, for its scales' line: the panel's first unit does,
+/// once for all.
+#[inline(always)]
+fn prefetch_byte_block(w: *const u8, scale: &[f16], nb: usize, blk: usize) {
+    (0..BYTE_BLOCK).step_by(64).for_each(|line| prefetch(w.wrapping_add(nb * BYTE_BLOCK / 2 + line)));
+    if blk.is_multiple_of(2) {
+        prefetch(scale.as_ptr().wrapping_add((blk + nb / 2) * PANEL) as *const u8);
+    }
+}
+
 /// 8-bit panels (codes q + 128) in the fast order: a block's whole integer
 /// sum fused at once.
 ///
@@ -670,10 +681,7 @@ unsafe fn int8_panel<L: Lanes, const U: usize>(
         let blk = p * nb + b;
         let w = qs.as_ptr().add(blk * BYTE_BLOCK);
         if units[0].lane == 0 {
-            (0..BYTE_BLOCK).step_by(64).for_each(|line| prefetch(w.wrapping_add(nb * BYTE_BLOCK / 2 + line)));
-            if b % 2 == 0 {
-                prefetch(scale.as_ptr().wrapping_add((blk + nb / 2) * PANEL) as *const u8);
-            }
+            prefetch_byte_block(w, scale, nb, blk);
         }
         let x = q.qs.as_ptr().add(i * k + b * 32);
         // One integer chain per unit: eight units' chains are enough to
@@ -721,7 +729,7 @@ unsafe fn int8_lanes_panel<L: Lanes, const U: usize>(
         let blk = p * nb + b;
         let w = qs.as_ptr().add(blk * BYTE_BLOCK);
         if units[0].lane == 0 {
-            (0..BYTE_BLOCK).step_by(64).for_each(|line| prefetch(w.wrapping_add(nb * BYTE_BLOCK / 2 + line)));
+            prefetch_byte_block(w, scale, nb, blk);
         }
         let x = q.qs.as_ptr().add(i * k + b * 32);
         for (lanes, unit) in lanes.iter_mut().zip(units) {

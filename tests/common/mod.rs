@@ -86,12 +86,30 @@ pub fn golden() -> Vec<GoldenRow> {
     golden_rows(include_str!("../data/smollm2-greedy.jsonl"))
 }
 
+/// A catalog model, pulled if missing and loaded once per order.
+pub struct CatalogModel {
+    name: &'static str,
+    path: OnceLock<PathBuf>,
+    models: [OnceLock<LoadedModel>; 2],
+}
+
+impl CatalogModel {
+    pub const fn new(name: &'static str) -> CatalogModel {
+        CatalogModel { name, path: OnceLock::new(), models: [OnceLock::new(), OnceLock::new()] }
+    }
+
+    pub fn get(&'static self, order: Arithmetic) -> &'static LoadedModel {
+        let path =
+            self.path.get_or_init(|| Store::from_env().resolve(self.name).unwrap_or_else(|e| panic!("{} installs: {e:#}", self.name)));
+        self.models[order as usize]
+            .get_or_init(|| LoadedModel::open(path, 2, order).unwrap_or_else(|e| panic!("{} loads: {e:#}", self.name)))
+    }
+}
+
 /// Qwen2.5-Coder-0.5B-Instruct (`qwen2.5-coder:0.5b`), pulled if missing.
 pub fn qwen(order: Arithmetic) -> &'static LoadedModel {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    static MODELS: [OnceLock<LoadedModel>; 2] = [OnceLock::new(), OnceLock::new()];
-    let path = PATH.get_or_init(|| Store::from_env().resolve("qwen2.5-coder:0.5b").expect("qwen2.5-coder:0.5b installs"));
-    MODELS[order as usize].get_or_init(|| LoadedModel::open(path, 2, order).expect("qwen2.5-coder:0.5b loads"))
+    static MODEL: CatalogModel = CatalogModel::new("qwen2.5-coder:0.5b");
+    MODEL.get(order)
 }
 
 /// llama.cpp's outputs on `qwen2.5-coder:0.5b`.
@@ -99,11 +117,10 @@ pub fn qwen_golden() -> Vec<GoldenRow> {
     golden_rows(include_str!("../data/qwen2.5-coder-0.5b-greedy.jsonl"))
 }
 
+/// Gemma 3 270M (`gemma3:270m`), pulled if missing.
 pub fn gemma(order: Arithmetic) -> &'static LoadedModel {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    static MODELS: [OnceLock<LoadedModel>; 2] = [OnceLock::new(), OnceLock::new()];
-    let path = PATH.get_or_init(|| Store::from_env().resolve("gemma3:270m").expect("gemma3:270m installs"));
-    MODELS[order as usize].get_or_init(|| LoadedModel::open(path, 2, order).expect("gemma3:270m loads"))
+    static MODEL: CatalogModel = CatalogModel::new("gemma3:270m");
+    MODEL.get(order)
 }
 
 /// llama.cpp's outputs on `gemma3:270m`.
