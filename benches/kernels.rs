@@ -150,8 +150,10 @@ fn bench_attention() {
                 }
             }
             let tokens = vec![0u32; queries];
-            let chunks: Vec<SeqChunk> =
-                tables.iter().map(|b| SeqChunk { tokens: &tokens, start_pos: first_pos, blocks: b, logits: false }).collect();
+            let chunks: Vec<SeqChunk> = tables
+                .iter()
+                .map(|b| SeqChunk { tokens: &tokens, start_pos: first_pos, blocks: b, logits: false, prompt_len: first_pos + queries })
+                .collect();
             let slots: Vec<TokenSlot> =
                 (0..seqs).flat_map(|chunk| (0..queries).map(move |j| TokenSlot { chunk, pos: first_pos + j })).collect();
             let qkv = floats(&mut rng, slots.len() * (dim + 2 * kv_dim));

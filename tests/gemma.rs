@@ -6,7 +6,7 @@
 mod common;
 
 use caravan::kernels::Arithmetic;
-use common::faithful::{agreeing_rows, assert_alone_equals_together, assert_prompts_match, log_probability_differences, run_all_together};
+use common::faithful::{assert_close_in_fast_order, assert_equal_in_ggml_order, assert_prompts_match};
 use common::{gemma, gemma_golden};
 
 #[test]
@@ -14,32 +14,27 @@ fn prompts_tokenize_as_the_reference() {
     assert_eq!(assert_prompts_match(gemma(Arithmetic::Ggml), &gemma_golden()), 0);
 }
 
-/// In both orders: every first token whose reference top two are 0.3 or
-/// more apart is the reference's, and the rest among its top two. Not
-/// bit for bit: llama.cpp multiplies its K-quant matrices (Q4_K, Q6_K:
-/// attention's output and the down projections) against activations in
-/// blocks of 256, Caravan in blocks of 32, and Gemma's hidden states
-/// (embeddings times sqrt(640)) carry that difference further than Qwen's.
-/// (With every matrix requantized to Q8_0, llama.cpp's and Caravan's
-/// log-probabilities in ggml's order agree within 3e-4.) Measured: 11
-/// (ggml's order) and 13 (fast) of the 29 rows keep their first 16
-/// tokens, log-probabilities 0.102 and 0.104 off on average (0.81 and 0.90
-/// at most); the bounds leave that spread and little more.
+/// In ggml's order, as llama.cpp multiplies this file: its Q4_K and Q6_K
+/// kernels against 8-bit super-blocks of activations, each in the order of
+/// the kernel llama.cpp picks for the row's batch, and a sliding-window
+/// model's prompt cut where llama.cpp's server cuts it. Measured: every row
+/// keeps its first 16 tokens, log-probabilities 3e-5 off on average and
+/// 2.3e-4 at most.
 #[test]
-fn greedy_tokens_and_log_probabilities_stay_close_to_the_reference_and_batch_invariant() {
+fn in_ggml_s_order_tokens_and_log_probabilities_equal_the_reference_and_are_batch_invariant() {
+    assert_equal_in_ggml_order(gemma(Arithmetic::Ggml), &gemma_golden(), &[0, 10, 28]);
+}
+
+/// The fast order: every first token among the reference's top two, the
+/// log-probabilities under the SmolLM2 tests' 0.12 on average. Gemma's
+/// close calls go the other way more often than SmolLM2's (its hidden
+/// states are scaled by sqrt(640)): 13 of the 29 rows keep their first 16
+/// tokens, where the SmolLM2 tests ask half; log-probabilities 0.104 off on
+/// average (0.90 at most). The bound leaves that spread and little more.
+#[test]
+fn in_the_fast_order_tokens_and_log_probabilities_stay_close_and_are_batch_invariant() {
     let rows = gemma_golden();
-    for order in [Arithmetic::Ggml, Arithmetic::Fast] {
-        let m = gemma(order);
-        let together = run_all_together(m, &rows);
-        let prefix16 = agreeing_rows(&rows, &together, 0.3);
-        let differences = log_probability_differences(m, &rows);
-        let mean = differences.iter().sum::<f64>() / differences.len() as f64;
-        let worst = differences.iter().cloned().fold(0f64, f64::max);
-        println!("{order}: {prefix16}/{} rows, log-probabilities {mean:.4} off on average, {worst:.4} at most", rows.len());
-        assert!(prefix16 >= 9, "{order}: only {prefix16} of {} rows keep their first 16 tokens", rows.len());
-        assert!(mean < 0.13 && worst < 1.2, "{order}: log-probabilities {mean:.4} off on average, {worst:.4} at most");
-        assert_alone_equals_together(m, &rows, &together, &[0, 10, 28]);
-    }
+    assert_close_in_fast_order(gemma(Arithmetic::Fast), &rows, 12, &[0, 10, 28]);
 }
 
 /// A base model has no chat template: generate takes the prompt as it is

@@ -4,7 +4,7 @@
 
 mod common;
 
-use caravan::kernels::matmul::{matmul, portable_dot, Matrix, QuantizedActs};
+use caravan::kernels::matmul::{matmul, portable_dot, Matrix, QuantizedActs, RowBatch};
 use caravan::kernels::pool::ComputePool;
 use caravan::kernels::quant::{repack, TensorType};
 use caravan::kernels::{Arithmetic, Isa};
@@ -50,6 +50,12 @@ fn simd_matmul_equals_portable_bitwise_for_every_format_and_batch_size() {
             let x: Vec<f32> = (0..m * cols).map(|_| float(&mut rng) * 3.0).collect();
             let mut q = QuantizedActs::default();
             q.quantize(&pool, Isa::PORTABLE, &x, m, cols);
+            if w.w.reads_super_blocks() {
+                // Rows of every kind of llama.cpp batch, mixed: in fours,
+                // tiled, both, neither.
+                let batches: Vec<RowBatch> = (0..m).map(|a| RowBatch { rows: [4, 9, 12, 1][a % 4], index: a % 3 }).collect();
+                q.quantize_super_blocks(&pool, &x, &batches);
+            }
             for isa in Isa::available() {
                 let mut out = vec![0f32; m * rows];
                 matmul(&pool, isa, &w, &x, &q, &mut out);
@@ -77,6 +83,9 @@ fn quantized_matmul_tracks_the_float_product() {
         let x: Vec<f32> = (0..cols).map(|_| float(&mut rng)).collect();
         let mut q = QuantizedActs::default();
         q.quantize(&ComputePool::new(1), Isa::PORTABLE, &x, 1, cols);
+        if w.w.reads_super_blocks() {
+            q.quantize_super_blocks(&ComputePool::new(1), &x, &[RowBatch::ALONE]);
+        }
         let mut row = vec![0f32; cols];
         for r in 0..rows {
             w.w.row_f32(r, cols, &mut row);
@@ -192,12 +201,177 @@ fn repacked_rows_equal_ggml_dequantization() {
         for r in 0..rows {
             w.row_f32(r, cols, &mut got);
             let want = ggml_dequantize(t, &data[r * row_bytes..(r + 1) * row_bytes]);
-            // Q4_K's scale and minimum products are rounded to f16 (relative
-            // 2^-11 each); every other format repacks exactly.
+            // In the fast order Q4_K's scale and minimum products are
+            // rounded to f16 (relative 2^-11 each); everything else repacks
+            // exactly.
             let largest = want.iter().fold(0f32, |a, v| a.max(v.abs()));
-            let tol = if t == TensorType::Q4K { largest * 2e-3 } else { 0.0 };
+            let tol = if t == TensorType::Q4K && order == Arithmetic::Fast { largest * 2e-3 } else { 0.0 };
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                 assert!((g - w).abs() <= tol, "{t:?} {order} row {r} element {i}: {g} vs {w}");
+            }
+        }
+    }
+}
+
+/// ggml's `quantize_row_q8_K_ref` for one row: per super-block of 256 the
+/// scale, the codes and the sums of each 16.
+fn ggml_quantize_q8_k(x: &[f32]) -> Vec<(f32, Vec<i8>, Vec<i32>)> {
+    let nearest_int = |v: f32| {
+        let bits = (v + 12_582_912.0).to_bits() as i32;
+        (bits & 0x007f_ffff) - 0x0040_0000
+    };
+    x.chunks_exact(256)
+        .map(|x| {
+            let (mut max, mut amax) = (0f32, 0f32);
+            for &v in x {
+                if v.abs() > amax {
+                    amax = v.abs();
+                    max = v;
+                }
+            }
+            if amax == 0.0 {
+                return (0.0, vec![0; 256], vec![0; 16]);
+            }
+            let iscale = -127.0 / max;
+            let qs: Vec<i8> = x.iter().map(|&v| nearest_int(iscale * v).min(127) as i8).collect();
+            let bsums = qs.chunks_exact(16).map(|c| c.iter().map(|&q| q as i32).sum()).collect();
+            (1.0 / iscale, qs, bsums)
+        })
+        .collect()
+}
+
+/// A Q4_K super-block's parts as ggml reads them: d, dmin, the eight
+/// 6-bit scales and minimums (`get_scale_min_k4`), the 256 codes.
+fn q4k_parts(b: &[u8]) -> (f32, f32, [i32; 8], [i32; 8], Vec<i32>) {
+    let f16 = |i: usize| half::f16::from_le_bytes([b[i], b[i + 1]]).to_f32();
+    let s = &b[4..16];
+    let (mut sc, mut m) = ([0i32; 8], [0i32; 8]);
+    for j in 0..8 {
+        let (a, b) = if j < 4 {
+            (s[j] & 63, s[j + 4] & 63)
+        } else {
+            ((s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4), (s[j + 4] >> 4) | ((s[j] >> 6) << 4))
+        };
+        (sc[j], m[j]) = (a as i32, b as i32);
+    }
+    let q = (0..4).flat_map(|j| {
+        let q = &b[16 + 32 * j..48 + 32 * j];
+        q.iter().map(|&v| (v & 0xF) as i32).chain(q.iter().map(|&v| (v >> 4) as i32)).collect::<Vec<_>>()
+    });
+    (f16(0), f16(2), sc, m, q.collect())
+}
+
+/// ggml's Q4_K · Q8_K on one row, as its repacked AVX2/AVX-512 kernels sum:
+/// integer sums over each super-block (`gemv_q4_K_8x8_q8_K`) or, for rows
+/// it multiplies four at a time, over each pair of blocks
+/// (`gemm_q4_K_8x8_q8_K`), fused with d · d_x and dmin · d_x.
+fn ggml_q4k_dot(row: &[u8], x: &[f32], in_fours: bool) -> f32 {
+    let (mut acc, mut mins) = (0f32, 0f32);
+    for (b, (dx, qx, bsums)) in row.chunks_exact(144).zip(ggml_quantize_q8_k(x)) {
+        let (d, dmin, sc, m, q) = q4k_parts(b);
+        let step = if in_fours { 2 } else { 8 };
+        for first in (0..8).step_by(step) {
+            let (mut isum, mut imin) = (0i32, 0i32);
+            for j in first..first + step {
+                isum += sc[j] * (32 * j..32 * j + 32).map(|e| q[e] * qx[e] as i32).sum::<i32>();
+                imin += m[j] * (bsums[2 * j] + bsums[2 * j + 1]);
+            }
+            acc = (isum as f32).mul_add(d * dx, acc);
+            mins = (imin as f32).mul_add(dmin * dx, mins);
+        }
+    }
+    acc - mins
+}
+
+/// ggml's Q6_K · Q8_K on one row: for a row alone its AVX2
+/// `vec_dot_q6_K_q8_K` (32-bit lane k sums bytes 4k..4k+4 of each 32-byte
+/// vector, scaled, less the offset through the sums of 16; the lanes fused
+/// with d · d_x, then `hsum_float_8`); tiled (batches of eight rows or more)
+/// its VNNI `tiled_run_micro_vnni_8x16` (the whole integer sum, times d, then
+/// fused with d_x: GCC contracts the multiply and add).
+fn ggml_q6k_dot(row: &[u8], x: &[f32], tiled: bool) -> f32 {
+    let (mut lanes, mut acc) = ([0f32; 8], 0f32);
+    for (b, (dx, qx, bsums)) in row.chunks_exact(210).zip(ggml_quantize_q8_k(x)) {
+        let d = half::f16::from_le_bytes([b[208], b[209]]).to_f32();
+        let sc: Vec<i32> = b[192..208].iter().map(|&s| s as i8 as i32).collect();
+        let mut q = vec![0i32; 256];
+        for n in 0..2 {
+            let (ql, qh) = (&b[64 * n..], &b[128 + 32 * n..]);
+            for l in 0..32 {
+                q[128 * n + l] = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) as i32;
+                q[128 * n + l + 32] = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) as i32;
+                q[128 * n + l + 64] = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32;
+                q[128 * n + l + 96] = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32;
+            }
+        }
+        if tiled {
+            let s1: i32 = (0..16).map(|g| sc[g] * ((16 * g..16 * g + 16).map(|e| q[e] * qx[e] as i32).sum::<i32>() - 32 * bsums[g])).sum();
+            acc = (s1 as f32 * d).mul_add(dx, acc);
+            continue;
+        }
+        let mut sumi = [0i32; 8];
+        for (k, sum) in sumi.iter_mut().enumerate() {
+            for vector in 0..8 {
+                let e = 32 * vector + 4 * k;
+                *sum += sc[e / 16] * (e..e + 4).map(|e| q[e] * qx[e] as i32).sum::<i32>();
+            }
+            *sum -= 32 * (bsums[2 * k] * sc[2 * k] + bsums[2 * k + 1] * sc[2 * k + 1]);
+        }
+        for (l, s) in lanes.iter_mut().zip(sumi) {
+            *l = (dx * d).mul_add(s as f32, *l);
+        }
+    }
+    if tiled {
+        return acc;
+    }
+    let r = [lanes[0] + lanes[4], lanes[1] + lanes[5], lanes[2] + lanes[6], lanes[3] + lanes[7]];
+    (r[0] + r[2]) + (r[1] + r[3])
+}
+
+#[test]
+fn super_block_activations_equal_ggml_s_q8_k() {
+    let mut rng = Rng(5);
+    let (rows, cols) = (3, 768);
+    let mut x: Vec<f32> = (0..rows * cols).map(|_| float(&mut rng) * 4.0).collect();
+    // A zero super-block, one whose extreme is negative, exact ties.
+    x[256..512].fill(0.0);
+    x[600] = -9.0;
+    x[1000..1256].iter_mut().enumerate().for_each(|(i, v)| *v = (i % 17) as f32 - 8.5);
+    let pool = ComputePool::new(2);
+    let mut q = QuantizedActs::default();
+    q.quantize(&pool, Isa::PORTABLE, &x, rows, cols);
+    q.quantize_super_blocks(&pool, &x, &[RowBatch::ALONE; 3]);
+    let want = ggml_quantize_q8_k(&x);
+    for (s, (d, qs, bsums)) in want.iter().enumerate() {
+        assert_eq!(q.sb.d[s].to_bits(), d.to_bits(), "super-block {s}");
+        assert_eq!(&q.sb.qs[s * 256..(s + 1) * 256], &qs[..], "super-block {s}");
+        assert_eq!(&q.sb.bsum16[s * 16..(s + 1) * 16], &bsums[..], "super-block {s}");
+    }
+}
+
+#[test]
+fn k_quants_in_ggml_s_order_sum_as_ggml_s_kernels_do() {
+    let mut rng = Rng(9);
+    let (rows, cols) = (20, 768);
+    let pool = ComputePool::new(2);
+    for t in [TensorType::Q4K, TensorType::Q6K] {
+        let data = random_blocks(&mut rng, t, rows, cols);
+        let w = Matrix { rows, cols, w: repack(t, &data, rows, cols, Arithmetic::Ggml) };
+        let row_bytes = data.len() / rows;
+        // Rows alone, in fours, tiled, and the last rows of a batch that
+        // its four-row kernel leaves to the one-row kernel.
+        let batches = [RowBatch::ALONE, RowBatch { rows: 6, index: 1 }, RowBatch { rows: 9, index: 3 }, RowBatch { rows: 9, index: 8 }];
+        let x: Vec<f32> = (0..batches.len() * cols).map(|_| float(&mut rng) * 3.0).collect();
+        let mut q = QuantizedActs::default();
+        q.quantize(&pool, Isa::PORTABLE, &x, batches.len(), cols);
+        q.quantize_super_blocks(&pool, &x, &batches);
+        for (a, batch) in batches.iter().enumerate() {
+            let xa = &x[a * cols..(a + 1) * cols];
+            for r in 0..rows {
+                let wr = &data[r * row_bytes..(r + 1) * row_bytes];
+                let want = if t == TensorType::Q4K { ggml_q4k_dot(wr, xa, batch.in_fours()) } else { ggml_q6k_dot(wr, xa, batch.tiled()) };
+                let got = portable_dot(&w, &x, &q, r, a);
+                assert_eq!(got.to_bits(), want.to_bits(), "{t:?} {batch:?} row {r}: {got} vs {want}");
             }
         }
     }
@@ -259,7 +433,7 @@ fn simd_attention_equals_portable_bitwise_for_every_head_shape() {
         let chunks: Vec<SeqChunk> = shapes
             .iter()
             .zip(&tables)
-            .map(|(&(start, n), b)| SeqChunk { tokens: &tokens[..n], start_pos: start, blocks: b, logits: false })
+            .map(|(&(start, n), b)| SeqChunk { tokens: &tokens[..n], start_pos: start, blocks: b, logits: false, prompt_len: start + n })
             .collect();
         let slots: Vec<TokenSlot> = shapes
             .iter()

@@ -65,8 +65,11 @@ fn allocations_per_decode_step(m: &Model) -> Vec<usize> {
     let mut samplers = [Sampler::new(SamplingParams::default()), Sampler::new(SamplingParams::greedy())];
     let mut histories = prompts.clone();
     let mut scratch = Scratch::default();
-    let chunks: Vec<SeqChunk> =
-        prompts.iter().zip(&tables).map(|(p, t)| SeqChunk { tokens: p, start_pos: 0, blocks: t, logits: true }).collect();
+    let chunks: Vec<SeqChunk> = prompts
+        .iter()
+        .zip(&tables)
+        .map(|(p, t)| SeqChunk { tokens: p, start_pos: 0, blocks: t, logits: true, prompt_len: p.len() })
+        .collect();
     m.forward(&chunks, &mut kv, &mut scratch);
     let mut next: Vec<u32> = histories.iter().map(|h| h[h.len() - 1]).collect();
     let mut counted = Vec::new();
@@ -75,7 +78,14 @@ fn allocations_per_decode_step(m: &Model) -> Vec<usize> {
             .iter()
             .zip(&tables)
             .zip(&next)
-            .map(|((h, t), tok)| SeqChunk { tokens: std::slice::from_ref(tok), start_pos: h.len() - 1, blocks: t, logits: true })
+            .zip(&prompts)
+            .map(|(((h, t), tok), p)| SeqChunk {
+                tokens: std::slice::from_ref(tok),
+                start_pos: h.len() - 1,
+                blocks: t,
+                logits: true,
+                prompt_len: p.len(),
+            })
             .collect();
         let mut picked = [0u32; 4];
         // The caller's bookkeeping around a step is outside the count.

@@ -196,7 +196,8 @@ impl<'a> Engine<'a> {
             .iter()
             .map(|p| {
                 let s = &running[p.seq];
-                SeqChunk { tokens: &s.history[p.start..p.start + p.len], start_pos: p.start, blocks: &s.blocks, logits: p.logits }
+                let tokens = &s.history[p.start..p.start + p.len];
+                SeqChunk { tokens, start_pos: p.start, blocks: &s.blocks, logits: p.logits, prompt_len: s.req.prompt.len() }
             })
             .collect();
         let logits = self.model.model.forward(&chunks, self.kv, &mut self.scratch);

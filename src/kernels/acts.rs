@@ -12,7 +12,8 @@ pub type Tile = [[f32; PANEL]; TILE_ACTS];
 /// Activations quantized to blocks of 32: `qs[row * cols + i]`,
 /// `scale[row * blocks + b]`, `sum[...] = scale * Σ qs` over the block, and
 /// `isum16[row * cols / 16 + h]`, the integer sum of each 16 codes (for
-/// weight codes stored with an offset).
+/// weight codes stored with an offset). `sb` holds the same rows as
+/// super-blocks where a matrix asks for them.
 #[derive(Default)]
 pub struct QuantizedActs {
     pub rows: usize,
@@ -21,4 +22,44 @@ pub struct QuantizedActs {
     pub scale: Vec<f32>,
     pub sum: Vec<f32>,
     pub isum16: Vec<i32>,
+    pub sb: SuperBlockActs,
+}
+
+/// Activations quantized as ggml's Q8_K, the form its K-quant dot products
+/// take: super-blocks of 256 with one f32 scale, `qs[row * cols + i]`,
+/// `d[row * super_blocks + s]`, and `bsum16[(row * super_blocks + s) * 16 +
+/// j]`, the integer sum of codes 16j..16j+16 of the super-block; and for
+/// each row the batch llama.cpp would multiply it in.
+#[derive(Default)]
+pub struct SuperBlockActs {
+    pub qs: Vec<i8>,
+    pub d: Vec<f32>,
+    pub bsum16: Vec<i32>,
+    pub batches: Vec<RowBatch>,
+}
+
+/// The batch llama.cpp would multiply a row in: how many rows it has and
+/// the row's index there. llama.cpp picks its K-quant kernels by the
+/// batch, and they sum in different orders (see `portable_dot`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowBatch {
+    pub rows: usize,
+    pub index: usize,
+}
+
+impl RowBatch {
+    /// A row on its own, as a decode step's token or a logits row.
+    pub const ALONE: RowBatch = RowBatch { rows: 1, index: 0 };
+
+    /// Whether Q4_K multiplies it in a group of four (its repacked
+    /// `gemm_q4_K_8x8_q8_K`): the batch's rows up to its last multiple of four.
+    pub fn in_fours(self) -> bool {
+        self.index < self.rows / 4 * 4
+    }
+
+    /// Whether Q6_K multiplies it in tiles (its tiled matmul, which takes
+    /// batches of eight rows or more).
+    pub fn tiled(self) -> bool {
+        self.rows >= 8
+    }
 }

@@ -9,7 +9,7 @@
 //! every kernel gives the portable reference's bits, and a sequence's
 //! results are the same alone or batched.
 
-pub use super::acts::{QuantizedActs, Tile, TILE_ACTS};
+pub use super::acts::{QuantizedActs, RowBatch, Tile, TILE_ACTS};
 use super::pool::{ComputePool, SharedOut};
 use super::quant::{byte_offset, nibble_offset, Packed, BYTE_BLOCK, PANEL};
 use super::{Arithmetic, Isa, IsaKind};
@@ -33,6 +33,8 @@ impl QuantizedActs {
         self.scale.resize(blocks, 0.0);
         self.sum.resize(blocks, 0.0);
         self.isum16.resize(2 * blocks, 0);
+        // Super-blocks are made on request, for these rows.
+        self.sb.d.clear();
         let nb = cols / 32;
         let (qs, scale, sum, isum16) = (
             SharedOut::new(&mut self.qs),
@@ -66,6 +68,58 @@ impl QuantizedActs {
     }
 }
 
+impl QuantizedActs {
+    /// Quantizes the rows `quantize` took (`x` again) to super-blocks as
+    /// well, for K-quant weights in ggml's order (`Packed::reads_super_blocks`);
+    /// `batches`: for each row, the batch llama.cpp would multiply it in.
+    pub fn quantize_super_blocks(&mut self, pool: &ComputePool, x: &[f32], batches: &[RowBatch]) {
+        let (rows, cols) = (self.rows, self.cols);
+        assert!(cols.is_multiple_of(256) && x.len() == rows * cols && batches.len() == rows);
+        let sbs = cols / 256;
+        let sb = &mut self.sb;
+        sb.batches.clear();
+        sb.batches.extend_from_slice(batches);
+        sb.qs.resize(rows * cols, 0);
+        sb.d.resize(rows * sbs, 0.0);
+        sb.bsum16.resize(rows * sbs * 16, 0);
+        let (qs, d, bsum16) = (SharedOut::new(&mut sb.qs), SharedOut::new(&mut sb.d), SharedOut::new(&mut sb.bsum16));
+        pool.run_rows(rows, &|range| {
+            // SAFETY: each task writes the super-blocks of its own rows only.
+            let (qs, d, bsum16) =
+                unsafe { (qs.rows(range.clone(), cols), d.rows(range.clone(), sbs), bsum16.rows(range.clone(), 16 * sbs)) };
+            let x = &x[range.start * cols..range.end * cols];
+            for (s, xs) in x.chunks_exact(256).enumerate() {
+                d[s] = quantize_super_block(xs, &mut qs[s * 256..(s + 1) * 256], &mut bsum16[s * 16..(s + 1) * 16]);
+            }
+        });
+    }
+}
+
+/// One super-block of 256 to 8 bits as ggml's `quantize_row_q8_K` does it:
+/// the value of largest magnitude (the first, on ties) becomes -127, the
+/// rest are rounded to nearest even; the scale, and the sums of each 16.
+fn quantize_super_block(x: &[f32], q: &mut [i8], bsum16: &mut [i32]) -> f32 {
+    let (mut amax, mut max) = (0f32, 0f32);
+    for &v in x {
+        if v.abs() > amax {
+            (amax, max) = (v.abs(), v);
+        }
+    }
+    if amax == 0.0 {
+        q.fill(0);
+        bsum16.fill(0);
+        return 0.0;
+    }
+    let iscale = -127.0 / max;
+    for (qi, &v) in q.iter_mut().zip(x) {
+        *qi = (round_ties_even(iscale * v) as i32).min(127) as i8;
+    }
+    for (sum, codes) in bsum16.iter_mut().zip(q.chunks_exact(16)) {
+        *sum = codes.iter().map(|&c| c as i32).sum();
+    }
+    1.0 / iscale
+}
+
 /// One block of 32 to 8 bits, as ggml's `quantize_row_q8_1` rounds it:
 /// the scale, and the integer sums of each half.
 fn quantize_block(isa: Isa, x: &[f32; 32], q: &mut [i8; 32]) -> (f32, i32, i32) {
@@ -92,6 +146,7 @@ pub fn matmul(pool: &ComputePool, isa: Isa, w: &Matrix, x: &[f32], q: &Quantized
     let m = q.rows;
     assert_eq!(q.cols, w.cols);
     assert_eq!(out.len(), m * w.rows);
+    assert!(!w.w.reads_super_blocks() || q.sb.d.len() * 256 == m * w.cols, "activations not quantized to super-blocks");
     let panels = w.rows.div_ceil(PANEL);
     let shared = SharedOut::new(out);
     let panel_range = |range: std::ops::Range<usize>| {
@@ -232,6 +287,78 @@ pub fn portable_dot(w: &Matrix, x: &[f32], q: &QuantizedActs, r: usize, a: usize
                 Arithmetic::Ggml => ggml_tree8(&lanes),
                 Arithmetic::Fast => lanes[0],
             };
+        }
+        Packed::SuperNibble { qs, scale, min, d, dmin } => {
+            // ggml's Q4_K against Q8_K (its repacked kernels, `gemv_` and
+            // `gemm_q4_K_8x8_q8_K`): the exact integer Σ scale_j · (block
+            // j's dot) and Σ min_j · (block j's activation sum), over a
+            // super-block or (rows in fours) over two blocks, each fused
+            // with the product of the two super-block scales; the
+            // minimums' sum taken from the rest last.
+            let (sb, sbs) = (&q.sb, k / 256);
+            let mut mins = 0f32;
+            for s in 0..sbs {
+                let (at, x_scale) = ((panel * sbs + s) * PANEL + lane, sb.d[a * sbs + s]);
+                let (mut isum_s, mut imin_s) = (0i32, 0i32);
+                for j in 0..8 {
+                    let (b, blk) = (s * 8 + j, panel * nb + s * 8 + j);
+                    let code = |e: usize| {
+                        let (at, high) = nibble_offset(Arithmetic::Fast, nb, blk, lane, e);
+                        (if high { qs[at] >> 4 } else { qs[at] & 0xF }) as i32
+                    };
+                    let dot: i32 = (0..32).map(|e| code(e) * sb.qs[a * k + b * 32 + e] as i32).sum();
+                    let bsum = &sb.bsum16[(a * sbs + s) * 16 + 2 * j..];
+                    isum_s += scale[blk * PANEL + lane] as i32 * dot;
+                    imin_s += min[blk * PANEL + lane] as i32 * (bsum[0] + bsum[1]);
+                    // llama.cpp's four-row kernel (`gemm_q4_K_8x8_q8_K`)
+                    // fuses the sums of every two blocks, its one-row kernel
+                    // those of the whole super-block.
+                    if j == 7 || (sb.batches[a].in_fours() && j % 2 == 1) {
+                        acc = (isum_s as f32).mul_add(d[at].to_f32() * x_scale, acc);
+                        mins = (imin_s as f32).mul_add(dmin[at].to_f32() * x_scale, mins);
+                        (isum_s, imin_s) = (0, 0);
+                    }
+                }
+            }
+            acc -= mins;
+        }
+        Packed::SuperInt6 { qs, scale, d } => {
+            // ggml's Q6_K against Q8_K. One row (its AVX2
+            // `vec_dot_q6_K_q8_K`): eight lanes per super-block, lane t the
+            // exact integer sum of elements 4t..4t+4 of each of its blocks
+            // times their scale, less 32 times Σ scale · (activation sum)
+            // over block t's two halves; each lane fused with the product
+            // of the super-block scales, then ggml's tree. Tiled (its
+            // AVX-512 VNNI tiled matmul): the lanes' integers summed, times
+            // the weights' super-block scale, fused with the activations'
+            // (GCC contracts the kernel's multiply and add).
+            let (sb, sbs) = (&q.sb, k / 256);
+            let scale_of = |blk: usize, half: usize| scale[(blk * 2 + half) * PANEL + lane] as i32;
+            let tiled = sb.batches[a].tiled();
+            let mut lanes = [0f32; 8];
+            for s in 0..sbs {
+                let bsum = &sb.bsum16[(a * sbs + s) * 16..];
+                let (at, x_scale) = ((panel * sbs + s) * PANEL + lane, sb.d[a * sbs + s]);
+                let ds = d[at].to_f32() * x_scale;
+                let mut isum_s = 0i32;
+                for (t, l) in lanes.iter_mut().enumerate() {
+                    let own = panel * nb + s * 8 + t;
+                    let mut isum_t = -32 * (bsum[2 * t] * scale_of(own, 0) + bsum[2 * t + 1] * scale_of(own, 1));
+                    for g in 0..8 {
+                        let (b, blk) = (s * 8 + g, panel * nb + s * 8 + g);
+                        let dot: i32 = (4 * t..4 * t + 4)
+                            .map(|e| qs[blk * BYTE_BLOCK + byte_offset(lane, e)] as i32 * sb.qs[a * k + b * 32 + e] as i32)
+                            .sum();
+                        isum_t += scale_of(blk, t / 4) * dot;
+                    }
+                    isum_s += isum_t;
+                    *l = (isum_t as f32).mul_add(ds, *l);
+                }
+                acc = (isum_s as f32 * d[at].to_f32()).mul_add(x_scale, acc);
+            }
+            if !tiled {
+                acc = ggml_tree8(&lanes);
+            }
         }
         Packed::Int6 { qs, scale } => {
             for b in 0..nb {

@@ -8,10 +8,12 @@
 //! are one vector. No horizontal sums are needed, whatever the row length.
 //!
 //! Block scales are kept as f16, as ggml stores them: weight bytes are what
-//! a decode step waits for. Repacking Q4_0, Q4_1, Q8_0 and Q6_K is exact
-//! (every weight equals ggml's dequantization bit for bit); Q4_K's scales are
-//! products of two scales and are rounded to f16 (relative error 2^-11, far
-//! below the 4-bit quantization's own).
+//! a decode step waits for. Repacking Q4_0, Q4_1, Q5_0, Q8_0 and Q6_K is
+//! exact (every weight equals ggml's dequantization bit for bit). For the
+//! fast order Q4_K's scales, products of two scales, are rounded to f16
+//! (relative error 2^-11, far below the 4-bit quantization's own); for
+//! ggml's order the K-quants keep their integer scales and super-blocks,
+//! exact too, because ggml's dot products sum with them.
 
 use half::{bf16, f16};
 
@@ -73,6 +75,17 @@ pub enum Packed {
     Int8 { qs: Vec<u8>, scale: Vec<f16>, order: Arithmetic },
     /// 6-bit codes q in 0..=63, w = scale * (q - 32), a scale per 16 weights. From Q6_K.
     Int6 { qs: Vec<u8>, scale: Vec<f32> },
+    /// 4-bit codes in super-blocks of 256, w = d * scale * q - dmin * min,
+    /// with Q4_K's own integers: a 6-bit scale and minimum per 32 weights
+    /// (`scale`, `min`, indexed as other per-block scales) and f16 `d`,
+    /// `dmin` per super-block (`(panel * super_blocks + s) * PANEL +
+    /// lane`). Codes in the fast order's layout. From Q4_K in ggml's order,
+    /// whose dot products take the integer scales into the integer sums.
+    SuperNibble { qs: Vec<u8>, scale: Vec<u8>, min: Vec<u8>, d: Vec<f16>, dmin: Vec<f16> },
+    /// 6-bit codes q (weights d * scale * (q - 32)) with Q6_K's own signed
+    /// 8-bit scale per 16 weights (indexed as `Int6`'s) and f16 `d` per
+    /// super-block (as `SuperNibble`'s). From Q6_K in ggml's order.
+    SuperInt6 { qs: Vec<u8>, scale: Vec<i8>, d: Vec<f16> },
     /// Plain floats, row-major. From F32, F16 and BF16.
     Float(Vec<f32>),
 }
@@ -156,11 +169,78 @@ fn decode_row(ttype: TensorType, data: &[u8], cols: usize) -> RowCodes {
     row
 }
 
+/// The integer scales of one K-quant super-block and its f16 scales:
+/// Q4_K's eight (scale, min) pairs and (d, dmin); Q6_K's sixteen signed
+/// scales (as bytes) and d.
+fn super_block_scales(ttype: TensorType, b: &[u8]) -> ([(u8, u8); 16], f16, f16) {
+    let f16_bits = |i: usize| f16::from_le_bytes([b[i], b[i + 1]]);
+    let mut pairs = [(0u8, 0u8); 16];
+    if ttype == TensorType::Q4K {
+        for (j, pair) in pairs.iter_mut().enumerate().take(8) {
+            *pair = q4k_scale_min(j, &b[4..16]);
+        }
+        (pairs, f16_bits(0), f16_bits(2))
+    } else {
+        for (j, pair) in pairs.iter_mut().enumerate() {
+            *pair = (b[192 + j], 0);
+        }
+        (pairs, f16_bits(208), f16::ZERO)
+    }
+}
+
+/// Q4_K or Q6_K blocks repacked for ggml's order, keeping their integer
+/// scales (see `Packed::SuperNibble`).
+fn repack_super_blocks(ttype: TensorType, data: &[u8], rows: usize, cols: usize) -> Packed {
+    let (nb, sbs, panels) = (cols / 32, cols / 256, rows.div_ceil(PANEL));
+    let slots = panels * nb * PANEL;
+    let row_bytes = data.len() / rows.max(1);
+    let nibbles = ttype == TensorType::Q4K;
+    let mut qs = vec![0u8; slots * if nibbles { 16 } else { 32 }];
+    let (mut scale, mut min) = (vec![0u8; slots * if nibbles { 1 } else { 2 }], vec![0u8; slots]);
+    let (mut d, mut dmin) = (vec![f16::ZERO; panels * sbs * PANEL], vec![f16::ZERO; panels * sbs * PANEL]);
+    for r in 0..rows {
+        let (first_block, lane) = (r / PANEL * nb, r % PANEL);
+        let data = &data[r * row_bytes..(r + 1) * row_bytes];
+        let codes = decode_row(ttype, data, cols).codes;
+        for (s, b) in data.chunks_exact(ttype.block_bytes()).enumerate() {
+            let (pairs, ds, dmins) = super_block_scales(ttype, b);
+            let at = (r / PANEL * sbs + s) * PANEL + lane;
+            (d[at], dmin[at]) = (ds, dmins);
+            for j in 0..8 {
+                let blk = first_block + s * 8 + j;
+                let block_codes = &codes[(s * 8 + j) * 32..(s * 8 + j + 1) * 32];
+                if nibbles {
+                    for (e, &code) in block_codes.iter().enumerate() {
+                        let (at, high) = nibble_offset(Arithmetic::Fast, nb, blk, lane, e);
+                        qs[at] |= if high { code << 4 } else { code };
+                    }
+                    (scale[blk * PANEL + lane], min[blk * PANEL + lane]) = pairs[j];
+                } else {
+                    for (e, &code) in block_codes.iter().enumerate() {
+                        qs[blk * BYTE_BLOCK + byte_offset(lane, e)] = code;
+                    }
+                    for h in 0..2 {
+                        scale[(blk * 2 + h) * PANEL + lane] = pairs[2 * j + h].0;
+                    }
+                }
+            }
+        }
+    }
+    if nibbles {
+        Packed::SuperNibble { qs, scale, min, d, dmin }
+    } else {
+        Packed::SuperInt6 { qs, scale: scale.into_iter().map(|s| s as i8).collect(), d }
+    }
+}
+
 /// Repacks ggml blocks (whole rows of `cols` elements, `rows` of them), for
 /// the kernels of `order`.
 pub fn repack(ttype: TensorType, data: &[u8], rows: usize, cols: usize, order: Arithmetic) -> Packed {
     let n = rows * cols;
     assert_eq!(data.len(), n / ttype.block_elems() * ttype.block_bytes(), "tensor size mismatch");
+    if order == Arithmetic::Ggml && matches!(ttype, TensorType::Q4K | TensorType::Q6K) {
+        return repack_super_blocks(ttype, data, rows, cols);
+    }
     let (nb, panels) = (cols / 32, rows.div_ceil(PANEL));
     let slots = panels * nb * PANEL;
     let row_bytes = data.len() / rows.max(1);
@@ -239,7 +319,31 @@ impl Packed {
                     *o = scale[(blk * 2 + i % 32 / 16) * PANEL + lane] * q as f32;
                 }
             }
+            // As ggml's dequantize_row_q4_K and _q6_K compute them.
+            Packed::SuperNibble { qs, scale, min, d, dmin } => {
+                for (i, o) in out.iter_mut().enumerate() {
+                    let blk = block(i / 32);
+                    let (at, high) = nibble_offset(Arithmetic::Fast, nb, blk, lane, i % 32);
+                    let q = if high { qs[at] >> 4 } else { qs[at] & 0xF };
+                    let s = (r / PANEL * (cols / 256) + i / 256) * PANEL + lane;
+                    let (d1, m1) = (d[s].to_f32() * scale[blk * PANEL + lane] as f32, dmin[s].to_f32() * min[blk * PANEL + lane] as f32);
+                    *o = d1 * q as f32 - m1;
+                }
+            }
+            Packed::SuperInt6 { qs, scale, d } => {
+                for (i, o) in out.iter_mut().enumerate() {
+                    let blk = block(i / 32);
+                    let q = qs[blk * BYTE_BLOCK + byte_offset(lane, i % 32)] as i32 - 32;
+                    let s = (r / PANEL * (cols / 256) + i / 256) * PANEL + lane;
+                    *o = d[s].to_f32() * scale[(blk * 2 + i % 32 / 16) * PANEL + lane] as f32 * q as f32;
+                }
+            }
         }
+    }
+
+    /// Whether the matmul needs `QuantizedActs::quantize_super_blocks` for these weights.
+    pub fn reads_super_blocks(&self) -> bool {
+        matches!(self, Packed::SuperNibble { .. } | Packed::SuperInt6 { .. })
     }
 
     pub fn bytes(&self) -> usize {
@@ -248,6 +352,8 @@ impl Packed {
             Packed::Int8 { qs, scale, .. } => qs.len() + scale.len() * 2,
             Packed::Int6 { qs, scale } => qs.len() + scale.len() * 4,
             Packed::Nibble { qs, scale, min, .. } => qs.len() + (scale.len() + min.len()) * 2,
+            Packed::SuperNibble { qs, scale, min, d, dmin } => qs.len() + scale.len() + min.len() + (d.len() + dmin.len()) * 2,
+            Packed::SuperInt6 { qs, scale, d } => qs.len() + scale.len() + d.len() * 2,
         }
     }
 
@@ -284,6 +390,18 @@ impl Packed {
                     qs.extend(q2);
                     scale.extend(s2);
                     min.extend(m2);
+                }
+                (Packed::SuperNibble { qs, scale, min, d, dmin }, Packed::SuperNibble { qs: q2, scale: s2, min: m2, d: d2, dmin: dm2 }) => {
+                    qs.extend(q2);
+                    scale.extend(s2);
+                    min.extend(m2);
+                    d.extend(d2);
+                    dmin.extend(dm2);
+                }
+                (Packed::SuperInt6 { qs, scale, d }, Packed::SuperInt6 { qs: q2, scale: s2, d: d2 }) => {
+                    qs.extend(q2);
+                    scale.extend(s2);
+                    d.extend(d2);
                 }
                 _ => unreachable!("formats checked above"),
             }

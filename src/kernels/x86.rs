@@ -92,12 +92,12 @@ trait Lanes {
     unsafe fn fma_block(acc: Self::F, isum: Self::I, w_scale: Self::F, x_scale: f32) -> Self::F {
         Self::fma_scaled(acc, isum, Self::block_scale(w_scale, x_scale))
     }
-    /// `acc + w_min * x_sum`, fused.
+    /// `acc + v * s`, fused.
     ///
     /// # Safety
     /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
     /// `Isa::available` found; a pointer is valid for one register's width.
-    unsafe fn fma_min(acc: Self::F, w_min: Self::F, x_sum: f32) -> Self::F;
+    unsafe fn fma_splat(acc: Self::F, v: Self::F, s: f32) -> Self::F;
     /// # Safety
     /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
     /// `Isa::available` found; a pointer is valid for one register's width.
@@ -105,7 +105,37 @@ trait Lanes {
     /// # Safety
     /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
     /// `Isa::available` found; a pointer is valid for one register's width.
+    unsafe fn sub_f(a: Self::F, b: Self::F) -> Self::F;
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found; a pointer is valid for one register's width.
     unsafe fn store(v: Self::F, out: *mut f32);
+    /// `N` unsigned bytes, one per 32-bit lane.
+    ///
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found; `p` is valid for `N` bytes.
+    unsafe fn bytes_u32(p: *const u8) -> Self::I;
+    /// `N` signed bytes, one per 32-bit lane.
+    ///
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found; `p` is valid for `N` bytes.
+    unsafe fn bytes_i32(p: *const i8) -> Self::I;
+    /// `acc + a * b` in 32-bit lanes.
+    ///
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found.
+    unsafe fn mul_add_i(acc: Self::I, a: Self::I, b: Self::I) -> Self::I;
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found.
+    unsafe fn to_float(v: Self::I) -> Self::F;
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found.
+    unsafe fn mul_f(a: Self::F, b: Self::F) -> Self::F;
 }
 
 /// # Safety
@@ -213,8 +243,8 @@ impl Lanes for Vnni512 {
     /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
     /// `Isa::available` found; a pointer is valid for one register's width.
     #[inline(always)]
-    unsafe fn fma_min(acc: __m512, w_min: __m512, x_sum: f32) -> __m512 {
-        _mm512_fmadd_ps(w_min, _mm512_set1_ps(x_sum), acc)
+    unsafe fn fma_splat(acc: __m512, v: __m512, s: f32) -> __m512 {
+        _mm512_fmadd_ps(v, _mm512_set1_ps(s), acc)
     }
     /// # Safety
     /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
@@ -229,6 +259,48 @@ impl Lanes for Vnni512 {
     #[inline(always)]
     unsafe fn store(v: __m512, out: *mut f32) {
         _mm512_storeu_ps(out, v)
+    }
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found; a pointer is valid for one register's width.
+    #[inline(always)]
+    unsafe fn sub_f(a: __m512, b: __m512) -> __m512 {
+        _mm512_sub_ps(a, b)
+    }
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found; `p` is valid for `N` bytes.
+    #[inline(always)]
+    unsafe fn bytes_u32(p: *const u8) -> __m512i {
+        _mm512_cvtepu8_epi32(_mm_loadu_si128(p as *const __m128i))
+    }
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found; `p` is valid for `N` bytes.
+    #[inline(always)]
+    unsafe fn bytes_i32(p: *const i8) -> __m512i {
+        _mm512_cvtepi8_epi32(_mm_loadu_si128(p as *const __m128i))
+    }
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found.
+    #[inline(always)]
+    unsafe fn mul_add_i(acc: __m512i, a: __m512i, b: __m512i) -> __m512i {
+        _mm512_add_epi32(acc, _mm512_mullo_epi32(a, b))
+    }
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found.
+    #[inline(always)]
+    unsafe fn to_float(v: __m512i) -> __m512 {
+        _mm512_cvtepi32_ps(v)
+    }
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found.
+    #[inline(always)]
+    unsafe fn mul_f(a: __m512, b: __m512) -> __m512 {
+        _mm512_mul_ps(a, b)
     }
 }
 
@@ -349,8 +421,8 @@ impl Lanes for Avx2 {
     /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
     /// `Isa::available` found; a pointer is valid for one register's width.
     #[inline(always)]
-    unsafe fn fma_min(acc: __m256, w_min: __m256, x_sum: f32) -> __m256 {
-        _mm256_fmadd_ps(w_min, _mm256_set1_ps(x_sum), acc)
+    unsafe fn fma_splat(acc: __m256, v: __m256, s: f32) -> __m256 {
+        _mm256_fmadd_ps(v, _mm256_set1_ps(s), acc)
     }
     /// # Safety
     /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
@@ -365,6 +437,48 @@ impl Lanes for Avx2 {
     #[inline(always)]
     unsafe fn store(v: __m256, out: *mut f32) {
         _mm256_storeu_ps(out, v)
+    }
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found; a pointer is valid for one register's width.
+    #[inline(always)]
+    unsafe fn sub_f(a: __m256, b: __m256) -> __m256 {
+        _mm256_sub_ps(a, b)
+    }
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found; `p` is valid for `N` bytes.
+    #[inline(always)]
+    unsafe fn bytes_u32(p: *const u8) -> __m256i {
+        _mm256_cvtepu8_epi32(_mm_loadl_epi64(p as *const __m128i))
+    }
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found; `p` is valid for `N` bytes.
+    #[inline(always)]
+    unsafe fn bytes_i32(p: *const i8) -> __m256i {
+        _mm256_cvtepi8_epi32(_mm_loadl_epi64(p as *const __m128i))
+    }
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found.
+    #[inline(always)]
+    unsafe fn mul_add_i(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+        _mm256_add_epi32(acc, _mm256_mullo_epi32(a, b))
+    }
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found.
+    #[inline(always)]
+    unsafe fn to_float(v: __m256i) -> __m256 {
+        _mm256_cvtepi32_ps(v)
+    }
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found.
+    #[inline(always)]
+    unsafe fn mul_f(a: __m256, b: __m256) -> __m256 {
+        _mm256_mul_ps(a, b)
     }
 }
 
@@ -579,7 +693,7 @@ unsafe fn min_step<L: Lanes, const U: usize>(
     let nb = q.cols / 32;
     for (m, unit) in mins.iter_mut().zip(units) {
         let (at, xb) = ((p * nb + b) * PANEL + unit.lane, (i + unit.act) * nb + b);
-        *m = L::fma_min(*m, L::scales_f16(min.as_ptr().add(at)), *q.sum.get_unchecked(xb));
+        *m = L::fma_splat(*m, L::scales_f16(min.as_ptr().add(at)), *q.sum.get_unchecked(xb));
     }
 }
 
@@ -796,6 +910,140 @@ unsafe fn int6_panel<L: Lanes, const U: usize>(
     }
 }
 
+/// Q4_K super-block panels in ggml's order (see `portable_dot`): per
+/// super-block, each block's exact integer dot times its integer scale,
+/// and its minimum times the activations' integer sum, summed in integers
+/// and fused once with the super-block's combined scales.
+///
+/// # Safety
+/// The CPU has `L`'s instruction set; `w` holds whole panels through the one
+/// read and `q` the activation rows it reads, with super-blocks, as
+/// `tile_dot`'s callers guarantee.
+#[inline(always)]
+unsafe fn super_nibble_panel<L: Lanes, const U: usize>(
+    w: &Packed,
+    q: &QuantizedActs,
+    (p, i): (usize, usize),
+    units: [Unit; U],
+    tile: &mut Tile,
+) {
+    let Packed::SuperNibble { qs, scale, min, d, dmin } = w else { unreachable!("a Q4_K super-block panel") };
+    let (k, nb, sbs, sb) = (q.cols, q.cols / 32, q.cols / 256, &q.sb);
+    let (mut acc, mut mins) = ([L::zero(); U], [L::zero(); U]);
+    let in_fours = units.map(|unit| sb.batches.get_unchecked(i + unit.act).in_fours());
+    for s in 0..sbs {
+        let mut scales = [(L::zero(), L::zero()); U];
+        for (u, unit) in units.iter().enumerate() {
+            let (at, x_scale) = ((p * sbs + s) * PANEL + unit.lane, *sb.d.get_unchecked((i + unit.act) * sbs + s));
+            scales[u] =
+                (L::block_scale(L::scales_f16(d.as_ptr().add(at)), x_scale), L::block_scale(L::scales_f16(dmin.as_ptr().add(at)), x_scale));
+        }
+        let (mut isum, mut imin) = ([L::splat(0); U], [L::splat(0); U]);
+        for j in 0..8 {
+            let (b, blk) = (s * 8 + j, p * nb + s * 8 + j);
+            let w = qs.as_ptr().add(blk * NIBBLE_BLOCK);
+            if units[0].lane == 0 {
+                (0..NIBBLE_BLOCK).step_by(64).for_each(|line| prefetch(w.wrapping_add(nb * NIBBLE_BLOCK + line)));
+            }
+            let x = sb.qs.as_ptr().add(i * k + b * 32);
+            let mut sums = [L::splat(0); U];
+            for t in 0..4 {
+                for (sum, unit) in sums.iter_mut().zip(units) {
+                    let (low, high) = L::nibbles(L::load(w.add(64 * t + 4 * unit.lane)));
+                    let xa = x.add(unit.act * k + 8 * t);
+                    *sum = L::dot_nibbles(L::dot_nibbles(*sum, low, xa), high, xa.add(4));
+                }
+            }
+            for (u, unit) in units.iter().enumerate() {
+                let at = blk * PANEL + unit.lane;
+                let bsum = sb.bsum16.as_ptr().add(((i + unit.act) * sbs + s) * 16 + 2 * j);
+                isum[u] = L::mul_add_i(isum[u], L::widen_nibbles(sums[u]), L::bytes_u32(scale.as_ptr().add(at)));
+                imin[u] = L::mul_add_i(imin[u], L::bytes_u32(min.as_ptr().add(at)), L::splat(*bsum + *bsum.add(1)));
+                if j == 7 || (in_fours[u] && j % 2 == 1) {
+                    acc[u] = L::fma_scaled(acc[u], isum[u], scales[u].0);
+                    mins[u] = L::fma_scaled(mins[u], imin[u], scales[u].1);
+                    (isum[u], imin[u]) = (L::splat(0), L::splat(0));
+                }
+            }
+        }
+    }
+    for (u, unit) in units.iter().enumerate() {
+        L::store(L::sub_f(acc[u], mins[u]), tile[unit.act].as_mut_ptr().add(unit.lane));
+    }
+}
+
+/// Q6_K super-block panels in ggml's order (see `portable_dot`): float
+/// lane t of a unit fuses, super-block by super-block, the integer sum of
+/// elements 4t..4t+4 of every block times its scale, less the offset
+/// term, and the eight lanes end in ggml's tree; a tiled row's unit adds
+/// the super-block's whole integer sum, scaled, instead. Lanes go one at a
+/// time over the super-block's blocks, so only one integer sum per unit is
+/// live.
+///
+/// # Safety
+/// The CPU has `L`'s instruction set; `w` holds whole panels through the one
+/// read and `q` the activation rows it reads, with super-blocks, as
+/// `tile_dot`'s callers guarantee.
+#[inline(always)]
+unsafe fn super_int6_panel<L: Lanes, const U: usize>(
+    w: &Packed,
+    q: &QuantizedActs,
+    (p, i): (usize, usize),
+    units: [Unit; U],
+    tile: &mut Tile,
+) {
+    let Packed::SuperInt6 { qs, scale, d } = w else { unreachable!("a Q6_K super-block panel") };
+    let (k, nb, sbs, sb) = (q.cols, q.cols / 32, q.cols / 256, &q.sb);
+    let scales = |blk: usize, half: usize, lane: usize| L::bytes_i32(scale.as_ptr().add((blk * 2 + half) * PANEL + lane));
+    let tiled = units.map(|unit| sb.batches.get_unchecked(i + unit.act).tiled());
+    let (mut lanes, mut tiles) = ([[L::zero(); 8]; U], [L::zero(); U]);
+    for s in 0..sbs {
+        let first = p * nb + s * 8;
+        let (mut ds, mut x_scales) = ([L::zero(); U], [0f32; U]);
+        for (u, unit) in units.iter().enumerate() {
+            x_scales[u] = *sb.d.get_unchecked((i + unit.act) * sbs + s);
+            ds[u] = L::block_scale(L::scales_f16(d.as_ptr().add((p * sbs + s) * PANEL + unit.lane)), x_scales[u]);
+        }
+        let mut totals = [L::splat(0); U];
+        for t in 0..8 {
+            let mut isum = [L::splat(0); U];
+            for (u, unit) in units.iter().enumerate() {
+                let bsum = sb.bsum16.as_ptr().add(((i + unit.act) * sbs + s) * 16 + 2 * t);
+                let offset = L::mul_add_i(L::splat(0), scales(first + t, 0, unit.lane), L::splat(-32 * *bsum));
+                isum[u] = L::mul_add_i(offset, scales(first + t, 1, unit.lane), L::splat(-32 * *bsum.add(1)));
+            }
+            for g in 0..8 {
+                let w = qs.as_ptr().add((first + g) * BYTE_BLOCK + 64 * t);
+                if units[0].lane == 0 && t == 0 {
+                    (0..BYTE_BLOCK).step_by(64).for_each(|line| prefetch(w.wrapping_add(nb * BYTE_BLOCK / 2 + line)));
+                }
+                let x = sb.qs.as_ptr().add(i * k + (s * 8 + g) * 32 + 4 * t);
+                for (sum, unit) in isum.iter_mut().zip(units) {
+                    let dot = L::dot(L::splat(0), L::load(w.add(4 * unit.lane)), x.add(unit.act * k));
+                    *sum = L::mul_add_i(*sum, dot, scales(first + g, t / 4, unit.lane));
+                }
+            }
+            for (u, lanes) in lanes.iter_mut().enumerate() {
+                if tiled[u] {
+                    totals[u] = L::mul_add_i(totals[u], isum[u], L::splat(1));
+                } else {
+                    lanes[t] = L::fma_scaled(lanes[t], isum[u], ds[u]);
+                }
+            }
+        }
+        for (u, unit) in units.iter().enumerate() {
+            if tiled[u] {
+                let w_scale = L::scales_f16(d.as_ptr().add((p * sbs + s) * PANEL + unit.lane));
+                tiles[u] = L::fma_splat(tiles[u], L::mul_f(L::to_float(totals[u]), w_scale), x_scales[u]);
+            }
+        }
+    }
+    for (u, unit) in units.iter().enumerate() {
+        let sums = if tiled[u] { tiles[u] } else { tree8::<L>(lanes[u]) };
+        L::store(sums, tile[unit.act].as_mut_ptr().add(unit.lane));
+    }
+}
+
 /// Panel `p` against the tile's activation rows from `i`, in units of `L`
 /// (see `Unit`); false for formats without a kernel.
 ///
@@ -858,6 +1106,8 @@ unsafe fn units_dot<L: Lanes, const U: usize, const SIDES: usize>(
         Packed::Int8 { qs, scale, order: Arithmetic::Ggml } => int8_lanes_panel::<L, U>(qs, scale, q, at, units, tile),
         Packed::Int8 { qs, scale, order: Arithmetic::Fast } => int8_panel::<L, U>(qs, scale, q, at, units, tile),
         Packed::Int6 { qs, scale } => int6_panel::<L, U>(qs, scale, q, at, units, tile),
+        Packed::SuperNibble { .. } => super_nibble_panel::<L, U>(w, q, at, units, tile),
+        Packed::SuperInt6 { .. } => super_int6_panel::<L, U>(w, q, at, units, tile),
         Packed::Float(_) => return false,
     }
     true

@@ -3,7 +3,7 @@
 
 use crate::kernels::expf::silu_mul;
 use crate::kernels::gelu::gelu_mul;
-use crate::kernels::matmul::{matmul, Matrix, QuantizedActs};
+use crate::kernels::matmul::{matmul, Matrix, QuantizedActs, RowBatch};
 use crate::kernels::ops::{add_assign, rms_norm, rms_norm_in_place, Rope, RopeStyle};
 use crate::kernels::pool::{ComputePool, SharedOut};
 use crate::kernels::{Arithmetic, Isa};
@@ -143,7 +143,16 @@ pub struct Scratch {
     part: Vec<f32>,
     act: Vec<f32>,
     quant: QuantizedActs,
+    /// Per row of the matmuls' input: `SeqChunk::row_batch`.
+    batches: Vec<RowBatch>,
     pub logits: Vec<f32>,
+}
+
+/// A matmul's input rows, with `SeqChunk::row_batch` for each.
+#[derive(Clone, Copy)]
+struct Rows<'a> {
+    x: &'a [f32],
+    batches: &'a [RowBatch],
 }
 
 impl Model {
@@ -170,17 +179,17 @@ impl Model {
     /// `out = x · W` for each part of `w`, the parts' outputs side by side
     /// in each row (`part` holds one part's at a time).
     #[allow(clippy::too_many_arguments)]
-    fn linear_stacked(&self, w: &Stacked, x: &[f32], rows: usize, quant: &mut QuantizedActs, part: &mut Vec<f32>, out: &mut Vec<f32>) {
+    fn linear_stacked(&self, w: &Stacked, x: Rows, quant: &mut QuantizedActs, part: &mut Vec<f32>, out: &mut Vec<f32>) {
         match w {
-            Stacked::Fused(m) => self.linear(m, x, rows, quant, out),
+            Stacked::Fused(m) => self.linear(m, x, quant, out),
             Stacked::Parts(parts) => {
-                let width: usize = parts.iter().map(|m| m.rows).sum();
+                let (rows, width) = (x.batches.len(), parts.iter().map(|m| m.rows).sum::<usize>());
                 out.resize(rows * width, 0.0);
-                quant.quantize(&self.pool, self.isa, x, rows, parts[0].cols);
+                self.quantize(parts, x, quant);
                 let mut at = 0;
                 for m in parts {
                     part.resize(rows * m.rows, 0.0);
-                    matmul(&self.pool, self.isa, m, x, quant, part);
+                    matmul(&self.pool, self.isa, m, x.x, quant, part);
                     for (dst, src) in out.chunks_exact_mut(width).zip(part.chunks_exact(m.rows)) {
                         dst[at..at + m.rows].copy_from_slice(src);
                     }
@@ -190,10 +199,18 @@ impl Model {
         }
     }
 
-    fn linear(&self, w: &Matrix, x: &[f32], rows: usize, quant: &mut QuantizedActs, out: &mut Vec<f32>) {
-        quant.quantize(&self.pool, self.isa, x, rows, w.cols);
-        out.resize(rows * w.rows, 0.0);
-        matmul(&self.pool, self.isa, w, x, quant, out);
+    fn linear(&self, w: &Matrix, x: Rows, quant: &mut QuantizedActs, out: &mut Vec<f32>) {
+        self.quantize(std::slice::from_ref(w), x, quant);
+        out.resize(x.batches.len() * w.rows, 0.0);
+        matmul(&self.pool, self.isa, w, x.x, quant, out);
+    }
+
+    /// Quantizes `x` in the forms the matrices `ws` read.
+    fn quantize(&self, ws: &[Matrix], x: Rows, quant: &mut QuantizedActs) {
+        quant.quantize(&self.pool, self.isa, x.x, x.batches.len(), ws[0].cols);
+        if ws.iter().any(|m| m.w.reads_super_blocks()) {
+            quant.quantize_super_blocks(&self.pool, x.x, x.batches);
+        }
     }
 
     /// RMSNorm of every row of `x` into `out`, rows shared over the pool.
@@ -210,7 +227,7 @@ impl Model {
     /// Runs one step. Returns the logits (`vocab` floats per row) of the last
     /// token of every chunk with `logits` set, in chunk order.
     pub fn forward<'s>(&self, chunks: &[SeqChunk], kv: &mut KvPool, s: &'s mut Scratch) -> &'s [f32] {
-        self.run_layers(chunks, kv, s);
+        self.run_layers(chunks, kv, s, true);
         let c = &self.config;
         let dim = c.dim;
         // Only the rows that need logits go through the norm and the lm_head.
@@ -227,7 +244,10 @@ impl Model {
             rms_norm(&s.x[r * dim..(r + 1) * dim], &self.output_norm, c.norm_eps, dst);
         }
         let head = self.output.as_ref().unwrap_or(&self.token_embd);
-        self.linear(head, &s.h, s.last_rows.len(), &mut s.quant, &mut s.logits);
+        // llama.cpp multiplies the rows that need logits one at a time.
+        s.batches.clear();
+        s.batches.resize(s.last_rows.len(), RowBatch::ALONE);
+        self.linear(head, Rows { x: &s.h, batches: &s.batches }, &mut s.quant, &mut s.logits);
         if let Some(cap) = c.final_softcap {
             // ggml's steps: scale, tanh, scale.
             s.logits.iter_mut().for_each(|l| *l = cap * (*l * (1.0 / cap)).tanh());
@@ -243,7 +263,8 @@ impl Model {
         let mut sum = vec![0f64; dim];
         let mut normed = vec![0f32; dim];
         for (i, part) in tokens.chunks(chunk.max(1)).enumerate() {
-            self.run_layers(&[SeqChunk { tokens: part, start_pos: i * chunk, blocks, logits: false }], kv, s);
+            let part = SeqChunk { tokens: part, start_pos: i * chunk, blocks, logits: false, prompt_len: tokens.len() };
+            self.run_layers(&[part], kv, s, false);
             for row in s.x.chunks_exact(dim) {
                 rms_norm(row, &self.output_norm, self.config.norm_eps, &mut normed);
                 sum.iter_mut().zip(&normed).for_each(|(a, &b)| *a += b as f64);
@@ -254,8 +275,10 @@ impl Model {
     }
 
     /// The decoder layers over a ragged batch: leaves every token's hidden
-    /// state in `s.x`.
-    fn run_layers(&self, chunks: &[SeqChunk], kv: &mut KvPool, s: &mut Scratch) {
+    /// state in `s.x`. `logits_only`: only the rows that give logits are
+    /// used past the last layer's attention, and llama.cpp multiplies just
+    /// those (one per sequence) in its last feed-forward.
+    fn run_layers(&self, chunks: &[SeqChunk], kv: &mut KvPool, s: &mut Scratch, logits_only: bool) {
         let c = &self.config;
         let (dim, kv_dim) = (c.dim, c.kv_dim());
         s.slots.clear();
@@ -266,6 +289,10 @@ impl Model {
                 .flat_map(|(ci, ch)| (0..ch.tokens.len()).map(move |j| TokenSlot { chunk: ci, pos: ch.start_pos + j })),
         );
         let (slots, t) = (&s.slots, s.slots.len());
+        s.batches.clear();
+        // llama.cpp's server checkpoints a sliding window's cache on completions.
+        let checkpoints = logits_only && c.sliding_window.is_some();
+        s.batches.extend(slots.iter().map(|slot| chunks[slot.chunk].row_batch(slot.pos, checkpoints)));
 
         s.x.resize(t * dim, 0.0);
         let tokens = chunks.iter().flat_map(|ch| ch.tokens.iter());
@@ -282,7 +309,7 @@ impl Model {
         for (li, layer) in self.layers.iter().enumerate() {
             let rope = self.rope(li);
             self.norm_rows(&s.x, &layer.attn_norm, &mut s.h);
-            self.linear_stacked(&layer.wqkv, &s.h, t, &mut s.quant, &mut s.part, &mut s.qkv);
+            self.linear_stacked(&layer.wqkv, Rows { x: &s.h, batches: &s.batches }, &mut s.quant, &mut s.part, &mut s.qkv);
             let rows = SharedOut::new(&mut s.qkv);
             self.pool.run_rows(t, &|range| {
                 // SAFETY: each task rotates its own rows.
@@ -311,11 +338,14 @@ impl Model {
             }
             s.attn.resize(t * q_dim, 0.0);
             attend(&self.attention(li), &self.pool, chunks, slots, li, &s.qkv, kv, &mut s.attn, &mut s.attention);
-            self.linear(&layer.wo, &s.attn, t, &mut s.quant, &mut s.tmp);
+            self.linear(&layer.wo, Rows { x: &s.attn, batches: &s.batches }, &mut s.quant, &mut s.tmp);
             self.join_residual(&mut s.x, &s.tmp, layer.post_norms.as_ref().map(|n| &n.0[..]), &mut s.h);
 
+            if logits_only && li + 1 == self.layers.len() {
+                s.batches.fill(RowBatch::ALONE);
+            }
             self.norm_rows(&s.x, &layer.ffn_norm, &mut s.h);
-            self.linear_stacked(&layer.w_gate_up, &s.h, t, &mut s.quant, &mut s.part, &mut s.gate_up);
+            self.linear_stacked(&layer.w_gate_up, Rows { x: &s.h, batches: &s.batches }, &mut s.quant, &mut s.part, &mut s.gate_up);
             s.act.resize(t * c.ffn, 0.0);
             let (act, gate_up, ffn) = (SharedOut::new(&mut s.act), &s.gate_up, c.ffn);
             self.pool.run_rows(t, &|range| {
@@ -328,7 +358,7 @@ impl Model {
                     }
                 }
             });
-            self.linear(&layer.w_down, &s.act, t, &mut s.quant, &mut s.tmp);
+            self.linear(&layer.w_down, Rows { x: &s.act, batches: &s.batches }, &mut s.quant, &mut s.tmp);
             self.join_residual(&mut s.x, &s.tmp, layer.post_norms.as_ref().map(|n| &n.1[..]), &mut s.h);
         }
     }
