@@ -21,13 +21,14 @@ fn float(rng: &mut Rng) -> f32 {
 /// Both orders of the float arithmetic (and the 4-bit layouts that go with them).
 const ORDERS: [Arithmetic; 2] = [Arithmetic::Ggml, Arithmetic::Fast];
 
-const TYPES: [TensorType; 9] = [
+const TYPES: [TensorType; 10] = [
     TensorType::F32,
     TensorType::F16,
     TensorType::BF16,
     TensorType::Q4_0,
     TensorType::Q4_1,
     TensorType::Q5_0,
+    TensorType::Q5_1,
     TensorType::Q8_0,
     TensorType::Q4K,
     TensorType::Q6K,
@@ -143,6 +144,17 @@ fn ggml_dequantize(t: TensorType, row: &[u8]) -> Vec<f32> {
                     let xh_1 = ((qh >> (j + 12)) & 0x10) as i32;
                     out[j] = (((b[6 + j] & 0x0F) as i32 | xh_0) - 16) as f32 * d;
                     out[j + 16] = (((b[6 + j] >> 4) as i32 | xh_1) - 16) as f32 * d;
+                }
+                y.extend(out);
+            }
+            TensorType::Q5_1 => {
+                let (d, m, qh) = (f16(b, 0), f16(b, 2), u32::from_le_bytes(b[4..8].try_into().unwrap()));
+                let mut out = [0f32; 32];
+                for j in 0..16 {
+                    let xh_0 = ((qh >> j) << 4) & 0x10;
+                    let xh_1 = (qh >> (j + 12)) & 0x10;
+                    out[j] = ((b[8 + j] & 0x0F) as u32 | xh_0) as f32 * d + m;
+                    out[j + 16] = ((b[8 + j] >> 4) as u32 | xh_1) as f32 * d + m;
                 }
                 y.extend(out);
             }
@@ -326,6 +338,50 @@ fn ggml_q6k_dot(row: &[u8], x: &[f32], tiled: bool) -> f32 {
     }
     let r = [lanes[0] + lanes[4], lanes[1] + lanes[5], lanes[2] + lanes[6], lanes[3] + lanes[7]];
     (r[0] + r[2]) + (r[1] + r[3])
+}
+
+/// ggml's Q5_1 · Q8_1 on one row (its AVX2 `vec_dot_q5_1_q8_1`): eight
+/// lanes of four-element integer sums fused with d · d_x per block,
+/// `hsum_float_8`, plus the minimums times the activations' scaled sums
+/// (GCC fuses that accumulation too), against Caravan's Q8_1 activations.
+fn ggml_q5_1_dot(row: &[u8], q: &QuantizedActs, a: usize) -> f32 {
+    let nb = q.cols / 32;
+    let (mut lanes, mut summs) = ([0f32; 8], 0f32);
+    for (b, blk) in row.chunks_exact(24).enumerate() {
+        let f16 = |i: usize| half::f16::from_le_bytes([blk[i], blk[i + 1]]).to_f32();
+        let qh = u32::from_le_bytes(blk[4..8].try_into().unwrap());
+        let code = |e: usize| {
+            let nibble = if e < 16 { blk[8 + e] & 0xF } else { blk[8 + e - 16] >> 4 };
+            (nibble as u32 | (((qh >> e) & 1) << 4)) as i32
+        };
+        let (dy, s) = (q.scale[a * nb + b], q.sum[a * nb + b]);
+        summs = f16(2).mul_add(s, summs);
+        for (j, lane) in lanes.iter_mut().enumerate() {
+            let isum: i32 = (4 * j..4 * j + 4).map(|e| code(e) * q.qs[a * q.cols + b * 32 + e] as i32).sum();
+            *lane = (isum as f32).mul_add(f16(0) * dy, *lane);
+        }
+    }
+    let r = [lanes[0] + lanes[4], lanes[1] + lanes[5], lanes[2] + lanes[6], lanes[3] + lanes[7]];
+    (r[0] + r[2]) + (r[1] + r[3]) + summs
+}
+
+#[test]
+fn q5_1_in_ggml_s_order_sums_as_ggml_s_kernel_does() {
+    let mut rng = Rng(13);
+    let (rows, cols) = (18, 320);
+    let data = random_blocks(&mut rng, TensorType::Q5_1, rows, cols);
+    let w = Matrix { rows, cols, w: repack(TensorType::Q5_1, &data, rows, cols, Arithmetic::Ggml) };
+    let x: Vec<f32> = (0..3 * cols).map(|_| float(&mut rng) * 3.0).collect();
+    let mut q = QuantizedActs::default();
+    q.quantize(&ComputePool::new(1), Isa::PORTABLE, &x, 3, cols);
+    let row_bytes = data.len() / rows;
+    for a in 0..3 {
+        for r in 0..rows {
+            let want = ggml_q5_1_dot(&data[r * row_bytes..(r + 1) * row_bytes], &q, a);
+            let got = portable_dot(&w, &x, &q, r, a);
+            assert_eq!(got.to_bits(), want.to_bits(), "row {r} act {a}: {got} vs {want}");
+        }
+    }
 }
 
 #[test]

@@ -8,6 +8,7 @@ pub enum TensorType {
     Q4_0,
     Q4_1,
     Q5_0,
+    Q5_1,
     Q8_0,
     Q4K,
     Q6K,
@@ -21,6 +22,7 @@ impl TensorType {
             2 => TensorType::Q4_0,
             3 => TensorType::Q4_1,
             6 => TensorType::Q5_0,
+            7 => TensorType::Q5_1,
             8 => TensorType::Q8_0,
             12 => TensorType::Q4K,
             14 => TensorType::Q6K,
@@ -36,6 +38,7 @@ impl TensorType {
             TensorType::Q4_0 => 2,
             TensorType::Q4_1 => 3,
             TensorType::Q5_0 => 6,
+            TensorType::Q5_1 => 7,
             TensorType::Q8_0 => 8,
             TensorType::Q4K => 12,
             TensorType::Q6K => 14,
@@ -47,7 +50,7 @@ impl TensorType {
     pub fn block_elems(self) -> usize {
         match self {
             TensorType::F32 | TensorType::F16 | TensorType::BF16 => 1,
-            TensorType::Q4_0 | TensorType::Q4_1 | TensorType::Q5_0 | TensorType::Q8_0 => 32,
+            TensorType::Q4_0 | TensorType::Q4_1 | TensorType::Q5_0 | TensorType::Q5_1 | TensorType::Q8_0 => 32,
             TensorType::Q4K | TensorType::Q6K => 256,
         }
     }
@@ -60,6 +63,7 @@ impl TensorType {
             TensorType::Q4_0 => 18,
             TensorType::Q4_1 => 20,
             TensorType::Q5_0 => 22,
+            TensorType::Q5_1 => 24,
             TensorType::Q8_0 => 34,
             TensorType::Q4K => 144,
             TensorType::Q6K => 210,
@@ -74,6 +78,7 @@ impl TensorType {
             TensorType::Q4_0 => "Q4_0",
             TensorType::Q4_1 => "Q4_1",
             TensorType::Q5_0 => "Q5_0",
+            TensorType::Q5_1 => "Q5_1",
             TensorType::Q8_0 => "Q8_0",
             TensorType::Q4K => "Q4_K",
             TensorType::Q6K => "Q6_K",

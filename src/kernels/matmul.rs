@@ -264,7 +264,7 @@ pub fn portable_dot(w: &Matrix, x: &[f32], q: &QuantizedActs, r: usize, a: usize
                 Arithmetic::Fast => lanes[0] + mins,
             };
         }
-        Packed::Int8 { qs, scale, order } => {
+        Packed::Int8 { qs, scale, min, order } => {
             // ggml's order (its AVX2 `vec_dot_q8_0_q8_0`, and llamafile's
             // tinyBLAS, which llama.cpp runs for Q8_0 and Q5_0): eight
             // lanes, lane j fusing the sum of elements 4j..4j+4 of each
@@ -283,10 +283,17 @@ pub fn portable_dot(w: &Matrix, x: &[f32], q: &QuantizedActs, r: usize, a: usize
                     *l = (isum(b, width * j..width * (j + 1), &code) as f32).mul_add(ws, *l);
                 }
             }
+            // Q5_1's minimums as Q4_1's (see the 4-bit weights above).
+            let mins = min
+                .as_ref()
+                .map_or(0.0, |min| (0..nb).fold(0f32, |mins, b| min[(panel * nb + b) * PANEL + lane].to_f32().mul_add(xsum[b], mins)));
             acc = match order {
                 Arithmetic::Ggml => ggml_tree8(&lanes),
                 Arithmetic::Fast => lanes[0],
             };
+            if min.is_some() {
+                acc += mins;
+            }
         }
         Packed::SuperNibble { qs, scale, min, d, dmin } => {
             // ggml's Q4_K against Q8_K (its repacked kernels, `gemv_` and

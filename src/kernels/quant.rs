@@ -8,7 +8,7 @@
 //! are one vector. No horizontal sums are needed, whatever the row length.
 //!
 //! Block scales are kept as f16, as ggml stores them: weight bytes are what
-//! a decode step waits for. Repacking Q4_0, Q4_1, Q5_0, Q8_0 and Q6_K is
+//! a decode step waits for. Repacking Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and Q6_K is
 //! exact (every weight equals ggml's dequantization bit for bit). For the
 //! fast order Q4_K's scales, products of two scales, are rounded to f16
 //! (relative error 2^-11, far below the 4-bit quantization's own); for
@@ -68,11 +68,13 @@ pub enum Packed {
     /// 4-bit codes q in 0..=15, w = scale * q + min, laid out and summed in
     /// `order`. From Q4_0, Q4_1, Q4_K.
     Nibble { qs: Vec<u8>, scale: Vec<f16>, min: Vec<f16>, order: Arithmetic },
-    /// 8-bit codes stored as q + 128 (unsigned, for `vpdpbusd`), w = scale * q, summed
-    /// in `order`. From Q8_0, and Q5_0 (its codes q - 16 in -16..=15: ggml's
-    /// Q5_0 dot product is Q8_0's, step for step, once the fifth bit is in
-    /// place).
-    Int8 { qs: Vec<u8>, scale: Vec<f16>, order: Arithmetic },
+    /// 8-bit codes stored as q + 128 (unsigned, for `vpdpbusd`), w = scale *
+    /// q (+ min where there are minimums), summed in `order`. From Q8_0,
+    /// Q5_0 (its codes q - 16 in -16..=15: ggml's Q5_0 dot product is
+    /// Q8_0's, step for step, once the fifth bit is in place) and Q5_1 (codes
+    /// 0..=31 and a minimum per block: its dot product is Q4_1's with a
+    /// fifth bit).
+    Int8 { qs: Vec<u8>, scale: Vec<f16>, min: Option<Vec<f16>>, order: Arithmetic },
     /// 6-bit codes q in 0..=63, w = scale * (q - 32), a scale per 16 weights. From Q6_K.
     Int6 { qs: Vec<u8>, scale: Vec<f32> },
     /// 4-bit codes in super-blocks of 256, w = d * scale * q - dmin * min,
@@ -124,15 +126,20 @@ fn decode_row(ttype: TensorType, data: &[u8], cols: usize) -> RowCodes {
                 row.codes.extend(b[2..34].iter().map(|&q| (q as i8 as i16 + 128) as u8));
                 row.scale.push(f16_at(b, 0));
             }
-            TensorType::Q5_0 => {
+            TensorType::Q5_0 | TensorType::Q5_1 => {
                 // Five bits: the nibble, and bit j of qh (j + 16 for the
-                // block's high half) above it; w = d * (q - 16), an 8-bit
-                // code as Q8_0's, so q - 16 + 128.
-                let (qh, qs) = (u32::from_le_bytes(b[2..6].try_into().expect("four bytes")), &b[6..22]);
+                // block's high half) above it. Q5_0: w = d * (q - 16), an
+                // 8-bit code as Q8_0's, so q - 16 + 128; Q5_1: w = d * q +
+                // m, stored as q + 128.
+                let (offset, at) = if ttype == TensorType::Q5_0 { (112, 2) } else { (128, 4) };
+                let (qh, qs) = (u32::from_le_bytes(b[at..at + 4].try_into().expect("four bytes")), &b[at + 4..at + 20]);
                 let high = |j: usize| ((qh >> j) & 1) as u8 * 16;
-                row.codes.extend(qs.iter().enumerate().map(|(j, &q)| (q & 0xF) + high(j) + 112));
-                row.codes.extend(qs.iter().enumerate().map(|(j, &q)| (q >> 4) + high(j + 16) + 112));
+                row.codes.extend(qs.iter().enumerate().map(|(j, &q)| (q & 0xF) + high(j) + offset));
+                row.codes.extend(qs.iter().enumerate().map(|(j, &q)| (q >> 4) + high(j + 16) + offset));
                 row.scale.push(f16_at(b, 0));
+                if ttype == TensorType::Q5_1 {
+                    row.min.push(f16_at(b, 2));
+                }
             }
             TensorType::Q4K => {
                 let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
@@ -264,11 +271,12 @@ pub fn repack(ttype: TensorType, data: &[u8], rows: usize, cols: usize, order: A
             }
             Packed::Nibble { qs, scale, min, order }
         }
-        TensorType::Q8_0 | TensorType::Q5_0 | TensorType::Q6K => {
+        TensorType::Q8_0 | TensorType::Q5_0 | TensorType::Q5_1 | TensorType::Q6K => {
             // Padding rows: code 0 with scale 0.
             let mut qs = vec![0u8; slots * 32];
             let per_block = if ttype == TensorType::Q6K { 2 } else { 1 };
             let mut scales = vec![0f32; slots * per_block];
+            let mut mins = (ttype == TensorType::Q5_1).then(|| vec![f16::ZERO; slots]);
             for (first_block, lane, row) in rows_of() {
                 for b in 0..nb {
                     let blk = first_block + b;
@@ -278,12 +286,15 @@ pub fn repack(ttype: TensorType, data: &[u8], rows: usize, cols: usize, order: A
                     for h in 0..per_block {
                         scales[(blk * per_block + h) * PANEL + lane] = row.scale[b * per_block + h];
                     }
+                    if let Some(mins) = &mut mins {
+                        mins[blk * PANEL + lane] = f16::from_f32(row.min[b]);
+                    }
                 }
             }
             if ttype == TensorType::Q6K {
                 Packed::Int6 { qs, scale: scales }
             } else {
-                Packed::Int8 { qs, scale: scales.into_iter().map(f16::from_f32).collect(), order }
+                Packed::Int8 { qs, scale: scales.into_iter().map(f16::from_f32).collect(), min: mins, order }
             }
         }
     }
@@ -305,11 +316,11 @@ impl Packed {
                     *o = scale[blk * PANEL + lane].to_f32() * q as f32 + min[blk * PANEL + lane].to_f32();
                 }
             }
-            Packed::Int8 { qs, scale, .. } => {
+            Packed::Int8 { qs, scale, min, .. } => {
                 for (i, o) in out.iter_mut().enumerate() {
                     let blk = block(i / 32);
                     let q = qs[blk * BYTE_BLOCK + byte_offset(lane, i % 32)] as i32 - 128;
-                    *o = scale[blk * PANEL + lane].to_f32() * q as f32;
+                    *o = scale[blk * PANEL + lane].to_f32() * q as f32 + min.as_ref().map_or(0.0, |m| m[blk * PANEL + lane].to_f32());
                 }
             }
             Packed::Int6 { qs, scale } => {
@@ -349,7 +360,7 @@ impl Packed {
     pub fn bytes(&self) -> usize {
         match self {
             Packed::Float(w) => w.len() * 4,
-            Packed::Int8 { qs, scale, .. } => qs.len() + scale.len() * 2,
+            Packed::Int8 { qs, scale, min, .. } => qs.len() + (scale.len() + min.as_ref().map_or(0, Vec::len)) * 2,
             Packed::Int6 { qs, scale } => qs.len() + scale.len() * 4,
             Packed::Nibble { qs, scale, min, .. } => qs.len() + (scale.len() + min.len()) * 2,
             Packed::SuperNibble { qs, scale, min, d, dmin } => qs.len() + scale.len() + min.len() + (d.len() + dmin.len()) * 2,
@@ -360,8 +371,8 @@ impl Packed {
     /// Whether rows of `other` can be stacked under rows of `self`.
     fn same_format(&self, other: &Packed) -> bool {
         match (self, other) {
-            (Packed::Nibble { order: a, .. }, Packed::Nibble { order: b, .. })
-            | (Packed::Int8 { order: a, .. }, Packed::Int8 { order: b, .. }) => a == b,
+            (Packed::Nibble { order: a, .. }, Packed::Nibble { order: b, .. }) => a == b,
+            (Packed::Int8 { order: a, min: m, .. }, Packed::Int8 { order: b, min: n, .. }) => a == b && m.is_some() == n.is_some(),
             _ => std::mem::discriminant(self) == std::mem::discriminant(other),
         }
     }
@@ -378,9 +389,12 @@ impl Packed {
         for p in it {
             match (&mut acc, p) {
                 (Packed::Float(a), Packed::Float(b)) => a.extend(b),
-                (Packed::Int8 { qs, scale, order }, Packed::Int8 { qs: q2, scale: s2, order: o2 }) if *order == o2 => {
+                (Packed::Int8 { qs, scale, min, order }, Packed::Int8 { qs: q2, scale: s2, min: m2, order: o2 }) if *order == o2 => {
                     qs.extend(q2);
                     scale.extend(s2);
+                    if let (Some(min), Some(m2)) = (min, m2) {
+                        min.extend(m2);
+                    }
                 }
                 (Packed::Int6 { qs, scale }, Packed::Int6 { qs: q2, scale: s2 }) => {
                     qs.extend(q2);

@@ -774,7 +774,7 @@ fn prefetch_byte_block(w: *const u8, scale: &[f16], nb: usize, blk: usize) {
 }
 
 /// 8-bit panels (codes q + 128) in the fast order: a block's whole integer
-/// sum fused at once.
+/// sum fused at once; minimums (Q5_1's) summed apart and added last.
 ///
 /// # Safety
 /// The CPU has `L`'s instruction set; `w` holds whole panels through the one
@@ -782,8 +782,7 @@ fn prefetch_byte_block(w: *const u8, scale: &[f16], nb: usize, blk: usize) {
 /// guarantee.
 #[inline(always)]
 unsafe fn int8_panel<L: Lanes, const U: usize>(
-    qs: &[u8],
-    scale: &[f16],
+    (qs, scale, min): (&[u8], &[f16], Option<&[f16]>),
     q: &QuantizedActs,
     (p, i): (usize, usize),
     units: [Unit; U],
@@ -815,14 +814,44 @@ unsafe fn int8_panel<L: Lanes, const U: usize>(
             acc[u] = L::fma_block(acc[u], sums[u], sw, *q.scale.get_unchecked((i + unit.act) * nb + b));
         }
     }
-    for (acc, unit) in acc.iter().zip(units) {
-        L::store(*acc, tile[unit.act].as_mut_ptr().add(unit.lane));
+    int8_store::<L, U>(acc, min, q, (p, i), units, tile);
+}
+
+/// An 8-bit panel's sums stored to the tile, with the minimum terms (Q5_1's,
+/// summed in block order as Q4_1's) added where there are minimums.
+///
+/// # Safety
+/// The CPU has `L`'s instruction set; `q` holds the activation rows the
+/// units read, as `tile_dot`'s callers guarantee.
+#[inline(always)]
+unsafe fn int8_store<L: Lanes, const U: usize>(
+    sums: [L::F; U],
+    min: Option<&[f16]>,
+    q: &QuantizedActs,
+    (p, i): (usize, usize),
+    units: [Unit; U],
+    tile: &mut Tile,
+) {
+    let mut sums = sums;
+    if let Some(min) = min {
+        let mut mins = [L::zero(); U];
+        // A loop, not `for_each`: a closure loses the target features.
+        for b in 0..q.cols / 32 {
+            min_step::<L, U>(&mut mins, min, q, (p, i), units, b);
+        }
+        for (sum, mins) in sums.iter_mut().zip(mins) {
+            *sum = L::add_f(*sum, mins);
+        }
+    }
+    for (sum, unit) in sums.iter().zip(units) {
+        L::store(*sum, tile[unit.act].as_mut_ptr().add(unit.lane));
     }
 }
 
 /// 8-bit panels in ggml's order (see `portable_dot`): float lane t of a
 /// unit fuses, block by block, the integer sum of elements 4t..4t+4
-/// (vector t of the block), and the eight lanes end in ggml's tree.
+/// (vector t of the block), and the eight lanes end in ggml's tree, then
+/// the minimums are added.
 ///
 /// # Safety
 /// The CPU has `L`'s instruction set; `w` holds whole panels through the one
@@ -830,8 +859,7 @@ unsafe fn int8_panel<L: Lanes, const U: usize>(
 /// guarantee.
 #[inline(always)]
 unsafe fn int8_lanes_panel<L: Lanes, const U: usize>(
-    qs: &[u8],
-    scale: &[f16],
+    (qs, scale, min): (&[u8], &[f16], Option<&[f16]>),
     q: &QuantizedActs,
     (p, i): (usize, usize),
     units: [Unit; U],
@@ -858,9 +886,12 @@ unsafe fn int8_lanes_panel<L: Lanes, const U: usize>(
             }
         }
     }
-    for (lanes, unit) in lanes.iter().zip(units) {
-        L::store(tree8::<L>(*lanes), tile[unit.act].as_mut_ptr().add(unit.lane));
+    // A loop, not `map`: a closure loses the target features.
+    let mut sums = [L::zero(); U];
+    for (sum, lanes) in sums.iter_mut().zip(lanes) {
+        *sum = tree8::<L>(lanes);
     }
+    int8_store::<L, U>(sums, min, q, (p, i), units, tile);
 }
 
 /// 6-bit panels (codes q, weights q - 32): a chain and a scale per half block.
@@ -1103,8 +1134,10 @@ unsafe fn units_dot<L: Lanes, const U: usize, const SIDES: usize>(
     match w {
         Packed::Nibble { qs, scale, min, order: Arithmetic::Ggml } => nibble_panel::<L, U, SIDES>((qs, scale, min), q, at, units, tile),
         Packed::Nibble { qs, scale, min, order: Arithmetic::Fast } => nibble_blocks_panel::<L, U>((qs, scale, min), q, at, units, tile),
-        Packed::Int8 { qs, scale, order: Arithmetic::Ggml } => int8_lanes_panel::<L, U>(qs, scale, q, at, units, tile),
-        Packed::Int8 { qs, scale, order: Arithmetic::Fast } => int8_panel::<L, U>(qs, scale, q, at, units, tile),
+        Packed::Int8 { qs, scale, min, order: Arithmetic::Ggml } => {
+            int8_lanes_panel::<L, U>((qs, scale, min.as_deref()), q, at, units, tile)
+        }
+        Packed::Int8 { qs, scale, min, order: Arithmetic::Fast } => int8_panel::<L, U>((qs, scale, min.as_deref()), q, at, units, tile),
         Packed::Int6 { qs, scale } => int6_panel::<L, U>(qs, scale, q, at, units, tile),
         Packed::SuperNibble { .. } => super_nibble_panel::<L, U>(w, q, at, units, tile),
         Packed::SuperInt6 { .. } => super_int6_panel::<L, U>(w, q, at, units, tile),

@@ -18,7 +18,7 @@ pub fn random_blocks(rng: &mut Rng, t: TensorType, rows: usize, cols: usize) -> 
             TensorType::F16 => b = f16(float()).to_vec(),
             TensorType::BF16 => b = bf16::from_f32(float()).to_le_bytes().to_vec(),
             TensorType::Q4_0 | TensorType::Q5_0 | TensorType::Q8_0 => b[0..2].copy_from_slice(&f16(float() * 0.05)),
-            TensorType::Q4_1 => {
+            TensorType::Q4_1 | TensorType::Q5_1 => {
                 b[0..2].copy_from_slice(&f16(float() * 0.05));
                 b[2..4].copy_from_slice(&f16(float() * 0.1));
             }
