@@ -14,7 +14,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use caravan::kernels::expf::silu_mul;
-use caravan::kernels::matmul::{matmul, Matrix, QuantizedActs};
+use caravan::kernels::matmul::{matmul, Matrix, QuantizedActs, RowBatch};
 use caravan::kernels::ops::{rms_norm, Rope, RopeStyle};
 use caravan::kernels::pool::ComputePool;
 use caravan::kernels::quant::{repack, TensorType};
@@ -58,12 +58,11 @@ fn time(mut f: impl FnMut()) -> f64 {
     runs[2]
 }
 
-/// The orders of arithmetic that differ for format `t`: both for 4-bit
-/// weights, ggml's alone for the others (their kernels are the same).
+/// The orders of arithmetic: every quantized format has a kernel for each.
 fn orders(t: TensorType) -> Vec<Arithmetic> {
     match t {
-        TensorType::Q4_0 | TensorType::Q4_1 | TensorType::Q4K => vec![Arithmetic::Ggml, Arithmetic::Fast],
-        _ => vec![Arithmetic::Ggml],
+        TensorType::F32 | TensorType::F16 | TensorType::BF16 => vec![Arithmetic::Ggml],
+        _ => vec![Arithmetic::Ggml, Arithmetic::Fast],
     }
 }
 
@@ -77,7 +76,8 @@ fn bench_matmul(pool: &ComputePool) {
     println!("matmul {rows}x{cols}, {} threads: microseconds per call (GMAC/s; weight GB/s at m=1)", pool.threads());
     println!("{:<11} {:<12} {:>18} {:>18} {:>18} {:>18} {:>18}", "format", "isa", "m=1", "m=8", "m=32", "m=128", "m=512");
     let only = std::env::args().skip_while(|a| a != "--format").nth(1);
-    let formats = [TensorType::Q4_0, TensorType::Q4_1, TensorType::Q8_0, TensorType::Q4K, TensorType::Q6K];
+    let formats =
+        [TensorType::Q4_0, TensorType::Q4_1, TensorType::Q5_0, TensorType::Q5_1, TensorType::Q8_0, TensorType::Q4K, TensorType::Q6K];
     let formats = formats.into_iter().filter(|t| only.as_ref().is_none_or(|name| name == t.name()));
     for (t, order) in formats.flat_map(|t| orders(t).into_iter().map(move |o| (t, o))) {
         let w = Matrix { rows, cols, w: repack(t, &random_blocks(&mut rng, t, rows, cols), rows, cols, order) };
@@ -87,6 +87,11 @@ fn bench_matmul(pool: &ComputePool) {
                 let x = floats(&mut rng, m * cols);
                 let mut q = QuantizedActs::default();
                 q.quantize(pool, isa, &x, m, cols);
+                if w.w.reads_super_blocks() {
+                    // A prompt of m tokens, as llama.cpp would batch it.
+                    let batches: Vec<RowBatch> = (0..m).map(|index| RowBatch { rows: m, index }).collect();
+                    q.quantize_super_blocks(pool, &x, &batches);
+                }
                 let mut out = vec![0f32; m * rows];
                 let s = time(|| matmul(pool, isa, &w, &x, &q, black_box(&mut out)));
                 let gmacs = (m * rows * cols) as f64 / s / 1e9;

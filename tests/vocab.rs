@@ -63,6 +63,7 @@ vocab_tests! {
     mpt: "mpt",
     command_r: "command-r",
     bert_bge: "bert-bge",
+    gemma_4: "gemma-4",
 }
 
 #[test]

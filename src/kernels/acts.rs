@@ -12,7 +12,8 @@ pub type Tile = [[f32; PANEL]; TILE_ACTS];
 /// Activations quantized to blocks of 32: `qs[row * cols + i]`,
 /// `scale[row * blocks + b]`, `sum[...] = scale * Σ qs` over the block, and
 /// `isum16[row * cols / 16 + h]`, the integer sum of each 16 codes (for
-/// weight codes stored with an offset). `sb` holds the same rows as
+/// weight codes stored with an offset), `isum4[row * cols / 4 + j]` that of
+/// each 4 (for 8-bit weights summed four at a time, in ggml's order). `sb` holds the same rows as
 /// super-blocks where a matrix asks for them.
 #[derive(Default)]
 pub struct QuantizedActs {
@@ -22,6 +23,7 @@ pub struct QuantizedActs {
     pub scale: Vec<f32>,
     pub sum: Vec<f32>,
     pub isum16: Vec<i32>,
+    pub isum4: Vec<i32>,
     pub sb: SuperBlockActs,
 }
 

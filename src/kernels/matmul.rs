@@ -33,23 +33,26 @@ impl QuantizedActs {
         self.scale.resize(blocks, 0.0);
         self.sum.resize(blocks, 0.0);
         self.isum16.resize(2 * blocks, 0);
+        self.isum4.resize(8 * blocks, 0);
         // Super-blocks are made on request, for these rows.
         self.sb.d.clear();
         let nb = cols / 32;
-        let (qs, scale, sum, isum16) = (
+        let (qs, scale, sum, isum16, isum4) = (
             SharedOut::new(&mut self.qs),
             SharedOut::new(&mut self.scale),
             SharedOut::new(&mut self.sum),
             SharedOut::new(&mut self.isum16),
+            SharedOut::new(&mut self.isum4),
         );
         pool.run_rows(rows, &|range| {
             // SAFETY: each task writes the blocks of its own rows only.
-            let (qs, scale, sum, isum16) = unsafe {
+            let (qs, scale, sum, isum16, isum4) = unsafe {
                 (
                     qs.rows(range.clone(), cols),
                     scale.rows(range.clone(), nb),
                     sum.rows(range.clone(), nb),
                     isum16.rows(range.clone(), 2 * nb),
+                    isum4.rows(range.clone(), 8 * nb),
                 )
             };
             let x = &x[range.start * cols..range.end * cols];
@@ -58,6 +61,9 @@ impl QuantizedActs {
                 let (d, lo, hi) = quantize_block(isa, xb.try_into().unwrap(), q);
                 isum16[2 * b] = lo;
                 isum16[2 * b + 1] = hi;
+                for (s, four) in isum4[8 * b..8 * b + 8].iter_mut().zip(q.chunks_exact(4)) {
+                    *s = four.iter().map(|&c| c as i32).sum();
+                }
                 // Scales are kept at f16 precision, as ggml's Q8_1 blocks
                 // keep them: greedy outputs then match llama.cpp's.
                 let f16 = |v: f32| half::f16::from_f32(v).to_f32();

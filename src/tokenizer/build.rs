@@ -77,19 +77,31 @@ fn byte_decoder() -> std::collections::HashMap<char, u8> {
     map
 }
 
-pub(super) fn byte_level_bpe(f: &GgufFile, tokens: &[&str]) -> Result<Built> {
+/// The file's BPE merges, each split as llama.cpp splits it: at the first
+/// space after its first character.
+fn merges(f: &GgufFile) -> Result<Vec<(String, String)>> {
     let merges =
         f.get("tokenizer.ggml.merges").and_then(|v| v.as_array()).ok_or_else(|| f.error("metadata tokenizer.ggml.merges is missing"))?;
-    let merges: Vec<(String, String)> = merges
+    merges
         .iter()
         .map(|m| {
             m.as_str()
-                .and_then(|s| s.split_once(' '))
-                .map(|(a, b)| (a.to_string(), b.to_string()))
-                .ok_or_else(|| f.error("tokenizer.ggml.merges holds a malformed merge"))
+                .and_then(|s| {
+                    let first = s.chars().next()?.len_utf8();
+                    let cut = first + s[first..].find(' ')?;
+                    Some((s[..cut].to_string(), s[cut + 1..].to_string()))
+                })
+                .ok_or_else(|| f.error("tokenizer.ggml.merges holds a malformed merge").into())
         })
-        .collect::<Result<_, _>>()?;
-    let vocab: ahash::AHashMap<String, u32> = tokens.iter().enumerate().map(|(i, t)| (t.to_string(), i as u32)).collect();
+        .collect()
+}
+
+fn vocab(tokens: &[&str]) -> ahash::AHashMap<String, u32> {
+    tokens.iter().enumerate().map(|(i, t)| (t.to_string(), i as u32)).collect()
+}
+
+pub(super) fn byte_level_bpe(f: &GgufFile, tokens: &[&str]) -> Result<Built> {
+    let (merges, vocab) = (merges(f)?, vocab(tokens));
     let pre = f.get("tokenizer.ggml.pre").and_then(|v| v.as_str()).unwrap_or("default");
     let byte_level = ByteLevel::new(false, false, true);
     let (pre_tokenizer, ignore_merges): (PreTokenizerWrapper, bool) = match pre {
@@ -133,6 +145,36 @@ pub(super) fn byte_level_bpe(f: &GgufFile, tokens: &[&str]) -> Result<Built> {
     Ok(Built { tokenizer, pieces, add_bos: LLAMA3.contains(&pre) })
 }
 
+/// Gemma 4's vocabulary (`tokenizer.ggml.model = gemma4`), as llama.cpp
+/// reads it: BPE over raw UTF-8 (no byte table) with the file's merges and
+/// `<0xXX>` tokens for characters outside the vocabulary, spaces as `▁`,
+/// the text split only between runs of newlines and the rest,
+/// and a split that is a token taken whole (llama.cpp does so for runs of
+/// newlines; the other splits merge into themselves anyway). BOS always.
+pub(super) fn gemma4_bpe(f: &GgufFile, tokens: &[&str]) -> Result<Built> {
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab(tokens), merges(f)?)
+        .ignore_merges(true)
+        .byte_fallback(true)
+        .build()
+        .map_err(|e| f.error(format!("cannot build BPE: {e}")))?;
+    let mut tokenizer = tokenizers::Tokenizer::new(bpe);
+    tokenizer.with_normalizer(Some(Replace::new(" ", "▁").map_err(|e| anyhow!("{e}"))?));
+    tokenizer.with_pre_tokenizer(Some(regex_split(r"[^\n]+|[\n]+")?));
+    Ok(Built { tokenizer, pieces: spaced_pieces(tokens), add_bos: true })
+}
+
+/// The bytes of SentencePiece-style tokens: `▁` for a space, `<0xAB>` one byte.
+fn spaced_pieces(tokens: &[&str]) -> Vec<Vec<u8>> {
+    tokens
+        .iter()
+        .map(|t| match byte_token(t) {
+            Some(b) => vec![b],
+            None => t.replace('▁', " ").into_bytes(),
+        })
+        .collect()
+}
+
 /// A SentencePiece vocabulary as a BPE: merges come from the scores (a merge
 /// that makes a higher-scoring token ranks first), unknown bytes fall back to
 /// `<0xXX>` tokens, spaces are `▁`.
@@ -141,7 +183,7 @@ pub(super) fn sentencepiece(f: &GgufFile, tokens: &[&str], types: &[i64]) -> Res
         Some(a) if a.len() == tokens.len() => a.iter().map(|v| v.as_f64().unwrap_or(0.0) as f32).collect(),
         _ => return Err(f.error("metadata tokenizer.ggml.scores is missing or has the wrong length").into()),
     };
-    let vocab: ahash::AHashMap<String, u32> = tokens.iter().enumerate().map(|(i, t)| (t.to_string(), i as u32)).collect();
+    let vocab = vocab(tokens);
     let mut ranked: Vec<(f32, u32, String, String)> = Vec::new();
     for (id, tok) in tokens.iter().enumerate() {
         if types[id] != 1 {
@@ -171,14 +213,7 @@ pub(super) fn sentencepiece(f: &GgufFile, tokens: &[&str], types: &[i64]) -> Res
         Normalizers::new(vec![replace.into()])
     };
     tokenizer.with_normalizer(Some(normalizer));
-    let pieces = tokens
-        .iter()
-        .map(|t| match byte_token(t) {
-            Some(b) => vec![b],
-            None => t.replace('▁', " ").into_bytes(),
-        })
-        .collect();
-    Ok(Built { tokenizer, pieces, add_bos: true })
+    Ok(Built { tokenizer, pieces: spaced_pieces(tokens), add_bos: true })
 }
 
 /// A BERT WordPiece vocabulary as llama.cpp reads it: text decomposed

@@ -1,6 +1,7 @@
 //! Tokenizer built from GGUF metadata: GPT-2 style byte-level BPE (with the
-//! pre-tokenizer `tokenizer.ggml.pre` names) and SentencePiece style
-//! (`tokenizer.ggml.model = llama`). The `tokenizers` crate does the BPE
+//! pre-tokenizer `tokenizer.ggml.pre` names), SentencePiece style
+//! (`tokenizer.ggml.model = llama`), Gemma 4's BPE (`gemma4`) and WordPiece
+//! (`bert`). The `tokenizers` crate does the BPE
 //! merging; special-token splitting and byte-exact decoding are ours, so that
 //! text from a user is never parsed into control tokens.
 
@@ -71,7 +72,10 @@ impl Tokenizer {
             "gpt2" => build::byte_level_bpe(f, &tokens)?,
             "llama" => build::sentencepiece(f, &tokens, &types)?,
             "bert" => build::word_piece(f, &tokens, &types)?,
-            other => return Err(f.error(format!("tokenizer model {other:?} is not supported (supported: gpt2, llama, bert)")).into()),
+            "gemma4" => build::gemma4_bpe(f, &tokens)?,
+            other => {
+                return Err(f.error(format!("tokenizer model {other:?} is not supported (supported: gpt2, llama, bert, gemma4)")).into())
+            }
         };
         let control: Vec<bool> = types.iter().map(|&t| t == TYPE_CONTROL).collect();
         let of_types = |wanted: &[i64]| -> Vec<u32> {
