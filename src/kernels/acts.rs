@@ -10,11 +10,12 @@ pub const TILE_ACTS: usize = 8;
 pub type Tile = [[f32; PANEL]; TILE_ACTS];
 
 /// Activations quantized to blocks of 32: `qs[row * cols + i]`,
-/// `scale[row * blocks + b]`, `sum[...] = scale * Σ qs` over the block, and
+/// `scale[row * blocks + b]`, `sum[...] = scale * Σ qs` over the block,
 /// `isum16[row * cols / 16 + h]`, the integer sum of each 16 codes (for
-/// weight codes stored with an offset), `isum4[row * cols / 4 + j]` that of
-/// each 4 (for 8-bit weights summed four at a time, in ggml's order). `sb` holds the same rows as
-/// super-blocks where a matrix asks for them.
+/// weight codes stored with an offset), and `isum4[row * cols / 4 + j]`,
+/// that of each 4 (for 8-bit weights summed four at a time, in ggml's
+/// order). `sb` holds the same rows as super-blocks where a matrix asks
+/// for them.
 #[derive(Default)]
 pub struct QuantizedActs {
     pub rows: usize,

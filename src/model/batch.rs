@@ -56,3 +56,32 @@ pub struct TokenSlot {
     pub chunk: usize,
     pub pos: usize,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(prompt_len: usize, pos: usize, checkpoints: bool) -> (usize, usize) {
+        let b = SeqChunk { tokens: &[], start_pos: 0, blocks: &[], logits: true, prompt_len }.row_batch(pos, checkpoints);
+        (b.rows, b.index)
+    }
+
+    #[test]
+    fn a_token_s_batch_is_the_one_llama_cpp_s_server_puts_it_in() {
+        // Physical batches of 512 within batches of 2048.
+        assert_eq!(at(600, 0, false), (512, 0));
+        assert_eq!(at(600, 520, false), (88, 8));
+        assert_eq!(at(2100, 2050, false), (52, 2));
+        assert_eq!(at(2100, 1540, false), (512, 4));
+        // A sliding-window model's prompt cut 516 and 4 tokens before its end.
+        assert_eq!(at(600, 0, true), (84, 0));
+        assert_eq!(at(600, 100, true), (512, 16));
+        assert_eq!(at(600, 597, true), (4, 1));
+        assert_eq!(at(5, 0, true), (1, 0));
+        assert_eq!(at(5, 3, true), (4, 2));
+        assert_eq!(at(4, 3, true), (4, 3));
+        // Generated tokens go one at a time.
+        assert_eq!(at(600, 600, true), (1, 0));
+        assert_eq!(at(7, 9, false), (1, 0));
+    }
+}
