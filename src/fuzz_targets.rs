@@ -56,16 +56,18 @@ pub fn requests(m: &LoadedModel, data: &[u8]) {
     let _ = ollama::embed_inputs(m, &body);
     if let Ok(options) = ollama::merge_options(body.get("options"), None).and_then(|o| ollama::parse_options(&o, 1)) {
         let ctx = m.model.config.context_length;
+        let grammar = ollama::format_grammar(m, &body).ok().flatten();
         if let Ok(Some(prompt)) = ollama::generate_prompt(m, &body) {
-            let _ = ollama::gen_request(prompt, &options, ctx);
+            let _ = ollama::gen_request(prompt, &options, ctx, grammar.clone());
         }
         if let Ok(prompt) = ollama::chat_prompt(m, &body) {
-            let _ = ollama::gen_request(prompt, &options, ctx);
+            let _ = ollama::gen_request(prompt, &options, ctx, grammar);
         }
     }
     if let Some(Value::Array(items)) = body.get("requests") {
+        let shared = ollama::BatchShared { options: body.get("options"), format: None };
         for item in items {
-            let _ = ollama::batch_item(m, item, body.get("options"), 1);
+            let _ = ollama::batch_item(m, item, &shared, 1);
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod engine;
 pub mod fuzz_targets;
 pub mod generate;
 pub mod gguf;
+pub mod grammar;
 pub mod kernels;
 pub mod kv;
 pub mod loaded;

@@ -5,6 +5,7 @@ use std::path::Path;
 use anyhow::{bail, Result};
 
 use crate::gguf::GgufFile;
+use crate::grammar::{Constraint, GrammarSpec, Grammars};
 use crate::kernels::{Arithmetic, Isa};
 use crate::kv::KvPool;
 use crate::model::Model;
@@ -17,6 +18,7 @@ pub struct LoadedModel {
     /// None for a model whose file has no chat template (a base model):
     /// it takes raw prompts only.
     pub template: Option<ChatTemplate>,
+    pub grammars: Grammars,
 }
 
 impl LoadedModel {
@@ -25,7 +27,8 @@ impl LoadedModel {
         let tokenizer = Tokenizer::from_gguf(&f)?;
         let template = ChatTemplate::from_gguf(&f, &tokenizer)?;
         let model = Model::load(&f, Isa::select()?, arithmetic, threads)?;
-        Ok(LoadedModel { model, tokenizer, template })
+        let grammars = Grammars::new(&tokenizer);
+        Ok(LoadedModel { model, tokenizer, template, grammars })
     }
 
     /// Prompt tokens of a conversation, the assistant's turn opened.
@@ -55,6 +58,12 @@ impl LoadedModel {
     /// prompt is the caller's own template).
     pub fn raw_tokens(&self, text: &str) -> Result<Vec<u32>> {
         Ok(self.tokenizer.with_bos(self.tokenizer.encode(text, true)?))
+    }
+
+    /// A sequence's constraint to `spec` (an error says why it does not
+    /// compile).
+    pub fn constraint(&self, spec: &GrammarSpec) -> Result<Constraint> {
+        self.grammars.constraint(&self.tokenizer, spec)
     }
 
     /// A KV pool holding `tokens` positions.

@@ -10,7 +10,7 @@ use caravan::sampler::SamplingParams;
 use common::{golden, model};
 
 fn greedy(prompt: Vec<u32>, max_tokens: usize) -> GenRequest {
-    GenRequest { prompt, params: SamplingParams::greedy(), max_tokens, stop: vec![], ignore_eos: false }
+    GenRequest { prompt, params: SamplingParams::greedy(), max_tokens, stop: vec![], ignore_eos: false, grammar: None }
 }
 
 /// What one stream said.

@@ -5,6 +5,7 @@
 pub mod fields;
 pub mod ollama;
 pub mod openai;
+pub mod structured;
 
 use anyhow::{bail, Result};
 use serde_json::Value;

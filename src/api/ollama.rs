@@ -8,8 +8,9 @@ use anyhow::{bail, Result};
 use serde_json::{json, Map, Value};
 
 use super::fields::{opt_bool, opt_f32, opt_i64, opt_str, opt_u64, stop_strings};
-use super::{finish_name, parse_messages};
+use super::{finish_name, parse_messages, structured};
 use crate::engine::{FinishReason, GenRequest};
+use crate::grammar::Constraint;
 use crate::loaded::LoadedModel;
 use crate::sampler::SamplingParams;
 
@@ -65,7 +66,7 @@ pub fn parse_options(options: &Value, seed: u64) -> Result<Options> {
 
 /// Fields Ollama has that we do not implement: an error, not silence.
 fn reject_unsupported(body: &Value) -> Result<()> {
-    for key in ["format", "images", "suffix", "template", "context", "tools"] {
+    for key in ["images", "suffix", "template", "context", "tools"] {
         let set = match body.get(key) {
             None | Some(Value::Null) => false,
             Some(Value::String(s)) => !s.is_empty(),
@@ -100,8 +101,9 @@ pub fn chat_prompt(m: &LoadedModel, body: &Value) -> Result<Vec<u32>> {
     m.chat_tokens(&parse_messages(body)?)
 }
 
-/// An engine request for `prompt` under `options` and a model context.
-pub fn gen_request(prompt: Vec<u32>, o: &Options, context: usize) -> Result<GenRequest> {
+/// An engine request for `prompt` under `options` and a model context,
+/// its output held to `grammar` when there is one.
+pub fn gen_request(prompt: Vec<u32>, o: &Options, context: usize, grammar: Option<Constraint>) -> Result<GenRequest> {
     let ctx = o.num_ctx.map_or(context, |n| n.min(context));
     if prompt.len() >= ctx {
         bail!("the prompt is {} tokens; the context (num_ctx) is {ctx}", prompt.len());
@@ -111,23 +113,39 @@ pub fn gen_request(prompt: Vec<u32>, o: &Options, context: usize) -> Result<GenR
     }
     let room = ctx - prompt.len();
     let max_tokens = o.num_predict.map_or(room, |n| n.min(room));
-    Ok(GenRequest { prompt, params: o.params.clone(), max_tokens, stop: o.stop.clone(), ignore_eos: false })
+    Ok(GenRequest { prompt, params: o.params.clone(), max_tokens, stop: o.stop.clone(), ignore_eos: false, grammar })
+}
+
+/// The grammar of a request's `format`, compiled for the model.
+pub fn format_grammar(m: &LoadedModel, body: &Value) -> Result<Option<Constraint>> {
+    structured::compile(m, structured::ollama_format(body)?)
+}
+
+/// What every item of a /api/batch request shares unless it sets its own:
+/// `options` (merged under the item's) and `format` (replaced by the item's).
+pub struct BatchShared<'a> {
+    pub options: Option<&'a Value>,
+    pub format: Option<Constraint>,
 }
 
 /// One /api/batch item: a chat item (`messages`) or a generate item
 /// (`prompt`), its options over the batch's shared ones.
-pub fn batch_item(m: &LoadedModel, v: &Value, shared: Option<&Value>, seed: u64) -> Result<(Shape, GenRequest)> {
+pub fn batch_item(m: &LoadedModel, v: &Value, shared: &BatchShared, seed: u64) -> Result<(Shape, GenRequest)> {
     if !v.is_object() {
         bail!("must be an object");
     }
-    let options = parse_options(&merge_options(shared, v.get("options"))?, seed)?;
+    let options = parse_options(&merge_options(shared.options, v.get("options"))?, seed)?;
+    let grammar = match v.get("format") {
+        None => shared.format.clone(),
+        Some(_) => format_grammar(m, v)?,
+    };
     let (kind, prompt) = if v.get("messages").is_some() {
         (Shape::Chat, chat_prompt(m, v)?)
     } else {
         let prompt = generate_prompt(m, v)?.ok_or_else(|| anyhow::anyhow!("needs a non-empty prompt or messages"))?;
         (Shape::Generate, prompt)
     };
-    Ok((kind, gen_request(prompt, &options, m.model.config.context_length)?))
+    Ok((kind, gen_request(prompt, &options, m.model.config.context_length, grammar)?))
 }
 
 /// /api/embed's `input` (a string or an array of strings; absent: none)
@@ -234,7 +252,7 @@ mod tests {
     #[test]
     fn num_ctx_caps_without_reserving() {
         let o = parse_options(&json!({"num_ctx": 10, "num_predict": 100}), 1).unwrap();
-        assert_eq!(gen_request(vec![1; 4], &o, 8192).unwrap().max_tokens, 6);
-        assert!(gen_request(vec![1; 10], &o, 8192).is_err());
+        assert_eq!(gen_request(vec![1; 4], &o, 8192, None).unwrap().max_tokens, 6);
+        assert!(gen_request(vec![1; 10], &o, 8192, None).is_err());
     }
 }

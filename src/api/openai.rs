@@ -6,7 +6,7 @@ use anyhow::{anyhow, bail, Result};
 use serde_json::{json, Value};
 
 use super::fields::{opt_bool, opt_f32, opt_u64, stop_strings};
-use super::{finish_name, parse_messages};
+use super::{finish_name, parse_messages, structured};
 use crate::engine::{FinishReason, GenRequest};
 use crate::loaded::LoadedModel;
 use crate::sampler::SamplingParams;
@@ -119,6 +119,7 @@ pub fn parse(m: &LoadedModel, kind: Kind, body: &Value, seed: u64, default_max: 
         bail!("max_tokens is {n}; the limit is the context, {ctx} tokens");
     }
     let max_tokens = asked.unwrap_or(ctx);
+    let grammar = structured::compile(m, structured::openai_response_format(body)?)?;
     let requests = prompts
         .iter()
         .flat_map(|p| (0..n as u64).map(move |k| (p, k)))
@@ -128,6 +129,7 @@ pub fn parse(m: &LoadedModel, kind: Kind, body: &Value, seed: u64, default_max: 
             max_tokens,
             stop: stop.clone(),
             ignore_eos,
+            grammar: grammar.clone(),
         })
         .collect();
     let stream = opt_bool(body, "stream")?.unwrap_or(false);

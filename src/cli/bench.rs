@@ -101,8 +101,14 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     }
     let block = 16;
     let per_block = KvPool::bytes_per_block(c.layers, c.kv_dim(), block);
-    let greedy =
-        |prompt: Vec<u32>| GenRequest { prompt, params: SamplingParams::greedy(), max_tokens: a.gen, stop: vec![], ignore_eos: true };
+    let greedy = |prompt: Vec<u32>| GenRequest {
+        prompt,
+        params: SamplingParams::greedy(),
+        max_tokens: a.gen,
+        stop: vec![],
+        ignore_eos: true,
+        grammar: None,
+    };
     println!(
         "model {} | kernels {} | arithmetic {} | {} threads | prompt {} | gen {} | median of {}",
         a.model, m.model.isa, m.model.arithmetic, a.compute.threads, a.prompt, a.gen, a.repeat

@@ -8,6 +8,7 @@
 use std::sync::Mutex;
 
 use super::sequence::Sequence;
+use crate::grammar::Constraint;
 use crate::kernels::pool::ComputePool;
 use crate::sampler::Sampler;
 use crate::tokenizer::Tokenizer;
@@ -15,12 +16,15 @@ use crate::tokenizer::Tokenizer;
 /// One sequence's draw: its sampler, history, logits row and the token.
 struct Draw<'a> {
     sampler: &'a mut Sampler,
+    /// The sequence's grammar: the draw takes only what it allows.
+    grammar: Option<&'a mut Constraint>,
     history: &'a [u32],
     row: usize,
     /// An injected fault (tests) makes this draw panic.
     fault: bool,
-    /// None when the draw panicked (a bug): the sequence fails alone.
-    token: Option<u32>,
+    /// An error when the grammar failed or the draw panicked (a bug): the
+    /// sequence fails alone.
+    token: Result<u32, String>,
 }
 
 /// Draws and takes the next token of each `(sequence, logits row)` of
@@ -44,7 +48,8 @@ pub(super) fn sample_all(
     for (s, pick) in running.iter_mut().zip(&pick_of) {
         if let &Some(i) = pick {
             let fault = crate::test_hooks::sequence_fails(s.req.params.seed);
-            draws.push((i, Mutex::new(Draw { sampler: &mut s.sampler, history: &s.history, row: picks[i].1, fault, token: None })));
+            let (sampler, grammar, history) = (&mut s.sampler, s.req.grammar.as_mut(), &s.history);
+            draws.push((i, Mutex::new(Draw { sampler, grammar, history, row: picks[i].1, fault, token: Err(String::new()) })));
         }
     }
     pool.run(draws.len(), &|d| {
@@ -56,20 +61,27 @@ pub(super) fn sample_all(
             if d.fault {
                 panic!("injected fault");
             }
-            d.sampler.sample(row, d.history)
+            match d.grammar.as_deref_mut() {
+                Some(g) => g.mask(row).map(|allowed| d.sampler.sample(allowed, d.history)).map_err(|e| e.to_string()),
+                None => Ok(d.sampler.sample(row, d.history)),
+            }
         }))
-        .ok();
+        .unwrap_or_else(|_| Err("internal error while sampling this sequence".into()));
     });
     // The tokens in `picks`' order.
-    let mut tokens = vec![None; picks.len()];
+    let mut tokens = vec![Err(String::new()); picks.len()];
     for (i, draw) in draws {
         tokens[i] = draw.into_inner().unwrap_or_else(|e| e.into_inner()).token;
     }
     for (&(seq, _), token) in picks.iter().zip(tokens) {
         let s = &mut running[seq];
-        let taken = token.map(|token| std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.accept(token, tok, ctx))).is_ok());
-        if taken != Some(true) {
-            s.fail("internal error while sampling this sequence");
+        match token {
+            Ok(token) => {
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.accept(token, tok, ctx))).is_err() {
+                    s.fail("internal error while sampling this sequence");
+                }
+            }
+            Err(why) => s.fail(&why),
         }
     }
 }

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::grammar::Constraint;
 use crate::kv::KvPool;
 use crate::loaded::LoadedModel;
 use crate::model::{Scratch, SeqChunk};
@@ -31,6 +32,9 @@ pub struct GenRequest {
     pub stop: Vec<String>,
     /// Keep going past end-of-sequence tokens (benchmarks).
     pub ignore_eos: bool,
+    /// What the output must match: each draw takes only tokens it allows,
+    /// and the sequence ends where it is complete.
+    pub grammar: Option<Constraint>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

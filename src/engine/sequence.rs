@@ -83,10 +83,15 @@ impl Sequence {
     }
 
     /// Adds the sampled token; emits its text; ends the sequence on EOS,
-    /// a stop string, max_tokens or the context window.
+    /// a stop string, a complete grammar, max_tokens or the context window.
     pub fn accept(&mut self, token: u32, tok: &Tokenizer, context: usize) {
         self.history.push(token);
         self.generated += 1;
+        let grammar_complete = match self.req.grammar.as_mut().map(|g| g.accept(token)) {
+            None => false,
+            Some(Ok(complete)) => complete,
+            Some(Err(e)) => return self.fail(&e.to_string()),
+        };
         let mut cut_by_stop_string = false;
         let mut finish = None;
         let mut text = String::new();
@@ -99,6 +104,9 @@ impl Sequence {
                 finish = Some(FinishReason::Stop);
                 cut_by_stop_string = true;
             }
+        }
+        if finish.is_none() && grammar_complete {
+            finish = Some(FinishReason::Stop);
         }
         if finish.is_none() && (self.generated >= self.req.max_tokens || self.history.len() >= context) {
             finish = Some(FinishReason::Length);

@@ -51,11 +51,13 @@ pub async fn batch(State(app): State<Arc<App>>, Extension(log): Extension<Reques
     }
     let (loaded, load) = app.model(API, &name, &log).await?;
     let seed = fresh_seed();
+    let format = shape::format_grammar(&loaded.model, &body).map_err(|e| ApiError::bad(API, e))?;
+    let shared = shape::BatchShared { options: body.get("options"), format };
     let items: Vec<(Shape, GenRequest)> = list
         .iter()
         .enumerate()
         .map(|(i, v)| {
-            shape::batch_item(&loaded.model, v, body.get("options"), seed.wrapping_add(i as u64))
+            shape::batch_item(&loaded.model, v, &shared, seed.wrapping_add(i as u64))
                 .map_err(|e| ApiError::bad(API, format!("requests[{i}]: {e:#}")))
         })
         .collect::<Result<_, _>>()?;

@@ -59,7 +59,8 @@ async fn answer(app: Arc<App>, log: RequestLog, body: Body, shape_of: Shape) -> 
     let Some(prompt) = prompt else {
         return Ok(Json(shape::load_line(shape_of, &name)).into_response());
     };
-    let request = shape::gen_request(prompt, &options, loaded.engine.context_length()).map_err(|e| ApiError::bad(API, e))?;
+    let grammar = shape::format_grammar(&loaded.model, &body).map_err(|e| ApiError::bad(API, e))?;
+    let request = shape::gen_request(prompt, &options, loaded.engine.context_length(), grammar).map_err(|e| ApiError::bad(API, e))?;
     let gang = app.submit(API, &loaded, vec![request], arrived, &log)?;
     if !stream {
         let out = gang.collect(API).await?.remove(0);

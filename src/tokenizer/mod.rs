@@ -161,6 +161,11 @@ impl Tokenizer {
         }
     }
 
+    /// A control token: markup of the chat format, never text.
+    pub fn is_control(&self, id: u32) -> bool {
+        self.control.get(id as usize).copied().unwrap_or(false)
+    }
+
     /// The token's text as it appears in the vocabulary (control tokens too).
     pub fn token_text(&self, id: u32) -> String {
         self.pieces.get(id as usize).map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default()
