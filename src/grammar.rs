@@ -42,10 +42,38 @@ impl GrammarSpec {
     fn top_level(&self) -> Result<TopLevelGrammar> {
         Ok(match self {
             GrammarSpec::JsonObject => TopLevelGrammar::from_json_schema(with_layout(json!({ "type": "object" }))?),
-            GrammarSpec::JsonSchema(s) => TopLevelGrammar::from_json_schema(with_layout(s.clone())?),
+            GrammarSpec::JsonSchema(s) => {
+                let mut schema = s.clone();
+                close_objects(&mut schema);
+                TopLevelGrammar::from_json_schema(with_layout(schema)?)
+            }
             GrammarSpec::Regex(r) => TopLevelGrammar::from_regex(r),
             GrammarSpec::Lark(g) => TopLevelGrammar::from_lark(g.clone()),
         })
+    }
+}
+
+/// Objects with listed `properties` and no word on others get no others
+/// (`additionalProperties: false`), as llama.cpp's grammars have it, so
+/// Ollama's users get the objects they asked for: an open object lets a
+/// small model wander into keys of its own until it runs out of tokens.
+/// The parts of an `allOf` stay open, as closing each would leave no
+/// object that satisfies them all.
+fn close_objects(schema: &mut Value) {
+    let Value::Object(node) = schema else { return };
+    let open = ["additionalProperties", "patternProperties", "unevaluatedProperties"].iter().all(|k| !node.contains_key(*k));
+    if open && node.get("properties").is_some_and(Value::is_object) {
+        node.insert("additionalProperties".into(), Value::Bool(false));
+    }
+    for (key, value) in node.iter_mut() {
+        match (key.as_str(), value) {
+            ("properties" | "$defs" | "definitions" | "patternProperties" | "dependentSchemas", Value::Object(map)) => {
+                map.values_mut().for_each(close_objects)
+            }
+            ("anyOf" | "oneOf" | "prefixItems", Value::Array(list)) => list.iter_mut().for_each(close_objects),
+            ("items" | "additionalProperties" | "not" | "if" | "then" | "else" | "contains", v) => close_objects(v),
+            _ => {}
+        }
     }
 }
 

@@ -293,3 +293,61 @@ fn a_sequence_that_outgrows_the_whole_pool_ends_with_length() {
     assert!(matches!(events.last(), Some(Event::Done(s)) if s.finish == caravan::engine::FinishReason::Length));
     assert_eq!(engine.kv.free_blocks(), engine.kv.total_blocks());
 }
+
+/// Sequences under grammars (each its own schema, some sharing one) among
+/// free ones, in a pool too small for all: preempted and recomputed, each
+/// keeps its matcher and gets the tokens it gets alone; every constrained
+/// output parses as its schema asks, and ends where the grammar completes.
+#[test]
+fn constrained_sequences_batch_preempt_and_finish_as_they_do_alone() {
+    use caravan::grammar::GrammarSpec;
+    let m = model();
+    let rows = golden();
+    let number = GrammarSpec::JsonSchema(serde_json::json!({
+        "type": "object", "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 999}}, "required": ["n"]}));
+    let words = GrammarSpec::JsonSchema(serde_json::json!({
+        "type": "object", "properties": {"words": {"type": "array", "items": {"enum": ["red", "green", "blue"]}, "minItems": 2, "maxItems": 3}},
+        "required": ["words"]}));
+    let picks: Vec<usize> = (0..12).map(|i| i * 3).collect();
+    let request = |k: usize| {
+        let i = picks[k];
+        let grammar = match k % 3 {
+            0 => Some(m.constraint(&number).unwrap()),
+            1 => Some(m.constraint(&words).unwrap()),
+            _ => None,
+        };
+        GenRequest { grammar, ..greedy(rows[i].prompt_tokens.clone(), 40) }
+    };
+    let alone: Vec<Vec<u32>> = (0..picks.len())
+        .map(|k| {
+            let mut kv = m.kv_pool(512, 16);
+            generate(m, &mut kv, &[request(k)], |_, _| {}).unwrap().remove(0).tokens
+        })
+        .collect();
+    let mut kv = m.kv_pool(12 * 16, 16);
+    let mut engine = Engine::new(m, &mut kv, EngineConfig { max_batch_tokens: 256, max_seqs: 64 });
+    let mut streams: Vec<EventStream> = (0..picks.len()).flat_map(|k| engine.submit(vec![request(k)]).unwrap()).collect();
+    let mut seen = vec![Seen::default(); streams.len()];
+    while engine.step() {
+        drain(&mut streams, &mut seen);
+    }
+    drain(&mut streams, &mut seen);
+    assert!(engine.stats().preemptions > 0, "the pool was meant to be too small");
+    assert_eq!(engine.kv.free_blocks(), engine.kv.total_blocks());
+    for (k, s) in seen.iter().enumerate() {
+        assert_eq!(s.tokens, alone[k], "sequence {k}");
+        let parsed = serde_json::from_str::<serde_json::Value>(&s.text);
+        match k % 3 {
+            0 => assert!(parsed.unwrap()["n"].as_u64().unwrap() <= 999, "{}", s.text),
+            1 => {
+                let words = parsed.unwrap()["words"].as_array().unwrap().len();
+                assert!((2..=3).contains(&words), "{}", s.text);
+            }
+            _ => {}
+        }
+        if k % 3 != 2 {
+            // Ended by the grammar: no end token drawn, nothing after the object.
+            assert!(s.tokens.len() < 40 && s.text.ends_with('}'), "{}", s.text);
+        }
+    }
+}

@@ -88,6 +88,31 @@ fn official_clients_batch_api_errors_backpressure_and_disconnects() {
     );
 }
 
+/// Structured output and tool calls through the official clients
+/// (tests/python/test_structured.py): the default model, and Qwen 2.5,
+/// whose template takes tools.
+#[test]
+fn structured_output_and_tool_calls_through_the_official_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("models");
+    for name in ["smollm2:135m", "qwen2.5-coder:0.5b"] {
+        let path = Store::from_env().resolve(name).unwrap_or_else(|e| panic!("{name} installs: {e:#}"));
+        Store::new(store.clone()).pull(path.to_str().unwrap(), Some(name)).unwrap();
+    }
+    let log = dir.path().join("server.log");
+    let server = Server::start(&store, &log, &["--max-batch-items", "64", "--max-loaded-models", "2"]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/test_structured.py");
+    let out = Command::new(common::python_with_clients()).arg(&script).env("CARAVAN_URL", &server.url).output().expect("python3 runs");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    println!("{text}");
+    drop(server);
+    assert!(
+        out.status.success(),
+        "the Python client tests failed:\n{text}\nserver log:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+}
+
 /// SIGTERM: the server stops accepting, lets a running stream go on for
 /// the grace period, then ends it with a final `done` line and exits 0.
 #[test]

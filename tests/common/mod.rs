@@ -20,8 +20,9 @@ pub fn model_path() -> PathBuf {
     PATH.get_or_init(|| Store::from_env().resolve(DEFAULT_MODEL).expect("the default model installs")).clone()
 }
 
-/// The official clients the server tests drive, at the versions tested.
-const PYTHON_CLIENTS: [&str; 2] = ["ollama==0.6.3", "openai==3.57.0"];
+/// The official clients the server tests drive, at the versions tested,
+/// and the validator their structured outputs are checked with.
+const PYTHON_CLIENTS: [&str; 3] = ["ollama==0.6.3", "openai==3.57.0", "jsonschema==4.26.0"];
 
 /// A Python with the official clients installed: a virtual environment
 /// under the target directory, made on first use (then reused while its
