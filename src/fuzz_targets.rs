@@ -40,7 +40,7 @@ pub fn template(m: &LoadedModel, data: &[u8]) {
     let messages: Vec<Message> = parts.chunks(2).map(|p| Message::new(p[0], p.get(1).copied().unwrap_or(""))).collect();
     let Some(template) = &m.template else { return };
     for add_generation_prompt in [false, true] {
-        if let Ok(segments) = template.render_segments(&messages, add_generation_prompt) {
+        if let Ok(segments) = template.render_segments(&messages, &[], add_generation_prompt) {
             let _ = tokenize_segments(&m.tokenizer, &segments);
         }
     }
@@ -56,11 +56,12 @@ pub fn requests(m: &LoadedModel, data: &[u8]) {
     let _ = ollama::embed_inputs(m, &body);
     if let Ok(options) = ollama::merge_options(body.get("options"), None).and_then(|o| ollama::parse_options(&o, 1)) {
         let ctx = m.model.config.context_length;
-        let grammar = ollama::format_grammar(m, &body).ok().flatten();
         if let Ok(Some(prompt)) = ollama::generate_prompt(m, &body) {
-            let _ = ollama::gen_request(prompt, &options, ctx, grammar.clone());
+            let grammar = ollama::request_grammar(m, &body, None).ok().flatten();
+            let _ = ollama::gen_request(prompt, &options, ctx, grammar);
         }
-        if let Ok(prompt) = ollama::chat_prompt(m, &body) {
+        if let Ok((prompt, tools)) = ollama::chat_prompt(m, &body) {
+            let grammar = ollama::request_grammar(m, &body, tools.as_ref()).ok().flatten();
             let _ = ollama::gen_request(prompt, &options, ctx, grammar);
         }
     }

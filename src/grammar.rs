@@ -42,15 +42,23 @@ impl GrammarSpec {
     fn top_level(&self) -> Result<TopLevelGrammar> {
         Ok(match self {
             GrammarSpec::JsonObject => TopLevelGrammar::from_json_schema(with_layout(json!({ "type": "object" }))?),
-            GrammarSpec::JsonSchema(s) => {
-                let mut schema = s.clone();
-                close_objects(&mut schema);
-                TopLevelGrammar::from_json_schema(with_layout(schema)?)
-            }
+            GrammarSpec::JsonSchema(s) => TopLevelGrammar::from_json_schema(laid_out_schema(s)?),
             GrammarSpec::Regex(r) => TopLevelGrammar::from_regex(r),
             GrammarSpec::Lark(g) => TopLevelGrammar::from_lark(g.clone()),
         })
     }
+}
+
+/// `schema` as a Lark expression (`%json {...}`): JSON it allows, laid out
+/// as a `JsonSchema` grammar lays it out.
+pub fn lark_json(schema: &Value) -> Result<String> {
+    Ok(format!("%json {}", laid_out_schema(schema)?))
+}
+
+fn laid_out_schema(schema: &Value) -> Result<Value> {
+    let mut schema = schema.clone();
+    close_objects(&mut schema);
+    with_layout(schema)
 }
 
 /// Objects with listed `properties` and no word on others get no others

@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use anyhow::{bail, Result};
+use serde_json::Value;
 
 use crate::gguf::GgufFile;
 use crate::grammar::{Constraint, GrammarSpec, Grammars};
@@ -31,12 +32,13 @@ impl LoadedModel {
         Ok(LoadedModel { model, tokenizer, template, grammars })
     }
 
-    /// Prompt tokens of a conversation, the assistant's turn opened.
-    pub fn chat_tokens(&self, messages: &[Message]) -> Result<Vec<u32>> {
+    /// Prompt tokens of a conversation, the assistant's turn opened, the
+    /// functions in `tools` offered.
+    pub fn chat_tokens(&self, messages: &[Message], tools: &[Value]) -> Result<Vec<u32>> {
         let Some(template) = &self.template else {
             bail!("the model has no chat template: it takes raw prompts only (generate, completions)")
         };
-        tokenize_segments(&self.tokenizer, &template.render_segments(messages, true)?)
+        tokenize_segments(&self.tokenizer, &template.render_segments(messages, tools, true)?)
     }
 
     /// Prompt tokens of a generate request: the prompt (after the system
@@ -51,7 +53,7 @@ impl LoadedModel {
         }
         let mut messages: Vec<Message> = system.map(|s| Message::new("system", s)).into_iter().collect();
         messages.push(Message::new("user", prompt));
-        self.chat_tokens(&messages)
+        self.chat_tokens(&messages, &[])
     }
 
     /// Prompt tokens of raw text (special tokens in it are parsed, as a raw

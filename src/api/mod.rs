@@ -6,6 +6,7 @@ pub mod fields;
 pub mod ollama;
 pub mod openai;
 pub mod structured;
+pub mod tools;
 
 use anyhow::{bail, Result};
 use serde_json::Value;
@@ -46,7 +47,38 @@ pub fn parse_messages(body: &Value) -> Result<Vec<Message>> {
                     .concat(),
                 Some(_) => bail!("messages[{i}].content must be a string"),
             };
-            Ok(Message::new(role, &content))
+            let mut message = Message::new(role, &content);
+            message.tool_calls = tool_calls(m).map_err(|e| anyhow::anyhow!("messages[{i}].{e}"))?;
+            Ok(message)
+        })
+        .collect()
+}
+
+/// An assistant message's `tool_calls` as templates read them, arguments
+/// as objects (OpenAI sends them as JSON text, Ollama as objects).
+fn tool_calls(message: &Value) -> Result<Vec<Value>> {
+    let list = match message.get("tool_calls") {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(a)) => a,
+        Some(_) => bail!("tool_calls must be an array"),
+    };
+    list.iter()
+        .enumerate()
+        .map(|(k, call)| {
+            let f = call.get("function");
+            let name = f.and_then(|f| f.get("name")).and_then(Value::as_str);
+            let arguments = match f.and_then(|f| f.get("arguments")) {
+                Some(a @ Value::Object(_)) => Some(a.clone()),
+                Some(Value::String(s)) => serde_json::from_str::<Value>(s).ok().filter(Value::is_object),
+                None | Some(Value::Null) => Some(serde_json::json!({})),
+                Some(_) => None,
+            };
+            match (name, arguments) {
+                (Some(name), Some(arguments)) => {
+                    Ok(serde_json::json!({ "type": "function", "function": { "name": name, "arguments": arguments } }))
+                }
+                _ => bail!("tool_calls[{k}] must have function.name and function.arguments (an object, or JSON text of one)"),
+            }
         })
         .collect()
 }

@@ -8,9 +8,10 @@ use anyhow::{bail, Result};
 use serde_json::{json, Map, Value};
 
 use super::fields::{opt_bool, opt_f32, opt_i64, opt_str, opt_u64, stop_strings};
+use super::tools::{self, ToolCall, Tools};
 use super::{finish_name, parse_messages, structured};
 use crate::engine::{FinishReason, GenRequest};
-use crate::grammar::Constraint;
+use crate::grammar::{Constraint, GrammarSpec};
 use crate::loaded::LoadedModel;
 use crate::sampler::SamplingParams;
 
@@ -64,9 +65,10 @@ pub fn parse_options(options: &Value, seed: u64) -> Result<Options> {
     Ok(Options { params, num_predict, stop: stop_strings(options)?, num_ctx })
 }
 
-/// Fields Ollama has that we do not implement: an error, not silence.
-fn reject_unsupported(body: &Value) -> Result<()> {
-    for key in ["images", "suffix", "template", "context", "tools"] {
+/// Fields Ollama has that we do not implement (and `also`, fields of other
+/// routes): an error, not silence.
+fn reject_unsupported(body: &Value, also: &[&str]) -> Result<()> {
+    for key in ["images", "suffix", "template", "context"].iter().chain(also) {
         let set = match body.get(key) {
             None | Some(Value::Null) => false,
             Some(Value::String(s)) => !s.is_empty(),
@@ -83,7 +85,7 @@ fn reject_unsupported(body: &Value) -> Result<()> {
 /// The prompt tokens of a generate request (`prompt`, `system`, `raw`), or
 /// None for a request without a prompt, which only loads the model.
 pub fn generate_prompt(m: &LoadedModel, body: &Value) -> Result<Option<Vec<u32>>> {
-    reject_unsupported(body)?;
+    reject_unsupported(body, &["tools"])?;
     let prompt = opt_str(body, "prompt")?.unwrap_or_default();
     let system = opt_str(body, "system")?;
     if prompt.is_empty() {
@@ -95,10 +97,12 @@ pub fn generate_prompt(m: &LoadedModel, body: &Value) -> Result<Option<Vec<u32>>
     Ok(Some(m.prompt_tokens(system.filter(|s| !s.is_empty()), prompt)?))
 }
 
-/// The prompt tokens of a chat request.
-pub fn chat_prompt(m: &LoadedModel, body: &Value) -> Result<Vec<u32>> {
-    reject_unsupported(body)?;
-    m.chat_tokens(&parse_messages(body)?)
+/// The prompt tokens of a chat request, and the tools it offers.
+pub fn chat_prompt(m: &LoadedModel, body: &Value) -> Result<(Vec<u32>, Option<Tools>)> {
+    reject_unsupported(body, &[])?;
+    let tools = tools::parse(m, body)?;
+    let offered = tools.as_ref().map_or(&[][..], |t| t.list.as_slice());
+    Ok((m.chat_tokens(&parse_messages(body)?, offered)?, tools))
 }
 
 /// An engine request for `prompt` under `options` and a model context,
@@ -116,36 +120,47 @@ pub fn gen_request(prompt: Vec<u32>, o: &Options, context: usize, grammar: Optio
     Ok(GenRequest { prompt, params: o.params.clone(), max_tokens, stop: o.stop.clone(), ignore_eos: false, grammar })
 }
 
-/// The grammar of a request's `format`, compiled for the model.
-pub fn format_grammar(m: &LoadedModel, body: &Value) -> Result<Option<Constraint>> {
-    structured::compile(m, structured::ollama_format(body)?)
+/// The grammar a request's output is held to: its `format`'s, or the
+/// one that makes the model call the tools it must.
+pub fn request_grammar(m: &LoadedModel, body: &Value, tools: Option<&Tools>) -> Result<Option<Constraint>> {
+    structured::request_grammar(m, structured::ollama_format(body)?, tools)
 }
 
 /// What every item of a /api/batch request shares unless it sets its own:
 /// `options` (merged under the item's) and `format` (replaced by the item's).
 pub struct BatchShared<'a> {
     pub options: Option<&'a Value>,
-    pub format: Option<Constraint>,
+    pub format: Option<GrammarSpec>,
+}
+
+/// One /api/batch item, ready for the engine.
+pub struct BatchItem {
+    pub shape: Shape,
+    pub request: GenRequest,
+    /// A chat item's tools: its answer's calls are read out of the text.
+    pub tools: Option<Tools>,
 }
 
 /// One /api/batch item: a chat item (`messages`) or a generate item
 /// (`prompt`), its options over the batch's shared ones.
-pub fn batch_item(m: &LoadedModel, v: &Value, shared: &BatchShared, seed: u64) -> Result<(Shape, GenRequest)> {
+pub fn batch_item(m: &LoadedModel, v: &Value, shared: &BatchShared, seed: u64) -> Result<BatchItem> {
     if !v.is_object() {
         bail!("must be an object");
     }
     let options = parse_options(&merge_options(shared.options, v.get("options"))?, seed)?;
-    let grammar = match v.get("format") {
+    let format = match v.get("format") {
         None => shared.format.clone(),
-        Some(_) => format_grammar(m, v)?,
+        Some(_) => structured::ollama_format(v)?,
     };
-    let (kind, prompt) = if v.get("messages").is_some() {
-        (Shape::Chat, chat_prompt(m, v)?)
+    let (shape, prompt, tools) = if v.get("messages").is_some() {
+        let (prompt, tools) = chat_prompt(m, v)?;
+        (Shape::Chat, prompt, tools)
     } else {
         let prompt = generate_prompt(m, v)?.ok_or_else(|| anyhow::anyhow!("needs a non-empty prompt or messages"))?;
-        (Shape::Generate, prompt)
+        (Shape::Generate, prompt, None)
     };
-    Ok((kind, gen_request(prompt, &options, m.model.config.context_length, grammar)?))
+    let grammar = structured::request_grammar(m, format, tools.as_ref())?;
+    Ok(BatchItem { shape, request: gen_request(prompt, &options, m.model.config.context_length, grammar)?, tools })
 }
 
 /// /api/embed's `input` (a string or an array of strings; absent: none)
@@ -180,13 +195,17 @@ pub struct Stats {
     pub eval_duration: Duration,
 }
 
-/// One line of an answer: text so far (streamed) or all of it, and, when
-/// `done` is given, the finish and the stats.
-pub fn line(shape: Shape, model: &str, text: &str, done: Option<(FinishReason, &Stats)>) -> Value {
+/// One line of an answer: text so far (streamed) or all of it, a chat
+/// answer's tool calls, and, when `done` is given, the finish and the stats.
+pub fn line(shape: Shape, model: &str, text: &str, calls: &[ToolCall], done: Option<(FinishReason, &Stats)>) -> Value {
     let mut v = json!({ "model": model, "created_at": rfc3339(SystemTime::now()) });
     match shape {
         Shape::Generate => v["response"] = json!(text),
         Shape::Chat => v["message"] = json!({ "role": "assistant", "content": text }),
+    }
+    if !calls.is_empty() {
+        let calls: Vec<Value> = calls.iter().map(|c| json!({ "function": { "name": c.name, "arguments": c.arguments } })).collect();
+        v["message"]["tool_calls"] = json!(calls);
     }
     v["done"] = json!(done.is_some());
     if let Some((finish, s)) = done {
@@ -203,7 +222,7 @@ pub fn line(shape: Shape, model: &str, text: &str, done: Option<(FinishReason, &
 
 /// The answer to a generate request without a prompt: the model is loaded.
 pub fn load_line(shape: Shape, model: &str) -> Value {
-    let mut v = line(shape, model, "", None);
+    let mut v = line(shape, model, "", &[], None);
     v["done"] = json!(true);
     v["done_reason"] = json!("load");
     v

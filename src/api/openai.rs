@@ -5,7 +5,8 @@
 use anyhow::{anyhow, bail, Result};
 use serde_json::{json, Value};
 
-use super::fields::{opt_bool, opt_f32, opt_u64, stop_strings};
+use super::fields::{fresh_seed, opt_bool, opt_f32, opt_u64, stop_strings};
+use super::tools::{self, ToolCall};
 use super::{finish_name, parse_messages, structured};
 use crate::engine::{FinishReason, GenRequest};
 use crate::loaded::LoadedModel;
@@ -29,10 +30,12 @@ pub struct Job {
     pub requests: Vec<GenRequest>,
     pub stream: bool,
     pub include_usage: bool,
+    /// Tools are offered: the answers' calls are read out of their text.
+    pub tools: bool,
 }
 
 /// Fields we do not implement: asking for them is an error, not silence.
-const UNSUPPORTED: [&str; 7] = ["logprobs", "top_logprobs", "echo", "suffix", "tools", "functions", "logit_bias"];
+const UNSUPPORTED: [&str; 6] = ["logprobs", "top_logprobs", "echo", "suffix", "functions", "logit_bias"];
 
 /// A field holding token lists as OpenAI spells them: a string, an array
 /// of strings, an array of token ids, or an array of such arrays; `text`
@@ -88,8 +91,13 @@ pub fn parse(m: &LoadedModel, kind: Kind, body: &Value, seed: u64, default_max: 
             bail!("{key} is not supported (only 0)");
         }
     }
+    let tools = match kind {
+        Kind::Chat => tools::parse(m, body)?,
+        Kind::Completion if body.get("tools").is_some_and(|t| !t.is_null()) => bail!("tools are for chat completions"),
+        Kind::Completion => None,
+    };
     let prompts = match kind {
-        Kind::Chat => vec![m.chat_tokens(&parse_messages(body)?)?],
+        Kind::Chat => vec![m.chat_tokens(&parse_messages(body)?, tools.as_ref().map_or(&[][..], |t| t.list.as_slice()))?],
         Kind::Completion => completion_prompts(m, body)?,
     };
     let ctx = m.model.config.context_length;
@@ -119,7 +127,7 @@ pub fn parse(m: &LoadedModel, kind: Kind, body: &Value, seed: u64, default_max: 
         bail!("max_tokens is {n}; the limit is the context, {ctx} tokens");
     }
     let max_tokens = asked.unwrap_or(ctx);
-    let grammar = structured::compile(m, structured::openai_response_format(body)?)?;
+    let grammar = structured::request_grammar(m, structured::openai_response_format(body)?, tools.as_ref())?;
     let requests = prompts
         .iter()
         .flat_map(|p| (0..n as u64).map(move |k| (p, k)))
@@ -134,7 +142,7 @@ pub fn parse(m: &LoadedModel, kind: Kind, body: &Value, seed: u64, default_max: 
         .collect();
     let stream = opt_bool(body, "stream")?.unwrap_or(false);
     let include_usage = body.get("stream_options").map(|o| opt_bool(o, "include_usage")).transpose()?.flatten().unwrap_or(false);
-    Ok(Job { kind, prompt_tokens: prompts.iter().map(Vec::len).collect(), n, requests, stream, include_usage })
+    Ok(Job { kind, prompt_tokens: prompts.iter().map(Vec::len).collect(), n, requests, stream, include_usage, tools: tools.is_some() })
 }
 
 /// /v1/embeddings' `input` as tokens; too long is an error.
@@ -170,23 +178,66 @@ pub fn usage(prompt_tokens: usize, completion_tokens: usize) -> Value {
     json!({ "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens })
 }
 
+/// One call as OpenAI writes it: a fresh id, the arguments as a JSON
+/// string; `index` places it within a streamed choice.
+fn call_value(call: &ToolCall, index: Option<usize>) -> Value {
+    let mut v = json!({
+        "id": format!("call_{:016x}", fresh_seed()),
+        "type": "function",
+        "function": { "name": call.name, "arguments": call.arguments.to_string() },
+    });
+    if let Some(i) = index {
+        v["index"] = json!(i);
+    }
+    v
+}
+
+/// An answer that made calls finished to hand them over, whatever ended it.
+fn finish_with_calls(finish: Option<FinishReason>, calls: bool) -> Option<&'static str> {
+    match (finish, calls) {
+        (Some(FinishReason::Stop), true) => Some("tool_calls"),
+        (f, _) => f.map(finish_name),
+    }
+}
+
 /// The whole answer: every choice, and usage.
 pub fn response_body(job: &Job, id: &str, created: u64, model: &str, choices: &[Choice]) -> Value {
-    let finish = |c: &Choice| c.finish.map(finish_name);
     let list: Vec<Value> = choices
         .iter()
         .enumerate()
         .map(|(k, c)| match job.kind {
-            Kind::Chat => {
-                json!({ "index": k, "message": { "role": "assistant", "content": c.text }, "finish_reason": finish(c), "logprobs": null })
+            Kind::Chat if job.tools => {
+                let (text, calls) = tools::split_calls(&c.text);
+                let mut message = json!({ "role": "assistant", "content": text });
+                if !calls.is_empty() {
+                    if text.is_empty() {
+                        message["content"] = Value::Null;
+                    }
+                    message["tool_calls"] = calls.iter().map(|call| call_value(call, None)).collect();
+                }
+                json!({ "index": k, "message": message, "finish_reason": finish_with_calls(c.finish, !calls.is_empty()), "logprobs": null })
             }
-            Kind::Completion => json!({ "index": k, "text": c.text, "finish_reason": finish(c), "logprobs": null }),
+            Kind::Chat => json!({
+                "index": k,
+                "message": { "role": "assistant", "content": c.text },
+                "finish_reason": c.finish.map(finish_name),
+                "logprobs": null,
+            }),
+            Kind::Completion => json!({ "index": k, "text": c.text, "finish_reason": c.finish.map(finish_name), "logprobs": null }),
         })
         .collect();
     let completion: usize = choices.iter().map(|c| c.tokens).sum();
     // Every prompt counts once, however many choices it has.
     let prompt: usize = job.prompt_tokens.iter().sum();
     json!({ "id": id, "object": object(job.kind, false), "created": created, "model": model, "choices": list, "usage": usage(prompt, completion) })
+}
+
+/// What one streamed piece of a choice adds when tools are offered.
+pub struct ToolStep {
+    pub text: String,
+    pub calls: Vec<ToolCall>,
+    /// How many calls the choice made before these.
+    pub first_call: usize,
 }
 
 /// What every chunk of one streamed answer carries.
@@ -217,6 +268,21 @@ impl StreamHead<'_> {
             Kind::Completion => json!({ "index": index, "text": text, "finish_reason": finish.map(finish_name), "logprobs": null }),
         };
         self.wrap(json!([choice]))
+    }
+
+    /// A chat chunk when tools are offered: the text shown so far and the
+    /// calls completed (numbered from `first_call` within the choice);
+    /// with `finish`, the choice's end, `tool_calls` if it made any.
+    pub fn tool_chunk(&self, index: usize, step: &ToolStep, finish: Option<FinishReason>) -> Value {
+        let mut delta = json!({});
+        if !step.text.is_empty() {
+            delta["content"] = json!(step.text);
+        }
+        if !step.calls.is_empty() {
+            delta["tool_calls"] = step.calls.iter().enumerate().map(|(k, c)| call_value(c, Some(step.first_call + k))).collect();
+        }
+        let finish = finish_with_calls(finish, step.first_call + step.calls.len() > 0);
+        self.wrap(json!([{ "index": index, "delta": delta, "finish_reason": finish, "logprobs": null }]))
     }
 
     /// The last chunk when the client asked for usage: no choices.

@@ -5,6 +5,7 @@
 use anyhow::{bail, Result};
 use serde_json::Value;
 
+use super::tools::Tools;
 use crate::grammar::{Constraint, GrammarSpec};
 use crate::loaded::LoadedModel;
 
@@ -57,7 +58,13 @@ pub fn openai_response_format(body: &Value) -> Result<Option<GrammarSpec>> {
     }
 }
 
-/// The grammar compiled for `m`, or None for free text.
-pub fn compile(m: &LoadedModel, spec: Option<GrammarSpec>) -> Result<Option<Constraint>> {
+/// The grammar a request's output is held to, compiled for `m`: its
+/// format's, or the one that makes the model call the tools it must;
+/// None for free text.
+pub fn request_grammar(m: &LoadedModel, format: Option<GrammarSpec>, tools: Option<&Tools>) -> Result<Option<Constraint>> {
+    let spec = match (format, tools.map(Tools::grammar).transpose()?.flatten()) {
+        (Some(_), Some(_)) => bail!("a response format and a tool_choice that requires a call cannot be combined"),
+        (format, calls) => format.or(calls),
+    };
     spec.map(|s| m.constraint(&s)).transpose()
 }

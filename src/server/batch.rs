@@ -17,8 +17,10 @@ use super::log::RequestLog;
 use super::ollama::stats;
 use super::{ndjson, read_json, App};
 use crate::api::fields::{fresh_seed, opt_bool, req_str};
-use crate::api::ollama::{self as shape, rfc3339, Shape};
-use crate::engine::{Event, GenRequest};
+use crate::api::ollama::{self as shape, rfc3339, BatchItem, Shape};
+use crate::api::structured;
+use crate::api::tools::{split_calls, CallSplitter};
+use crate::engine::Event;
 
 const API: Api = Api::Ollama;
 
@@ -51,9 +53,9 @@ pub async fn batch(State(app): State<Arc<App>>, Extension(log): Extension<Reques
     }
     let (loaded, load) = app.model(API, &name, &log).await?;
     let seed = fresh_seed();
-    let format = shape::format_grammar(&loaded.model, &body).map_err(|e| ApiError::bad(API, e))?;
+    let format = structured::ollama_format(&body).map_err(|e| ApiError::bad(API, e))?;
     let shared = shape::BatchShared { options: body.get("options"), format };
-    let items: Vec<(Shape, GenRequest)> = list
+    let items: Vec<BatchItem> = list
         .iter()
         .enumerate()
         .map(|(i, v)| {
@@ -61,8 +63,9 @@ pub async fn batch(State(app): State<Arc<App>>, Extension(log): Extension<Reques
                 .map_err(|e| ApiError::bad(API, format!("requests[{i}]: {e:#}")))
         })
         .collect::<Result<_, _>>()?;
-    let shapes: Vec<Shape> = items.iter().map(|(s, _)| *s).collect();
-    let gang = app.submit(API, &loaded, items.into_iter().map(|(_, r)| r).collect(), arrived, &log)?;
+    let shapes: Vec<Shape> = items.iter().map(|item| item.shape).collect();
+    let with_tools: Vec<bool> = items.iter().map(|item| item.tools.is_some()).collect();
+    let gang = app.submit(API, &loaded, items.into_iter().map(|item| item.request).collect(), arrived, &log)?;
     let n = gang.len();
     if !stream {
         let outputs = gang.collect(API).await?;
@@ -72,7 +75,8 @@ pub async fn batch(State(app): State<Arc<App>>, Extension(log): Extension<Reques
             .zip(&shapes)
             .enumerate()
             .map(|(i, (o, &sh))| {
-                let mut v = shape::line(sh, &name, &o.text, Some((o.finish, &stats(&o.summary, arrived, load))));
+                let (text, calls) = if with_tools[i] { split_calls(&o.text) } else { (o.text.clone(), Vec::new()) };
+                let mut v = shape::line(sh, &name, &text, &calls, Some((o.finish, &stats(&o.summary, arrived, load))));
                 v["index"] = json!(i);
                 v["started_step"] = json!(o.started_step);
                 v
@@ -82,16 +86,28 @@ pub async fn batch(State(app): State<Arc<App>>, Extension(log): Extension<Reques
         out["responses"] = json!(responses);
         return Ok(Json(out).into_response());
     }
-    let lines = futures_util::stream::unfold(Some(gang), move |state| {
+    // An item with tools holds a call's text back and sends the call whole.
+    let splitters: Vec<Option<CallSplitter>> = with_tools.iter().map(|&t| t.then(CallSplitter::default)).collect();
+    let lines = futures_util::stream::unfold(Some((gang, splitters)), move |state| {
         let (name, shapes) = (name.clone(), shapes.clone());
         async move {
-            let mut gang = state?;
+            let (mut gang, mut splitters) = state?;
             loop {
                 let (i, mut v) = match gang.next().await {
-                    Some((i, Event::Token { text, .. })) if !text.is_empty() => (i, shape::line(shapes[i], &name, &text, None)),
+                    Some((i, Event::Token { text, .. })) if !text.is_empty() => {
+                        let (text, calls) = match &mut splitters[i] {
+                            Some(s) => s.push(&text),
+                            None => (text, Vec::new()),
+                        };
+                        if text.is_empty() && calls.is_empty() {
+                            continue;
+                        }
+                        (i, shape::line(shapes[i], &name, &text, &calls, None))
+                    }
                     Some((i, Event::Failed(message))) => (i, json!({ "error": message, "done": true })),
                     Some((i, Event::Done(s))) => {
-                        let mut v = shape::line(shapes[i], &name, "", Some((s.finish, &stats(&s, gang.arrived, load))));
+                        let (rest, calls) = splitters[i].as_mut().map(CallSplitter::finish).unwrap_or_default();
+                        let mut v = shape::line(shapes[i], &name, &rest, &calls, Some((s.finish, &stats(&s, gang.arrived, load))));
                         v["started_step"] = json!(gang.started_steps[i]);
                         (i, v)
                     }
@@ -99,7 +115,7 @@ pub async fn batch(State(app): State<Arc<App>>, Extension(log): Extension<Reques
                     None => return Some((summary(&name, gang.len(), &gang.started_steps, gang.arrived, load), None)),
                 };
                 v["index"] = json!(i);
-                return Some((v, Some(gang)));
+                return Some((v, Some((gang, splitters))));
             }
         }
     });

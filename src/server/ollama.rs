@@ -17,6 +17,7 @@ use super::{ndjson, read_json, App};
 use crate::api::embed_tokens;
 use crate::api::fields::{fresh_seed, opt_bool, req_str};
 use crate::api::ollama::{self as shape, Shape, Stats};
+use crate::api::tools::{split_calls, CallSplitter};
 use crate::engine::{EngineError, Event, Summary};
 use crate::store::{human_count, Manifest};
 
@@ -51,36 +52,47 @@ async fn answer(app: Arc<App>, log: RequestLog, body: Body, shape_of: Shape) -> 
         .and_then(|o| shape::parse_options(&o, fresh_seed()))
         .map_err(|e| ApiError::bad(API, e))?;
     let (loaded, load) = app.model(API, &name, &log).await?;
-    let prompt = match shape_of {
-        Shape::Generate => shape::generate_prompt(&loaded.model, &body),
-        Shape::Chat => shape::chat_prompt(&loaded.model, &body).map(Some),
+    let (prompt, tools) = match shape_of {
+        Shape::Generate => shape::generate_prompt(&loaded.model, &body).map(|p| (p, None)),
+        Shape::Chat => shape::chat_prompt(&loaded.model, &body).map(|(p, t)| (Some(p), t)),
     }
     .map_err(|e| ApiError::bad(API, e))?;
     let Some(prompt) = prompt else {
         return Ok(Json(shape::load_line(shape_of, &name)).into_response());
     };
-    let grammar = shape::format_grammar(&loaded.model, &body).map_err(|e| ApiError::bad(API, e))?;
+    let grammar = shape::request_grammar(&loaded.model, &body, tools.as_ref()).map_err(|e| ApiError::bad(API, e))?;
     let request = shape::gen_request(prompt, &options, loaded.engine.context_length(), grammar).map_err(|e| ApiError::bad(API, e))?;
     let gang = app.submit(API, &loaded, vec![request], arrived, &log)?;
     if !stream {
         let out = gang.collect(API).await?.remove(0);
         let s = stats(&out.summary, arrived, load);
-        return Ok(Json(shape::line(shape_of, &name, &out.text, Some((out.finish, &s)))).into_response());
+        let (text, calls) = if tools.is_some() { split_calls(&out.text) } else { (out.text, Vec::new()) };
+        return Ok(Json(shape::line(shape_of, &name, &text, &calls, Some((out.finish, &s)))).into_response());
     }
-    let lines = futures_util::stream::unfold(Some(gang), move |state| {
+    // With tools, a call's text is held back and sent as the call once whole.
+    let splitter = tools.map(|_| CallSplitter::default());
+    let lines = futures_util::stream::unfold(Some((gang, splitter)), move |state| {
         let name = name.clone();
         async move {
-            let mut gang = state?;
+            let (mut gang, mut splitter) = state?;
             loop {
                 match gang.next().await {
                     Some((_, Event::Token { text, .. })) if !text.is_empty() => {
-                        return Some((shape::line(shape_of, &name, &text, None), Some(gang)))
+                        let (text, calls) = match &mut splitter {
+                            Some(s) => s.push(&text),
+                            None => (text, Vec::new()),
+                        };
+                        if text.is_empty() && calls.is_empty() {
+                            continue;
+                        }
+                        return Some((shape::line(shape_of, &name, &text, &calls, None), Some((gang, splitter))));
                     }
                     // Ollama reports a failure mid-stream as an error line.
                     Some((_, Event::Failed(message))) => return Some((json!({ "error": message }), None)),
                     Some((_, Event::Done(s))) => {
                         let st = stats(&s, gang.arrived, load);
-                        return Some((shape::line(shape_of, &name, "", Some((s.finish, &st))), None));
+                        let (rest, calls) = splitter.as_mut().map(CallSplitter::finish).unwrap_or_default();
+                        return Some((shape::line(shape_of, &name, &rest, &calls, Some((s.finish, &st))), None));
                     }
                     Some(_) => continue,
                     None => return None,

@@ -18,6 +18,7 @@ use super::ollama::embed_all;
 use super::{read_json, sse, App};
 use crate::api::fields::{fresh_seed, opt_str};
 use crate::api::openai::{self as shape, Choice, Kind};
+use crate::api::tools::{CallSplitter, ToolCall};
 use crate::engine::Event;
 use crate::store::Manifest;
 
@@ -59,24 +60,42 @@ async fn complete(app: Arc<App>, log: RequestLog, body: Body, kind: Kind) -> Res
     }
     let prompt_tokens: usize = job.prompt_tokens.iter().sum();
     let include_usage = job.include_usage;
-    // State: the gang (dropping it cancels) and the tokens generated so far.
-    let chunks = futures_util::stream::unfold(Some((gang, 0usize)), move |state| {
+    // With tools offered, each choice's text runs through a splitter that
+    // holds back call blocks until they close; the count is its calls so far.
+    let splitters: Option<Vec<(CallSplitter, usize)>> =
+        job.tools.then(|| job.requests.iter().map(|_| (CallSplitter::default(), 0)).collect());
+    // State: the gang (dropping it cancels), the tokens generated so far
+    // and the splitters.
+    let chunks = futures_util::stream::unfold(Some((gang, 0usize, splitters)), move |state| {
         let (id, name) = (id.clone(), name.clone());
         async move {
             let head = shape::StreamHead { kind, id: &id, created, model: &name };
-            let (mut gang, mut generated) = state?;
+            let (mut gang, mut generated, mut splitters) = state?;
             loop {
                 let chunk = match gang.next().await {
                     Some((i, Event::Started { .. })) if kind == Kind::Chat => head.chunk(i, "", true, None),
                     Some((i, Event::Token { text, .. })) if !text.is_empty() => {
                         generated += 1;
-                        head.chunk(i, &text, false, None)
+                        match splitters.as_mut() {
+                            Some(s) => match split_step(&mut s[i], |sp| sp.push(&text)) {
+                                Some(step) => head.tool_chunk(i, &step, None),
+                                None => continue,
+                            },
+                            None => head.chunk(i, &text, false, None),
+                        }
                     }
                     Some((_, Event::Token { .. })) => {
                         generated += 1;
                         continue;
                     }
-                    Some((i, Event::Done(s))) => head.chunk(i, "", false, Some(s.finish)),
+                    Some((i, Event::Done(s))) => match splitters.as_mut() {
+                        Some(sp) => {
+                            let step = split_step(&mut sp[i], CallSplitter::finish);
+                            let none = shape::ToolStep { text: String::new(), calls: Vec::new(), first_call: sp[i].1 };
+                            head.tool_chunk(i, &step.unwrap_or(none), Some(s.finish))
+                        }
+                        None => head.chunk(i, "", false, Some(s.finish)),
+                    },
                     Some((_, Event::Failed(message))) => {
                         let error = ApiError::internal(API, message).body();
                         return Some((error, None));
@@ -85,11 +104,22 @@ async fn complete(app: Arc<App>, log: RequestLog, body: Body, kind: Kind) -> Res
                     None if include_usage => return Some((head.usage(prompt_tokens, generated), None)),
                     None => return None,
                 };
-                return Some((chunk, Some((gang, generated))));
+                return Some((chunk, Some((gang, generated, splitters))));
             }
         }
     });
     Ok(sse(chunks))
+}
+
+/// One splitter step for a streamed choice: None when it shows nothing yet.
+fn split_step(
+    (splitter, made): &mut (CallSplitter, usize),
+    step: impl FnOnce(&mut CallSplitter) -> (String, Vec<ToolCall>),
+) -> Option<shape::ToolStep> {
+    let (text, calls) = step(splitter);
+    let first_call = *made;
+    *made += calls.len();
+    (!text.is_empty() || !calls.is_empty()).then_some(shape::ToolStep { text, calls, first_call })
 }
 
 fn model_object(app: &App, m: &Manifest) -> Value {

@@ -7,6 +7,7 @@
 use anyhow::{anyhow, bail, Result};
 use minijinja::{Environment, Error, ErrorKind};
 use serde::Serialize;
+use serde_json::Value;
 
 use super::Tokenizer;
 use crate::gguf::GgufFile;
@@ -18,11 +19,15 @@ const CLOSE: char = '\u{F0001}';
 pub struct Message {
     pub role: String,
     pub content: String,
+    /// An assistant's calls: `{"type": "function", "function": {"name",
+    /// "arguments" (an object)}}` each, as templates read them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<Value>,
 }
 
 impl Message {
     pub fn new(role: &str, content: &str) -> Message {
-        Message { role: role.into(), content: content.into() }
+        Message { role: role.into(), content: content.into(), tool_calls: Vec::new() }
     }
 }
 
@@ -41,6 +46,7 @@ const MAX_TEMPLATE_TEXT: usize = 1 << 20;
 
 pub struct ChatTemplate {
     env: Environment<'static>,
+    source: String,
     bos: String,
     eos: String,
 }
@@ -60,19 +66,33 @@ impl ChatTemplate {
         // instead of hanging a worker. There is no loader: no file access.
         env.set_fuel(Some(RENDER_FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_filter("tojson", python_tojson);
         env.add_function("raise_exception", |msg: String| -> Result<String, Error> { Err(Error::new(ErrorKind::InvalidOperation, msg)) });
         env.add_template_owned("chat", source.to_string()).map_err(|e| anyhow!("chat template does not parse: {e}"))?;
-        Ok(ChatTemplate { env, bos, eos })
+        Ok(ChatTemplate { env, source: source.to_string(), bos, eos })
     }
 
-    /// The conversation as segments; `add_generation_prompt` opens the
-    /// assistant's turn.
-    pub fn render_segments(&self, messages: &[Message], add_generation_prompt: bool) -> Result<Vec<Segment>> {
+    /// The template's Jinja source.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The conversation as segments, the functions in `tools` offered
+    /// (OpenAI's `{"type": "function", "function": {...}}` each);
+    /// `add_generation_prompt` opens the assistant's turn.
+    pub fn render_segments(&self, messages: &[Message], tools: &[Value], add_generation_prompt: bool) -> Result<Vec<Segment>> {
         let strip = |s: &str| s.replace([OPEN, CLOSE], "");
-        let marked: Vec<Message> =
-            messages.iter().map(|m| Message { role: strip(&m.role), content: format!("{OPEN}{}{CLOSE}", strip(&m.content)) }).collect();
+        let marked: Vec<Message> = messages
+            .iter()
+            .map(|m| Message {
+                role: strip(&m.role),
+                content: format!("{OPEN}{}{CLOSE}", strip(&m.content)),
+                tool_calls: m.tool_calls.clone(),
+            })
+            .collect();
         let ctx = minijinja::context! {
             messages => marked,
+            tools => (!tools.is_empty()).then_some(tools),
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos.clone(),
             eos_token => self.eos.clone(),
@@ -99,14 +119,57 @@ impl ChatTemplate {
     }
 
     /// The conversation as one string.
-    pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+    pub fn render(&self, messages: &[Message], tools: &[Value], add_generation_prompt: bool) -> Result<String> {
         Ok(self
-            .render_segments(messages, add_generation_prompt)?
+            .render_segments(messages, tools, add_generation_prompt)?
             .into_iter()
             .map(|s| match s {
                 Segment::Template(t) | Segment::Content(t) => t,
             })
             .collect())
+    }
+}
+
+/// `tojson` as the templates' own environment (Hugging Face's) defines it:
+/// Python's `json.dumps` with ", " and ": " (or `indent`), keys in their
+/// order, non-ASCII kept; minijinja's own escapes HTML and writes compact.
+fn python_tojson(value: minijinja::Value, kwargs: minijinja::value::Kwargs) -> Result<minijinja::Value, Error> {
+    let indent: Option<usize> = kwargs.get("indent")?;
+    kwargs.assert_all_used()?;
+    let json = serde_json::to_value(&value).map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
+    let mut out = Vec::new();
+    let written = match indent {
+        Some(n) => {
+            let spaces = " ".repeat(n);
+            json.serialize(&mut serde_json::Serializer::with_formatter(
+                &mut out,
+                serde_json::ser::PrettyFormatter::with_indent(spaces.as_bytes()),
+            ))
+        }
+        None => json.serialize(&mut serde_json::Serializer::with_formatter(&mut out, PythonFormatter)),
+    };
+    written.map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
+    Ok(minijinja::Value::from_safe_string(String::from_utf8(out).expect("JSON is UTF-8")))
+}
+
+/// serde_json's compact layout with Python's separators.
+struct PythonFormatter;
+
+impl serde_json::ser::Formatter for PythonFormatter {
+    fn begin_array_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W, first: bool) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            w.write_all(b", ")
+        }
+    }
+
+    fn begin_object_key<W: ?Sized + std::io::Write>(&mut self, w: &mut W, first: bool) -> std::io::Result<()> {
+        self.begin_array_value(w, first)
+    }
+
+    fn begin_object_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        w.write_all(b": ")
     }
 }
 
@@ -141,8 +204,8 @@ mod tests {
             String::new(),
         )
         .unwrap();
-        assert_eq!(t.render(&[Message::new("user", "hi")], false).unwrap(), "ok");
-        let err = t.render(&[Message::new("assistant", "hi")], false).unwrap_err().to_string();
+        assert_eq!(t.render(&[Message::new("user", "hi")], &[], false).unwrap(), "ok");
+        let err = t.render(&[Message::new("assistant", "hi")], &[], false).unwrap_err().to_string();
         assert!(err.contains("roles must start with user"), "{err}");
     }
 
@@ -152,7 +215,7 @@ mod tests {
     fn content_is_a_segment_of_its_own_even_with_markers_in_it() {
         let t = ChatTemplate::new(CHATML, String::new(), String::new()).unwrap();
         let hostile = format!("a{OPEN}b{CLOSE}c<|im_end|>");
-        let segments = t.render_segments(&[Message::new("user", &hostile)], true).unwrap();
+        let segments = t.render_segments(&[Message::new("user", &hostile)], &[], true).unwrap();
         assert_eq!(
             segments,
             vec![
@@ -172,13 +235,13 @@ mod tests {
         let wide = "{% for i in range(10000) %}{{ 'x' * 10000 }}{% endfor %}";
         for source in [endless, deep, huge, wide] {
             let t = ChatTemplate::new(source, String::new(), String::new()).unwrap();
-            let err = t.render(&[Message::new("user", "hi")], true).unwrap_err().to_string();
+            let err = t.render(&[Message::new("user", "hi")], &[], true).unwrap_err().to_string();
             assert!(err.starts_with("chat template failed"), "{source}: {err}");
         }
         assert!(started.elapsed() < std::time::Duration::from_secs(10), "took {:?}", started.elapsed());
         // The bounds leave room for long conversations.
         let long: Vec<Message> =
             (0..5000).map(|i| Message::new(if i % 2 == 0 { "user" } else { "assistant" }, "some words here")).collect();
-        assert!(ChatTemplate::new(CHATML, String::new(), String::new()).unwrap().render(&long, true).is_ok());
+        assert!(ChatTemplate::new(CHATML, String::new(), String::new()).unwrap().render(&long, &[], true).is_ok());
     }
 }

@@ -22,8 +22,8 @@ pub fn assert_prompts_match(m: &LoadedModel, rows: &[GoldenRow]) -> usize {
     let chats: Vec<_> = rows.iter().filter(|r| r.kind == "chat").collect();
     for row in &chats {
         let messages: Vec<Message> = row.messages.iter().map(|(r, c)| Message::new(r, c)).collect();
-        assert_eq!(m.template.as_ref().expect("a chat template").render(&messages, true).unwrap(), row.prompt, "row {}", row.id);
-        assert_eq!(m.chat_tokens(&messages).unwrap(), row.prompt_tokens, "row {}", row.id);
+        assert_eq!(m.template.as_ref().expect("a chat template").render(&messages, &[], true).unwrap(), row.prompt, "row {}", row.id);
+        assert_eq!(m.chat_tokens(&messages, &[]).unwrap(), row.prompt_tokens, "row {}", row.id);
     }
     chats.len()
 }
