@@ -38,6 +38,14 @@ impl LoadedModel {
         let Some(template) = &self.template else {
             bail!("the model has no chat template: it takes raw prompts only (generate, completions)")
         };
+        // Tools and calls are rendered as the template's own text, where
+        // control tokens count: one written into them is refused.
+        let calls = messages.iter().flat_map(|m| m.tool_calls.iter().map(|c| ("a message's tool_calls", c)));
+        for (what, value) in tools.iter().map(|t| ("tools", t)).chain(calls) {
+            if let Some(&t) = self.tokenizer.encode(&value.to_string(), true)?.iter().find(|&&t| self.tokenizer.is_control(t)) {
+                bail!("{what} hold the control token {:?}", self.tokenizer.token_text(t));
+            }
+        }
         tokenize_segments(&self.tokenizer, &template.render_segments(messages, tools, true)?)
     }
 

@@ -6,7 +6,7 @@ use anyhow::{anyhow, bail, Result};
 use serde_json::{json, Value};
 
 use super::fields::{fresh_seed, opt_bool, opt_f32, opt_u64, stop_strings};
-use super::tools::{self, ToolCall};
+use super::tools::{self, ToolCall, Tools};
 use super::{finish_name, parse_messages, structured};
 use crate::engine::{FinishReason, GenRequest};
 use crate::loaded::LoadedModel;
@@ -30,8 +30,8 @@ pub struct Job {
     pub requests: Vec<GenRequest>,
     pub stream: bool,
     pub include_usage: bool,
-    /// Tools are offered: the answers' calls are read out of their text.
-    pub tools: bool,
+    /// The tools offered: the answers' calls are read out of their text.
+    pub tools: Option<Tools>,
 }
 
 /// Fields we do not implement: asking for them is an error, not silence.
@@ -142,7 +142,7 @@ pub fn parse(m: &LoadedModel, kind: Kind, body: &Value, seed: u64, default_max: 
         .collect();
     let stream = opt_bool(body, "stream")?.unwrap_or(false);
     let include_usage = body.get("stream_options").map(|o| opt_bool(o, "include_usage")).transpose()?.flatten().unwrap_or(false);
-    Ok(Job { kind, prompt_tokens: prompts.iter().map(Vec::len).collect(), n, requests, stream, include_usage, tools: tools.is_some() })
+    Ok(Job { kind, prompt_tokens: prompts.iter().map(Vec::len).collect(), n, requests, stream, include_usage, tools })
 }
 
 /// /v1/embeddings' `input` as tokens; too long is an error.
@@ -205,9 +205,9 @@ pub fn response_body(job: &Job, id: &str, created: u64, model: &str, choices: &[
     let list: Vec<Value> = choices
         .iter()
         .enumerate()
-        .map(|(k, c)| match job.kind {
-            Kind::Chat if job.tools => {
-                let (text, calls) = tools::split_calls(&c.text);
+        .map(|(k, c)| match (job.kind, &job.tools) {
+            (Kind::Chat, Some(tools)) => {
+                let (text, calls) = tools.split(&c.text);
                 let mut message = json!({ "role": "assistant", "content": text });
                 if !calls.is_empty() {
                     if text.is_empty() {
@@ -217,13 +217,13 @@ pub fn response_body(job: &Job, id: &str, created: u64, model: &str, choices: &[
                 }
                 json!({ "index": k, "message": message, "finish_reason": finish_with_calls(c.finish, !calls.is_empty()), "logprobs": null })
             }
-            Kind::Chat => json!({
+            (Kind::Chat, None) => json!({
                 "index": k,
                 "message": { "role": "assistant", "content": c.text },
                 "finish_reason": c.finish.map(finish_name),
                 "logprobs": null,
             }),
-            Kind::Completion => json!({ "index": k, "text": c.text, "finish_reason": c.finish.map(finish_name), "logprobs": null }),
+            (Kind::Completion, _) => json!({ "index": k, "text": c.text, "finish_reason": c.finish.map(finish_name), "logprobs": null }),
         })
         .collect();
     let completion: usize = choices.iter().map(|c| c.tokens).sum();

@@ -19,7 +19,7 @@ use super::{ndjson, read_json, App};
 use crate::api::fields::{fresh_seed, opt_bool, req_str};
 use crate::api::ollama::{self as shape, rfc3339, BatchItem, Shape};
 use crate::api::structured;
-use crate::api::tools::{split_calls, CallSplitter};
+use crate::api::tools::{CallSplitter, Tools};
 use crate::engine::Event;
 
 const API: Api = Api::Ollama;
@@ -64,7 +64,7 @@ pub async fn batch(State(app): State<Arc<App>>, Extension(log): Extension<Reques
         })
         .collect::<Result<_, _>>()?;
     let shapes: Vec<Shape> = items.iter().map(|item| item.shape).collect();
-    let with_tools: Vec<bool> = items.iter().map(|item| item.tools.is_some()).collect();
+    let tools: Vec<Option<Tools>> = items.iter().map(|item| item.tools.clone()).collect();
     let gang = app.submit(API, &loaded, items.into_iter().map(|item| item.request).collect(), arrived, &log)?;
     let n = gang.len();
     if !stream {
@@ -75,7 +75,10 @@ pub async fn batch(State(app): State<Arc<App>>, Extension(log): Extension<Reques
             .zip(&shapes)
             .enumerate()
             .map(|(i, (o, &sh))| {
-                let (text, calls) = if with_tools[i] { split_calls(&o.text) } else { (o.text.clone(), Vec::new()) };
+                let (text, calls) = match &tools[i] {
+                    Some(t) => t.split(&o.text),
+                    None => (o.text.clone(), Vec::new()),
+                };
                 let mut v = shape::line(sh, &name, &text, &calls, Some((o.finish, &stats(&o.summary, arrived, load))));
                 v["index"] = json!(i);
                 v["started_step"] = json!(o.started_step);
@@ -87,7 +90,7 @@ pub async fn batch(State(app): State<Arc<App>>, Extension(log): Extension<Reques
         return Ok(Json(out).into_response());
     }
     // An item with tools holds a call's text back and sends the call whole.
-    let splitters: Vec<Option<CallSplitter>> = with_tools.iter().map(|&t| t.then(CallSplitter::default)).collect();
+    let splitters: Vec<Option<CallSplitter>> = tools.iter().map(|t| t.as_ref().map(Tools::splitter)).collect();
     let lines = futures_util::stream::unfold(Some((gang, splitters)), move |state| {
         let (name, shapes) = (name.clone(), shapes.clone());
         async move {

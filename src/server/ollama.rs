@@ -17,7 +17,7 @@ use super::{ndjson, read_json, App};
 use crate::api::embed_tokens;
 use crate::api::fields::{fresh_seed, opt_bool, req_str};
 use crate::api::ollama::{self as shape, Shape, Stats};
-use crate::api::tools::{split_calls, CallSplitter};
+use crate::api::tools::{CallSplitter, Tools};
 use crate::engine::{EngineError, Event, Summary};
 use crate::store::{human_count, Manifest};
 
@@ -66,11 +66,14 @@ async fn answer(app: Arc<App>, log: RequestLog, body: Body, shape_of: Shape) -> 
     if !stream {
         let out = gang.collect(API).await?.remove(0);
         let s = stats(&out.summary, arrived, load);
-        let (text, calls) = if tools.is_some() { split_calls(&out.text) } else { (out.text, Vec::new()) };
+        let (text, calls) = match &tools {
+            Some(t) => t.split(&out.text),
+            None => (out.text, Vec::new()),
+        };
         return Ok(Json(shape::line(shape_of, &name, &text, &calls, Some((out.finish, &s)))).into_response());
     }
     // With tools, a call's text is held back and sent as the call once whole.
-    let splitter = tools.map(|_| CallSplitter::default());
+    let splitter = tools.as_ref().map(Tools::splitter);
     let lines = futures_util::stream::unfold(Some((gang, splitter)), move |state| {
         let name = name.clone();
         async move {

@@ -63,7 +63,7 @@ async fn complete(app: Arc<App>, log: RequestLog, body: Body, kind: Kind) -> Res
     // With tools offered, each choice's text runs through a splitter that
     // holds back call blocks until they close; the count is its calls so far.
     let splitters: Option<Vec<(CallSplitter, usize)>> =
-        job.tools.then(|| job.requests.iter().map(|_| (CallSplitter::default(), 0)).collect());
+        job.tools.as_ref().map(|t| job.requests.iter().map(|_| (t.splitter(), 0)).collect());
     // State: the gang (dropping it cancels), the tokens generated so far
     // and the splitters.
     let chunks = futures_util::stream::unfold(Some((gang, 0usize, splitters)), move |state| {

@@ -86,7 +86,8 @@ impl ChatTemplate {
             .iter()
             .map(|m| Message {
                 role: strip(&m.role),
-                content: format!("{OPEN}{}{CLOSE}", strip(&m.content)),
+                // Empty content stays empty, as templates test it for truth.
+                content: if m.content.is_empty() { String::new() } else { format!("{OPEN}{}{CLOSE}", strip(&m.content)) },
                 tool_calls: m.tool_calls.clone(),
             })
             .collect();
@@ -98,7 +99,10 @@ impl ChatTemplate {
             eos_token => self.eos.clone(),
         };
         let rendered = self.env.get_template("chat").and_then(|t| t.render(ctx)).map_err(|e| anyhow!("chat template failed: {e}"))?;
-        let content: usize = messages.iter().map(|m| m.content.len() + m.role.len()).sum();
+        // The caller's own bytes: messages, their calls and the tools.
+        let calls = messages.iter().flat_map(|m| &m.tool_calls).chain(tools);
+        let content: usize =
+            messages.iter().map(|m| m.content.len() + m.role.len()).sum::<usize>() + calls.map(|c| c.to_string().len()).sum::<usize>();
         if rendered.len() > content + MAX_TEMPLATE_TEXT {
             bail!(
                 "chat template failed: it wrote {} bytes around {content} bytes of messages (limit: {MAX_TEMPLATE_TEXT} bytes of its own)",

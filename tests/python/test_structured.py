@@ -148,9 +148,12 @@ class OfficialClients(unittest.TestCase):
         self.assertIn(r.choices[0].text, ["yes", "no"])
         self.assertEqual(r.choices[0].finish_reason, "stop")
         lark = 'start: "Total: " NUMBER " apples"\nNUMBER: /[0-9]{1,3}/'
-        r = openai_client.completions.create(model=MODEL, prompt="Count:", max_tokens=12, temperature=1,
+        # Room for a sampled path that spells the number digit by digit.
+        r = openai_client.completions.create(model=MODEL, prompt="Count:", max_tokens=40, temperature=1, seed=11, n=8,
                                              extra_body={"response_format": {"type": "lark", "lark": lark}})
-        self.assertRegex(r.choices[0].text, r"^Total: [0-9]{1,3} apples$")
+        for choice in r.choices:
+            self.assertRegex(choice.text, r"^Total: [0-9]{1,3} apples$")
+            self.assertEqual(choice.finish_reason, "stop")
 
     def test_stop_strings_still_cut_a_constrained_answer(self):
         r = ollama_client.generate(model=MODEL, prompt="A person as JSON.", options={"temperature": 0, "num_predict": 60, "stop": [","]},
@@ -205,6 +208,122 @@ class BadInput(unittest.TestCase):
         r = ollama_client.generate(model=MODEL, prompt="Hello", options={"temperature": 0, "num_predict": 5})
         self.assertEqual(r.eval_count, 5)
         self.assertTrue(re.search(r"\S", r.response))
+
+
+# Tool calling runs on Qwen 2.5 Coder, whose template takes tools.
+QWEN = "qwen2.5-coder:0.5b"
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Get the current weather for a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "The city name"}}, "required": ["city"]}}}
+TIME = {"type": "function", "function": {
+    "name": "get_time", "description": "Get the local time in a time zone",
+    "parameters": {"type": "object", "properties": {"zone": {"type": "string"}}, "required": ["zone"]}}}
+SYSTEM = {"role": "system", "content": "You are a helpful assistant. After a tool returns, answer the user in one sentence."}
+ASK = {"role": "user", "content": "What is the weather in Paris?"}
+GREEDY = {"temperature": 0}
+
+
+class ToolCalls(unittest.TestCase):
+    def test_ollama_two_turns_call_result_answer(self):
+        r = ollama_client.chat(model=QWEN, messages=[SYSTEM, ASK], tools=[WEATHER], options=GREEDY)
+        self.assertEqual(r.message.content, "")
+        self.assertEqual([(c.function.name, c.function.arguments) for c in r.message.tool_calls], [("get_weather", {"city": "Paris"})])
+        self.assertEqual(r.done_reason, "stop")
+        history = [SYSTEM, ASK, r.message, {"role": "tool", "content": "Sunny, 21 °C", "tool_name": "get_weather"}]
+        final = ollama_client.chat(model=QWEN, messages=history, options=GREEDY)
+        self.assertIsNone(final.message.tool_calls)
+        self.assertIn("21", final.message.content)
+
+    def test_ollama_streams_the_call_once_it_is_whole(self):
+        parts = list(ollama_client.chat(model=QWEN, messages=[SYSTEM, ASK], tools=[WEATHER], options=GREEDY, stream=True))
+        with_calls = [p for p in parts if p.message.tool_calls]
+        self.assertEqual(len(with_calls), 1)
+        self.assertEqual(with_calls[0].message.tool_calls[0].function.arguments, {"city": "Paris"})
+        self.assertEqual("".join(p.message.content for p in parts), "")
+        self.assertTrue(parts[-1].done)
+
+    def test_openai_two_turns_call_result_answer(self):
+        r = openai_client.chat.completions.create(model=QWEN, messages=[SYSTEM, ASK], tools=[WEATHER], temperature=0)
+        choice = r.choices[0]
+        self.assertEqual(choice.finish_reason, "tool_calls")
+        self.assertIsNone(choice.message.content)
+        [call] = choice.message.tool_calls
+        self.assertTrue(call.id.startswith("call_"))
+        self.assertEqual((call.type, call.function.name, json.loads(call.function.arguments)), ("function", "get_weather", {"city": "Paris"}))
+        history = [SYSTEM, ASK, choice.message.model_dump(exclude_none=True),
+                   {"role": "tool", "tool_call_id": call.id, "content": "Sunny, 21 °C"}]
+        final = openai_client.chat.completions.create(model=QWEN, messages=history, tools=[WEATHER], tool_choice="none", temperature=0)
+        self.assertEqual(final.choices[0].finish_reason, "stop")
+        self.assertIsNone(final.choices[0].message.tool_calls)
+        self.assertIn("21", final.choices[0].message.content)
+
+    def test_auto_leaves_a_plain_answer_plain(self):
+        # The model answers with an object naming a tool not offered: text.
+        ask = [{"role": "user", "content": "Say hello in French."}]
+        r = openai_client.chat.completions.create(model=QWEN, messages=ask, tools=[WEATHER, TIME], temperature=0, max_tokens=40)
+        self.assertIsNone(r.choices[0].message.tool_calls)
+        self.assertIn(r.choices[0].finish_reason, ["stop", "length"])
+        self.assertTrue(r.choices[0].message.content)
+        streamed = "".join(c.choices[0].delta.content or "" for c in openai_client.chat.completions.create(
+            model=QWEN, messages=ask, tools=[WEATHER, TIME], temperature=0, max_tokens=40, stream=True) if c.choices)
+        self.assertEqual(streamed, r.choices[0].message.content)
+
+    def test_required_and_named_tool_choice_are_enforced(self):
+        ask = [{"role": "user", "content": "Say hello in French."}]
+        r = openai_client.chat.completions.create(model=QWEN, messages=ask, tools=[WEATHER, TIME], tool_choice="required",
+                                                  parallel_tool_calls=False, temperature=0)
+        self.assertEqual(r.choices[0].finish_reason, "tool_calls")
+        self.assertEqual(len(r.choices[0].message.tool_calls), 1)
+        self.assertIn(r.choices[0].message.tool_calls[0].function.name, ["get_weather", "get_time"])
+        r = openai_client.chat.completions.create(model=QWEN, messages=[ASK], tools=[WEATHER, TIME],
+                                                  tool_choice={"type": "function", "function": {"name": "get_time"}}, temperature=1, n=4)
+        for choice in r.choices:
+            self.assertEqual(choice.finish_reason, "tool_calls")
+            for call in choice.message.tool_calls:
+                self.assertEqual(call.function.name, "get_time")
+                self.assertIsInstance(json.loads(call.function.arguments)["zone"], str)
+
+    def test_openai_streams_tool_call_deltas(self):
+        chunks = list(openai_client.chat.completions.create(
+            model=QWEN, messages=[ASK], tools=[WEATHER, TIME], tool_choice={"type": "function", "function": {"name": "get_weather"}},
+            temperature=0, stream=True))
+        deltas = [t for c in chunks for t in (c.choices[0].delta.tool_calls or [])]
+        self.assertEqual([(d.index, d.type, d.function.name) for d in deltas], [(0, "function", "get_weather")])
+        self.assertTrue(deltas[0].id.startswith("call_"))
+        self.assertEqual(json.loads(deltas[0].function.arguments), {"city": "Paris"})
+        self.assertEqual(chunks[-1].choices[0].finish_reason, "tool_calls")
+        self.assertEqual("".join(c.choices[0].delta.content or "" for c in chunks), "")
+
+    def test_batch_items_call_tools_each_their_own(self):
+        items = [{"messages": [SYSTEM, ASK], "tools": [WEATHER]},
+                 {"messages": [{"role": "user", "content": "What time is it in Tokyo?"}], "tools": [TIME]},
+                 {"prompt": "Hello"}]
+        status, body = request("POST", "/api/batch", {"model": QWEN, "requests": items, "options": {"temperature": 0, "num_predict": 60}})
+        self.assertEqual(status, 200, body)
+        r = body["responses"]
+        self.assertEqual([c["function"]["name"] for c in r[0]["message"]["tool_calls"]], ["get_weather"])
+        self.assertEqual([c["function"]["name"] for c in r[1]["message"]["tool_calls"]], ["get_time"])
+        self.assertNotIn("tool_calls", r[2])
+
+    def test_bad_tool_requests_are_400_and_say_why(self):
+        chat = {"messages": [{"role": "user", "content": "x"}]}
+        for path, body, needle in [
+            ("/api/chat", {"model": MODEL, **chat, "tools": [WEATHER]}, "takes no tools"),
+            ("/v1/chat/completions", {"model": MODEL, **chat, "tools": [WEATHER]}, "takes no tools"),
+            ("/v1/chat/completions", {"model": QWEN, **chat, "tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "nope"),
+            ("/v1/chat/completions", {"model": QWEN, **chat, "tool_choice": "required"}, "no tools are offered"),
+            ("/v1/chat/completions", {"model": QWEN, **chat, "tools": [{"type": "function"}]}, "tools[0]"),
+            ("/v1/chat/completions", {"model": QWEN, **chat, "tools": [WEATHER], "tool_choice": "required",
+                                      "response_format": {"type": "json_object"}}, "cannot be combined"),
+            ("/v1/completions", {"model": QWEN, "prompt": "x", "tools": [WEATHER]}, "chat"),
+            ("/api/generate", {"model": QWEN, "prompt": "x", "tools": [WEATHER]}, "tools"),
+            ("/api/chat", {"model": QWEN, **chat, "tools": [{**WEATHER, "function": {**WEATHER["function"], "description": "<|im_end|>"}}]},
+             "control token"),
+        ]:
+            status, answer = request("POST", path, body)
+            self.assertEqual(status, 400, (path, body, answer))
+            message = answer["error"]["message"] if isinstance(answer["error"], dict) else answer["error"]
+            self.assertIn(needle, message, (path, body))
 
 
 if __name__ == "__main__":
