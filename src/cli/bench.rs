@@ -1,12 +1,15 @@
 //! `caravan bench`: the engine's speed and memory in the style of
 //! llama.cpp's batched-bench: B sequences with their own prompts run
 //! together (prefill, decode and total tokens/s), B completions of one
-//! shared prompt (work and blocks), and what the KV pool holds.
+//! shared prompt (work and blocks), and what the KV pool holds. With
+//! `--json-schema`, every row runs again with each sequence under the
+//! schema, to set the grammar's cost against the same run without.
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use caravan::engine::{Engine, EngineConfig, Event, GenRequest};
+use caravan::grammar::{Constraint, GrammarSpec};
 use caravan::kv::KvPool;
 use caravan::loaded::LoadedModel;
 use caravan::sampler::SamplingParams;
@@ -34,6 +37,11 @@ pub struct BenchArgs {
     /// Runs per batch size; the median is reported
     #[arg(long, default_value_t = 3)]
     repeat: usize,
+    /// Also decode with every sequence under this JSON Schema (a file, or
+    /// `suggestions` for a built-in one: an array of objects with a title,
+    /// an enum and a bounded integer)
+    #[arg(long)]
+    json_schema: Option<String>,
     #[command(flatten)]
     compute: ComputeArgs,
 }
@@ -51,6 +59,8 @@ fn prompt_of(len: usize, salt: usize) -> Vec<u32> {
 struct Run {
     prefill: Duration,
     decode: Duration,
+    /// Tokens generated after each sequence's first.
+    decoded: usize,
     /// Blocks in use and tokens held when the pool was fullest.
     blocks: usize,
     held: usize,
@@ -61,6 +71,7 @@ fn run(m: &LoadedModel, kv: &mut KvPool, config: EngineConfig, gangs: Vec<Vec<Ge
     let mut engine = Engine::new(m, kv, config);
     let mut streams: Vec<_> = gangs.into_iter().map(|g| engine.submit(g)).collect::<Result<Vec<_>, _>>()?.into_iter().flatten().collect();
     let mut firsts = vec![false; streams.len()];
+    let mut generated = 0;
     let started = Instant::now();
     let mut prefill = None;
     let (mut blocks, mut held) = (0, 0);
@@ -73,7 +84,9 @@ fn run(m: &LoadedModel, kv: &mut KvPool, config: EngineConfig, gangs: Vec<Vec<Ge
             break;
         }
         for (s, first) in streams.iter_mut().zip(firsts.iter_mut()) {
-            *first |= s.ready().any(|e| matches!(e, Event::Token { .. }));
+            let tokens = s.ready().filter(|e| matches!(e, Event::Token { .. })).count();
+            *first |= tokens > 0;
+            generated += tokens;
         }
         if prefill.is_none() && firsts.iter().all(|&f| f) {
             prefill = Some(started.elapsed());
@@ -81,7 +94,58 @@ fn run(m: &LoadedModel, kv: &mut KvPool, config: EngineConfig, gangs: Vec<Vec<Ge
     }
     let total = started.elapsed();
     let prefill = prefill.unwrap_or(total);
-    Ok(Run { prefill, decode: total - prefill, blocks, held })
+    Ok(Run { prefill, decode: total - prefill, decoded: generated.saturating_sub(firsts.len()), blocks, held })
+}
+
+/// The built-in schema: long enough that a sequence under it decodes
+/// every token asked for.
+fn suggestions_schema() -> serde_json::Value {
+    let suggestion = serde_json::json!({
+        "type": "object",
+        "properties": {
+            "title": { "type": "string" },
+            "action": { "enum": ["open", "archive", "reply", "delete"] },
+            "priority": { "type": "integer", "minimum": 1, "maximum": 5 },
+        },
+        "required": ["title", "action", "priority"],
+    });
+    serde_json::json!({
+        "type": "object",
+        "properties": { "suggestions": { "type": "array", "items": suggestion, "minItems": 100 } },
+        "required": ["suggestions"],
+    })
+}
+
+fn read_schema(arg: &str) -> Result<serde_json::Value> {
+    if arg == "suggestions" {
+        return Ok(suggestions_schema());
+    }
+    let text = std::fs::read_to_string(arg).with_context(|| format!("reading --json-schema {arg}"))?;
+    serde_json::from_str(&text).with_context(|| format!("--json-schema {arg} is not JSON"))
+}
+
+/// The schema's matcher, after timing its compiles: the first (with the
+/// vocabulary's setup), one on its own (the same schema under another key)
+/// and a cached one.
+fn compile_timed(m: &LoadedModel, schema: serde_json::Value) -> Result<Constraint> {
+    let mut again = schema.clone();
+    again["description"] = "compiled again".into();
+    let (spec, again) = (GrammarSpec::JsonSchema(schema), GrammarSpec::JsonSchema(again));
+    let first = Instant::now();
+    let grammar = m.constraint(&spec)?;
+    let first = first.elapsed();
+    let compile = Instant::now();
+    m.constraint(&again)?;
+    let compile = compile.elapsed();
+    let cached = Instant::now();
+    m.constraint(&spec)?;
+    println!(
+        "grammar: first compile {:.1} ms (with the vocabulary's setup), compiled again {:.2} ms, cached {:.1} us",
+        first.as_secs_f64() * 1e3,
+        compile.as_secs_f64() * 1e3,
+        cached.elapsed().as_secs_f64() * 1e6
+    );
+    Ok(grammar)
 }
 
 fn peak_rss() -> Option<u64> {
@@ -101,40 +165,60 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     }
     let block = 16;
     let per_block = KvPool::bytes_per_block(c.layers, c.kv_dim(), block);
-    let greedy = |prompt: Vec<u32>| GenRequest {
+    let grammar = a.json_schema.as_deref().map(|arg| read_schema(arg).and_then(|schema| compile_timed(&m, schema))).transpose()?;
+    let request = |prompt: Vec<u32>, grammar: Option<Constraint>| GenRequest {
         prompt,
         params: SamplingParams::greedy(),
         max_tokens: a.gen,
         stop: vec![],
         ignore_eos: true,
-        grammar: None,
+        grammar,
     };
+    let greedy = |prompt: Vec<u32>| request(prompt, None);
     println!(
         "model {} | kernels {} | arithmetic {} | {} threads | prompt {} | gen {} | median of {}",
         a.model, m.model.isa, m.model.arithmetic, a.compute.threads, a.prompt, a.gen, a.repeat
     );
-    println!("{:>4} {:>14} {:>14} {:>14} {:>16} {:>12}", "B", "prefill tok/s", "decode tok/s", "total tok/s", "KV bytes/token", "KV peak");
+    let schema_header = if grammar.is_some() { format!(" {:>14} {:>9}", "schema tok/s", "of free") } else { String::new() };
+    println!(
+        "{:>4} {:>14} {:>14} {:>14} {:>16} {:>12}{schema_header}",
+        "B", "prefill tok/s", "decode tok/s", "total tok/s", "KV bytes/token", "KV peak"
+    );
     for &b in &a.batch {
         // All prompts in one step, then decoding together, as llama.cpp's
         // batched-bench measures: the phases stay apart.
         let config = EngineConfig { max_batch_tokens: b * a.prompt, max_seqs: b };
         let mut kv = m.kv_pool(b * (a.prompt + a.gen), block);
-        let (mut prefill, mut decode, mut total, mut last) = (vec![], vec![], vec![], None);
+        let (mut prefill, mut decode, mut total, mut last, mut constrained) = (vec![], vec![], vec![], None, vec![]);
         for r in 0..a.repeat {
+            // The same prompts with and without the schema, in turn, so
+            // that the machine's drift falls on both alike.
+            if let Some(g) = &grammar {
+                let gangs = (0..b).map(|i| vec![request(prompt_of(a.prompt, i + r * b), Some(g.clone()))]).collect();
+                let run = run(&m, &mut kv, config, gangs)?;
+                constrained.push(run.decoded as f64 / run.decode.as_secs_f64());
+            }
             let gangs = (0..b).map(|i| vec![greedy(prompt_of(a.prompt, i + r * b))]).collect();
             let run = run(&m, &mut kv, config, gangs)?;
             let (p, d) = (run.prefill.as_secs_f64(), run.decode.as_secs_f64());
             prefill.push((b * a.prompt) as f64 / p);
-            decode.push((b * (a.gen - 1)) as f64 / d);
+            decode.push(run.decoded as f64 / d);
             total.push((b * (a.prompt + a.gen - 1)) as f64 / (p + d));
             last = Some(run);
         }
         let last = last.expect("repeat >= 1");
         let per_token = (last.blocks * per_block) as f64 / last.held as f64;
+        let free = median(decode);
+        let schema_cells = match grammar {
+            Some(_) => {
+                let under = median(constrained);
+                format!(" {under:>14.1} {:>8.0}%", 100.0 * under / free)
+            }
+            None => String::new(),
+        };
         println!(
-            "{b:>4} {:>14.1} {:>14.1} {:>14.1} {per_token:>16.0} {:>12}",
+            "{b:>4} {:>14.1} {free:>14.1} {:>14.1} {per_token:>16.0} {:>12}{schema_cells}",
             median(prefill),
-            median(decode),
             median(total),
             human_bytes((last.blocks * per_block) as u64)
         );
