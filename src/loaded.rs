@@ -40,9 +40,14 @@ impl LoadedModel {
         };
         // Tools and calls are rendered as the template's own text, where
         // control tokens count: one written into them is refused.
-        let calls = messages.iter().flat_map(|m| m.tool_calls.iter().map(|c| ("a message's tool_calls", c)));
-        for (what, value) in tools.iter().map(|t| ("tools", t)).chain(calls) {
-            if let Some(&t) = self.tokenizer.encode(&value.to_string(), true)?.iter().find(|&&t| self.tokenizer.is_control(t)) {
+        let calls = messages.iter().flat_map(|m| m.tool_calls.iter().map(|c| ("a message's tool_calls", c.to_string())));
+        let ids = messages
+            .iter()
+            .flat_map(|m| [&m.tool_name, &m.tool_call_id])
+            .flatten()
+            .map(|s| ("a message's tool_name or tool_call_id", s.clone()));
+        for (what, text) in tools.iter().map(|t| ("tools", t.to_string())).chain(calls).chain(ids) {
+            if let Some(&t) = self.tokenizer.encode(&text, true)?.iter().find(|&&t| self.tokenizer.is_control(t)) {
                 bail!("{what} hold the control token {:?}", self.tokenizer.token_text(t));
             }
         }

@@ -49,6 +49,13 @@ pub fn parse_messages(body: &Value) -> Result<Vec<Message>> {
             };
             let mut message = Message::new(role, &content);
             message.tool_calls = tool_calls(m).map_err(|e| anyhow::anyhow!("messages[{i}].{e}"))?;
+            for (key, field) in [("tool_name", &mut message.tool_name), ("tool_call_id", &mut message.tool_call_id)] {
+                *field = match m.get(key) {
+                    None | Some(Value::Null) => None,
+                    Some(Value::String(s)) => Some(s.clone()),
+                    Some(_) => bail!("messages[{i}].{key} must be a string"),
+                };
+            }
             Ok(message)
         })
         .collect()
@@ -75,7 +82,11 @@ fn tool_calls(message: &Value) -> Result<Vec<Value>> {
             };
             match (name, arguments) {
                 (Some(name), Some(arguments)) => {
-                    Ok(serde_json::json!({ "type": "function", "function": { "name": name, "arguments": arguments } }))
+                    let mut v = serde_json::json!({ "type": "function", "function": { "name": name, "arguments": arguments } });
+                    if let Some(id) = call.get("id").and_then(Value::as_str) {
+                        v["id"] = id.into();
+                    }
+                    Ok(v)
                 }
                 _ => bail!("tool_calls[{k}] must have function.name and function.arguments (an object, or JSON text of one)"),
             }

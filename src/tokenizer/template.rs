@@ -23,11 +23,16 @@ pub struct Message {
     /// "arguments" (an object)}}` each, as templates read them.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tool_calls: Vec<Value>,
+    /// A tool result's tool (Ollama) or the call it answers (OpenAI).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
 }
 
 impl Message {
     pub fn new(role: &str, content: &str) -> Message {
-        Message { role: role.into(), content: content.into(), tool_calls: Vec::new() }
+        Message { role: role.into(), content: content.into(), tool_calls: Vec::new(), tool_name: None, tool_call_id: None }
     }
 }
 
@@ -88,7 +93,7 @@ impl ChatTemplate {
                 role: strip(&m.role),
                 // Empty content stays empty, as templates test it for truth.
                 content: if m.content.is_empty() { String::new() } else { format!("{OPEN}{}{CLOSE}", strip(&m.content)) },
-                tool_calls: m.tool_calls.clone(),
+                ..m.clone()
             })
             .collect();
         let ctx = minijinja::context! {
