@@ -52,6 +52,23 @@ impl Drop for Server {
     }
 }
 
+/// Runs `tests/python/SCRIPT` with the clients' Python and `env`; fails
+/// with its output and `log` (the server's) unless it succeeds; the
+/// servers stop first, so that their logs are whole.
+fn run_python<Servers>(script: &str, env: &[(&str, &str)], log: &Path, servers: Servers) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python").join(script);
+    let out = Command::new(common::python_with_clients()).arg(&script).envs(env.iter().copied()).output().expect("python3 runs");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    println!("{text}");
+    drop(servers);
+    assert!(
+        out.status.success(),
+        "{} failed:\n{text}\nserver log:\n{}",
+        script.display(),
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
 #[test]
 fn official_clients_batch_api_errors_backpressure_and_disconnects() {
     let dir = tempfile::tempdir().unwrap();
@@ -70,22 +87,9 @@ fn official_clients_batch_api_errors_backpressure_and_disconnects() {
     );
     let tight = Server::start(&store, &dir.path().join("tight.log"), &["--max-seqs", "1", "--max-queue", "1"]);
     let secure = Server::start(&store, &dir.path().join("secure.log"), &["--api-key", "s3cret", "--cors-origin", "http://app.example"]);
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/test_server.py");
-    let out = Command::new(common::python_with_clients())
-        .arg(&script)
-        .env("CARAVAN_URL", &main.url)
-        .env("CARAVAN_TIGHT_URL", &tight.url)
-        .env("CARAVAN_SECURE_URL", &secure.url)
-        .output()
-        .expect("python3 runs");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    println!("{text}");
-    drop((main, tight, secure));
-    assert!(
-        out.status.success(),
-        "the Python client tests failed:\n{text}\nserver log:\n{}",
-        std::fs::read_to_string(dir.path().join("main.log")).unwrap_or_default()
-    );
+    let env = [("CARAVAN_URL", main.url.clone()), ("CARAVAN_TIGHT_URL", tight.url.clone()), ("CARAVAN_SECURE_URL", secure.url.clone())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    run_python("test_server.py", &env, &dir.path().join("main.log"), (main, tight, secure));
 }
 
 /// Structured output and tool calls through the official clients
@@ -101,16 +105,22 @@ fn structured_output_and_tool_calls_through_the_official_clients() {
     }
     let log = dir.path().join("server.log");
     let server = Server::start(&store, &log, &["--max-batch-items", "64", "--max-loaded-models", "2"]);
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/test_structured.py");
-    let out = Command::new(common::python_with_clients()).arg(&script).env("CARAVAN_URL", &server.url).output().expect("python3 runs");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    println!("{text}");
-    drop(server);
-    assert!(
-        out.status.success(),
-        "the Python client tests failed:\n{text}\nserver log:\n{}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
+    let url = server.url.clone();
+    run_python("test_structured.py", &[("CARAVAN_URL", &url)], &log, server);
+}
+
+/// Property-based tests of /openapi.json (tests/python/test_openapi.py):
+/// no generated request gets a 5xx, a status the description does not
+/// list, or an answer off its schema.
+#[test]
+fn generated_requests_get_no_server_error_and_answers_on_the_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("models");
+    Store::new(store.clone()).pull(common::model_path().to_str().unwrap(), Some("smollm2:135m")).unwrap();
+    let log = dir.path().join("server.log");
+    let server = Server::start(&store, &log, &[]);
+    let url = server.url.clone();
+    run_python("test_openapi.py", &[("CARAVAN_URL", &url)], &log, server);
 }
 
 /// SIGTERM: the server stops accepting, lets a running stream go on for

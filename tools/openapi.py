@@ -96,7 +96,10 @@ schemas = {
 def body(schema): return {"required": True, "content": {"application/json": {"schema": ref(schema)}}}
 def ok(schema=None, desc="OK", stream=None):
     content = {"application/json": {"schema": ref(schema) if isinstance(schema, str) else (schema or {})}}
-    if stream:
+    if stream == "text/event-stream":
+        # One event: its data is a chunk's JSON, or [DONE] at the end.
+        content[stream] = {"schema": obj({"data": {**S, "description": "A chunk (JSON) or [DONE]"}, "event": S, "id": S}, ["data"])}
+    elif stream:
         content[stream] = {"schema": S}
     return {"description": desc, "content": content}
 def errors(kind):
@@ -133,7 +136,8 @@ paths = {
     "/v1/embeddings": post("OpenAI embeddings", "EmbeddingRequest", "Embeddings", "openai"),
     "/v1/models": get("Installed models", obj({"object": S, "data": arr(obj({"id": S, "object": S, "created": I, "owned_by": S}))})),
     "/v1/models/{model}": {"get": {"summary": "One installed model", "parameters": [{"name": "model", "in": "path", "required": True, "schema": S}],
-                                   "responses": {"200": ok(obj({"id": S, "object": S, "created": I, "owned_by": S})), "404": errors("openai")["404"]}}},
+                                   "responses": {"200": ok(obj({"id": S, "object": S, "created": I, "owned_by": S})),
+                                                 "400": {**errors("openai")["400"], "description": "Not a model name"}, "404": errors("openai")["404"]}}},
 }
 
 spec = {"openapi": "3.1.0", "info": {"title": "Caravan", "version": "0.1.0", "description": "Ollama- and OpenAI-compatible LLM server with continuous batching and a batch API"},
