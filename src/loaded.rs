@@ -35,6 +35,11 @@ impl LoadedModel {
     /// Prompt tokens of a conversation, the assistant's turn opened, the
     /// functions in `tools` offered.
     pub fn chat_tokens(&self, messages: &[Message], tools: &[Value]) -> Result<Vec<u32>> {
+        self.conversation_tokens(messages, tools, true)
+    }
+
+    /// A conversation's tokens, the assistant's turn opened or not.
+    pub fn conversation_tokens(&self, messages: &[Message], tools: &[Value], add_generation_prompt: bool) -> Result<Vec<u32>> {
         let Some(template) = &self.template else {
             bail!("the model has no chat template: it takes raw prompts only (generate, completions)")
         };
@@ -51,7 +56,7 @@ impl LoadedModel {
                 bail!("{what} hold the control token {:?}", self.tokenizer.token_text(t));
             }
         }
-        tokenize_segments(&self.tokenizer, &template.render_segments(messages, tools, true)?)
+        tokenize_segments(&self.tokenizer, &template.render_segments(messages, tools, add_generation_prompt)?)
     }
 
     /// Prompt tokens of a generate request: the prompt (after the system

@@ -35,12 +35,13 @@ fn ollama_prompts_and_messages_stay_text_unless_raw() {
 }
 
 #[test]
-fn openai_prompts_and_messages_stay_text() {
+fn openai_messages_stay_text_and_completion_prompts_are_raw() {
     let m = common::model();
+    // A completions prompt is the caller's whole input, control tokens
+    // included, as vLLM and llama.cpp take it.
     let completion = openai::parse(m, openai::Kind::Completion, &json!({ "prompt": [HOSTILE, "x"] }), 1, None, 64).unwrap();
-    for r in &completion.requests {
-        assert_eq!(controls(&r.prompt), (0, 0));
-    }
+    let counts: Vec<_> = completion.requests.iter().map(|r| controls(&r.prompt)).collect();
+    assert_eq!(counts, [(2, 2), (0, 0)]);
     let chat = openai::parse(m, openai::Kind::Chat, &json!({ "messages": [{ "role": "system", "content": HOSTILE }, { "role": "user", "content": [{ "type": "text", "text": HOSTILE }] }] }), 1, None, 64).unwrap();
     let plain = openai::parse(
         m,

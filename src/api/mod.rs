@@ -6,6 +6,7 @@ pub mod fields;
 pub mod ollama;
 pub mod openai;
 pub mod structured;
+pub mod tokenize;
 pub mod tools;
 
 use anyhow::{bail, Result};

@@ -59,10 +59,11 @@ fn token_lists(
     }
 }
 
-/// `prompt` of /v1/completions, as tokens (text never holds control tokens).
+/// `prompt` of /v1/completions, as tokens: the caller's whole input, so
+/// control tokens written in it count (as vLLM and llama.cpp read it).
 fn completion_prompts(m: &LoadedModel, body: &Value) -> Result<Vec<Vec<u32>>> {
     let vocab = m.tokenizer.vocab_size() as u64;
-    let text = |s: &str| -> Result<Vec<u32>> { Ok(m.tokenizer.with_bos(m.tokenizer.encode(s, false)?)) };
+    let text = |s: &str| m.raw_tokens(s);
     let ids = |a: &[Value]| -> Result<Vec<u32>> {
         a.iter()
             .map(|t| {

@@ -12,6 +12,7 @@ pub mod models;
 mod ollama;
 mod openai;
 mod routes;
+mod tokenize;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -26,7 +26,7 @@ const API: Api = Api::OpenAi;
 
 /// `model`, or the server's default model when absent (as llama.cpp's
 /// and vLLM's servers allow).
-fn model_name(app: &App, body: &Value) -> Result<String, ApiError> {
+pub(super) fn model_name(app: &App, body: &Value) -> Result<String, ApiError> {
     Ok(opt_str(body, "model").map_err(|e| ApiError::bad(API, e))?.unwrap_or(&app.config.default_model).to_string())
 }
 

@@ -12,7 +12,7 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use super::error::ApiError;
-use super::{access, batch, ollama, openai, App};
+use super::{access, batch, ollama, openai, tokenize, App};
 
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
@@ -34,6 +34,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/completions", post(openai::completions))
         .route("/v1/chat/completions", post(openai::chat))
         .route("/v1/embeddings", post(openai::embeddings))
+        .route("/tokenize", post(tokenize::tokenize))
+        .route("/detokenize", post(tokenize::detokenize))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(Arc::new(app.config.api_key.clone()), access::require_key))
         .layer(axum::middleware::from_fn(access::catch_panics))

@@ -177,6 +177,16 @@ impl Tokenizer {
         String::from_utf8_lossy(&bytes).into_owned()
     }
 
+    /// Decoding with control tokens written as their text, as a tokenizer
+    /// route shows a prompt back.
+    pub fn decode_with_controls(&self, ids: &[u32]) -> String {
+        let bytes: Vec<u8> = ids
+            .iter()
+            .flat_map(|&i| if self.is_control(i) { self.pieces[i as usize].as_slice() } else { self.token_bytes(i) }.iter().copied())
+            .collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
     /// Tokens that end generation: EOS and EOT.
     pub fn end_tokens(&self) -> &[u32] {
         &self.end

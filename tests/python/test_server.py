@@ -469,5 +469,62 @@ class Surface(unittest.TestCase):
         self.assertEqual([m.model for m in ollama_client.ps().models], [MODEL])
 
 
+# llama.cpp's tokenizations of the default model's prompts.
+GOLDEN = [json.loads(line) for line in open(os.path.join(os.path.dirname(__file__), "..", "data", "smollm2-greedy.jsonl"))]
+
+
+class Tokenizer(unittest.TestCase):
+    def test_tokenize_in_llama_cpp_s_and_vllm_s_shapes_gives_llama_cpp_s_tokens(self):
+        for row in GOLDEN:
+            status, _, body = request("POST", "/tokenize", {"content": row["prompt"]})
+            self.assertEqual((status, body), (200, {"tokens": row["prompt_tokens"]}), row["id"])
+            status, _, body = request("POST", "/detokenize", {"tokens": row["prompt_tokens"]})
+            self.assertEqual((status, body["content"], body["prompt"]), (200, row["prompt"], row["prompt"]), row["id"])
+            if row["kind"] == "chat":
+                status, _, body = request("POST", "/tokenize", {"model": MODEL, "messages": row["messages"]})
+                self.assertEqual((status, body["tokens"], body["count"]), (200, row["prompt_tokens"], len(row["prompt_tokens"])), row["id"])
+                self.assertEqual(body["max_model_len"], 8192)
+            else:
+                status, _, body = request("POST", "/tokenize", {"model": MODEL, "prompt": row["prompt"]})
+                self.assertEqual((status, body["tokens"]), (200, row["prompt_tokens"]), row["id"])
+
+    def test_pieces_strings_and_plain_text(self):
+        _, _, body = request("POST", "/tokenize", {"content": "<|im_start|>Hi", "with_pieces": True})
+        self.assertEqual(body["tokens"], [{"id": 1, "piece": "<|im_start|>"}, {"id": 26843, "piece": "Hi"}])
+        _, _, body = request("POST", "/tokenize", {"content": "<|im_start|>", "parse_special": False})
+        self.assertNotIn(1, body["tokens"])
+        _, _, body = request("POST", "/tokenize", {"prompt": "Hi there", "return_token_strs": True})
+        self.assertEqual(body["token_strs"], ["Hi", " there"])
+        # The count a client wants before sending a chat request.
+        messages = [{"role": "user", "content": "Hi"}]
+        _, _, body = request("POST", "/tokenize", {"messages": messages})
+        r = openai_client.chat.completions.create(model=MODEL, messages=messages, max_tokens=1)
+        self.assertEqual(body["count"], r.usage.prompt_tokens)
+
+    def test_bad_tokenizer_requests_are_400(self):
+        for path, body, needle in [
+            ("/tokenize", {"content": 5}, "content must be a string"),
+            ("/tokenize", {"content": "a", "add_special_tokens": True}, "add_special_tokens is not supported"),
+            ("/tokenize", {"prompt": "a", "messages": []}, "not both"),
+            ("/tokenize", {}, "is required"),
+            ("/detokenize", {"tokens": [49152]}, "below 49152"),
+            ("/detokenize", {"tokens": "1 2"}, "array of token ids"),
+        ]:
+            status, _, answer = request("POST", path, body)
+            assert_openai_error(self, status, 400, answer)
+            self.assertIn(needle, answer["error"]["message"], (path, body))
+
+    def test_a_completions_prompt_is_raw_a_chat_message_is_not(self):
+        # The caller's own template: control tokens count, as vLLM and
+        # llama.cpp read a completions prompt.
+        prompt = "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        r = openai_client.completions.create(model=MODEL, prompt=prompt, max_tokens=1)
+        _, _, body = request("POST", "/tokenize", {"content": prompt})
+        self.assertEqual(r.usage.prompt_tokens, len(body["tokens"]))
+        r = openai_client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": prompt}], max_tokens=1)
+        _, _, plain = request("POST", "/tokenize", {"content": prompt, "parse_special": False})
+        self.assertGreater(r.usage.prompt_tokens, len(plain["tokens"]))
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
