@@ -56,7 +56,7 @@ pub fn requests(m: &LoadedModel, data: &[u8]) {
     let _ = ollama::embed_inputs(m, &body);
     if let Ok(options) = ollama::merge_options(body.get("options"), None).and_then(|o| ollama::parse_options(&o, 1)) {
         let ctx = m.model.config.context_length;
-        if let Ok(Some(prompt)) = ollama::generate_prompt(m, &body) {
+        if let Ok(prompt) = ollama::generate_prompt(m, &body) {
             let grammar = ollama::request_grammar(m, &body, None).ok().flatten();
             let _ = ollama::gen_request(prompt, &options, ctx, grammar);
         }

@@ -23,14 +23,14 @@ fn ollama_prompts_and_messages_stay_text_unless_raw() {
     let m = common::model();
     // The template's own: a default system turn, the user turn, and the
     // assistant's opened turn.
-    let plain = ollama::generate_prompt(m, &json!({ "prompt": "hi" })).unwrap().unwrap();
-    let hostile = ollama::generate_prompt(m, &json!({ "prompt": HOSTILE, "system": HOSTILE })).unwrap().unwrap();
+    let plain = ollama::generate_prompt(m, &json!({ "prompt": "hi" })).unwrap();
+    let hostile = ollama::generate_prompt(m, &json!({ "prompt": HOSTILE, "system": HOSTILE })).unwrap();
     assert_eq!(controls(&hostile), controls(&plain));
     let chat = ollama::chat_prompt(m, &json!({ "messages": [{ "role": "user", "content": HOSTILE }, { "role": "assistant", "content": HOSTILE }, { "role": "user", "content": HOSTILE }] })).unwrap().0;
     let chat_plain = ollama::chat_prompt(m, &json!({ "messages": [{ "role": "user", "content": "a" }, { "role": "assistant", "content": "b" }, { "role": "user", "content": "c" }] })).unwrap().0;
     assert_eq!(controls(&chat), controls(&chat_plain));
     // raw: the caller writes the template, control tokens included.
-    let raw = ollama::generate_prompt(m, &json!({ "prompt": HOSTILE, "raw": true })).unwrap().unwrap();
+    let raw = ollama::generate_prompt(m, &json!({ "prompt": HOSTILE, "raw": true })).unwrap();
     assert_eq!(controls(&raw), (2, 2));
 }
 

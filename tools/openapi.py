@@ -28,6 +28,7 @@ schemas = {
         "num_ctx": {"type": "integer", "description": "A per-request cap on prompt plus answer; never a reservation"},
     }),
     "OllamaError": obj({"error": S}, ["error"]),
+    "KeepAlive": {"oneOf": [N, S], "description": "How long the model stays loaded after this request: seconds, or a duration (\"5m\", \"1h30m\"); negative: for ever; 0 with no prompt: unload now"},
     "OpenAIError": obj({"error": obj({"message": S, "type": S, "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}, ["message", "type", "param", "code"])}, ["error"]),
     "ToolCall": obj({"id": S, "type": {"const": "function"}, "index": I, "function": obj({
         "name": S, "arguments": {"description": "An object (Ollama) or a JSON string holding one (OpenAI)"}}, ["name"])}, ["function"]),
@@ -46,13 +47,13 @@ schemas = {
     "GenerateRequest": obj({
         "model": S, "prompt": {"type": "string", "description": "Empty or absent: only load the model (done_reason \"load\")"}, "system": S,
         "raw": {"type": "boolean", "description": "Send the prompt without the chat template"}, "stream": {"type": "boolean", "default": True},
-        "keep_alive": {"description": "Accepted; models stay loaded until another model needs the room"}, "options": ref("OllamaOptions"),
+        "keep_alive": ref("KeepAlive"), "options": ref("OllamaOptions"),
         "format": ref("OllamaFormat"),
     }, ["model"]),
-    "ChatRequest": obj({"model": S, "messages": arr(ref("Message")), "stream": {"type": "boolean", "default": True}, "keep_alive": {}, "options": ref("OllamaOptions"),
+    "ChatRequest": obj({"model": S, "messages": arr(ref("Message")), "stream": {"type": "boolean", "default": True}, "keep_alive": ref("KeepAlive"), "options": ref("OllamaOptions"),
                         "format": ref("OllamaFormat"), "tools": {**arr(ref("Tool")), "description": "For a model whose template takes tools"}}, ["model", "messages"]),
     "OllamaFinal": obj({
-        "model": S, "created_at": S, "response": S, "message": ref("Message"), "done": B, "done_reason": {"enum": ["stop", "length", "load"]},
+        "model": S, "created_at": S, "response": S, "message": ref("Message"), "done": B, "done_reason": {"enum": ["stop", "length", "load", "unload"]},
         "total_duration": {"type": "integer", "description": "nanoseconds"}, "load_duration": I, "prompt_eval_count": I,
         "prompt_eval_duration": I, "eval_count": I, "eval_duration": I,
     }),
@@ -62,7 +63,7 @@ schemas = {
     "BatchRequest": obj({
         "model": S, "requests": {**arr(ref("BatchItem")), "description": "Generate items (prompt) or chat items (messages); at most --max-batch-items (default 256)"},
         "options": {**ref("OllamaOptions"), "description": "Shared options; an item's own options override them"}, "stream": {"type": "boolean", "default": False},
-        "format": {**ref("OllamaFormat"), "description": "Shared format; an item's own format overrides it"},
+        "format": {**ref("OllamaFormat"), "description": "Shared format; an item's own format overrides it"}, "keep_alive": ref("KeepAlive"),
     }, ["model", "requests"]),
     "BatchResponse": obj({
         "model": S, "created_at": S, "done": B, "items": I,
@@ -96,7 +97,7 @@ schemas = {
     "Tokens": obj({"tokens": arr({"oneOf": [I, obj({"id": I, "piece": {"oneOf": [S, arr(I)]}})]}), "count": I, "max_model_len": I,
                    "token_strs": {"oneOf": [arr(S), {"type": "null"}]}}, ["tokens"]),
     "DetokenizeRequest": obj({"model": S, "tokens": arr(I)}, ["tokens"], extra=False),
-    "OllamaEmbedRequest": obj({"model": S, "input": {"oneOf": [S, arr(S)]}, "truncate": {"type": "boolean", "default": True}, "keep_alive": {}}, ["model"]),
+    "OllamaEmbedRequest": obj({"model": S, "input": {"oneOf": [S, arr(S)]}, "truncate": {"type": "boolean", "default": True}, "keep_alive": ref("KeepAlive")}, ["model"]),
     "OllamaEmbeddingsRequest": obj({"model": S, "prompt": S}, ["model", "prompt"]),
     "ModelDetails": obj({"parent_model": S, "format": S, "family": S, "families": arr(S), "parameter_size": S, "quantization_level": S}),
 }

@@ -81,3 +81,98 @@ pub fn fresh_seed() -> u64 {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
     now ^ COUNTER.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
+
+/// How long a model stays loaded after its last request ends.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum KeepAlive {
+    For(std::time::Duration),
+    Forever,
+}
+
+impl std::str::FromStr for KeepAlive {
+    type Err = anyhow::Error;
+
+    /// A duration as Ollama reads one: Go's syntax ("5m", "1h30m", "2.5s",
+    /// "0"), or digits alone as seconds (as `OLLAMA_KEEP_ALIVE` takes
+    /// them); negative means forever.
+    fn from_str(text: &str) -> Result<KeepAlive> {
+        let t = text.trim();
+        if let Ok(seconds) = t.parse::<f64>() {
+            return KeepAlive::seconds(seconds).ok_or_else(|| anyhow!("keep_alive {text:?} is out of range"));
+        }
+        let (negative, mut rest) = match t.strip_prefix('-') {
+            Some(r) => (true, r),
+            None => (false, t.strip_prefix('+').unwrap_or(t)),
+        };
+        let bad = || anyhow!("keep_alive {text:?} is not a duration (like \"5m\", \"1h30m\", \"30s\", 0 or -1)");
+        let mut total = 0.0;
+        if rest.is_empty() {
+            return Err(bad());
+        }
+        while !rest.is_empty() {
+            let number_end = rest.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(rest.len());
+            let number: f64 = rest[..number_end].parse().map_err(|_| bad())?;
+            let unit_end = rest[number_end..].find(|c: char| c.is_ascii_digit() || c == '.').map_or(rest.len(), |i| number_end + i);
+            let scale = match &rest[number_end..unit_end] {
+                "ns" => 1e-9,
+                "us" | "µs" => 1e-6,
+                "ms" => 1e-3,
+                "s" => 1.0,
+                "m" => 60.0,
+                "h" => 3600.0,
+                _ => return Err(bad()),
+            };
+            total += number * scale;
+            rest = &rest[unit_end..];
+        }
+        KeepAlive::seconds(if negative { -total } else { total }).ok_or_else(bad)
+    }
+}
+
+impl KeepAlive {
+    fn seconds(s: f64) -> Option<KeepAlive> {
+        match s {
+            s if s < 0.0 => Some(KeepAlive::Forever),
+            s => std::time::Duration::try_from_secs_f64(s).ok().map(KeepAlive::For),
+        }
+    }
+}
+
+/// `keep_alive`: seconds as a number, or a duration as text.
+pub fn keep_alive(body: &Value) -> Result<Option<KeepAlive>> {
+    match body.get("keep_alive") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => s.parse().map(Some),
+        Some(v) => {
+            v.as_f64().and_then(KeepAlive::seconds).map(Some).ok_or_else(|| anyhow!("keep_alive must be a duration or a number of seconds"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn keep_alive_reads_as_ollama_reads_it() {
+        for (text, want) in [
+            ("5m", KeepAlive::For(Duration::from_secs(300))),
+            ("1h30m", KeepAlive::For(Duration::from_secs(5400))),
+            ("2.5s", KeepAlive::For(Duration::from_millis(2500))),
+            ("300ms", KeepAlive::For(Duration::from_millis(300))),
+            ("0", KeepAlive::For(Duration::ZERO)),
+            ("600", KeepAlive::For(Duration::from_secs(600))),
+            ("-1", KeepAlive::Forever),
+            ("-5m", KeepAlive::Forever),
+        ] {
+            assert_eq!(text.parse::<KeepAlive>().unwrap(), want, "{text}");
+        }
+        for bad in ["", "5 minutes", "m", "5x", "1.2.3s", "-"] {
+            assert!(bad.parse::<KeepAlive>().is_err(), "{bad:?}");
+        }
+        assert_eq!(keep_alive(&serde_json::json!({ "keep_alive": 0 })).unwrap(), Some(KeepAlive::For(Duration::ZERO)));
+        assert_eq!(keep_alive(&serde_json::json!({ "keep_alive": -1 })).unwrap(), Some(KeepAlive::Forever));
+        assert!(keep_alive(&serde_json::json!({ "keep_alive": true })).is_err());
+    }
+}

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Result};
 use serde_json::{json, Map, Value};
 
-use super::fields::{opt_bool, opt_f32, opt_i64, opt_str, opt_u64, stop_strings};
+use super::fields::{opt_bool, opt_f32, opt_i64, opt_str, opt_u64, req_str, stop_strings};
 use super::tools::{self, ToolCall, Tools};
 use super::{finish_name, parse_messages, structured};
 use crate::engine::{FinishReason, GenRequest};
@@ -82,19 +82,30 @@ fn reject_unsupported(body: &Value, also: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// The prompt tokens of a generate request (`prompt`, `system`, `raw`), or
-/// None for a request without a prompt, which only loads the model.
-pub fn generate_prompt(m: &LoadedModel, body: &Value) -> Result<Option<Vec<u32>>> {
+/// A request without a prompt (generate) or without messages (chat): it
+/// only loads the model, or with `keep_alive` 0 unloads it, as Ollama's.
+pub fn loads_only(shape: Shape, body: &Value) -> bool {
+    let key = match shape {
+        Shape::Generate => "prompt",
+        Shape::Chat => "messages",
+    };
+    match body.get(key) {
+        None | Some(Value::Null) => true,
+        Some(Value::String(s)) => s.is_empty(),
+        Some(Value::Array(a)) => a.is_empty(),
+        Some(_) => false,
+    }
+}
+
+/// The prompt tokens of a generate request (`prompt`, `system`, `raw`).
+pub fn generate_prompt(m: &LoadedModel, body: &Value) -> Result<Vec<u32>> {
     reject_unsupported(body, &["tools"])?;
-    let prompt = opt_str(body, "prompt")?.unwrap_or_default();
+    let prompt = req_str(body, "prompt")?;
     let system = opt_str(body, "system")?;
-    if prompt.is_empty() {
-        return Ok(None);
-    }
     if opt_bool(body, "raw")?.unwrap_or(false) {
-        return Ok(Some(m.raw_tokens(prompt)?));
+        return m.raw_tokens(prompt);
     }
-    Ok(Some(m.prompt_tokens(system.filter(|s| !s.is_empty()), prompt)?))
+    m.prompt_tokens(system.filter(|s| !s.is_empty()), prompt)
 }
 
 /// The prompt tokens of a chat request, and the tools it offers.
@@ -156,8 +167,10 @@ pub fn batch_item(m: &LoadedModel, v: &Value, shared: &BatchShared, seed: u64) -
         let (prompt, tools) = chat_prompt(m, v)?;
         (Shape::Chat, prompt, tools)
     } else {
-        let prompt = generate_prompt(m, v)?.ok_or_else(|| anyhow::anyhow!("needs a non-empty prompt or messages"))?;
-        (Shape::Generate, prompt, None)
+        if loads_only(Shape::Generate, v) {
+            bail!("needs a non-empty prompt or messages");
+        }
+        (Shape::Generate, generate_prompt(m, v)?, None)
     };
     let grammar = structured::request_grammar(m, format, tools.as_ref())?;
     Ok(BatchItem { shape, request: gen_request(prompt, &options, m.model.config.context_length, grammar)?, tools })
@@ -221,10 +234,12 @@ pub fn line(shape: Shape, model: &str, text: &str, calls: &[ToolCall], done: Opt
 }
 
 /// The answer to a generate request without a prompt: the model is loaded.
-pub fn load_line(shape: Shape, model: &str) -> Value {
+/// The answer to a request that only loads (`"load"`) or unloads
+/// (`"unload"`) its model.
+pub fn load_line(shape: Shape, model: &str, reason: &str) -> Value {
     let mut v = line(shape, model, "", &[], None);
     v["done"] = json!(true);
-    v["done_reason"] = json!("load");
+    v["done_reason"] = json!(reason);
     v
 }
 

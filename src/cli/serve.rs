@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, Result};
+use caravan::api::fields::KeepAlive;
 use caravan::engine::EngineHandle;
 use caravan::server::metrics::Metrics;
 use caravan::server::models::{Loader, Registry};
@@ -48,6 +49,11 @@ pub struct ServeArgs {
     /// off without it
     #[arg(long, env = "CARAVAN_CORS_ORIGIN", value_delimiter = ',')]
     cors_origin: Vec<String>,
+    /// How long a model stays loaded after its last request, for requests
+    /// that set no keep_alive ("5m", "1h", seconds; negative: forever;
+    /// else OLLAMA_KEEP_ALIVE, else 5m)
+    #[arg(long, env = "CARAVAN_KEEP_ALIVE")]
+    keep_alive: Option<KeepAlive>,
     /// On SIGINT/SIGTERM, seconds that requests in flight may take to
     /// finish before they are ended with a final message
     #[arg(long, env = "CARAVAN_SHUTDOWN_GRACE", default_value_t = 5.0)]
@@ -77,8 +83,13 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         let handle = EngineHandle::spawn(m.clone(), kv, config, engine.batch_window(), Some(observer));
         Ok((m, handle))
     });
+    let keep_alive = match (a.keep_alive, std::env::var("OLLAMA_KEEP_ALIVE")) {
+        (Some(k), _) => k,
+        (None, Ok(text)) => text.parse().map_err(|e| anyhow::anyhow!("OLLAMA_KEEP_ALIVE: {e}"))?,
+        (None, Err(_)) => KeepAlive::For(std::time::Duration::from_secs(300)),
+    };
     let metrics = Arc::new(Metrics::new());
-    let registry = Registry::new(store, loader, metrics.observer(), a.max_loaded_models);
+    let registry = Registry::new(store, loader, metrics.observer(), a.max_loaded_models, keep_alive);
     let server = ServerConfig {
         addr: listen_addr(&a.host),
         default_model: a.model,

@@ -16,7 +16,7 @@ use super::error::{Api, ApiError};
 use super::log::RequestLog;
 use super::ollama::stats;
 use super::{ndjson, read_json, App};
-use crate::api::fields::{fresh_seed, opt_bool, req_str};
+use crate::api::fields::{fresh_seed, keep_alive, opt_bool, req_str};
 use crate::api::ollama::{self as shape, rfc3339, BatchItem, Shape};
 use crate::api::structured;
 use crate::api::tools::{CallSplitter, Tools};
@@ -51,7 +51,7 @@ pub async fn batch(State(app): State<Arc<App>>, Extension(log): Extension<Reques
     if list.len() > limit {
         return Err(ApiError::bad(API, format!("{} requests; the limit is {limit} (--max-batch-items)", list.len())));
     }
-    let (loaded, load) = app.model(API, &name, &log).await?;
+    let (loaded, load) = app.model(API, &name, &log, keep_alive(&body).map_err(|e| ApiError::bad(API, e))?).await?;
     let seed = fresh_seed();
     let format = structured::ollama_format(&body).map_err(|e| ApiError::bad(API, e))?;
     let shared = shape::BatchShared { options: body.get("options"), format };

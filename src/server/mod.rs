@@ -25,6 +25,7 @@ use axum::response::Response;
 use futures_util::Stream;
 use serde_json::Value;
 
+use crate::api::fields::KeepAlive;
 use error::{Api, ApiError};
 use log::RequestLog;
 use metrics::Metrics;
@@ -58,9 +59,15 @@ pub struct App {
 
 impl App {
     /// The model a request names, loaded.
-    async fn model(&self, api: Api, name: &str, log: &RequestLog) -> Result<(Arc<Loaded>, Duration), ApiError> {
+    async fn model(
+        &self,
+        api: Api,
+        name: &str,
+        log: &RequestLog,
+        keep_alive: Option<KeepAlive>,
+    ) -> Result<(Arc<Loaded>, Duration), ApiError> {
         log.set_model(name);
-        match self.registry.get(name).await {
+        match self.registry.get(name, keep_alive).await {
             Ok(found) => Ok(found),
             Err(LoadError::NotFound) => Err(ApiError::not_found(api, name)),
             Err(LoadError::Busy) => {
@@ -148,7 +155,7 @@ pub fn serve(config: ServerConfig, registry: Registry, metrics: Arc<Metrics>) ->
         let loading = app.clone();
         tokio::spawn(async move {
             let name = loading.config.default_model.clone();
-            match loading.registry.get(&name).await {
+            match loading.registry.get(&name, None).await {
                 Ok(_) => loading.ready.store(true, Ordering::Release),
                 Err(e) => {
                     let why = match e {
@@ -160,6 +167,13 @@ pub fn serve(config: ServerConfig, registry: Registry, metrics: Arc<Metrics>) ->
                     eprintln!("error: cannot load the default model: {why}");
                     std::process::exit(1);
                 }
+            }
+        });
+        let sweeping = app.registry.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Registry::SWEEP_EVERY).await;
+                sweeping.sweep().await;
             }
         });
         let mut router = routes::router(app.clone());

@@ -1,12 +1,15 @@
 //! The loaded models: one engine each, loaded when a request names an
 //! installed model, at most `max_loaded` at once; when full, the least
-//! recently used idle one is unloaded to make room.
+//! recently used idle one is unloaded to make room. Each stays loaded for
+//! its keep-alive after its last request ends (the last request's
+//! `keep_alive`, else the server's), then a sweep unloads it.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Result;
 
+use crate::api::fields::KeepAlive;
 use crate::engine::{EngineHandle, StepObserver};
 use crate::loaded::LoadedModel;
 use crate::store::{Manifest, Store, StoreError};
@@ -20,16 +23,49 @@ pub struct Loaded {
     pub model: Arc<LoadedModel>,
     pub engine: EngineHandle,
     pub loaded_at: SystemTime,
-    last_used: Mutex<Instant>,
+    life: Mutex<Life>,
+}
+
+/// When a model was last asked for, how long it may stay idle, and since
+/// when it is idle (None while in use).
+struct Life {
+    last_used: Instant,
+    keep_alive: KeepAlive,
+    idle_since: Option<Instant>,
 }
 
 impl Loaded {
-    pub fn touch(&self) {
-        *self.last_used.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    fn life(&self) -> std::sync::MutexGuard<'_, Life> {
+        self.life.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Asked for now, to stay `keep_alive` after its last request.
+    fn touch(&self, keep_alive: KeepAlive) {
+        let mut life = self.life();
+        (life.last_used, life.keep_alive, life.idle_since) = (Instant::now(), keep_alive, None);
     }
 
     fn last_used(&self) -> Instant {
-        *self.last_used.lock().unwrap_or_else(|e| e.into_inner())
+        self.life().last_used
+    }
+
+    /// In use: held by a request (the registry holds one reference), or
+    /// with sequences in its engine.
+    fn busy(self: &Arc<Self>) -> bool {
+        Arc::strong_count(self) > 1 || !self.engine.snapshot().idle
+    }
+
+    /// When it will be unloaded if no request comes (None: never). While in
+    /// use, the keep-alive counts from now.
+    fn expires_at(self: &Arc<Self>) -> Option<SystemTime> {
+        let busy = self.busy();
+        let life = self.life();
+        let KeepAlive::For(keep) = life.keep_alive else { return None };
+        let idle_for = match (busy, life.idle_since) {
+            (false, Some(since)) => since.elapsed(),
+            _ => Duration::ZERO,
+        };
+        Some(SystemTime::now() + keep.saturating_sub(idle_for))
     }
 }
 
@@ -52,12 +88,14 @@ pub struct Registry {
     loader: Loader,
     observer: StepObserver,
     max_loaded: usize,
+    /// For requests that give none.
+    keep_alive: KeepAlive,
     loaded: tokio::sync::Mutex<Vec<Arc<Loaded>>>,
 }
 
 impl Registry {
-    pub fn new(store: Store, loader: Loader, observer: StepObserver, max_loaded: usize) -> Registry {
-        Registry { store, loader, observer, max_loaded: max_loaded.max(1), loaded: tokio::sync::Mutex::new(Vec::new()) }
+    pub fn new(store: Store, loader: Loader, observer: StepObserver, max_loaded: usize, keep_alive: KeepAlive) -> Registry {
+        Registry { store, loader, observer, max_loaded: max_loaded.max(1), keep_alive, loaded: tokio::sync::Mutex::new(Vec::new()) }
     }
 
     pub fn store(&self) -> &Store {
@@ -72,34 +110,28 @@ impl Registry {
         }
     }
 
-    /// The model's engine, loading it if needed, and how long loading took.
-    /// With `max_loaded` models loaded and all of them in use, it waits
-    /// (up to `BUSY_WAIT`) for one to go idle, as a request that has just
-    /// been answered may hold its model a moment longer.
-    pub async fn get(self: &Arc<Self>, name: &str) -> Result<(Arc<Loaded>, Duration), LoadError> {
+    /// The model's engine, loading it if needed, and how long loading took;
+    /// it then stays `keep_alive` (None: the server's) after its last
+    /// request. With `max_loaded` models loaded and all of them in use, it
+    /// waits (up to `BUSY_WAIT`) for one to go idle, as a request that has
+    /// just been answered may hold its model a moment longer.
+    pub async fn get(self: &Arc<Self>, name: &str, keep_alive: Option<KeepAlive>) -> Result<(Arc<Loaded>, Duration), LoadError> {
+        let keep_alive = keep_alive.unwrap_or(self.keep_alive);
         let manifest = self.find_manifest(name).map_err(LoadError::Store)?.ok_or(LoadError::NotFound)?;
         let deadline = Instant::now() + BUSY_WAIT;
         let mut loaded = loop {
             let mut loaded = self.loaded.lock().await;
             if let Some(l) = loaded.iter().find(|l| l.manifest.name == manifest.name) {
-                l.touch();
+                l.touch(keep_alive);
                 return Ok((l.clone(), Duration::ZERO));
             }
             if loaded.len() < self.max_loaded {
                 break loaded;
             }
             // Unload the least recently used model nobody is using.
-            let idle = loaded
-                .iter()
-                .enumerate()
-                .filter(|(_, l)| Arc::strong_count(l) == 1 && l.engine.snapshot().idle)
-                .min_by_key(|(_, l)| l.last_used())
-                .map(|(i, _)| i);
+            let idle = loaded.iter().enumerate().filter(|(_, l)| !l.busy()).min_by_key(|(_, l)| l.last_used()).map(|(i, _)| i);
             if let Some(idle) = idle {
-                let gone = loaded.remove(idle);
-                eprintln!("unloading {}", gone.manifest.name);
-                // Dropping the engine joins its thread: off the async workers.
-                let _ = tokio::task::spawn_blocking(move || drop(gone)).await;
+                unload(loaded.remove(idle)).await;
                 break loaded;
             }
             drop(loaded);
@@ -122,14 +154,66 @@ impl Registry {
             model: opened.0,
             engine: opened.1,
             loaded_at: SystemTime::now(),
-            last_used: Mutex::new(Instant::now()),
+            life: Mutex::new(Life { last_used: Instant::now(), keep_alive, idle_since: None }),
         });
         loaded.push(l.clone());
         Ok((l, took))
+    }
+
+    /// A loaded model, to be unloaded as soon as its running requests end
+    /// (what a keep-alive of 0 asks); false if it is not loaded.
+    pub async fn expire(&self, name: &str) -> bool {
+        let Ok(Some(manifest)) = self.find_manifest(name) else { return false };
+        let loaded = self.loaded.lock().await;
+        let found = loaded.iter().find(|l| l.manifest.name == manifest.name);
+        if let Some(l) = found {
+            l.life().keep_alive = KeepAlive::For(Duration::ZERO);
+        }
+        found.is_some()
+    }
+
+    /// Unloads every model idle for its keep-alive; notes when the others
+    /// went idle.
+    pub async fn sweep(&self) {
+        let mut loaded = self.loaded.lock().await;
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        for (i, l) in loaded.iter().enumerate() {
+            let busy = l.busy();
+            let mut life = l.life();
+            if busy {
+                life.idle_since = None;
+                continue;
+            }
+            let since = *life.idle_since.get_or_insert(now);
+            if matches!(life.keep_alive, KeepAlive::For(keep) if now.duration_since(since) >= keep) {
+                expired.push(i);
+            }
+        }
+        for i in expired.into_iter().rev() {
+            unload(loaded.remove(i)).await;
+        }
+    }
+
+    /// How often `sweep` should run: the granularity of keep-alives.
+    pub const SWEEP_EVERY: Duration = Duration::from_millis(250);
+
+    /// What is loaded now, each with when it will be unloaded if no
+    /// request comes (None: never).
+    pub async fn loaded_with_expiry(&self) -> Vec<(Arc<Loaded>, Option<SystemTime>)> {
+        // Read under the lock, before the clones count as users.
+        let loaded = self.loaded.lock().await;
+        loaded.iter().map(|l| (l.expires_at(), l)).map(|(e, l)| (l.clone(), e)).collect()
     }
 
     /// What is loaded now.
     pub async fn loaded(&self) -> Vec<Arc<Loaded>> {
         self.loaded.lock().await.clone()
     }
+}
+
+async fn unload(gone: Arc<Loaded>) {
+    eprintln!("unloading {}", gone.manifest.name);
+    // Dropping the engine joins its thread: off the async workers.
+    let _ = tokio::task::spawn_blocking(move || drop(gone)).await;
 }

@@ -15,7 +15,7 @@ use super::log::RequestLog;
 use super::models::Loaded;
 use super::{ndjson, read_json, App};
 use crate::api::embed_tokens;
-use crate::api::fields::{fresh_seed, opt_bool, req_str};
+use crate::api::fields::{fresh_seed, keep_alive, opt_bool, req_str, KeepAlive};
 use crate::api::ollama::{self as shape, Shape, Stats};
 use crate::api::tools::{CallSplitter, Tools};
 use crate::engine::{EngineError, Event, Summary};
@@ -51,15 +51,22 @@ async fn answer(app: Arc<App>, log: RequestLog, body: Body, shape_of: Shape) -> 
     let options = shape::merge_options(body.get("options"), None)
         .and_then(|o| shape::parse_options(&o, fresh_seed()))
         .map_err(|e| ApiError::bad(API, e))?;
-    let (loaded, load) = app.model(API, &name, &log).await?;
+    let keep_alive = keep_alive(&body).map_err(|e| ApiError::bad(API, e))?;
+    if shape::loads_only(shape_of, &body) {
+        if keep_alive == Some(KeepAlive::For(Duration::ZERO)) {
+            app.registry.find_manifest(&name).map_err(|e| ApiError::store(API, e))?.ok_or_else(|| ApiError::not_found(API, &name))?;
+            app.registry.expire(&name).await;
+            return Ok(Json(shape::load_line(shape_of, &name, "unload")).into_response());
+        }
+        app.model(API, &name, &log, keep_alive).await?;
+        return Ok(Json(shape::load_line(shape_of, &name, "load")).into_response());
+    }
+    let (loaded, load) = app.model(API, &name, &log, keep_alive).await?;
     let (prompt, tools) = match shape_of {
         Shape::Generate => shape::generate_prompt(&loaded.model, &body).map(|p| (p, None)),
-        Shape::Chat => shape::chat_prompt(&loaded.model, &body).map(|(p, t)| (Some(p), t)),
+        Shape::Chat => shape::chat_prompt(&loaded.model, &body),
     }
     .map_err(|e| ApiError::bad(API, e))?;
-    let Some(prompt) = prompt else {
-        return Ok(Json(shape::load_line(shape_of, &name)).into_response());
-    };
     let grammar = shape::request_grammar(&loaded.model, &body, tools.as_ref()).map_err(|e| ApiError::bad(API, e))?;
     let request = shape::gen_request(prompt, &options, loaded.engine.context_length(), grammar).map_err(|e| ApiError::bad(API, e))?;
     let gang = app.submit(API, &loaded, vec![request], arrived, &log)?;
@@ -112,7 +119,8 @@ pub async fn embed(State(app): State<Arc<App>>, Extension(log): Extension<Reques
     let arrived = Instant::now();
     let body = read_json(&app, API, body).await?;
     let name = req_str(&body, "model").map_err(|e| ApiError::bad(API, e))?.to_string();
-    let (loaded, load) = app.model(API, &name, &log).await?;
+    let keep_alive = keep_alive(&body).map_err(|e| ApiError::bad(API, e))?;
+    let (loaded, load) = app.model(API, &name, &log, keep_alive).await?;
     let texts = shape::embed_inputs(&loaded.model, &body).map_err(|e| ApiError::bad(API, e))?;
     let count: usize = texts.iter().map(Vec::len).sum();
     let embeddings = embed_all(&app, &loaded, texts, API).await?;
@@ -128,7 +136,7 @@ pub async fn embeddings(State(app): State<Arc<App>>, Extension(log): Extension<R
     let body = read_json(&app, API, body).await?;
     let name = req_str(&body, "model").map_err(|e| ApiError::bad(API, e))?.to_string();
     let prompt = req_str(&body, "prompt").map_err(|e| ApiError::bad(API, e))?.to_string();
-    let (loaded, _) = app.model(API, &name, &log).await?;
+    let (loaded, _) = app.model(API, &name, &log, None).await?;
     let tokens = embed_tokens(&loaded.model, &prompt, true).map_err(|e| ApiError::bad(API, e))?;
     let mut v = embed_all(&app, &loaded, vec![tokens], API).await?;
     Ok(Json(json!({ "embedding": v.remove(0) })).into_response())
@@ -207,17 +215,18 @@ pub async fn show(State(app): State<Arc<App>>, Extension(log): Extension<Request
     .into_response())
 }
 
-/// Loaded models. They stay until another model needs the room, so
-/// `expires_at` is far away.
+/// Loaded models, and when each will be unloaded if no request comes (a
+/// far date for a keep-alive of forever).
 pub async fn ps(State(app): State<Arc<App>>) -> Response {
-    let loaded = app.registry.loaded().await;
+    let loaded = app.registry.loaded_with_expiry().await;
     let models: Vec<Value> = loaded
         .iter()
-        .map(|l| {
+        .map(|(l, expires)| {
             let m = &l.manifest;
+            let expires_at = expires.map_or_else(|| "9999-12-31T23:59:59Z".to_string(), shape::rfc3339);
             json!({
                 "name": m.name, "model": m.name, "size": m.size, "digest": m.sha256, "details": details(m),
-                "expires_at": "9999-12-31T23:59:59Z", "size_vram": 0, "context_length": l.engine.context_length(),
+                "expires_at": expires_at, "size_vram": 0, "context_length": l.engine.context_length(),
                 "loaded_at": shape::rfc3339(l.loaded_at),
             })
         })

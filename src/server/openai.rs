@@ -46,7 +46,7 @@ async fn complete(app: Arc<App>, log: RequestLog, body: Body, kind: Kind) -> Res
     let arrived = Instant::now();
     let body = read_json(&app, API, body).await?;
     let name = model_name(&app, &body)?;
-    let (loaded, _) = app.model(API, &name, &log).await?;
+    let (loaded, _) = app.model(API, &name, &log, None).await?;
     let job =
         shape::parse(&loaded.model, kind, &body, fresh_seed(), None, app.config.max_batch_items).map_err(|e| ApiError::bad(API, e))?;
     let gang = app.submit(API, &loaded, job.requests.clone(), arrived, &log)?;
@@ -155,7 +155,7 @@ pub async fn embeddings(State(app): State<Arc<App>>, Extension(log): Extension<R
     if !matches!(body.get("dimensions"), None | Some(Value::Null)) {
         return Err(ApiError::bad(API, "dimensions is not supported"));
     }
-    let (loaded, _) = app.model(API, &name, &log).await?;
+    let (loaded, _) = app.model(API, &name, &log, None).await?;
     let inputs = shape::embedding_inputs(&loaded.model, &body).map_err(|e| ApiError::bad(API, e))?;
     let tokens: usize = inputs.iter().map(Vec::len).sum();
     let vectors = embed_all(&app, &loaded, inputs, API).await?;

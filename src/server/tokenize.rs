@@ -26,7 +26,7 @@ async fn answer(
 ) -> Result<Response, ApiError> {
     let body = read_json(&app, API, body).await?;
     let name = model_name(&app, &body)?;
-    let (loaded, _) = app.model(API, &name, &log).await?;
+    let (loaded, _) = app.model(API, &name, &log, None).await?;
     Ok(Json(f(&loaded.model, &body).map_err(|e| ApiError::bad(API, e))?).into_response())
 }
 

@@ -251,7 +251,7 @@ class BadInput(unittest.TestCase):
             ("/api/generate", {"model": MODEL, "prompt": "hello there", "options": {"num_ctx": 4}}, None, 400),
             ("/api/generate", {"model": "no-such-model", "prompt": "hi"}, None, 404),
             ("/api/generate", {"model": "../etc/passwd", "prompt": "hi"}, None, 400),
-            ("/api/chat", {"model": MODEL, "messages": []}, None, 400),
+            ("/api/chat", {"model": MODEL, "messages": [{"role": "user"}], "tools": 3}, None, 400),
             ("/api/chat", {"model": MODEL, "messages": [{"role": "wizard", "content": "x"}]}, None, 400),
             ("/api/chat", {"model": MODEL, "messages": "hi"}, None, 400),
             ("/api/embed", {"model": MODEL, "input": [1, 2]}, None, 400),
@@ -524,6 +524,81 @@ class Tokenizer(unittest.TestCase):
         r = openai_client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": prompt}], max_tokens=1)
         _, _, plain = request("POST", "/tokenize", {"content": prompt, "parse_special": False})
         self.assertGreater(r.usage.prompt_tokens, len(plain["tokens"]))
+
+
+def loaded_models(url=URL):
+    """{name: expires_at as a datetime} of /api/ps."""
+    import datetime
+    _, _, body = request("GET", "/api/ps", url=url)
+    utc = datetime.timezone.utc
+    return {m["model"]: datetime.datetime.strptime(m["expires_at"][:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=utc) for m in body["models"]}
+
+
+def wait_for(condition, seconds=10):
+    deadline = time.time() + seconds
+    while not condition():
+        if time.time() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+class KeepAlive(unittest.TestCase):
+    def test_keep_alive_sets_expiry_and_unloads_when_it_passes(self):
+        import datetime
+        now = lambda: datetime.datetime.now(datetime.timezone.utc)
+        ollama_client.generate(model=MODEL, prompt="hi", options={"num_predict": 1}, keep_alive="1h")
+        left = loaded_models()[MODEL] - now()
+        self.assertTrue(datetime.timedelta(minutes=59) < left <= datetime.timedelta(hours=1), left)
+        ollama_client.generate(model=MODEL, prompt="hi", options={"num_predict": 1}, keep_alive=-1)
+        self.assertEqual(loaded_models()[MODEL].year, 9999)
+        ollama_client.generate(model=MODEL, prompt="hi", options={"num_predict": 1}, keep_alive=1)
+        self.assertLess(loaded_models()[MODEL] - now(), datetime.timedelta(seconds=1))
+        started = time.time()
+        self.assertTrue(wait_for(lambda: MODEL not in loaded_models()))
+        self.assertGreater(time.time() - started, 0.5)
+        # The next request loads it again, under the server's keep-alive.
+        r = ollama_client.generate(model=MODEL, prompt="hi", options={"num_predict": 1})
+        self.assertGreater(r.load_duration, 0)
+        self.assertGreater(loaded_models()[MODEL] - now(), datetime.timedelta(minutes=4))
+
+    def test_keep_alive_zero_without_a_prompt_unloads_after_running_requests(self):
+        # A long answer (ignore_eos: every one of its tokens) runs while the
+        # unload is asked for.
+        stream = openai_client.completions.create(model=MODEL, prompt="Hi", max_tokens=600, stream=True, extra_body={"ignore_eos": True})
+        first = next(stream)
+        self.assertIsNone(first.choices[0].finish_reason)
+        r = ollama_client.generate(model=MODEL, keep_alive=0)
+        self.assertEqual((r.done, r.done_reason), (True, "unload"))
+        # Loaded whenever the answer is seen running (ps first: a sequence
+        # running after it was running at it).
+        seen_running = 0
+        while True:
+            present = MODEL in loaded_models()
+            if metrics()["caravan_running_sequences"] == 0:
+                break
+            self.assertTrue(present)
+            seen_running += 1
+            time.sleep(0.05)
+        self.assertGreater(seen_running, 0)
+        chunks = list(stream)
+        self.assertEqual(chunks[-1].choices[0].finish_reason, "length")
+        self.assertTrue(wait_for(lambda: MODEL not in loaded_models()))
+        # Chat without messages loads it again, as Ollama's does.
+        r = ollama_client.chat(model=MODEL, messages=[])
+        self.assertEqual(r.done_reason, "load")
+        self.assertIn(MODEL, loaded_models())
+        r = ollama_client.chat(model=MODEL, messages=[], keep_alive=0)
+        self.assertEqual(r.done_reason, "unload")
+        self.assertTrue(wait_for(lambda: MODEL not in loaded_models()))
+
+    def test_a_bad_keep_alive_is_a_400_and_unload_needs_an_installed_model(self):
+        for value in ["5 minutes", "m", True, [1]]:
+            status, _, body = request("POST", "/api/generate", {"model": MODEL, "prompt": "hi", "keep_alive": value, "stream": False})
+            assert_ollama_error(self, status, 400, body)
+            self.assertIn("keep_alive", body["error"])
+        status, _, body = request("POST", "/api/generate", {"model": "nope:1b", "keep_alive": 0})
+        assert_ollama_error(self, status, 404, body)
 
 
 if __name__ == "__main__":
