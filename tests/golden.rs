@@ -113,3 +113,31 @@ fn every_instruction_set_gives_the_portable_logits_bit_for_bit() {
     }
     assert!(by_order[0] != by_order[1], "the fast order gives ggml's bits: it is not in use");
 }
+
+/// Presence, frequency and repeat penalties over the last 64 tokens
+/// (prompt included), as llama.cpp's server applies them: every row's 24
+/// greedy tokens equal its, all rows in one batch.
+#[test]
+fn penalties_give_llama_cpp_s_tokens() {
+    let m = model();
+    let rows: Vec<serde_json::Value> =
+        include_str!("data/smollm2-penalties.jsonl").lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let number = |row: &serde_json::Value, key: &str| row[key].as_f64().unwrap() as f32;
+    let requests: Vec<_> = rows
+        .iter()
+        .map(|row| {
+            let mut r = greedy(m.raw_tokens(row["prompt"].as_str().unwrap()).unwrap(), 24);
+            r.params.presence_penalty = number(row, "presence_penalty");
+            r.params.frequency_penalty = number(row, "frequency_penalty");
+            r.params.repeat_penalty = number(row, "repeat_penalty");
+            r.params.repeat_last_n = row["repeat_last_n"].as_u64().unwrap() as usize;
+            r
+        })
+        .collect();
+    let mut kv = m.kv_pool(rows.len() * 64, 16);
+    let outputs = generate(m, &mut kv, &requests, |_, _| {}).unwrap();
+    for (row, out) in rows.iter().zip(&outputs) {
+        let want: Vec<u32> = row["completion_tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect();
+        assert_eq!(out.tokens, want, "{row}");
+    }
+}

@@ -24,6 +24,7 @@ schemas = {
     "OllamaOptions": obj({
         "num_predict": {"type": "integer", "description": "Most tokens to generate; -1 (default) or -2: until the end of the context"},
         "temperature": N, "top_k": I, "top_p": N, "min_p": N, "seed": I, "repeat_penalty": N, "repeat_last_n": I,
+        "presence_penalty": {"type": "number", "minimum": -2, "maximum": 2}, "frequency_penalty": {"type": "number", "minimum": -2, "maximum": 2},
         "stop": {"oneOf": [S, arr(S)], "description": "At most 16 sequences of at most 256 bytes"},
         "num_ctx": {"type": "integer", "description": "A per-request cap on prompt plus answer; never a reservation"},
     }),
@@ -32,7 +33,7 @@ schemas = {
     "OpenAIError": obj({"error": obj({"message": S, "type": S, "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}, ["message", "type", "param", "code"])}, ["error"]),
     "ToolCall": obj({"id": S, "type": {"const": "function"}, "index": I, "function": obj({
         "name": S, "arguments": {"description": "An object (Ollama) or a JSON string holding one (OpenAI)"}}, ["name"])}, ["function"]),
-    "Message": obj({"role": {"enum": ["system", "user", "assistant", "tool"]}, "content": {"oneOf": [S, {"type": "null"}, arr(obj({"type": {"const": "text"}, "text": S}))]},
+    "Message": obj({"role": {"enum": ["system", "developer", "user", "assistant", "tool"]}, "content": {"oneOf": [S, {"type": "null"}, arr(obj({"type": {"const": "text"}, "text": S}))]},
                     "tool_calls": {**arr(ref("ToolCall")), "description": "An assistant's calls"}, "tool_name": S, "tool_call_id": S}, ["role"]),
     "Tool": obj({"type": {"const": "function"}, "function": obj({"name": S, "description": S, "parameters": {"type": "object", "description": "A JSON Schema"}}, ["name"])}, ["type", "function"]),
     "OllamaFormat": {"oneOf": [{"const": "json"}, {"type": "object", "description": "A JSON Schema"}], "description": "Constrain the answer: any JSON object, or one valid under the schema"},
@@ -76,11 +77,13 @@ schemas = {
         "model": S, "prompt": {"oneOf": [S, arr(S), arr(I), arr(arr(I))]}, "n": {"type": "integer", "minimum": 1, "maximum": 16},
         "max_tokens": {"type": "integer", "minimum": 1, "default": 16}, "temperature": N, "top_p": N, "stop": {"oneOf": [S, arr(S)]}, "seed": I,
         "stream": B, "stream_options": obj({"include_usage": B}), "ignore_eos": {"type": "boolean", "description": "Extension: generate past end-of-sequence (benchmarks)"},
+        "presence_penalty": {"type": "number", "minimum": -2, "maximum": 2}, "frequency_penalty": {"type": "number", "minimum": -2, "maximum": 2}, "best_of": {"const": 1},
         "response_format": {**ref("ResponseFormat"), "description": "Extension: as on chat completions"},
     }, ["model", "prompt"]),
     "ChatCompletionRequest": obj({
         "model": S, "messages": arr(ref("Message")), "n": {"type": "integer", "minimum": 1, "maximum": 16}, "max_tokens": I, "max_completion_tokens": I,
         "temperature": N, "top_p": N, "stop": {"oneOf": [S, arr(S)]}, "seed": I, "stream": B, "stream_options": obj({"include_usage": B}), "ignore_eos": B,
+        "presence_penalty": {"type": "number", "minimum": -2, "maximum": 2}, "frequency_penalty": {"type": "number", "minimum": -2, "maximum": 2},
         "response_format": ref("ResponseFormat"), "tools": arr(ref("Tool")), "tool_choice": ref("ToolChoice"), "parallel_tool_calls": B,
     }, ["model", "messages"]),
     "Usage": obj({"prompt_tokens": I, "completion_tokens": I, "total_tokens": I}),

@@ -31,9 +31,16 @@ pub fn parse_messages(body: &Value) -> Result<Vec<Message>> {
     list.iter()
         .enumerate()
         .map(|(i, m)| {
-            let role = m.get("role").and_then(Value::as_str).unwrap_or("");
+            // OpenAI's `developer` is the newer name of `system`.
+            let role = match m.get("role").and_then(Value::as_str).unwrap_or("") {
+                "developer" => "system",
+                role => role,
+            };
             if !ROLES.contains(&role) {
-                bail!("messages[{i}].role must be one of {}, got {role:?}", ROLES.join(", "));
+                bail!("messages[{i}].role must be one of {}, developer, got {role:?}", ROLES.join(", "));
+            }
+            if !matches!(m.get("images"), None | Some(Value::Null)) && m["images"] != serde_json::json!([]) {
+                bail!("messages[{i}].images is not supported: the model takes text only");
             }
             let content = match m.get("content") {
                 Some(Value::String(s)) => s.clone(),

@@ -56,6 +56,8 @@ pub fn parse_options(options: &Value, seed: u64) -> Result<Options> {
         min_p: opt_f32(options, "min_p", (0.0, 1.0))?.unwrap_or(d.min_p),
         repeat_penalty: opt_f32(options, "repeat_penalty", (f32::MIN_POSITIVE, 100.0))?.unwrap_or(d.repeat_penalty),
         repeat_last_n: opt_u64(options, "repeat_last_n", 0)?.map(|n| n as usize).unwrap_or(d.repeat_last_n),
+        presence_penalty: opt_f32(options, "presence_penalty", (-2.0, 2.0))?.unwrap_or(0.0),
+        frequency_penalty: opt_f32(options, "frequency_penalty", (-2.0, 2.0))?.unwrap_or(0.0),
         seed: match opt_i64(options, "seed")? {
             Some(s) if s >= 0 => s as u64,
             _ => seed,
@@ -68,15 +70,18 @@ pub fn parse_options(options: &Value, seed: u64) -> Result<Options> {
 /// Fields Ollama has that we do not implement (and `also`, fields of other
 /// routes): an error, not silence.
 fn reject_unsupported(body: &Value, also: &[&str]) -> Result<()> {
-    for key in ["images", "suffix", "template", "context"].iter().chain(also) {
+    for key in ["images", "suffix", "template", "context", "think"].iter().chain(also) {
         let set = match body.get(key) {
-            None | Some(Value::Null) => false,
+            None | Some(Value::Null) | Some(Value::Bool(false)) => false,
             Some(Value::String(s)) => !s.is_empty(),
             Some(Value::Array(a)) => !a.is_empty(),
             Some(_) => true,
         };
-        if set {
-            bail!("{key} is not supported");
+        match *key {
+            // No model Caravan runs thinks (Ollama's answer, the same 400).
+            "think" if set => bail!("the model does not support thinking"),
+            _ if set => bail!("{key} is not supported"),
+            _ => {}
         }
     }
     Ok(())
@@ -179,6 +184,9 @@ pub fn batch_item(m: &LoadedModel, v: &Value, shared: &BatchShared, seed: u64) -
 /// /api/embed's `input` (a string or an array of strings; absent: none)
 /// and `truncate` (default true), as tokens.
 pub fn embed_inputs(m: &LoadedModel, body: &Value) -> Result<Vec<Vec<u32>>> {
+    if !matches!(body.get("dimensions"), None | Some(Value::Null)) {
+        bail!("dimensions is not supported (embeddings have the model's own size)");
+    }
     let truncate = opt_bool(body, "truncate")?.unwrap_or(true);
     let texts: Vec<&str> = match body.get("input") {
         None | Some(Value::Null) => vec![],

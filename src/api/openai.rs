@@ -87,10 +87,8 @@ pub fn parse(m: &LoadedModel, kind: Kind, body: &Value, seed: u64, default_max: 
     if let Some(key) = UNSUPPORTED.iter().find(|k| !matches!(body.get(**k), None | Some(Value::Null) | Some(Value::Bool(false)))) {
         bail!("{key} is not supported");
     }
-    for key in ["presence_penalty", "frequency_penalty"] {
-        if opt_f32(body, key, (-2.0, 2.0))?.is_some_and(|p| p != 0.0) {
-            bail!("{key} is not supported (only 0)");
-        }
+    if opt_u64(body, "best_of", 1)?.is_some_and(|b| b != 1) {
+        bail!("best_of is not supported (only 1; n gives several choices)");
     }
     let tools = match kind {
         Kind::Chat => tools::parse(m, body)?,
@@ -120,6 +118,8 @@ pub fn parse(m: &LoadedModel, kind: Kind, body: &Value, seed: u64, default_max: 
         min_p: 0.0,
         repeat_penalty: 1.0,
         repeat_last_n: 64,
+        presence_penalty: opt_f32(body, "presence_penalty", (-2.0, 2.0))?.unwrap_or(0.0),
+        frequency_penalty: opt_f32(body, "frequency_penalty", (-2.0, 2.0))?.unwrap_or(0.0),
         seed: opt_u64(body, "seed", 0)?.unwrap_or(seed),
     };
     let stop = stop_strings(body)?;

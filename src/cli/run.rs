@@ -72,8 +72,8 @@ impl RunArgs {
             top_p: self.top_p,
             min_p: self.min_p,
             repeat_penalty: self.repeat_penalty,
-            repeat_last_n: 64,
             seed,
+            ..SamplingParams::default()
         })
     }
 }

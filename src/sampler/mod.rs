@@ -1,4 +1,5 @@
-//! Choosing the next token from logits: repeat penalty, then top-k, top-p,
+//! Choosing the next token from logits: repeat, frequency and presence
+//! penalties (over the same recent tokens, as llama.cpp), then top-k, top-p,
 //! min-p and temperature, then a draw from the sequence's own seeded RNG (or
 //! the argmax when temperature is 0). The order follows llama.cpp's default
 //! chain, so settings mean what Ollama users expect.
@@ -19,21 +20,35 @@ pub struct SamplingParams {
     pub min_p: f32,
     /// 1 means off.
     pub repeat_penalty: f32,
-    /// How many recent tokens the repeat penalty looks at.
+    /// How many recent tokens the penalties look at.
     pub repeat_last_n: usize,
+    /// Subtracted once from a recent token's logit (0 means off).
+    pub presence_penalty: f32,
+    /// Subtracted from a recent token's logit per occurrence (0 means off).
+    pub frequency_penalty: f32,
     pub seed: u64,
 }
 
 impl SamplingParams {
     pub fn greedy() -> SamplingParams {
-        SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, min_p: 0.0, repeat_penalty: 1.0, repeat_last_n: 64, seed: 0 }
+        SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, min_p: 0.0, repeat_penalty: 1.0, ..SamplingParams::default() }
     }
 }
 
 impl Default for SamplingParams {
     /// Ollama's defaults.
     fn default() -> SamplingParams {
-        SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.9, min_p: 0.0, repeat_penalty: 1.1, repeat_last_n: 64, seed: 0 }
+        SamplingParams {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.9,
+            min_p: 0.0,
+            repeat_penalty: 1.1,
+            repeat_last_n: 64,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            seed: 0,
+        }
     }
 }
 
@@ -78,17 +93,18 @@ impl Sampler {
     /// Picks a token; `history` is the sequence so far (prompt and output).
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
         let p = &self.params;
-        let logits = if p.repeat_penalty != 1.0 {
-            // Each distinct recent token is penalized once, in a copy.
+        let logits = if p.repeat_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
+            // Each distinct recent token is penalized once, by its count,
+            // in a copy.
             self.recent.clear();
             self.recent.extend_from_slice(&history[history.len().saturating_sub(p.repeat_last_n)..]);
             self.recent.sort_unstable();
-            self.recent.dedup();
             self.penalized.clear();
             self.penalized.extend_from_slice(logits);
-            for &t in &self.recent {
-                if let Some(l) = self.penalized.get_mut(t as usize) {
+            for run in self.recent.chunk_by(|a, b| a == b) {
+                if let Some(l) = self.penalized.get_mut(run[0] as usize) {
                     *l = if *l > 0.0 { *l / p.repeat_penalty } else { *l * p.repeat_penalty };
+                    *l -= run.len() as f32 * p.frequency_penalty + p.presence_penalty;
                 }
             }
             &self.penalized
@@ -200,10 +216,14 @@ mod tests {
     /// materialized, sorted whole, the C library's `expf` one at a time.
     fn reference_sample(p: &SamplingParams, rng: &mut Rng, logits: &[f32], history: &[u32]) -> u32 {
         let mut c: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
-        let recent: std::collections::BTreeSet<u32> = history[history.len().saturating_sub(p.repeat_last_n)..].iter().copied().collect();
-        for t in recent {
+        let mut recent = std::collections::BTreeMap::<u32, f32>::new();
+        for &t in &history[history.len().saturating_sub(p.repeat_last_n)..] {
+            *recent.entry(t).or_default() += 1.0;
+        }
+        for (t, count) in recent {
             let l = &mut c[t as usize].1;
             *l = if *l > 0.0 { *l / p.repeat_penalty } else { *l * p.repeat_penalty };
+            *l -= count * p.frequency_penalty + p.presence_penalty;
         }
         if p.temperature <= 0.0 {
             return c.iter().fold((0, f32::NEG_INFINITY), |best, &x| if x.1 > best.1 { x } else { best }).0;
@@ -238,13 +258,25 @@ mod tests {
 
     #[test]
     fn draws_equal_the_plain_chain_on_a_full_vocabulary() {
-        let base = SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0, repeat_penalty: 1.0, repeat_last_n: 64, seed: 5 };
+        let base = SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repeat_penalty: 1.0,
+            repeat_last_n: 64,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            seed: 5,
+        };
         let settings = [
             SamplingParams::default(),
             SamplingParams::greedy(),
             SamplingParams { repeat_penalty: 1.3, ..SamplingParams::greedy() },
             base.clone(),
             SamplingParams { temperature: 0.7, repeat_penalty: 0.9, ..base.clone() },
+            SamplingParams { presence_penalty: 0.4, frequency_penalty: 0.3, ..base.clone() },
+            SamplingParams { repeat_penalty: 1.2, frequency_penalty: -0.5, top_k: 40, ..base.clone() },
             SamplingParams { top_p: 0.8, ..base.clone() },
             SamplingParams { min_p: 0.05, top_k: 100, ..base.clone() },
             SamplingParams { top_p: 0.5, min_p: 0.1, ..base.clone() },
@@ -272,6 +304,20 @@ mod tests {
     }
 
     #[test]
+    fn presence_and_frequency_penalties_count_recent_tokens_as_llama_cpp() {
+        // Token 1 (3.0) was seen twice, token 5 (2.9) once, token 2 (2.5)
+        // long ago, out of the window of 3.
+        let history = [2, 0, 1, 5, 1];
+        let p = SamplingParams { presence_penalty: 0.05, frequency_penalty: 0.1, repeat_last_n: 3, ..SamplingParams::greedy() };
+        // Token 1: 3.0 - 2 x 0.2 - 0.05 = 2.55; 5: 2.9 - 0.2 - 0.05 = 2.65.
+        let mut s = Sampler::new(SamplingParams { frequency_penalty: 0.2, ..p.clone() });
+        assert_eq!(s.sample(&logits(), &history), 5);
+        // Both 3.0 - 0.2 - 0.5 and 2.9 - 0.1 - 0.5 = 2.3, under 2's 2.5.
+        let mut s = Sampler::new(SamplingParams { presence_penalty: 0.5, ..p });
+        assert_eq!(s.sample(&logits(), &history), 2);
+    }
+
+    #[test]
     fn repeat_penalty_demotes_recent_tokens() {
         let p = SamplingParams { repeat_penalty: 1.5, ..SamplingParams::greedy() };
         // 3.0 / 1.5 = 2.0 < 2.9, so token 5 wins.
@@ -285,7 +331,17 @@ mod tests {
         // 496-498 are all drawn, never 499 nor any other.
         let mut logits = vec![1.0f32; 500];
         logits[496..].fill(5.0);
-        let p = SamplingParams { temperature: 100.0, top_k: 3, top_p: 1.0, min_p: 0.0, repeat_penalty: 1.0, repeat_last_n: 0, seed: 4 };
+        let p = SamplingParams {
+            temperature: 100.0,
+            top_k: 3,
+            top_p: 1.0,
+            min_p: 0.0,
+            repeat_penalty: 1.0,
+            repeat_last_n: 0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            seed: 4,
+        };
         let mut s = Sampler::new(p);
         let draws: Vec<u32> = (0..300).map(|_| s.sample(&logits, &[])).collect();
         for id in 496..499 {
@@ -299,7 +355,17 @@ mod tests {
         // Odds 1:3:0 at temperature 1, no top-k/top-p/min-p (drawn in the
         // vocabulary's order, unsorted).
         let logits = [0.0f32, 3f32.ln(), -200.0];
-        let p = SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0, repeat_penalty: 1.0, repeat_last_n: 0, seed: 21 };
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repeat_penalty: 1.0,
+            repeat_last_n: 0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            seed: 21,
+        };
         let mut s = Sampler::new(p);
         let draws: Vec<u32> = (0..4000).map(|_| s.sample(&logits, &[])).collect();
         let ones = draws.iter().filter(|&&t| t == 1).count();
@@ -309,7 +375,17 @@ mod tests {
 
     #[test]
     fn same_seed_same_draws_and_top_k_limits_choices() {
-        let p = SamplingParams { temperature: 1.5, top_k: 2, top_p: 1.0, min_p: 0.0, repeat_penalty: 1.0, repeat_last_n: 0, seed: 9 };
+        let p = SamplingParams {
+            temperature: 1.5,
+            top_k: 2,
+            top_p: 1.0,
+            min_p: 0.0,
+            repeat_penalty: 1.0,
+            repeat_last_n: 0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            seed: 9,
+        };
         let draw = |p: &SamplingParams| {
             let mut s = Sampler::new(p.clone());
             (0..200).map(|_| s.sample(&logits(), &[])).collect::<Vec<_>>()
@@ -323,7 +399,17 @@ mod tests {
 
     #[test]
     fn top_p_and_min_p_cut_the_tail() {
-        let base = SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0, repeat_penalty: 1.0, repeat_last_n: 0, seed: 1 };
+        let base = SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repeat_penalty: 1.0,
+            repeat_last_n: 0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            seed: 1,
+        };
         // Probabilities: 3.0 -> .35, 2.9 -> .32, 2.5 -> .21, ...: top-p 0.5 keeps two.
         let mut s = Sampler::new(SamplingParams { top_p: 0.5, ..base.clone() });
         assert!((0..300).map(|_| s.sample(&logits(), &[])).all(|t| t == 1 || t == 5));

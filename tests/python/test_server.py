@@ -601,5 +601,40 @@ class KeepAlive(unittest.TestCase):
         assert_ollama_error(self, status, 404, body)
 
 
+class Fields(unittest.TestCase):
+    def test_penalties_are_applied_on_both_apis(self):
+        prompt = "The capital of France is"
+        plain = ollama_client.generate(model=MODEL, prompt=prompt, raw=True, options={"temperature": 0, "num_predict": 24, "repeat_penalty": 1})
+        pushed = ollama_client.generate(model=MODEL, prompt=prompt, raw=True, options={
+            "temperature": 0, "num_predict": 24, "repeat_penalty": 1, "presence_penalty": 1.5})
+        self.assertNotEqual(plain.response, pushed.response)
+        r = openai_client.completions.create(model=MODEL, prompt=prompt, max_tokens=24, temperature=0, presence_penalty=1.5)
+        self.assertEqual(r.choices[0].text, pushed.response)
+        status, _, body = request("POST", "/v1/completions", {"model": MODEL, "prompt": "x", "frequency_penalty": 3})
+        assert_openai_error(self, status, 400, body)
+
+    def test_developer_is_system(self):
+        ask = [{"role": "user", "content": "Hi"}]
+        a = openai_client.chat.completions.create(model=MODEL, messages=[{"role": "developer", "content": "Answer in French."}] + ask, max_tokens=8, temperature=0)
+        b = openai_client.chat.completions.create(model=MODEL, messages=[{"role": "system", "content": "Answer in French."}] + ask, max_tokens=8, temperature=0)
+        self.assertEqual((a.choices[0].message.content, a.usage.prompt_tokens), (b.choices[0].message.content, b.usage.prompt_tokens))
+
+    def test_fields_not_implemented_are_refused_by_name(self):
+        chat = {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "stream": False}
+        for path, body, needle in [
+            ("/api/chat", {**chat, "think": True}, "does not support thinking"),
+            ("/api/generate", {"model": MODEL, "prompt": "x", "think": "high"}, "does not support thinking"),
+            ("/api/chat", {**chat, "messages": [{"role": "user", "content": "x", "images": ["aGk="]}]}, "images"),
+            ("/api/embed", {"model": MODEL, "input": "x", "dimensions": 8}, "dimensions"),
+            ("/v1/completions", {"model": MODEL, "prompt": "x", "best_of": 3}, "best_of"),
+        ]:
+            status, _, answer = request("POST", path, body)
+            self.assertEqual(status, 400, (path, body, answer))
+            message = answer["error"]["message"] if isinstance(answer["error"], dict) else answer["error"]
+            self.assertIn(needle, message, (path, body))
+        r = ollama_client.chat(model=MODEL, messages=[{"role": "user", "content": "x"}], think=False, options={"num_predict": 1})
+        self.assertTrue(r.done)
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
