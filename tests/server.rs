@@ -109,6 +109,22 @@ fn structured_output_and_tool_calls_through_the_official_clients() {
     run_python("test_structured.py", &[("CARAVAN_URL", &url)], &log, server);
 }
 
+/// Models pulled, uploaded, created, copied and deleted over HTTP with the
+/// official client (tests/python/test_manage.py).
+#[test]
+fn models_are_managed_over_http_by_the_official_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("models");
+    Store::new(store.clone()).pull(common::model_path().to_str().unwrap(), Some("smollm2:135m")).unwrap();
+    // The upload's source, apart from the store the server manages.
+    let file = dir.path().join("upload.gguf");
+    std::fs::copy(common::model_path(), &file).unwrap();
+    let log = dir.path().join("server.log");
+    let server = Server::start(&store, &log, &[]);
+    let url = server.url.clone();
+    run_python("test_manage.py", &[("CARAVAN_URL", &url), ("CARAVAN_MODEL_FILE", file.to_str().unwrap())], &log, server);
+}
+
 /// Property-based tests of /openapi.json (tests/python/test_openapi.py):
 /// no generated request gets a 5xx, a status the description does not
 /// list, or an answer off its schema.

@@ -7,6 +7,7 @@ mod batch;
 mod error;
 mod gang;
 mod log;
+mod manage;
 pub mod metrics;
 pub mod models;
 mod ollama;

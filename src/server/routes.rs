@@ -7,12 +7,12 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
 use super::error::ApiError;
-use super::{access, batch, ollama, openai, tokenize, App};
+use super::{access, batch, manage, ollama, openai, tokenize, App};
 
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
@@ -29,6 +29,12 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/embed", post(ollama::embed))
         .route("/api/embeddings", post(ollama::embeddings))
         .route("/api/batch", post(batch::batch))
+        .route("/api/pull", post(manage::pull))
+        .route("/api/delete", delete(manage::delete))
+        .route("/api/copy", post(manage::copy))
+        .route("/api/create", post(manage::create))
+        .route("/api/push", post(manage::push))
+        .route("/api/blobs/{digest}", post(manage::upload_blob).head(manage::has_blob))
         .route("/v1/models", get(openai::models))
         .route("/v1/models/{*id}", get(openai::model))
         .route("/v1/completions", post(openai::completions))

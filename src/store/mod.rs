@@ -9,11 +9,18 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Result};
 use serde::{Deserialize, Serialize};
+use sha2::Digest;
 
 use crate::gguf::GgufFile;
 use crate::model::ModelConfig;
 
 pub use catalog::DEFAULT_MODEL;
+
+/// The SHA-256 of a catalog model's file; None for a name not in the
+/// catalog.
+pub fn catalog_sha256(name: &str) -> Option<&'static str> {
+    catalog::lookup(name).map(|e| e.sha256)
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Manifest {
@@ -92,7 +99,60 @@ impl Store {
     }
 
     pub fn blob_path(&self, m: &Manifest) -> PathBuf {
-        self.root.join("blobs").join(format!("sha256-{}.gguf", m.sha256))
+        self.blob_of(&m.sha256)
+    }
+
+    /// Where the blob with this SHA-256 lives (if it is here).
+    fn blob_of(&self, sha256: &str) -> PathBuf {
+        self.root.join("blobs").join(format!("sha256-{sha256}.gguf"))
+    }
+
+    /// Whether a blob with this SHA-256 (64 lowercase hex digits) is here.
+    pub fn has_blob(&self, sha256: &str) -> bool {
+        is_sha256(sha256) && self.blob_of(sha256).is_file()
+    }
+
+    /// A writer for a blob that must hash to `sha256`; nothing lands in
+    /// the store unless it does.
+    pub fn blob_writer(&self, sha256: &str) -> Result<BlobWriter> {
+        if !is_sha256(sha256) {
+            bail!("{sha256:?} is not a SHA-256 (64 hex digits)");
+        }
+        std::fs::create_dir_all(self.root.join("blobs"))?;
+        let tmp = self.root.join("blobs").join(format!(".upload-{sha256}-{}", std::process::id()));
+        Ok(BlobWriter {
+            file: std::fs::File::create(&tmp)?,
+            hasher: sha2::Sha256::new(),
+            tmp,
+            dest: self.blob_of(sha256),
+            sha256: sha256.into(),
+        })
+    }
+
+    /// Installs the GGUF blob `sha256` as `name` (replacing a model of that
+    /// name, as Ollama's create does).
+    pub fn install_blob(&self, name: &str, sha256: &str) -> Result<Manifest> {
+        check_name(name)?;
+        if !self.has_blob(sha256) {
+            bail!("blob sha256:{sha256} is not here: upload it to /api/blobs first");
+        }
+        std::fs::create_dir_all(self.root.join("manifests"))?;
+        let manifest = describe(&self.blob_of(sha256), name, &format!("blob:sha256:{sha256}"), sha256)?;
+        std::fs::write(self.manifest_path(name), serde_json::to_string_pretty(&manifest)?)?;
+        Ok(manifest)
+    }
+
+    /// Installs `destination` as another name of `source` (one blob for
+    /// both); an existing `destination` is refused.
+    pub fn copy(&self, source: &str, destination: &str) -> Result<Manifest> {
+        check_name(destination)?;
+        let m = self.find(source)?.ok_or_else(|| anyhow!("model {source:?} not found"))?;
+        if self.find(destination)?.is_some() {
+            bail!("model {destination:?} exists already: delete it first");
+        }
+        let copy = Manifest { name: destination.to_string(), ..m };
+        std::fs::write(self.manifest_path(destination), serde_json::to_string_pretty(&copy)?)?;
+        Ok(copy)
     }
 
     pub fn find(&self, name: &str) -> Result<Option<Manifest>, StoreError> {
@@ -218,6 +278,48 @@ impl Store {
         };
         check_name(&name)?;
         self.install(&tmp, &name, &source, &sha256)
+    }
+}
+
+fn is_sha256(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// A blob being written: hashed as it comes, moved into place by `finish`
+/// only if the hash is the one promised; dropped unfinished, it leaves
+/// nothing.
+pub struct BlobWriter {
+    file: std::fs::File,
+    hasher: sha2::Sha256,
+    tmp: PathBuf,
+    dest: PathBuf,
+    sha256: String,
+}
+
+impl BlobWriter {
+    pub fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        use std::io::Write;
+        self.hasher.update(bytes);
+        self.file.write_all(bytes)?;
+        Ok(())
+    }
+
+    /// Into the store, if the bytes hash to the promised SHA-256.
+    pub fn finish(self) -> Result<()> {
+        let got: String = self.hasher.clone().finalize().iter().map(|b| format!("{b:02x}")).collect();
+        if got != self.sha256 {
+            bail!("the upload's SHA-256 is {got}, not the {} its address names", self.sha256);
+        }
+        self.file.sync_all()?;
+        std::fs::rename(&self.tmp, &self.dest)?;
+        Ok(())
+    }
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        // After `finish` the file has moved and this finds nothing.
+        let _ = std::fs::remove_file(&self.tmp);
     }
 }
 

@@ -1,0 +1,122 @@
+"""Models managed over HTTP with the official ollama package, unchanged,
+against a running `caravan serve` (CARAVAN_URL) whose store holds the
+default model alone; CARAVAN_MODEL_FILE is a copy of its GGUF to upload.
+Run by tests/server.rs."""
+
+import hashlib
+import http.client
+import json
+import os
+import time
+import unittest
+import urllib.parse
+
+import ollama
+
+URL = os.environ["CARAVAN_URL"]
+MODEL_FILE = os.environ["CARAVAN_MODEL_FILE"]
+MODEL = "smollm2:135m"
+client = ollama.Client(host=URL)
+
+
+def request(method, path, body=None, raw=None):
+    u = urllib.parse.urlparse(URL)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=300)
+    conn.request(method, path, body=raw if raw is not None else (json.dumps(body).encode() if body is not None else None))
+    r = conn.getresponse()
+    text = r.read().decode()
+    conn.close()
+    try:
+        return r.status, json.loads(text)
+    except ValueError:
+        return r.status, text
+
+
+def names():
+    return sorted(m.model for m in client.list().models)
+
+
+def answer(model):
+    return client.generate(model=model, prompt="The capital of France is", raw=True, options={"temperature": 0, "num_predict": 6}).response
+
+
+class Manage(unittest.TestCase):
+    def test_1_upload_create_copy_delete(self):
+        digest = client.create_blob(MODEL_FILE)
+        with open(MODEL_FILE, "rb") as f:
+            self.assertEqual(digest, "sha256:" + hashlib.sha256(f.read()).hexdigest())
+        self.assertEqual(request("HEAD", "/api/blobs/" + digest)[0], 200)
+        statuses = [p.status for p in client.create(model="uploaded", files={"model.gguf": digest}, stream=True)]
+        self.assertEqual(statuses[-1], "success")
+        client.create(model="derived:v1", from_=MODEL)
+        client.copy(MODEL, "copied:7")
+        self.assertEqual(names(), ["copied:7", "derived:v1", MODEL, "uploaded:latest"])
+        reference = answer(MODEL)
+        for name in ["uploaded", "derived:v1", "copied:7"]:
+            self.assertEqual(answer(name), reference, name)
+        client.delete("copied:7")
+        client.delete("uploaded")
+        self.assertEqual(names(), ["derived:v1", MODEL])
+        # The blob is shared: the others still run.
+        self.assertEqual(answer("derived:v1"), reference)
+        with self.assertRaises(ollama.ResponseError) as e:
+            client.delete("copied:7")
+        self.assertEqual(e.exception.status_code, 404)
+
+    def test_2_bad_requests_install_nothing(self):
+        before = names()
+        zeros = "sha256:" + "0" * 64
+        status, body = request("POST", "/api/blobs/" + zeros, raw=b"not the bytes that hash so")
+        self.assertEqual(status, 400)
+        self.assertIn("SHA-256", body["error"])
+        self.assertEqual(request("HEAD", "/api/blobs/" + zeros)[0], 404)
+        text = b"a text file, not a GGUF"
+        digest = "sha256:" + hashlib.sha256(text).hexdigest()
+        self.assertEqual(request("POST", "/api/blobs/" + digest, raw=text)[0], 201)
+        for body, status, needle in [
+            ({"model": "bad", "files": {"model.gguf": digest}}, 400, "GGUF"),
+            ({"model": "bad", "files": {"model.gguf": zeros}}, 400, "upload it"),
+            ({"model": "bad", "from": "nope:1"}, 404, "nope"),
+            ({"model": "bad", "from": MODEL, "template": "{{ .Prompt }}"}, 400, "template"),
+            ({"model": "bad", "from": MODEL, "quantize": "q4_K_M"}, 400, "quantize"),
+            ({"model": "bad"}, 400, "from or files"),
+        ]:
+            got, answer_ = request("POST", "/api/create", body)
+            self.assertEqual(got, status, (body, answer_))
+            self.assertIn(needle, answer_["error"], body)
+        with self.assertRaises(ollama.ResponseError) as e:
+            client.copy(MODEL, "derived:v1")
+        self.assertEqual(e.exception.status_code, 400)
+        self.assertIn("exists", str(e.exception))
+        with self.assertRaises(ollama.ResponseError) as e:
+            client.push(MODEL)
+        self.assertEqual(e.exception.status_code, 400)
+        with self.assertRaises(ollama.ResponseError) as e:
+            client.pull("no-such-model:1b")
+        self.assertEqual(e.exception.status_code, 404)
+        self.assertEqual(names(), before)
+
+    def test_3_a_model_deleted_in_use_finishes_and_pulls_back(self):
+        stream = client.generate(model=MODEL, prompt="Hi", options={"num_predict": 300}, stream=True)
+        next(stream)
+        client.delete(MODEL)
+        self.assertNotIn(MODEL, names())
+        parts = list(stream)
+        self.assertTrue(parts[-1].done)
+        with self.assertRaises(ollama.ResponseError) as e:
+            client.generate(model=MODEL, prompt="Hi")
+        self.assertEqual(e.exception.status_code, 404)
+        # A real pull: the catalog's package, its SHA-256 checked.
+        progress = list(client.pull(MODEL, stream=True))
+        self.assertEqual(progress[0].status, "pulling manifest")
+        self.assertEqual(progress[-1].status, "success")
+        downloaded = [p for p in progress if p.digest]
+        self.assertEqual(downloaded[0].digest, "sha256:b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53")
+        self.assertEqual(downloaded[0].completed, downloaded[0].total)
+        self.assertIn(MODEL, names())
+        self.assertEqual(client.pull(MODEL, stream=False).status, "success")
+        self.assertTrue(answer(MODEL))
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
