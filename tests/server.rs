@@ -110,7 +110,8 @@ fn structured_output_and_tool_calls_through_the_official_clients() {
 }
 
 /// Models pulled, uploaded, created, copied and deleted over HTTP with the
-/// official client (tests/python/test_manage.py).
+/// official client, and an Ollama store served as it is
+/// (tests/python/test_manage.py).
 #[test]
 fn models_are_managed_over_http_by_the_official_client() {
     let dir = tempfile::tempdir().unwrap();
@@ -119,10 +120,17 @@ fn models_are_managed_over_http_by_the_official_client() {
     // The upload's source, apart from the store the server manages.
     let file = dir.path().join("upload.gguf");
     std::fs::copy(common::model_path(), &file).unwrap();
+    let ollama = dir.path().join("ollama");
+    std::fs::create_dir(&ollama).unwrap();
     let log = dir.path().join("server.log");
-    let server = Server::start(&store, &log, &[]);
+    let server = Server::start(&store, &log, &["--ollama-models", ollama.to_str().unwrap()]);
     let url = server.url.clone();
-    run_python("test_manage.py", &[("CARAVAN_URL", &url), ("CARAVAN_MODEL_FILE", file.to_str().unwrap())], &log, server);
+    let env = [
+        ("CARAVAN_URL", url.as_str()),
+        ("CARAVAN_MODEL_FILE", file.to_str().unwrap()),
+        ("CARAVAN_OLLAMA_MODELS", ollama.to_str().unwrap()),
+    ];
+    run_python("test_manage.py", &env, &log, server);
 }
 
 /// Property-based tests of /openapi.json (tests/python/test_openapi.py):

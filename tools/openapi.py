@@ -144,7 +144,7 @@ paths = {
                        "OllamaEmbedRequest", obj({"model": S, "embeddings": arr(arr(N)), "total_duration": I, "load_duration": I, "prompt_eval_count": I}), "ollama"),
     "/api/embeddings": post("Embed one prompt (legacy)", "OllamaEmbeddingsRequest", obj({"embedding": arr(N)}), "ollama"),
     "/api/tags": get("Installed models", obj({"models": arr(obj({"name": S, "model": S, "modified_at": S, "size": I, "digest": S, "details": ref("ModelDetails")}))})),
-    "/api/show": post("A model's details, template and parameters", "ModelRequest", obj({"template": S, "details": ref("ModelDetails"), "model_info": {"type": "object"}, "modelfile": S, "capabilities": arr(S)}), "ollama"),
+    "/api/show": post("A model's details, template and parameters", "ModelRequest", obj({"template": S, "details": ref("ModelDetails"), "model_info": {"type": "object"}, "modelfile": S, "capabilities": arr(S), "parameters": S, "system": S, "license": S}), "ollama"),
     "/api/ps": get("Loaded models", obj({"models": arr(obj({"name": S, "model": S, "size": I, "digest": S, "expires_at": S, "size_vram": I, "context_length": I}))})),
     "/api/pull": post("Install a catalog model (NDJSON status lines unless stream is false)", "PullRequest", "Status", "ollama", "application/x-ndjson"),
     "/api/create": post("A model from an installed one (from) or an uploaded GGUF blob (files)", "CreateRequest", "Status", "ollama", "application/x-ndjson"),

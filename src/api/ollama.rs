@@ -39,6 +39,22 @@ pub fn merge_options(shared: Option<&Value>, own: Option<&Value>) -> Result<Valu
     Ok(Value::Object(out))
 }
 
+/// A generate or chat body with its model's system prompt (an Ollama
+/// Modelfile's SYSTEM) where it gives none: as `system` of a generate, as
+/// a first message of a chat without a system message.
+pub fn with_model_system(body: &Value, system: Option<&str>) -> Value {
+    let mut body = body.clone();
+    let Some(system) = system else { return body };
+    if let Some(Value::Array(messages)) = body.get_mut("messages") {
+        if !messages.iter().any(|m| m["role"] == "system") {
+            messages.insert(0, json!({ "role": "system", "content": system }));
+        }
+    } else if matches!(body.get("system"), None | Some(Value::Null)) && body.is_object() {
+        body["system"] = json!(system);
+    }
+    body
+}
+
 /// Reads `options`; keys it does not know (GPU settings and such) are
 /// ignored, as Ollama does.
 pub fn parse_options(options: &Value, seed: u64) -> Result<Options> {

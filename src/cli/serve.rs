@@ -27,6 +27,10 @@ pub struct ServeArgs {
     /// Where models are installed (default ~/.caravan/models)
     #[arg(long, env = "CARAVAN_MODELS")]
     models_dir: Option<PathBuf>,
+    /// An Ollama model store to serve as it is, never modified (default
+    /// ~/.ollama/models when it exists)
+    #[arg(long, env = "OLLAMA_MODELS")]
+    ollama_models: Option<PathBuf>,
     /// Most requests waiting to be admitted; more get 503 (Ollama routes)
     /// or 429 (OpenAI routes) with Retry-After
     #[arg(long, env = "CARAVAN_MAX_QUEUE", default_value_t = 512)]
@@ -73,6 +77,15 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         bail!("--threads, --max-queue, --max-loaded-models and --max-batch-items must be at least 1");
     }
     let store = a.models_dir.clone().map(Store::new).unwrap_or_else(Store::from_env);
+    let ollama = a.ollama_models.clone().or_else(|| {
+        let default = PathBuf::from(std::env::var_os("HOME")?).join(".ollama/models");
+        default.is_dir().then_some(default)
+    });
+    let store = match ollama {
+        Some(dir) if !dir.is_dir() => bail!("--ollama-models {}: not a folder", dir.display()),
+        Some(dir) => store.with_ollama(dir),
+        None => store,
+    };
     // The default model is pulled before listening, so that the server
     // does not start without it.
     store.resolve(&a.model)?;

@@ -54,12 +54,15 @@ pub async fn batch(State(app): State<Arc<App>>, Extension(log): Extension<Reques
     let (loaded, load) = app.model(API, &name, &log, keep_alive(&body).map_err(|e| ApiError::bad(API, e))?).await?;
     let seed = fresh_seed();
     let format = structured::ollama_format(&body).map_err(|e| ApiError::bad(API, e))?;
-    let shared = shape::BatchShared { options: body.get("options"), format };
+    // The model's own options (an Ollama Modelfile's), under the batch's.
+    let options = shape::merge_options(loaded.manifest.options.as_ref(), body.get("options")).map_err(|e| ApiError::bad(API, e))?;
+    let shared = shape::BatchShared { options: Some(&options), format };
+    let system = loaded.manifest.system.as_deref();
     let items: Vec<BatchItem> = list
         .iter()
         .enumerate()
         .map(|(i, v)| {
-            shape::batch_item(&loaded.model, v, &shared, seed.wrapping_add(i as u64))
+            shape::batch_item(&loaded.model, &shape::with_model_system(v, system), &shared, seed.wrapping_add(i as u64))
                 .map_err(|e| ApiError::bad(API, format!("requests[{i}]: {e:#}")))
         })
         .collect::<Result<_, _>>()?;

@@ -85,6 +85,9 @@ pub async fn delete(State(app): State<Arc<App>>, body: Body) -> Result<Response,
     let body = read_json(&app, API, body).await?;
     let name = model_field(&body)?;
     let m = app.registry.find_manifest(&name).map_err(|e| ApiError::store(API, e))?.ok_or_else(|| ApiError::not_found(API, &name))?;
+    if !app.registry.store().is_own(&m.name) {
+        return Err(ApiError::bad(API, format!("model '{}' is in the Ollama store, which Caravan does not modify", m.name)));
+    }
     app.registry.expire(&m.name).await;
     app.registry.store().remove(&m.name).map_err(|e| ApiError::internal(API, e))?;
     Ok(StatusCode::OK.into_response())

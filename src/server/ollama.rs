@@ -48,9 +48,6 @@ async fn answer(app: Arc<App>, log: RequestLog, body: Body, shape_of: Shape) -> 
     let body = read_json(&app, API, body).await?;
     let name = req_str(&body, "model").map_err(|e| ApiError::bad(API, e))?.to_string();
     let stream = opt_bool(&body, "stream").map_err(|e| ApiError::bad(API, e))?.unwrap_or(true);
-    let options = shape::merge_options(body.get("options"), None)
-        .and_then(|o| shape::parse_options(&o, fresh_seed()))
-        .map_err(|e| ApiError::bad(API, e))?;
     let keep_alive = keep_alive(&body).map_err(|e| ApiError::bad(API, e))?;
     if shape::loads_only(shape_of, &body) {
         if keep_alive == Some(KeepAlive::For(Duration::ZERO)) {
@@ -62,6 +59,11 @@ async fn answer(app: Arc<App>, log: RequestLog, body: Body, shape_of: Shape) -> 
         return Ok(Json(shape::load_line(shape_of, &name, "load")).into_response());
     }
     let (loaded, load) = app.model(API, &name, &log, keep_alive).await?;
+    // The model's own defaults (an Ollama Modelfile's) under the request's.
+    let body = shape::with_model_system(&body, loaded.manifest.system.as_deref());
+    let options = shape::merge_options(loaded.manifest.options.as_ref(), body.get("options"))
+        .and_then(|o| shape::parse_options(&o, fresh_seed()))
+        .map_err(|e| ApiError::bad(API, e))?;
     let (prompt, tools) = match shape_of {
         Shape::Generate => shape::generate_prompt(&loaded.model, &body).map(|p| (p, None)),
         Shape::Chat => shape::chat_prompt(&loaded.model, &body),
@@ -182,6 +184,32 @@ pub async fn tags(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
     Ok(Json(json!({ "models": models })).into_response())
 }
 
+/// A model's default options as a Modelfile's PARAMETER lines say them
+/// (`temperature 0.7`, a `stop "..."` line per stop string).
+fn parameters_text(options: Option<&Value>) -> String {
+    let Some(Value::Object(options)) = options else { return String::new() };
+    let mut lines = Vec::new();
+    for (key, value) in options {
+        match value {
+            Value::Array(list) => lines.extend(list.iter().map(|v| format!("{key} {v}"))),
+            v => lines.push(format!("{key} {v}")),
+        }
+    }
+    lines.join("\n")
+}
+
+/// The model as a Modelfile: its file, PARAMETERs and SYSTEM.
+fn modelfile(path: &std::path::Path, m: &Manifest) -> String {
+    let mut text = format!("FROM {}\n", path.display());
+    for line in parameters_text(m.options.as_ref()).lines() {
+        text += &format!("PARAMETER {line}\n");
+    }
+    if let Some(system) = &m.system {
+        text += &format!("SYSTEM \"\"\"{system}\"\"\"\n");
+    }
+    text
+}
+
 pub async fn show(State(app): State<Arc<App>>, Extension(log): Extension<RequestLog>, body: Body) -> Result<Response, ApiError> {
     let body = read_json(&app, API, body).await?;
     // "name" is the older spelling.
@@ -204,8 +232,9 @@ pub async fn show(State(app): State<Arc<App>>, Extension(log): Extension<Request
     }
     Ok(Json(json!({
         "license": model_info.license,
-        "modelfile": format!("FROM {}\n", path.display()),
-        "parameters": "",
+        "modelfile": modelfile(&path, &m),
+        "parameters": parameters_text(m.options.as_ref()),
+        "system": m.system.clone().unwrap_or_default(),
         "template": model_info.chat_template,
         "details": details(&m),
         "model_info": info,

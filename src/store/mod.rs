@@ -4,6 +4,7 @@
 
 mod catalog;
 mod fetch;
+mod ollama;
 
 use std::path::{Path, PathBuf};
 
@@ -32,10 +33,21 @@ pub struct Manifest {
     pub parameters: u64,
     pub quantization: String,
     pub context_length: u64,
+    /// The file, when it lives outside the store (an Ollama store's blob).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    /// Defaults a request's own fields override (an Ollama Modelfile's
+    /// SYSTEM and PARAMETERs): a system prompt, and options.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<serde_json::Value>,
 }
 
 pub struct Store {
     root: PathBuf,
+    /// An Ollama store whose models are served too, read only.
+    ollama: Option<ollama::OllamaStore>,
 }
 
 /// Why the store could not answer a look-up.
@@ -78,7 +90,13 @@ fn read_manifest(path: &Path) -> Result<Manifest, StoreError> {
 
 impl Store {
     pub fn new(root: PathBuf) -> Store {
-        Store { root }
+        Store { root, ollama: None }
+    }
+
+    /// Serves the models of the Ollama store at `root` too (never
+    /// modifying it); a name in both is this store's.
+    pub fn with_ollama(self, root: PathBuf) -> Store {
+        Store { ollama: Some(ollama::OllamaStore::new(root)), ..self }
     }
 
     /// `$CARAVAN_MODELS`, else `~/.caravan/models`.
@@ -99,12 +117,18 @@ impl Store {
     }
 
     pub fn blob_path(&self, m: &Manifest) -> PathBuf {
-        self.blob_of(&m.sha256)
+        m.file.clone().unwrap_or_else(|| self.blob_of(&m.sha256))
     }
 
     /// Where the blob with this SHA-256 lives (if it is here).
     fn blob_of(&self, sha256: &str) -> PathBuf {
         self.root.join("blobs").join(format!("sha256-{sha256}.gguf"))
+    }
+
+    /// Whether the model of that name is this store's (not the Ollama
+    /// store's, which is never modified).
+    pub fn is_own(&self, name: &str) -> bool {
+        check_name(name).is_ok() && self.manifest_path(name).exists()
     }
 
     /// Whether a blob with this SHA-256 (64 lowercase hex digits) is here.
@@ -155,13 +179,21 @@ impl Store {
         Ok(copy)
     }
 
+    /// This store's model of that name, else the Ollama store's (whose
+    /// names may hold a namespace: `user/model:tag`).
     pub fn find(&self, name: &str) -> Result<Option<Manifest>, StoreError> {
-        check_name(name)?;
-        let path = self.manifest_path(name);
-        if !path.exists() {
-            return Ok(None);
+        if !(name.contains('/') && self.ollama.is_some()) {
+            check_name(name)?;
+            let path = self.manifest_path(name);
+            if path.exists() {
+                return read_manifest(&path).map(Some);
+            }
         }
-        read_manifest(&path).map(Some)
+        let Some(o) = &self.ollama else { return Ok(None) };
+        match o.find(name).map_err(|e| StoreError::Unreadable(format!("{e:#}")))? {
+            Some(m) => ollama_manifest(m, o.root()).map(Some),
+            None => Ok(None),
+        }
     }
 
     pub fn list(&self) -> Result<Vec<Manifest>, StoreError> {
@@ -179,6 +211,12 @@ impl Store {
                 out.push(read_manifest(&path)?);
             }
         }
+        if let Some(o) = &self.ollama {
+            let theirs = o.list().map_err(|e| StoreError::Unreadable(format!("{e:#}")))?;
+            // Models whose file Caravan cannot run are not offered.
+            let usable: Vec<Manifest> = theirs.into_iter().filter_map(|m| ollama_manifest(m, o.root()).ok()).collect();
+            out.extend(usable.into_iter().filter(|m| !out.iter().any(|own| own.name == m.name)).collect::<Vec<_>>());
+        }
         out.sort_by(|a: &Manifest, b| a.name.cmp(&b.name));
         Ok(out)
     }
@@ -186,8 +224,12 @@ impl Store {
     /// Removes a model; its blob goes too unless another name still uses it.
     pub fn remove(&self, name: &str) -> Result<()> {
         let m = self.find(name)?.ok_or_else(|| anyhow!("model {name:?} not found"))?;
+        if !self.is_own(&m.name) {
+            bail!("model {name:?} is in the Ollama store, which Caravan does not modify");
+        }
         std::fs::remove_file(self.manifest_path(name))?;
-        if !self.list()?.iter().any(|o| o.sha256 == m.sha256) {
+        // Only a blob of this store's own goes.
+        if m.file.is_none() && !self.list()?.iter().any(|o| o.sha256 == m.sha256) {
             let _ = std::fs::remove_file(self.blob_path(&m));
         }
         Ok(())
@@ -281,6 +323,13 @@ impl Store {
     }
 }
 
+/// The manifest of an Ollama store's model, read from its file.
+fn ollama_manifest(m: ollama::OllamaModel, root: &Path) -> Result<Manifest, StoreError> {
+    let source = format!("ollama:{}", root.display());
+    let described = describe(&m.file, &m.name, &source, &m.sha256).map_err(|e| StoreError::Unreadable(format!("{}: {e:#}", m.name)))?;
+    Ok(Manifest { file: Some(m.file), system: m.system, options: m.params, ..described })
+}
+
 fn is_sha256(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
@@ -368,6 +417,9 @@ fn describe(path: &Path, name: &str, source: &str, sha256: &str) -> Result<Manif
         quantization: quantization_name(&f),
         context_length: config.context_length as u64,
         architecture: config.architecture,
+        file: None,
+        system: None,
+        options: None,
     })
 }
 

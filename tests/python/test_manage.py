@@ -1,7 +1,8 @@
 """Models managed over HTTP with the official ollama package, unchanged,
 against a running `caravan serve` (CARAVAN_URL) whose store holds the
-default model alone; CARAVAN_MODEL_FILE is a copy of its GGUF to upload.
-Run by tests/server.rs."""
+default model alone; CARAVAN_MODEL_FILE is a copy of its GGUF to upload;
+CARAVAN_OLLAMA_MODELS is the (empty) folder the server serves as an Ollama
+store, which the tests lay out as Ollama does. Run by tests/server.rs."""
 
 import hashlib
 import http.client
@@ -15,6 +16,7 @@ import ollama
 
 URL = os.environ["CARAVAN_URL"]
 MODEL_FILE = os.environ["CARAVAN_MODEL_FILE"]
+OLLAMA = os.environ["CARAVAN_OLLAMA_MODELS"]
 MODEL = "smollm2:135m"
 client = ollama.Client(host=URL)
 
@@ -116,6 +118,94 @@ class Manage(unittest.TestCase):
         self.assertIn(MODEL, names())
         self.assertEqual(client.pull(MODEL, stream=False).status, "success")
         self.assertTrue(answer(MODEL))
+
+
+SYSTEM = "You answer in one short sentence."
+PARAMS = {"temperature": 0, "num_predict": 8, "stop": ["\n\n"]}
+
+
+def blob(data=None, link=None):
+    """Writes a blob as Ollama stores it (blobs/sha256-<hex>); its digest."""
+    if link:
+        with open(link, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+    else:
+        digest = hashlib.sha256(data).hexdigest()
+    path = os.path.join(OLLAMA, "blobs", "sha256-" + digest)
+    if not os.path.exists(path):
+        if link:
+            os.link(link, path)
+        else:
+            with open(path, "wb") as f:
+                f.write(data)
+    return "sha256:" + digest
+
+
+def manifest(path, layers):
+    """An OCI image manifest as Ollama writes one, at manifests/<path>."""
+    config = blob(json.dumps({"model_format": "gguf", "model_family": "llama"}).encode())
+    body = {"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+            "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "digest": config, "size": 1},
+            "layers": [{"mediaType": kind, "digest": digest, "size": 1} for kind, digest in layers]}
+    full = os.path.join(OLLAMA, "manifests", *path.split("/"))
+    os.makedirs(os.path.dirname(full), exist_ok=True)
+    with open(full, "w") as f:
+        json.dump(body, f)
+
+
+def snapshot():
+    """Every file of the Ollama store with its size and time: to show it unchanged."""
+    out = {}
+    for root, _, files in os.walk(OLLAMA):
+        for name in files:
+            st = os.stat(os.path.join(root, name))
+            out[os.path.join(root, name)] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+class OllamaStore(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        os.makedirs(os.path.join(OLLAMA, "blobs"), exist_ok=True)
+        model = blob(link=MODEL_FILE)
+        system = blob(SYSTEM.encode())
+        params = blob(json.dumps(PARAMS).encode())
+        manifest("registry.ollama.ai/library/tiny/v1", [
+            ("application/vnd.ollama.image.model", model), ("application/vnd.ollama.image.system", system),
+            ("application/vnd.ollama.image.params", params)])
+        manifest("registry.ollama.ai/someone/other/latest", [("application/vnd.ollama.image.model", model)])
+        cls.before = snapshot()
+
+    def test_models_are_listed_shown_and_served_with_their_modelfile_defaults(self):
+        self.assertTrue({"tiny:v1", "someone/other:latest"} <= set(names()))
+        self.assertTrue({"tiny:v1", "someone/other:latest"} <= {m["id"] for m in request("GET", "/v1/models")[1]["data"]})
+        shown = client.show("tiny:v1")
+        self.assertEqual(request("POST", "/api/show", {"model": "tiny:v1"})[1]["system"], SYSTEM)
+        self.assertEqual(shown.parameters, 'temperature 0\nnum_predict 8\nstop "\\n\\n"')
+        self.assertIn('PARAMETER num_predict 8\nPARAMETER stop "\\n\\n"\nSYSTEM """' + SYSTEM + '"""', shown.modelfile)
+        prompt = "What is the capital of France?"
+        mine = client.generate(model="tiny:v1", prompt=prompt)
+        theirs = client.generate(model=MODEL, prompt=prompt, system=SYSTEM, options=PARAMS)
+        self.assertEqual((mine.response, mine.eval_count), (theirs.response, theirs.eval_count))
+        chat = client.chat(model="tiny:v1", messages=[{"role": "user", "content": prompt}])
+        self.assertEqual(chat.message.content, client.chat(model=MODEL, messages=[
+            {"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}], options=PARAMS).message.content)
+        # A request's own fields win over the Modelfile's.
+        longer = client.generate(model="tiny:v1", prompt=prompt, options={"num_predict": 2, "stop": []})
+        self.assertEqual(longer.eval_count, 2)
+        self.assertTrue(client.generate(model="someone/other", prompt=prompt, options={"num_predict": 2}).response)
+
+    def test_the_ollama_store_is_never_modified(self):
+        with self.assertRaises(ollama.ResponseError) as e:
+            client.delete("tiny:v1")
+        self.assertEqual(e.exception.status_code, 400)
+        self.assertIn("Ollama store", str(e.exception))
+        client.copy("tiny:v1", "mine:1")
+        self.assertEqual(request("POST", "/api/show", {"model": "mine:1"})[1]["system"], SYSTEM)
+        client.delete("mine:1")
+        self.assertNotIn("mine:1", names())
+        self.assertIn("tiny:v1", names())
+        self.assertEqual(snapshot(), self.before)
 
 
 if __name__ == "__main__":
