@@ -95,6 +95,7 @@ schemas = {
     "PullRequest": obj({"model": S, "name": S, "stream": {"type": "boolean", "default": True}, "insecure": B}),
     "CopyRequest": obj({"source": S, "destination": S}, ["source", "destination"]),
     "CreateRequest": obj({"model": S, "from": S, "files": {"type": "object", "additionalProperties": {"type": "string", "pattern": "^sha256:[0-9a-f]{64}$"}},
+                          "system": {**S, "description": "The model's default system prompt"}, "parameters": {**ref("OllamaOptions"), "description": "The model's default options"},
                           "stream": {"type": "boolean", "default": True}}, ["model"]),
     "Status": obj({"status": S, "digest": S, "total": I, "completed": I, "error": S}),
     "TokenizeRequest": obj({

@@ -1,6 +1,7 @@
 //! Models managed over HTTP, as Ollama's API has it: /api/pull (catalog
 //! names, NDJSON progress), /api/delete, /api/copy, /api/create (from an
-//! installed model or an uploaded GGUF blob), /api/blobs/{digest} (HEAD,
+//! installed model or an uploaded GGUF blob, with a system prompt and
+//! options), /api/blobs/{digest} (HEAD,
 //! POST with the digest checked), and /api/push (refused: there is no
 //! registry to push to).
 
@@ -17,7 +18,8 @@ use serde_json::{json, Value};
 use super::error::{Api, ApiError};
 use super::{ndjson, read_json, App};
 use crate::api::fields::{opt_bool, opt_str, req_str};
-use crate::store::catalog_sha256;
+use crate::api::ollama;
+use crate::store::{catalog_sha256, Manifest};
 
 const API: Api = Api::Ollama;
 
@@ -134,27 +136,28 @@ pub async fn upload_blob(State(app): State<Arc<App>>, Path(digest): Path<String>
     Ok(StatusCode::CREATED.into_response())
 }
 
-/// Fields of Ollama's create that change a model beyond its file: not
-/// supported, so refused by name.
-const CREATE_UNSUPPORTED: [&str; 7] = ["template", "system", "parameters", "messages", "adapters", "quantize", "license"];
+/// Fields of Ollama's create Caravan does not take: a Go template (the
+/// file's own chat template is used), and what changes the weights or
+/// their metadata. Refused by name.
+const CREATE_UNSUPPORTED: [&str; 5] = ["template", "messages", "adapters", "quantize", "license"];
 
 /// A model from an installed one (`from`) or from one uploaded GGUF blob
-/// (`files: {"name.gguf": "sha256:..."}`).
+/// (`files: {"name.gguf": "sha256:..."}`), with a default `system` prompt
+/// and default options (`parameters`) over those it had.
 pub async fn create(State(app): State<Arc<App>>, body: Body) -> Result<Response, ApiError> {
     let body = read_json(&app, API, body).await?;
     let name = full_name(&model_field(&body)?);
     let stream = opt_bool(&body, "stream").map_err(|e| ApiError::bad(API, e))?.unwrap_or(true);
     if let Some(key) = CREATE_UNSUPPORTED.iter().find(|k| !matches!(body.get(**k), None | Some(Value::Null))) {
-        return Err(ApiError::bad(API, format!("{key} is not supported: a model is its GGUF file as it is")));
+        return Err(ApiError::bad(API, format!("{key} is not supported: a model here is its GGUF file, a system prompt and options")));
     }
     let store = app.registry.store();
     let files = body.get("files").filter(|f| !f.is_null());
     let from = opt_str(&body, "from").map_err(|e| ApiError::bad(API, e))?;
-    let sha = match (from, files) {
+    let base = match (from, files) {
         (Some(_), Some(_)) => return Err(ApiError::bad(API, "give from or files, not both")),
         (Some(from), None) => {
-            let m = app.registry.find_manifest(from).map_err(|e| ApiError::store(API, e))?.ok_or_else(|| ApiError::not_found(API, from))?;
-            m.sha256
+            app.registry.find_manifest(from).map_err(|e| ApiError::store(API, e))?.ok_or_else(|| ApiError::not_found(API, from))?
         }
         (None, Some(Value::Object(files))) if files.len() == 1 => {
             let (file, digest) = files.iter().next().expect("one entry");
@@ -162,12 +165,24 @@ pub async fn create(State(app): State<Arc<App>>, body: Body) -> Result<Response,
             if !file.ends_with(".gguf") {
                 return Err(ApiError::bad(API, format!("files[{file:?}]: only one GGUF file makes a model here")));
             }
-            blob_digest(digest)?.to_string()
+            store.blob_manifest(&name, blob_digest(digest)?).map_err(|e| ApiError::bad(API, e))?
         }
         (None, Some(_)) => return Err(ApiError::bad(API, "files must be {\"<name>.gguf\": \"sha256:<hex>\"}, one GGUF file")),
         (None, None) => return Err(ApiError::bad(API, "from or files is required")),
     };
-    store.install_blob(&name, &sha).map_err(|e| ApiError::bad(API, e))?;
+    let system = opt_str(&body, "system").map_err(|e| ApiError::bad(API, e))?.map(str::to_string).or(base.system.clone());
+    let options = match body.get("parameters").filter(|p| !p.is_null()) {
+        Some(p @ Value::Object(_)) => {
+            let merged = ollama::merge_options(base.options.as_ref(), Some(p)).map_err(|e| ApiError::bad(API, e))?;
+            // Checked as a request's options would be, so that a bad one
+            // fails here rather than in every request.
+            ollama::parse_options(&merged, 0).map_err(|e| ApiError::bad(API, format!("parameters: {e:#}")))?;
+            Some(merged)
+        }
+        Some(_) => return Err(ApiError::bad(API, "parameters must be an object of options")),
+        None => base.options.clone(),
+    };
+    store.save(&Manifest { name, system, options, ..base }).map_err(|e| ApiError::bad(API, e))?;
     let lines = vec![json!({ "status": "parsing GGUF" }), json!({ "status": "writing manifest" }), json!({ "status": "success" })];
     Ok(statuses(stream, lines))
 }

@@ -153,17 +153,22 @@ impl Store {
         })
     }
 
-    /// Installs the GGUF blob `sha256` as `name` (replacing a model of that
-    /// name, as Ollama's create does).
-    pub fn install_blob(&self, name: &str, sha256: &str) -> Result<Manifest> {
-        check_name(name)?;
+    /// The manifest the GGUF blob `sha256` would have as `name`; fails if
+    /// the blob is missing or not a GGUF Caravan can run.
+    pub fn blob_manifest(&self, name: &str, sha256: &str) -> Result<Manifest> {
         if !self.has_blob(sha256) {
             bail!("blob sha256:{sha256} is not here: upload it to /api/blobs first");
         }
+        describe(&self.blob_of(sha256), name, &format!("blob:sha256:{sha256}"), sha256)
+    }
+
+    /// Writes a manifest under its name, replacing a model of that name
+    /// (as Ollama's create does).
+    pub fn save(&self, m: &Manifest) -> Result<()> {
+        check_name(&m.name)?;
         std::fs::create_dir_all(self.root.join("manifests"))?;
-        let manifest = describe(&self.blob_of(sha256), name, &format!("blob:sha256:{sha256}"), sha256)?;
-        std::fs::write(self.manifest_path(name), serde_json::to_string_pretty(&manifest)?)?;
-        Ok(manifest)
+        std::fs::write(self.manifest_path(&m.name), serde_json::to_string_pretty(m)?)?;
+        Ok(())
     }
 
     /// Installs `destination` as another name of `source` (one blob for
@@ -175,7 +180,7 @@ impl Store {
             bail!("model {destination:?} exists already: delete it first");
         }
         let copy = Manifest { name: destination.to_string(), ..m };
-        std::fs::write(self.manifest_path(destination), serde_json::to_string_pretty(&copy)?)?;
+        self.save(&copy)?;
         Ok(copy)
     }
 

@@ -56,6 +56,12 @@ class Manage(unittest.TestCase):
         reference = answer(MODEL)
         for name in ["uploaded", "derived:v1", "copied:7"]:
             self.assertEqual(answer(name), reference, name)
+        # A system prompt and options of its own, as a Modelfile gives them.
+        client.create(model="tuned", from_="uploaded", system="Answer in French.", parameters={"num_predict": 3, "temperature": 0})
+        tuned = client.generate(model="tuned", prompt="Hi")
+        alike = client.generate(model=MODEL, prompt="Hi", system="Answer in French.", options={"num_predict": 3, "temperature": 0})
+        self.assertEqual((tuned.response, tuned.eval_count), (alike.response, 3))
+        client.delete("tuned")
         client.delete("copied:7")
         client.delete("uploaded")
         self.assertEqual(names(), ["derived:v1", MODEL])
@@ -81,6 +87,8 @@ class Manage(unittest.TestCase):
             ({"model": "bad", "from": "nope:1"}, 404, "nope"),
             ({"model": "bad", "from": MODEL, "template": "{{ .Prompt }}"}, 400, "template"),
             ({"model": "bad", "from": MODEL, "quantize": "q4_K_M"}, 400, "quantize"),
+            ({"model": "bad", "from": MODEL, "parameters": {"temperature": "hot"}}, 400, "parameters: temperature"),
+            ({"model": "bad", "from": MODEL, "parameters": ["temperature 0"]}, 400, "parameters must be an object"),
             ({"model": "bad"}, 400, "from or files"),
         ]:
             got, answer_ = request("POST", "/api/create", body)
@@ -200,6 +208,10 @@ class OllamaStore(unittest.TestCase):
             client.delete("tiny:v1")
         self.assertEqual(e.exception.status_code, 400)
         self.assertIn("Ollama store", str(e.exception))
+        client.create(model="mine:2", from_="tiny:v1", parameters={"num_predict": 4})
+        self.assertEqual(request("POST", "/api/show", {"model": "mine:2"})[1]["system"], SYSTEM)
+        self.assertLessEqual(client.generate(model="mine:2", prompt="Hi").eval_count, 4)
+        client.delete("mine:2")
         client.copy("tiny:v1", "mine:1")
         self.assertEqual(request("POST", "/api/show", {"model": "mine:1"})[1]["system"], SYSTEM)
         client.delete("mine:1")
