@@ -208,6 +208,20 @@ fn draw(rng: &mut Rng, logits: impl ExactSizeIterator<Item = f32>, max: f32, tem
 mod tests {
     use super::*;
 
+    /// Temperature and seed alone: no cut, no penalty.
+    fn unfiltered(temperature: f32, seed: u64) -> SamplingParams {
+        SamplingParams {
+            temperature,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repeat_penalty: 1.0,
+            repeat_last_n: 0,
+            seed,
+            ..SamplingParams::default()
+        }
+    }
+
     fn logits() -> Vec<f32> {
         vec![1.0, 3.0, 2.5, -1.0, 0.0, 2.9]
     }
@@ -258,17 +272,7 @@ mod tests {
 
     #[test]
     fn draws_equal_the_plain_chain_on_a_full_vocabulary() {
-        let base = SamplingParams {
-            temperature: 1.0,
-            top_k: 0,
-            top_p: 1.0,
-            min_p: 0.0,
-            repeat_penalty: 1.0,
-            repeat_last_n: 64,
-            presence_penalty: 0.0,
-            frequency_penalty: 0.0,
-            seed: 5,
-        };
+        let base = SamplingParams { repeat_last_n: 64, ..unfiltered(1.0, 5) };
         let settings = [
             SamplingParams::default(),
             SamplingParams::greedy(),
@@ -331,17 +335,7 @@ mod tests {
         // 496-498 are all drawn, never 499 nor any other.
         let mut logits = vec![1.0f32; 500];
         logits[496..].fill(5.0);
-        let p = SamplingParams {
-            temperature: 100.0,
-            top_k: 3,
-            top_p: 1.0,
-            min_p: 0.0,
-            repeat_penalty: 1.0,
-            repeat_last_n: 0,
-            presence_penalty: 0.0,
-            frequency_penalty: 0.0,
-            seed: 4,
-        };
+        let p = SamplingParams { top_k: 3, ..unfiltered(100.0, 4) };
         let mut s = Sampler::new(p);
         let draws: Vec<u32> = (0..300).map(|_| s.sample(&logits, &[])).collect();
         for id in 496..499 {
@@ -355,17 +349,7 @@ mod tests {
         // Odds 1:3:0 at temperature 1, no top-k/top-p/min-p (drawn in the
         // vocabulary's order, unsorted).
         let logits = [0.0f32, 3f32.ln(), -200.0];
-        let p = SamplingParams {
-            temperature: 1.0,
-            top_k: 0,
-            top_p: 1.0,
-            min_p: 0.0,
-            repeat_penalty: 1.0,
-            repeat_last_n: 0,
-            presence_penalty: 0.0,
-            frequency_penalty: 0.0,
-            seed: 21,
-        };
+        let p = unfiltered(1.0, 21);
         let mut s = Sampler::new(p);
         let draws: Vec<u32> = (0..4000).map(|_| s.sample(&logits, &[])).collect();
         let ones = draws.iter().filter(|&&t| t == 1).count();
@@ -375,17 +359,7 @@ mod tests {
 
     #[test]
     fn same_seed_same_draws_and_top_k_limits_choices() {
-        let p = SamplingParams {
-            temperature: 1.5,
-            top_k: 2,
-            top_p: 1.0,
-            min_p: 0.0,
-            repeat_penalty: 1.0,
-            repeat_last_n: 0,
-            presence_penalty: 0.0,
-            frequency_penalty: 0.0,
-            seed: 9,
-        };
+        let p = SamplingParams { top_k: 2, ..unfiltered(1.5, 9) };
         let draw = |p: &SamplingParams| {
             let mut s = Sampler::new(p.clone());
             (0..200).map(|_| s.sample(&logits(), &[])).collect::<Vec<_>>()
@@ -399,17 +373,7 @@ mod tests {
 
     #[test]
     fn top_p_and_min_p_cut_the_tail() {
-        let base = SamplingParams {
-            temperature: 1.0,
-            top_k: 0,
-            top_p: 1.0,
-            min_p: 0.0,
-            repeat_penalty: 1.0,
-            repeat_last_n: 0,
-            presence_penalty: 0.0,
-            frequency_penalty: 0.0,
-            seed: 1,
-        };
+        let base = unfiltered(1.0, 1);
         // Probabilities: 3.0 -> .35, 2.9 -> .32, 2.5 -> .21, ...: top-p 0.5 keeps two.
         let mut s = Sampler::new(SamplingParams { top_p: 0.5, ..base.clone() });
         assert!((0..300).map(|_| s.sample(&logits(), &[])).all(|t| t == 1 || t == 5));

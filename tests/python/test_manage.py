@@ -5,14 +5,13 @@ CARAVAN_OLLAMA_MODELS is the (empty) folder the server serves as an Ollama
 store, which the tests lay out as Ollama does. Run by tests/server.rs."""
 
 import hashlib
-import http.client
 import json
 import os
 import time
 import unittest
-import urllib.parse
 
 import ollama
+import raw_http
 
 URL = os.environ["CARAVAN_URL"]
 MODEL_FILE = os.environ["CARAVAN_MODEL_FILE"]
@@ -22,16 +21,7 @@ client = ollama.Client(host=URL)
 
 
 def request(method, path, body=None, raw=None):
-    u = urllib.parse.urlparse(URL)
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=300)
-    conn.request(method, path, body=raw if raw is not None else (json.dumps(body).encode() if body is not None else None))
-    r = conn.getresponse()
-    text = r.read().decode()
-    conn.close()
-    try:
-        return r.status, json.loads(text)
-    except ValueError:
-        return r.status, text
+    return raw_http.request(URL, method, path, body, raw)
 
 
 def names():

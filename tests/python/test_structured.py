@@ -3,17 +3,16 @@ packages, unchanged, against a running `caravan serve` (CARAVAN_URL, the
 default model; run by tests/server.rs), and by raw HTTP for status codes.
 Every output under a schema is validated with the jsonschema package."""
 
-import http.client
 import json
 import os
 import re
 import unittest
-import urllib.parse
 from typing import List, Literal
 
 import jsonschema
 import ollama
 import openai
+import raw_http
 from pydantic import BaseModel, Field
 
 URL = os.environ["CARAVAN_URL"]
@@ -23,17 +22,8 @@ ollama_client = ollama.Client(host=URL)
 openai_client = openai.OpenAI(base_url=URL + "/v1", api_key="unused", max_retries=0)
 
 
-def request(method, path, body):
-    u = urllib.parse.urlparse(URL)
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=300)
-    conn.request(method, path, body=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
-    r = conn.getresponse()
-    text = r.read().decode()
-    conn.close()
-    try:
-        return r.status, json.loads(text)
-    except ValueError:
-        return r.status, text
+def request(method, path, body=None, raw=None):
+    return raw_http.request(URL, method, path, body, raw)
 
 
 class Suggestion(BaseModel):
