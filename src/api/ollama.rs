@@ -86,9 +86,10 @@ pub fn parse_options(options: &Value, seed: u64) -> Result<Options> {
 /// Fields Ollama has that we do not implement (and `also`, fields of other
 /// routes): an error, not silence.
 fn reject_unsupported(body: &Value, also: &[&str]) -> Result<()> {
-    for key in ["images", "suffix", "template", "context", "think"].iter().chain(also) {
+    for key in ["images", "suffix", "template", "context", "think", "logprobs", "top_logprobs"].iter().chain(also) {
         let set = match body.get(key) {
             None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+            Some(Value::Number(n)) => n.as_f64() != Some(0.0),
             Some(Value::String(s)) => !s.is_empty(),
             Some(Value::Array(a)) => !a.is_empty(),
             Some(_) => true,

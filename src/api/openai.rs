@@ -5,7 +5,7 @@
 use anyhow::{anyhow, bail, Result};
 use serde_json::{json, Value};
 
-use super::fields::{fresh_seed, opt_bool, opt_f32, opt_u64, stop_strings};
+use super::fields::{fresh_seed, opt_bool, opt_f32, opt_str, opt_u64, stop_strings};
 use super::tools::{self, ToolCall, Tools};
 use super::{finish_name, parse_messages, structured};
 use crate::engine::{FinishReason, GenRequest};
@@ -35,7 +35,24 @@ pub struct Job {
 }
 
 /// Fields we do not implement: asking for them is an error, not silence.
-const UNSUPPORTED: [&str; 6] = ["logprobs", "top_logprobs", "echo", "suffix", "functions", "logit_bias"];
+/// (`user`, `safety_identifier` and `prompt_cache_key` only identify the
+/// caller or hint at caching, which is automatic here: accepted.)
+const UNSUPPORTED: [&str; 14] = [
+    "logprobs",
+    "top_logprobs",
+    "echo",
+    "suffix",
+    "functions",
+    "function_call",
+    "logit_bias",
+    "store",
+    "metadata",
+    "audio",
+    "prediction",
+    "web_search_options",
+    "reasoning_effort",
+    "verbosity",
+];
 
 /// A field holding token lists as OpenAI spells them: a string, an array
 /// of strings, an array of token ids, or an array of such arrays; `text`
@@ -86,6 +103,12 @@ pub fn parse(m: &LoadedModel, kind: Kind, body: &Value, seed: u64, default_max: 
     }
     if let Some(key) = UNSUPPORTED.iter().find(|k| !matches!(body.get(**k), None | Some(Value::Null) | Some(Value::Bool(false)))) {
         bail!("{key} is not supported");
+    }
+    if !matches!(body.get("modalities"), None | Some(Value::Null)) && body["modalities"] != serde_json::json!(["text"]) {
+        bail!("modalities is not supported beyond [\"text\"]");
+    }
+    if !matches!(opt_str(body, "service_tier")?, None | Some("auto" | "default")) {
+        bail!("service_tier is not supported beyond \"auto\" and \"default\"");
     }
     if opt_u64(body, "best_of", 1)?.is_some_and(|b| b != 1) {
         bail!("best_of is not supported (only 1; n gives several choices)");

@@ -636,5 +636,49 @@ class Fields(unittest.TestCase):
         self.assertTrue(r.done)
 
 
+# Every request field of the published APIs (OpenAI's API reference for
+# chat and legacy completions, Ollama's docs/api.md for generate and chat)
+# with a value that asks for it: each is honoured (200) or refused with a
+# 400 naming it, never dropped.
+CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+FIELD_WALK = [
+    ("/v1/chat/completions", CHAT, {
+        "frequency_penalty": 0.5, "max_completion_tokens": 2, "max_tokens": 2, "n": 2, "parallel_tool_calls": True, "presence_penalty": 0.5,
+        "prompt_cache_key": "k", "response_format": {"type": "json_object"}, "safety_identifier": "u1", "seed": 3, "service_tier": "auto",
+        "stop": ["x"], "stream": False, "stream_options": {"include_usage": True}, "temperature": 0.5, "top_p": 0.9, "user": "u1",
+        "modalities": ["text"], "tool_choice": "none",
+    }, {
+        "audio": {"voice": "alloy", "format": "mp3"}, "function_call": "auto", "functions": [{"name": "f"}], "logit_bias": {"1": 5},
+        "logprobs": True, "top_logprobs": 2, "metadata": {"a": "b"}, "prediction": {"type": "content", "content": "x"},
+        "reasoning_effort": "low", "store": True, "verbosity": "low", "web_search_options": {}, "modalities": ["text", "audio"],
+        "service_tier": "flex",
+    }),
+    ("/v1/completions", {"model": MODEL, "prompt": "Hi", "max_tokens": 2}, {
+        "best_of": 1, "frequency_penalty": 0.5, "n": 2, "presence_penalty": 0.5, "seed": 3, "stop": "x", "stream": False,
+        "temperature": 0.5, "top_p": 0.9, "user": "u1",
+    }, {"best_of": 2, "echo": True, "logit_bias": {"1": 5}, "logprobs": 2, "suffix": "end"}),
+    ("/api/generate", {"model": MODEL, "prompt": "Hi", "stream": False, "options": {"num_predict": 2}}, {
+        "format": "json", "system": "Be brief.", "raw": True, "keep_alive": "5m", "think": False,
+        "options": {"num_predict": 2, "temperature": 0.5, "presence_penalty": 0.5, "frequency_penalty": 0.5},
+    }, {"suffix": "end", "images": ["aGk="], "template": "{{ .Prompt }}", "context": [1, 2], "think": True, "logprobs": True, "top_logprobs": 2}),
+    ("/api/chat", {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "stream": False, "options": {"num_predict": 2}}, {
+        "format": "json", "keep_alive": "5m", "think": False,
+    }, {"think": True, "logprobs": True, "top_logprobs": 2}),
+]
+
+
+class FieldWalk(unittest.TestCase):
+    def test_every_published_field_is_honoured_or_refused_by_name(self):
+        for path, base, honoured, refused in FIELD_WALK:
+            for key, value in honoured.items():
+                status, _, body = request("POST", path, {**base, key: value})
+                self.assertEqual(status, 200, (path, key, value, body))
+            for key, value in refused.items():
+                status, _, body = request("POST", path, {**base, key: value})
+                self.assertEqual(status, 400, (path, key, value, body))
+                message = body["error"]["message"] if isinstance(body["error"], dict) else body["error"]
+                self.assertTrue(key in message or (key == "think" and "thinking" in message), (path, key, message))
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)

@@ -128,9 +128,14 @@ class OfficialClients(unittest.TestCase):
             model=MODEL, messages=[{"role": "user", "content": "A JSON object about a dog."}], n=4, temperature=1, seed=3,
             max_tokens=80, response_format={"type": "json_object"})
         self.assertEqual(len(r.choices), 4)
+        # Each choice its own matcher: complete ones parse, cut ones are
+        # the start of an object.
+        self.assertIn("stop", [c.finish_reason for c in r.choices])
         for c in r.choices:
             if c.finish_reason == "stop":
                 self.assertIsInstance(json.loads(c.message.content), dict)
+            else:
+                self.assertEqual((c.finish_reason, c.message.content[0]), ("length", "{"))
 
     def test_completions_take_response_format_and_regex_and_lark(self):
         r = openai_client.completions.create(model=MODEL, prompt="The answer is", max_tokens=8, temperature=1,
@@ -207,7 +212,7 @@ WEATHER = {"type": "function", "function": {
     "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "The city name"}}, "required": ["city"]}}}
 TIME = {"type": "function", "function": {
     "name": "get_time", "description": "Get the local time in a time zone",
-    "parameters": {"type": "object", "properties": {"zone": {"type": "string"}}, "required": ["zone"]}}}
+    "parameters": {"type": "object", "properties": {"zone": {"type": "string", "maxLength": 40}}, "required": ["zone"]}}}
 SYSTEM = {"role": "system", "content": "You are a helpful assistant. After a tool returns, answer the user in one sentence."}
 ASK = {"role": "user", "content": "What is the weather in Paris?"}
 GREEDY = {"temperature": 0}
@@ -266,7 +271,8 @@ class ToolCalls(unittest.TestCase):
         self.assertEqual(len(r.choices[0].message.tool_calls), 1)
         self.assertIn(r.choices[0].message.tool_calls[0].function.name, ["get_weather", "get_time"])
         r = openai_client.chat.completions.create(model=QWEN, messages=[ASK], tools=[WEATHER, TIME],
-                                                  tool_choice={"type": "function", "function": {"name": "get_time"}}, temperature=1, n=4)
+                                                  tool_choice={"type": "function", "function": {"name": "get_time"}}, temperature=1, n=4,
+                                                  seed=2, max_tokens=200)
         for choice in r.choices:
             self.assertEqual(choice.finish_reason, "tool_calls")
             for call in choice.message.tool_calls:
