@@ -52,6 +52,13 @@ impl Drop for Server {
     }
 }
 
+/// A store under `dir` holding the default model alone.
+fn store_with_default_model(dir: &Path) -> std::path::PathBuf {
+    let store = dir.join("models");
+    Store::new(store.clone()).pull(common::model_path().to_str().unwrap(), Some("smollm2:135m")).unwrap();
+    store
+}
+
 /// Runs `tests/python/SCRIPT` with the clients' Python and `env`; fails
 /// with its output and `log` (the server's) unless it succeeds; the
 /// servers stop first, so that their logs are whole.
@@ -115,8 +122,7 @@ fn structured_output_and_tool_calls_through_the_official_clients() {
 #[test]
 fn models_are_managed_over_http_by_the_official_client() {
     let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("models");
-    Store::new(store.clone()).pull(common::model_path().to_str().unwrap(), Some("smollm2:135m")).unwrap();
+    let store = store_with_default_model(dir.path());
     // The upload's source, apart from the store the server manages.
     let file = dir.path().join("upload.gguf");
     std::fs::copy(common::model_path(), &file).unwrap();
@@ -139,8 +145,7 @@ fn models_are_managed_over_http_by_the_official_client() {
 #[test]
 fn generated_requests_get_no_server_error_and_answers_on_the_schema() {
     let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("models");
-    Store::new(store.clone()).pull(common::model_path().to_str().unwrap(), Some("smollm2:135m")).unwrap();
+    let store = store_with_default_model(dir.path());
     let log = dir.path().join("server.log");
     let server = Server::start(&store, &log, &[]);
     let url = server.url.clone();
@@ -152,8 +157,7 @@ fn generated_requests_get_no_server_error_and_answers_on_the_schema() {
 #[test]
 fn sigterm_ends_streams_with_a_final_message_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("models");
-    Store::new(store.clone()).pull(common::model_path().to_str().unwrap(), Some("smollm2:135m")).unwrap();
+    let store = store_with_default_model(dir.path());
     let mut server = Server::start(&store, &dir.path().join("server.log"), &["--shutdown-grace", "1"]);
     let addr = server.url.trim_start_matches("http://").to_string();
     let mut stream = std::net::TcpStream::connect(&addr).unwrap();

@@ -31,8 +31,7 @@ fn text(body: &Value, key: &str) -> Result<String> {
 /// A token's bytes as llama.cpp's `with_pieces` shows them: the text when
 /// it is whole UTF-8, else the bytes.
 fn piece(m: &LoadedModel, id: u32) -> Value {
-    let text = m.tokenizer.token_text(id);
-    let bytes = if m.tokenizer.is_control(id) { text.as_bytes() } else { m.tokenizer.token_bytes(id) };
+    let bytes = m.tokenizer.written_bytes(id);
     match std::str::from_utf8(bytes) {
         Ok(s) => json!(s),
         Err(_) => json!(bytes),

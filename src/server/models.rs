@@ -160,16 +160,13 @@ impl Registry {
         Ok((l, took))
     }
 
-    /// A loaded model, to be unloaded as soon as its running requests end
-    /// (what a keep-alive of 0 asks); false if it is not loaded.
-    pub async fn expire(&self, name: &str) -> bool {
-        let Ok(Some(manifest)) = self.find_manifest(name) else { return false };
-        let loaded = self.loaded.lock().await;
-        let found = loaded.iter().find(|l| l.manifest.name == manifest.name);
-        if let Some(l) = found {
+    /// Has a loaded model unloaded as soon as its running requests end
+    /// (what a keep-alive of 0 asks); nothing if it is not loaded.
+    pub async fn expire(&self, name: &str) {
+        let Ok(Some(manifest)) = self.find_manifest(name) else { return };
+        if let Some(l) = self.loaded.lock().await.iter().find(|l| l.manifest.name == manifest.name) {
             l.life().keep_alive = KeepAlive::For(Duration::ZERO);
         }
-        found.is_some()
     }
 
     /// Unloads every model idle for its keep-alive; notes when the others
@@ -203,7 +200,13 @@ impl Registry {
     pub async fn loaded_with_expiry(&self) -> Vec<(Arc<Loaded>, Option<SystemTime>)> {
         // Read under the lock, before the clones count as users.
         let loaded = self.loaded.lock().await;
-        loaded.iter().map(|l| (l.expires_at(), l)).map(|(e, l)| (l.clone(), e)).collect()
+        loaded
+            .iter()
+            .map(|l| {
+                let expires = l.expires_at();
+                (l.clone(), expires)
+            })
+            .collect()
     }
 
     /// What is loaded now.

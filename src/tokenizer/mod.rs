@@ -177,13 +177,18 @@ impl Tokenizer {
         String::from_utf8_lossy(&bytes).into_owned()
     }
 
-    /// Decoding with control tokens written as their text, as a tokenizer
-    /// route shows a prompt back.
+    /// The bytes a token stands for, a control token's being its text: as
+    /// a tokenizer route shows a prompt back.
+    pub fn written_bytes(&self, id: u32) -> &[u8] {
+        match self.pieces.get(id as usize) {
+            Some(p) if self.control[id as usize] => p,
+            _ => self.token_bytes(id),
+        }
+    }
+
+    /// Decoding with control tokens written as their text.
     pub fn decode_with_controls(&self, ids: &[u32]) -> String {
-        let bytes: Vec<u8> = ids
-            .iter()
-            .flat_map(|&i| if self.is_control(i) { self.pieces[i as usize].as_slice() } else { self.token_bytes(i) }.iter().copied())
-            .collect();
+        let bytes: Vec<u8> = ids.iter().flat_map(|&i| self.written_bytes(i).iter().copied()).collect();
         String::from_utf8_lossy(&bytes).into_owned()
     }
 
