@@ -56,13 +56,14 @@ pub fn requests(m: &LoadedModel, data: &[u8]) {
     let _ = ollama::embed_inputs(m, &body);
     if let Ok(options) = ollama::merge_options(body.get("options"), None).and_then(|o| ollama::parse_options(&o, 1)) {
         let ctx = m.model.config.context_length;
+        let logprobs = crate::api::logprobs::flag_and_top(&body).unwrap_or(None);
         if let Ok(prompt) = ollama::generate_prompt(m, &body) {
             let grammar = ollama::request_grammar(m, &body, None).ok().flatten();
-            let _ = ollama::gen_request(prompt, &options, ctx, grammar);
+            let _ = ollama::gen_request(prompt, &options, ctx, grammar, logprobs);
         }
         if let Ok((prompt, tools)) = ollama::chat_prompt(m, &body) {
             let grammar = ollama::request_grammar(m, &body, tools.as_ref()).ok().flatten();
-            let _ = ollama::gen_request(prompt, &options, ctx, grammar);
+            let _ = ollama::gen_request(prompt, &options, ctx, grammar, logprobs);
         }
     }
     if let Some(Value::Array(items)) = body.get("requests") {

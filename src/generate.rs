@@ -10,12 +10,15 @@ use crate::engine::{Engine, EngineConfig, Event};
 pub use crate::engine::{FinishReason, GenRequest};
 use crate::kv::KvPool;
 use crate::loaded::LoadedModel;
+use crate::sampler::logprobs::TokenLogprobs;
 
 #[derive(Debug, Clone)]
 pub struct GenOutput {
     pub tokens: Vec<u32>,
     pub text: String,
     pub finish: FinishReason,
+    /// Each token's log-probabilities, when the request asked for them.
+    pub logprobs: Vec<TokenLogprobs>,
     pub prompt_tokens: usize,
     /// Prompt tokens whose K/V came from the prefix cache, not computed.
     pub cached_tokens: usize,
@@ -32,6 +35,7 @@ pub fn generate(m: &LoadedModel, kv: &mut KvPool, reqs: &[GenRequest], mut on_te
     let mut streams = engine.submit(reqs.to_vec())?;
     let mut tokens: Vec<Vec<u32>> = vec![Vec::new(); reqs.len()];
     let mut texts: Vec<String> = vec![String::new(); reqs.len()];
+    let mut logprobs_of: Vec<Vec<TokenLogprobs>> = vec![Vec::new(); reqs.len()];
     let mut outputs: Vec<Option<GenOutput>> = vec![None; reqs.len()];
     loop {
         let busy = engine.step();
@@ -39,8 +43,9 @@ pub fn generate(m: &LoadedModel, kv: &mut KvPool, reqs: &[GenRequest], mut on_te
             while let Ok(event) = stream.events.try_recv() {
                 match event {
                     Event::Started { .. } => {}
-                    Event::Token { id, text } => {
+                    Event::Token { id, text, logprobs } => {
                         tokens[i].push(id);
+                        logprobs_of[i].extend(logprobs);
                         if !text.is_empty() {
                             on_text(i, &text);
                             texts[i].push_str(&text);
@@ -52,6 +57,7 @@ pub fn generate(m: &LoadedModel, kv: &mut KvPool, reqs: &[GenRequest], mut on_te
                             tokens: std::mem::take(&mut tokens[i]),
                             text: std::mem::take(&mut texts[i]),
                             finish: s.finish,
+                            logprobs: std::mem::take(&mut logprobs_of[i]),
                             prompt_tokens: s.prompt_tokens,
                             cached_tokens: s.cached_tokens,
                             prompt_duration: s.prompt_duration,

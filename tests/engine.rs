@@ -3,14 +3,14 @@
 
 mod common;
 
-use caravan::engine::{Engine, EngineConfig, Event, EventStream, GenRequest};
+use caravan::engine::{Engine, EngineConfig, Event, EventStream, GenRequest, Priority};
 use caravan::generate::generate;
 use caravan::kernels::Arithmetic;
 use caravan::sampler::SamplingParams;
 use common::{golden, model};
 
 fn greedy(prompt: Vec<u32>, max_tokens: usize) -> GenRequest {
-    GenRequest { prompt, params: SamplingParams::greedy(), max_tokens, stop: vec![], ignore_eos: false, grammar: None }
+    GenRequest { prompt, params: SamplingParams::greedy(), max_tokens, stop: vec![], ignore_eos: false, grammar: None, logprobs: None, priority: Priority::Interactive }
 }
 
 /// What one stream said.
@@ -26,7 +26,7 @@ impl Seen {
     fn record(&mut self, e: Event) {
         match e {
             Event::Started { step } => self.started = Some(step),
-            Event::Token { id, text } => {
+            Event::Token { id, text, .. } => {
                 self.tokens.push(id);
                 self.text.push_str(&text);
             }
@@ -349,5 +349,97 @@ fn constrained_sequences_batch_preempt_and_finish_as_they_do_alone() {
             // Ended by the grammar: no end token drawn, nothing after the object.
             assert!(s.tokens.len() < 40 && s.text.ends_with('}'), "{}", s.text);
         }
+    }
+}
+
+fn background(req: GenRequest) -> GenRequest {
+    GenRequest { priority: Priority::Background, ..req }
+}
+
+/// Steps until every stream has ended, recording after each the step each
+/// stream's tokens arrived at.
+fn run_recording(engine: &mut Engine, streams: &mut [EventStream], seen: &mut [Seen], token_steps: &mut [Vec<u64>]) {
+    while engine.step() {
+        let step = engine.stats().steps;
+        for ((s, out), steps) in streams.iter_mut().zip(seen.iter_mut()).zip(token_steps.iter_mut()) {
+            for e in s.ready() {
+                if matches!(e, Event::Token { .. }) {
+                    steps.push(step);
+                }
+                out.record(e);
+            }
+        }
+    }
+}
+
+/// A batch job's sequences fill what interactive ones leave: with every
+/// sequence slot and most of the pool taken by background sequences, an
+/// interactive request is admitted at the very next step (background
+/// sequences preempted for it), gets a token every step from then on, and
+/// every sequence still gets the tokens it gets alone.
+#[test]
+fn interactive_sequences_come_first_and_background_ones_yield() {
+    let m = model();
+    let rows = golden();
+    let mut kv = m.kv_pool(40 * 16, 16);
+    let mut engine = Engine::new(m, &mut kv, EngineConfig { max_batch_tokens: 64, max_seqs: 12 });
+    let picks: Vec<usize> = (0..12).map(|i| i * 3).collect();
+    let mut streams: Vec<EventStream> = picks
+        .iter()
+        .flat_map(|&i| engine.submit(vec![background(greedy(rows[i].prompt_tokens.clone(), 24))]).unwrap())
+        .collect();
+    for _ in 0..12 {
+        engine.step();
+    }
+    let arrived = engine.stats().steps;
+    let interactive = 33;
+    streams.extend(engine.submit(vec![greedy(rows[interactive].prompt_tokens.clone(), 30)]).unwrap());
+    let n = streams.len();
+    let (mut seen, mut token_steps) = (vec![Seen::default(); n], vec![Vec::new(); n]);
+    run_recording(&mut engine, &mut streams, &mut seen, &mut token_steps);
+    assert!(engine.stats().preemptions > 0, "the slots and the pool were meant to be full");
+    let first = &token_steps[n - 1];
+    assert_eq!(seen[n - 1].started, Some(arrived + 1), "admitted at the next step");
+    assert_eq!(first[0], arrived + 1, "its prompt fits one step's budget");
+    assert!(first.windows(2).all(|w| w[1] == w[0] + 1), "a token every step: {first:?}");
+    assert_eq!(seen[n - 1].tokens, alone(&rows[interactive].prompt_tokens, 30));
+    for (s, &i) in seen.iter().zip(&picks) {
+        assert!(s.done);
+        assert_eq!(s.tokens, alone(&rows[i].prompt_tokens, 24), "background row {i}");
+    }
+    assert_eq!(engine.kv.free_blocks(), engine.kv.total_blocks());
+}
+
+/// A background sequence that needs blocks never takes an interactive
+/// one's, even one admitted after it: in a pool too small for all, the
+/// interactive sequences decode every step from start to end while the
+/// background ones are preempted and recomputed among themselves.
+#[test]
+fn background_sequences_never_preempt_interactive_ones() {
+    let m = model();
+    let rows = golden();
+    let mut kv = m.kv_pool(22 * 16, 16);
+    let mut engine = Engine::new(m, &mut kv, EngineConfig { max_batch_tokens: 256, max_seqs: 64 });
+    let picks: Vec<usize> = (10..18).collect();
+    let mut streams: Vec<EventStream> =
+        picks.iter().flat_map(|&i| engine.submit(vec![background(greedy(rows[i].prompt_tokens.clone(), 24))]).unwrap()).collect();
+    for _ in 0..3 {
+        engine.step();
+    }
+    let arrived = engine.stats().steps;
+    let kept = [1usize, 4];
+    streams.extend(kept.iter().flat_map(|&i| engine.submit(vec![greedy(rows[i].prompt_tokens.clone(), 48)]).unwrap()));
+    let n = streams.len();
+    let (mut seen, mut token_steps) = (vec![Seen::default(); n], vec![Vec::new(); n]);
+    run_recording(&mut engine, &mut streams, &mut seen, &mut token_steps);
+    assert!(engine.stats().preemptions > 0, "the pool was meant to be too small");
+    for (k, &i) in kept.iter().enumerate() {
+        let (steps, seen) = (&token_steps[picks.len() + k], &seen[picks.len() + k]);
+        assert_eq!((steps[0], steps.len()), (arrived + 1, 48), "row {i}");
+        assert!(steps.windows(2).all(|w| w[1] == w[0] + 1), "row {i} lost steps: {steps:?}");
+        assert_eq!(seen.tokens, alone(&rows[i].prompt_tokens, 48), "row {i}");
+    }
+    for (s, &i) in seen.iter().zip(&picks) {
+        assert_eq!(s.tokens, alone(&rows[i].prompt_tokens, 24), "background row {i}");
     }
 }

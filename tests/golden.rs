@@ -141,3 +141,64 @@ fn penalties_give_llama_cpp_s_tokens() {
         assert_eq!(out.tokens, want, "{row}");
     }
 }
+
+/// Our reported alternatives `got` (id, logprob) at one position against
+/// the reference's five: the same log-probabilities rank by rank within
+/// 1e-3, and each id the reference lists has its value (two ids within
+/// 1e-3 of each other may trade places).
+fn assert_top_equal(got: &[(u32, f32)], want: &[(u32, f64)], at: &str) {
+    assert_eq!(got.len(), want.len(), "{at}");
+    for (k, (&(_, lp), &(_, want_lp))) in got.iter().zip(want).enumerate() {
+        assert!((lp as f64 - want_lp).abs() < 1e-3, "{at} rank {k}: {lp} against {want_lp}");
+    }
+    for &(id, lp) in got {
+        if let Some(&(_, want_lp)) = want.iter().find(|w| w.0 == id) {
+            assert!((lp as f64 - want_lp).abs() < 1e-3, "{at} token {id}: {lp} against {want_lp}");
+        }
+    }
+}
+
+/// The log-probabilities drawn tokens carry, all rows in one batch: the
+/// reference's at each of its recorded positions. With penalties that
+/// change the draw, the first position still reports the model's own
+/// distribution (the raw logits), not the penalized one.
+#[test]
+fn drawn_tokens_carry_the_reference_log_probabilities() {
+    let (m, rows) = (model(), golden());
+    let positions = rows[0].top_logprobs.len();
+    let asking = |penalize: bool| -> Vec<_> {
+        rows.iter()
+            .map(|row| {
+                let mut r = caravan::generate::GenRequest { logprobs: Some(5), ..greedy(row.prompt_tokens.clone(), positions) };
+                if penalize {
+                    (r.params.repeat_penalty, r.params.presence_penalty) = (3.0, 2.0);
+                }
+                r
+            })
+            .collect()
+    };
+    let mut kv = m.kv_pool(rows.len() * 64, 16);
+    let plain = generate(m, &mut kv, &asking(false), |_, _| {}).unwrap();
+    let penalized = generate(m, &mut kv, &asking(true), |_, _| {}).unwrap();
+    let mut redrawn = 0;
+    for ((row, out), pen) in rows.iter().zip(&plain).zip(&penalized) {
+        assert_eq!(out.tokens, row.completion_tokens[..out.tokens.len()], "row {}", row.id);
+        assert_eq!(out.logprobs.len(), out.tokens.len(), "row {}: one entry per token", row.id);
+        for (p, (lp, want)) in out.logprobs.iter().zip(&row.top_logprobs).enumerate() {
+            let at = format!("row {} position {p}", row.id);
+            assert_eq!(lp.token, out.tokens[p], "{at}");
+            assert!((lp.logprob as f64 - want[0].1).abs() < 1e-3, "{at}: the drawn token's");
+            assert_top_equal(&lp.top, want, &at);
+        }
+        let first = &pen.logprobs[0];
+        assert_top_equal(&first.top, &row.top_logprobs[0], &format!("row {} penalized", row.id));
+        let raw = row.top_logprobs[0].iter().find(|w| w.0 == first.token);
+        if first.token != row.completion_tokens[0] {
+            redrawn += 1;
+        }
+        if let Some(&(_, want_lp)) = raw {
+            assert!((first.logprob as f64 - want_lp).abs() < 1e-3, "row {}: the penalized draw's raw log-probability", row.id);
+        }
+    }
+    assert!(redrawn > 0, "the penalties changed no first token: the check says nothing");
+}

@@ -116,6 +116,19 @@ fn structured_output_and_tool_calls_through_the_official_clients() {
     run_python("test_structured.py", &[("CARAVAN_URL", &url)], &log, server);
 }
 
+/// Log-probabilities on every API through the official clients
+/// (tests/python/test_logprobs.py), in ggml's order of arithmetic, so that
+/// they equal llama.cpp's own on the same file.
+#[test]
+fn log_probabilities_through_the_official_clients_equal_llama_cpp_s() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with_default_model(dir.path());
+    let log = dir.path().join("server.log");
+    let server = Server::start(&store, &log, &["--arithmetic", "ggml"]);
+    let url = server.url.clone();
+    run_python("test_logprobs.py", &[("CARAVAN_URL", &url)], &log, server);
+}
+
 /// Models pulled, uploaded, created, copied and deleted over HTTP with the
 /// official client, and an Ollama store served as it is
 /// (tests/python/test_manage.py).

@@ -3,6 +3,7 @@
 //! server and `caravan batch` share them.
 
 pub mod fields;
+pub mod logprobs;
 pub mod ollama;
 pub mod openai;
 pub mod structured;

@@ -9,8 +9,8 @@ use serde_json::{json, Map, Value};
 
 use super::fields::{opt_bool, opt_f32, opt_i64, opt_str, opt_u64, req_str, stop_strings};
 use super::tools::{self, ToolCall, Tools};
-use super::{finish_name, parse_messages, structured};
-use crate::engine::{FinishReason, GenRequest};
+use super::{finish_name, logprobs, parse_messages, structured};
+use crate::engine::{FinishReason, GenRequest, Priority};
 use crate::grammar::{Constraint, GrammarSpec};
 use crate::loaded::LoadedModel;
 use crate::sampler::SamplingParams;
@@ -86,7 +86,7 @@ pub fn parse_options(options: &Value, seed: u64) -> Result<Options> {
 /// Fields Ollama has that we do not implement (and `also`, fields of other
 /// routes): an error, not silence.
 fn reject_unsupported(body: &Value, also: &[&str]) -> Result<()> {
-    for key in ["images", "suffix", "template", "context", "think", "logprobs", "top_logprobs"].iter().chain(also) {
+    for key in ["images", "suffix", "template", "context", "think"].iter().chain(also) {
         let set = match body.get(key) {
             None | Some(Value::Null) | Some(Value::Bool(false)) => false,
             Some(Value::Number(n)) => n.as_f64() != Some(0.0),
@@ -139,8 +139,15 @@ pub fn chat_prompt(m: &LoadedModel, body: &Value) -> Result<(Vec<u32>, Option<To
 }
 
 /// An engine request for `prompt` under `options` and a model context,
-/// its output held to `grammar` when there is one.
-pub fn gen_request(prompt: Vec<u32>, o: &Options, context: usize, grammar: Option<Constraint>) -> Result<GenRequest> {
+/// its output held to `grammar` when there is one, reporting `logprobs`
+/// (`logprobs::flag_and_top`) when asked.
+pub fn gen_request(
+    prompt: Vec<u32>,
+    o: &Options,
+    context: usize,
+    grammar: Option<Constraint>,
+    logprobs: Option<usize>,
+) -> Result<GenRequest> {
     let ctx = o.num_ctx.map_or(context, |n| n.min(context));
     if prompt.len() >= ctx {
         bail!("the prompt is {} tokens; the context (num_ctx) is {ctx}", prompt.len());
@@ -150,7 +157,7 @@ pub fn gen_request(prompt: Vec<u32>, o: &Options, context: usize, grammar: Optio
     }
     let room = ctx - prompt.len();
     let max_tokens = o.num_predict.map_or(room, |n| n.min(room));
-    Ok(GenRequest { prompt, params: o.params.clone(), max_tokens, stop: o.stop.clone(), ignore_eos: false, grammar })
+    Ok(GenRequest { prompt, params: o.params.clone(), max_tokens, stop: o.stop.clone(), ignore_eos: false, grammar, logprobs, priority: Priority::Interactive })
 }
 
 /// The grammar a request's output is held to: its `format`'s, or the
@@ -195,7 +202,8 @@ pub fn batch_item(m: &LoadedModel, v: &Value, shared: &BatchShared, seed: u64) -
         (Shape::Generate, generate_prompt(m, v)?, None)
     };
     let grammar = structured::request_grammar(m, format, tools.as_ref())?;
-    Ok(BatchItem { shape, request: gen_request(prompt, &options, m.model.config.context_length, grammar)?, tools })
+    let request = gen_request(prompt, &options, m.model.config.context_length, grammar, logprobs::flag_and_top(v)?)?;
+    Ok(BatchItem { shape, request, tools })
 }
 
 /// /api/embed's `input` (a string or an array of strings; absent: none)
@@ -311,7 +319,7 @@ mod tests {
     #[test]
     fn num_ctx_caps_without_reserving() {
         let o = parse_options(&json!({"num_ctx": 10, "num_predict": 100}), 1).unwrap();
-        assert_eq!(gen_request(vec![1; 4], &o, 8192, None).unwrap().max_tokens, 6);
-        assert!(gen_request(vec![1; 10], &o, 8192, None).is_err());
+        assert_eq!(gen_request(vec![1; 4], &o, 8192, None, None).unwrap().max_tokens, 6);
+        assert!(gen_request(vec![1; 10], &o, 8192, None, None).is_err());
     }
 }

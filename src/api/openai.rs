@@ -7,10 +7,12 @@ use serde_json::{json, Value};
 
 use super::fields::{fresh_seed, opt_bool, opt_f32, opt_str, opt_u64, stop_strings};
 use super::tools::{self, ToolCall, Tools};
-use super::{finish_name, parse_messages, structured};
-use crate::engine::{FinishReason, GenRequest};
+use super::{finish_name, logprobs, parse_messages, structured};
+use crate::engine::{FinishReason, GenRequest, Priority};
 use crate::loaded::LoadedModel;
+use crate::sampler::logprobs::TokenLogprobs;
 use crate::sampler::SamplingParams;
+use crate::tokenizer::Tokenizer;
 
 /// Most choices (`n`) one request may ask for.
 pub const MAX_N: usize = 16;
@@ -32,14 +34,14 @@ pub struct Job {
     pub include_usage: bool,
     /// The tools offered: the answers' calls are read out of their text.
     pub tools: Option<Tools>,
+    /// Whether the answers carry their tokens' log-probabilities.
+    pub logprobs: bool,
 }
 
 /// Fields we do not implement: asking for them is an error, not silence.
 /// (`user`, `safety_identifier` and `prompt_cache_key` only identify the
 /// caller or hint at caching, which is automatic here: accepted.)
-const UNSUPPORTED: [&str; 14] = [
-    "logprobs",
-    "top_logprobs",
+const UNSUPPORTED: [&str; 12] = [
     "echo",
     "suffix",
     "functions",
@@ -152,6 +154,10 @@ pub fn parse(m: &LoadedModel, kind: Kind, body: &Value, seed: u64, default_max: 
     }
     let max_tokens = asked.unwrap_or(ctx);
     let grammar = structured::request_grammar(m, structured::openai_response_format(body)?, tools.as_ref())?;
+    let logprobs = match kind {
+        Kind::Chat => logprobs::flag_and_top(body)?,
+        Kind::Completion => logprobs::completion_count(body)?,
+    };
     let requests = prompts
         .iter()
         .flat_map(|p| (0..n as u64).map(move |k| (p, k)))
@@ -162,11 +168,14 @@ pub fn parse(m: &LoadedModel, kind: Kind, body: &Value, seed: u64, default_max: 
             stop: stop.clone(),
             ignore_eos,
             grammar: grammar.clone(),
+            logprobs,
+            priority: Priority::Interactive,
         })
         .collect();
     let stream = opt_bool(body, "stream")?.unwrap_or(false);
     let include_usage = body.get("stream_options").map(|o| opt_bool(o, "include_usage")).transpose()?.flatten().unwrap_or(false);
-    Ok(Job { kind, prompt_tokens: prompts.iter().map(Vec::len).collect(), n, requests, stream, include_usage, tools })
+    let prompt_tokens = prompts.iter().map(Vec::len).collect();
+    Ok(Job { kind, prompt_tokens, n, requests, stream, include_usage, tools, logprobs: logprobs.is_some() })
 }
 
 /// /v1/embeddings' `input` as tokens; too long is an error.
@@ -188,6 +197,8 @@ pub struct Choice {
     pub text: String,
     pub tokens: usize,
     pub finish: Option<FinishReason>,
+    /// Each token's, when the request asked for them.
+    pub logprobs: Vec<TokenLogprobs>,
 }
 
 fn object(kind: Kind, chunk: bool) -> &'static str {
@@ -224,12 +235,26 @@ fn finish_with_calls(finish: Option<FinishReason>, calls: bool) -> Option<&'stat
     }
 }
 
+/// A choice's (or a streamed chunk's) `logprobs` for `tokens`; `offset`
+/// is where a completion choice's text stands so far.
+pub fn choice_logprobs(kind: Kind, tok: &Tokenizer, tokens: &[TokenLogprobs], offset: &mut usize) -> Value {
+    match kind {
+        Kind::Chat => logprobs::chat(tok, tokens),
+        Kind::Completion => {
+            let (v, next) = logprobs::completion(tok, tokens, *offset);
+            *offset = next;
+            v
+        }
+    }
+}
+
 /// The whole answer: every choice, and usage.
-pub fn response_body(job: &Job, id: &str, created: u64, model: &str, choices: &[Choice]) -> Value {
+pub fn response_body(job: &Job, tok: &Tokenizer, id: &str, created: u64, model: &str, choices: &[Choice]) -> Value {
     let list: Vec<Value> = choices
         .iter()
         .enumerate()
-        .map(|(k, c)| match (job.kind, &job.tools) {
+        .map(|(k, c)| (k, c, if job.logprobs { choice_logprobs(job.kind, tok, &c.logprobs, &mut 0) } else { Value::Null }))
+        .map(|(k, c, logprobs)| match (job.kind, &job.tools) {
             (Kind::Chat, Some(tools)) => {
                 let (text, calls) = tools.split(&c.text);
                 let mut message = json!({ "role": "assistant", "content": text });
@@ -239,15 +264,15 @@ pub fn response_body(job: &Job, id: &str, created: u64, model: &str, choices: &[
                     }
                     message["tool_calls"] = calls.iter().map(|call| call_value(call, None)).collect();
                 }
-                json!({ "index": k, "message": message, "finish_reason": finish_with_calls(c.finish, !calls.is_empty()), "logprobs": null })
+                json!({ "index": k, "message": message, "finish_reason": finish_with_calls(c.finish, !calls.is_empty()), "logprobs": logprobs })
             }
             (Kind::Chat, None) => json!({
                 "index": k,
                 "message": { "role": "assistant", "content": c.text },
                 "finish_reason": c.finish.map(finish_name),
-                "logprobs": null,
+                "logprobs": logprobs,
             }),
-            (Kind::Completion, _) => json!({ "index": k, "text": c.text, "finish_reason": c.finish.map(finish_name), "logprobs": null }),
+            (Kind::Completion, _) => json!({ "index": k, "text": c.text, "finish_reason": c.finish.map(finish_name), "logprobs": logprobs }),
         })
         .collect();
     let completion: usize = choices.iter().map(|c| c.tokens).sum();

@@ -16,6 +16,7 @@ use caravan::api::openai::{self, Choice, Job, Kind};
 use caravan::engine::{EngineHandle, Event, EventStream};
 use caravan::loaded::LoadedModel;
 use caravan::store::{Store, DEFAULT_MODEL};
+use caravan::tokenizer::Tokenizer;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
@@ -103,9 +104,9 @@ struct Running {
     failure: Option<String>,
 }
 
-fn response_line(index: usize, item: &Item, choices: &[Choice], model: &str, created: u64) -> Value {
+fn response_line(index: usize, item: &Item, choices: &[Choice], tok: &Tokenizer, model: &str, created: u64) -> Value {
     let prefix = if item.job.kind == Kind::Chat { "chatcmpl" } else { "cmpl" };
-    let body = openai::response_body(&item.job, &format!("{prefix}-{index}"), created, model, choices);
+    let body = openai::response_body(&item.job, tok, &format!("{prefix}-{index}"), created, model, choices);
     json!({ "id": format!("batch_req_{index}"), "custom_id": item.custom_id, "response": { "status_code": 200, "request_id": format!("req_{index}"), "body": body }, "error": null })
 }
 
@@ -149,9 +150,10 @@ pub fn batch(a: BatchArgs) -> Result<()> {
             for (stream, choice) in streams.iter_mut().zip(choices.iter_mut()) {
                 while let Ok(e) = stream.events.try_recv() {
                     match e {
-                        Event::Token { text, .. } => {
+                        Event::Token { text, logprobs, .. } => {
                             choice.text.push_str(&text);
                             choice.tokens += 1;
+                            choice.logprobs.extend(logprobs);
                             generated += 1;
                         }
                         Event::Done(s) => choice.finish = Some(s.finish),
@@ -168,7 +170,7 @@ pub fn batch(a: BatchArgs) -> Result<()> {
                 return false;
             }
             if choices.iter().all(|c| c.finish.is_some()) {
-                lines[*i] = Some(response_line(*i, item, choices, &a.model, created));
+                lines[*i] = Some(response_line(*i, item, choices, &m.tokenizer, &a.model, created));
                 bar.inc(1);
                 return false;
             }

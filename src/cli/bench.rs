@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use caravan::engine::{Engine, EngineConfig, Event, GenRequest};
+use caravan::engine::{Engine, EngineConfig, Event, GenRequest, Priority};
 use caravan::grammar::{Constraint, GrammarSpec};
 use caravan::kv::KvPool;
 use caravan::loaded::LoadedModel;
@@ -173,6 +173,8 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         stop: vec![],
         ignore_eos: true,
         grammar,
+        logprobs: None,
+        priority: Priority::Interactive,
     };
     let greedy = |prompt: Vec<u32>| request(prompt, None);
     println!(

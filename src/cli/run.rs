@@ -3,6 +3,7 @@
 use std::io::{Read, Write};
 
 use anyhow::{bail, Result};
+use caravan::engine::Priority;
 use caravan::generate::{generate, GenRequest};
 use caravan::sampler::SamplingParams;
 use caravan::store::{Store, DEFAULT_MODEL};
@@ -110,7 +111,7 @@ pub fn run(a: RunArgs) -> Result<()> {
     let ctx = m.model.config.context_length;
     let max_tokens = if a.num_predict < 0 { ctx } else { a.num_predict as usize };
     let mut kv = m.kv_pool(ctx, 16);
-    let req = GenRequest { prompt: tokens, params, max_tokens, stop: Vec::new(), ignore_eos: false, grammar: None };
+    let req = GenRequest { prompt: tokens, params, max_tokens, stop: Vec::new(), ignore_eos: false, grammar: None, logprobs: None, priority: Priority::Interactive };
     let mut stdout = std::io::stdout();
     let out = generate(&m, &mut kv, &[req], |_, text| {
         let _ = stdout.write_all(text.as_bytes());

@@ -10,6 +10,7 @@ use std::sync::Mutex;
 use super::sequence::Sequence;
 use crate::grammar::Constraint;
 use crate::kernels::pool::ComputePool;
+use crate::sampler::logprobs::TokenLogprobs;
 use crate::sampler::Sampler;
 use crate::tokenizer::Tokenizer;
 
@@ -20,11 +21,13 @@ struct Draw<'a> {
     grammar: Option<&'a mut Constraint>,
     history: &'a [u32],
     row: usize,
+    /// Alternatives to report with the token's log-probability, if asked.
+    logprobs: Option<usize>,
     /// An injected fault (tests) makes this draw panic.
     fault: bool,
     /// An error when the grammar failed or the draw panicked (a bug): the
     /// sequence fails alone.
-    token: Result<u32, String>,
+    token: Result<(u32, Option<TokenLogprobs>), String>,
 }
 
 /// Draws and takes the next token of each `(sequence, logits row)` of
@@ -48,8 +51,9 @@ pub(super) fn sample_all(
     for (s, pick) in running.iter_mut().zip(&pick_of) {
         if let &Some(i) = pick {
             let fault = crate::test_hooks::sequence_fails(s.req.params.seed);
-            let (sampler, grammar, history) = (&mut s.sampler, s.req.grammar.as_mut(), &s.history);
-            draws.push((i, Mutex::new(Draw { sampler, grammar, history, row: picks[i].1, fault, token: Err(String::new()) })));
+            let (sampler, grammar, history, logprobs) = (&mut s.sampler, s.req.grammar.as_mut(), &s.history, s.req.logprobs);
+            let token = Err(String::new());
+            draws.push((i, Mutex::new(Draw { sampler, grammar, history, row: picks[i].1, logprobs, fault, token })));
         }
     }
     pool.run(draws.len(), &|d| {
@@ -61,10 +65,12 @@ pub(super) fn sample_all(
             if d.fault {
                 panic!("injected fault");
             }
-            match d.grammar.as_deref_mut() {
-                Some(g) => g.mask(row).map(|allowed| d.sampler.sample(allowed, d.history)).map_err(|e| e.to_string()),
-                None => Ok(d.sampler.sample(row, d.history)),
-            }
+            let token = match d.grammar.as_deref_mut() {
+                Some(g) => g.mask(row).map(|allowed| d.sampler.sample(allowed, d.history)).map_err(|e| e.to_string())?,
+                None => d.sampler.sample(row, d.history),
+            };
+            // Of the raw row: what the model said, whatever shaped the draw.
+            Ok((token, d.logprobs.map(|top| d.sampler.log_probabilities(row, token, top))))
         }))
         .unwrap_or_else(|_| Err("internal error while sampling this sequence".into()));
     });
@@ -76,8 +82,8 @@ pub(super) fn sample_all(
     for (&(seq, _), token) in picks.iter().zip(tokens) {
         let s = &mut running[seq];
         match token {
-            Ok(token) => {
-                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.accept(token, tok, ctx))).is_err() {
+            Ok((token, logprobs)) => {
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.accept(token, logprobs, tok, ctx))).is_err() {
                     s.fail("internal error while sampling this sequence");
                 }
             }

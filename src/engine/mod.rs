@@ -18,6 +18,7 @@ use crate::grammar::Constraint;
 use crate::kv::KvPool;
 use crate::loaded::LoadedModel;
 use crate::model::{Scratch, SeqChunk};
+use crate::sampler::logprobs::TokenLogprobs;
 use crate::sampler::SamplingParams;
 use scheduler::Scheduler;
 use sequence::Sequence;
@@ -35,6 +36,19 @@ pub struct GenRequest {
     /// What the output must match: each draw takes only tokens it allows,
     /// and the sequence ends where it is complete.
     pub grammar: Option<Constraint>,
+    /// Report each drawn token's log-probability and those of this many
+    /// likeliest alternatives, from the raw logits.
+    pub logprobs: Option<usize>,
+    pub priority: Priority,
+}
+
+/// Interactive sequences are scheduled first; background ones (batch
+/// jobs) fill what they leave of each step, and are preempted first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Priority {
+    #[default]
+    Interactive,
+    Background,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,10 +77,12 @@ pub enum Event {
     Started {
         step: u64,
     },
-    /// A generated token and the text it completes (possibly empty).
+    /// A generated token, the text it completes (possibly empty) and,
+    /// when asked for, its log-probabilities.
     Token {
         id: u32,
         text: String,
+        logprobs: Option<TokenLogprobs>,
     },
     Done(Summary),
     /// The sequence failed inside the engine (a bug caught, not a panic

@@ -1,15 +1,19 @@
 //! Filling one step's ragged batch, in the order the design sets: one
 //! decode token for every running sequence, then prompt chunks of sequences
 //! still prefilling (chunked, so a long prompt never stalls the others),
-//! then waiting gangs, first come first served, all members or none. When a
-//! sequence needs a block and none is free, the most recently admitted
-//! running sequence is preempted: its blocks go back, and it is requeued at
-//! the front to be recomputed later (its generated tokens are kept).
+//! then waiting gangs, first come first served, all members or none. That
+//! order runs twice: for interactive sequences, then for background ones
+//! with the budget they left. When a sequence needs a block and none is
+//! free, the most recently admitted running sequence is preempted, a
+//! background one first (an interactive gang that cannot be admitted
+//! preempts background sequences too): its blocks go back, and it is
+//! requeued at the front to be recomputed later (its generated tokens are
+//! kept).
 
 use std::collections::VecDeque;
 
 use super::sequence::Sequence;
-use super::{EngineConfig, Event, FinishReason};
+use super::{EngineConfig, Event, FinishReason, Priority};
 use crate::kv::KvPool;
 
 /// One sequence's part of the step: `len` tokens from `start`.
@@ -42,22 +46,24 @@ impl Scheduler {
     pub fn plan(&mut self, kv: &mut KvPool, step: u64) -> Vec<Planned> {
         let mut plan = Vec::new();
         let mut budget = self.config.max_batch_tokens;
-        // Decodes first, then prefill chunks, each in admission order.
-        for decoding in [true, false] {
-            for i in 0..self.running.len() {
-                let s = &self.running[i];
-                if s.finished || s.follows.is_some() || (s.pending() == 1) != decoding || budget == 0 {
-                    continue;
-                }
-                let len = s.pending().min(budget);
-                if self.make_room(kv, i, s.computed + len, &mut plan) {
+        for class in [Priority::Interactive, Priority::Background] {
+            // Decodes first, then prefill chunks, each in admission order.
+            for decoding in [true, false] {
+                for i in 0..self.running.len() {
                     let s = &self.running[i];
-                    plan.push(Planned { seq: i, start: s.computed, len, logits: len == s.pending() });
-                    budget -= len;
+                    if s.req.priority != class || s.finished || s.follows.is_some() || (s.pending() == 1) != decoding || budget == 0 {
+                        continue;
+                    }
+                    let len = s.pending().min(budget);
+                    if self.make_room(kv, i, s.computed + len, &mut plan) {
+                        let s = &self.running[i];
+                        plan.push(Planned { seq: i, start: s.computed, len, logits: len == s.pending() });
+                        budget -= len;
+                    }
                 }
             }
+            self.admit(kv, step, class, &mut budget, &mut plan);
         }
-        self.admit(kv, step, &mut budget, &mut plan);
         plan
     }
 
@@ -78,7 +84,12 @@ impl Scheduler {
                 plan.retain(|p| p.seq != i);
                 return false;
             }
-            let victim = others.chain([i]).max_by_key(|&j| self.running[j].admitted).expect("candidates exist");
+            // Background sequences go first, so a background sequence never
+            // takes an interactive one's blocks (it would go itself first).
+            let victim = others
+                .chain([i])
+                .max_by_key(|&j| (self.running[j].req.priority == Priority::Background, self.running[j].admitted))
+                .expect("candidates exist");
             self.preempt(kv, victim);
             plan.retain(|p| p.seq != victim);
             if victim == i {
@@ -129,13 +140,34 @@ impl Scheduler {
         any
     }
 
-    /// Admits waiting gangs while every member fits: a sequence slot, at
-    /// least one token of this step's budget, and blocks for its prompt.
-    fn admit(&mut self, kv: &mut KvPool, step: u64, budget: &mut usize, plan: &mut Vec<Planned>) {
-        while let Some(gang) = self.waiting.front_mut() {
+    /// The newest running background sequence, preempted to make room for
+    /// an interactive gang; false when there is none.
+    fn preempt_background(&mut self, kv: &mut KvPool, plan: &mut Vec<Planned>) -> bool {
+        let newest = (0..self.running.len())
+            .filter(|&j| !self.running[j].finished && self.running[j].req.priority == Priority::Background)
+            .max_by_key(|&j| self.running[j].admitted);
+        let Some(j) = newest else { return false };
+        self.preempt(kv, j);
+        plan.retain(|p| p.seq != j);
+        true
+    }
+
+    /// Admits waiting gangs of `class` while every member fits: a sequence
+    /// slot, at least one token of this step's budget, and blocks for its
+    /// prompt. An interactive gang makes room by preempting background
+    /// sequences.
+    fn admit(&mut self, kv: &mut KvPool, step: u64, class: Priority, budget: &mut usize, plan: &mut Vec<Planned>) {
+        while let Some(at) = self.waiting.iter().position(|g| g.first().is_some_and(|s| s.req.priority == class)) {
+            let gang = &mut self.waiting[at];
             let active = self.running.iter().filter(|s| !s.finished).count();
             let leaders = gang.iter().filter(|s| s.follows.is_none()).count();
-            if active + gang.len() > self.config.max_seqs || *budget < leaders {
+            if *budget < leaders {
+                return;
+            }
+            if active + gang.len() > self.config.max_seqs {
+                if class == Priority::Interactive && self.preempt_background(kv, plan) {
+                    continue;
+                }
                 return;
             }
             for s in gang.iter_mut().filter(|s| s.blocks.is_empty() && s.follows.is_none()) {
@@ -152,9 +184,12 @@ impl Scheduler {
                     kv.release(&mut s.blocks);
                     s.computed = 0;
                 }
+                if class == Priority::Interactive && self.preempt_background(kv, plan) {
+                    continue;
+                }
                 return;
             }
-            let gang = self.waiting.pop_front().expect("front exists");
+            let gang = self.waiting.remove(at).expect("the gang is waiting");
             let mut leaders_left = leaders;
             for mut s in gang {
                 if s.admitted == 0 {

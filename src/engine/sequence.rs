@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Event, FinishReason, GenRequest, Summary};
+use crate::sampler::logprobs::TokenLogprobs;
 use crate::sampler::Sampler;
 use crate::stop::StopMatcher;
 use crate::tokenizer::stream::StreamDecoder;
@@ -84,7 +85,7 @@ impl Sequence {
 
     /// Adds the sampled token; emits its text; ends the sequence on EOS,
     /// a stop string, a complete grammar, max_tokens or the context window.
-    pub fn accept(&mut self, token: u32, tok: &Tokenizer, context: usize) {
+    pub fn accept(&mut self, token: u32, logprobs: Option<TokenLogprobs>, tok: &Tokenizer, context: usize) {
         self.history.push(token);
         self.generated += 1;
         let grammar_complete = match self.req.grammar.as_mut().map(|g| g.accept(token)) {
@@ -118,7 +119,7 @@ impl Sequence {
             text += &tail;
             text += &self.stops.finish();
         }
-        self.send(Event::Token { id: token, text });
+        self.send(Event::Token { id: token, text, logprobs });
         if let Some(finish) = finish {
             self.finish(finish);
         }

@@ -4,6 +4,7 @@
 //! the argmax when temperature is 0). The order follows llama.cpp's default
 //! chain, so settings mean what Ollama users expect.
 
+pub mod logprobs;
 mod select;
 
 use crate::kernels::expf::exp_in_place;
@@ -88,6 +89,12 @@ impl Sampler {
     pub fn new(params: SamplingParams) -> Sampler {
         let rng = Rng(params.seed);
         Sampler { params, rng, candidates: Vec::new(), scratch: Vec::new(), recent: Vec::new(), penalized: Vec::new(), weights: Vec::new() }
+    }
+
+    /// `token`'s log-probabilities under the raw `logits`, with the `top`
+    /// likeliest alternatives (the sampler's scratch holds the weights).
+    pub fn log_probabilities(&mut self, logits: &[f32], token: u32, top: usize) -> logprobs::TokenLogprobs {
+        logprobs::log_probabilities(logits, token, top, &mut self.weights)
     }
 
     /// Picks a token; `history` is the sequence so far (prompt and output).

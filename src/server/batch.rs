@@ -18,9 +18,10 @@ use super::ollama::stats;
 use super::{ndjson, read_json, App};
 use crate::api::fields::{fresh_seed, keep_alive, opt_bool, req_str};
 use crate::api::ollama::{self as shape, rfc3339, BatchItem, Shape};
-use crate::api::structured;
 use crate::api::tools::{CallSplitter, Tools};
+use crate::api::{logprobs, structured};
 use crate::engine::Event;
+use crate::sampler::logprobs::TokenLogprobs;
 
 const API: Api = Api::Ollama;
 
@@ -68,6 +69,15 @@ pub async fn batch(State(app): State<Arc<App>>, Extension(log): Extension<Reques
         .collect::<Result<_, _>>()?;
     let shapes: Vec<Shape> = items.iter().map(|item| item.shape).collect();
     let tools: Vec<Option<Tools>> = items.iter().map(|item| item.tools.clone()).collect();
+    // A line of item i with the log-probabilities of the tokens it brings.
+    let asked: Vec<bool> = items.iter().map(|item| item.request.logprobs.is_some()).collect();
+    let model = loaded.model.clone();
+    let with_logprobs = move |i: usize, mut line: Value, tokens: &[TokenLogprobs]| {
+        if asked[i] && !tokens.is_empty() {
+            line["logprobs"] = logprobs::entries(&model.tokenizer, tokens);
+        }
+        line
+    };
     let gang = app.submit(API, &loaded, items.into_iter().map(|item| item.request).collect(), arrived, &log)?;
     let n = gang.len();
     if !stream {
@@ -82,7 +92,8 @@ pub async fn batch(State(app): State<Arc<App>>, Extension(log): Extension<Reques
                     Some(t) => t.split(&o.text),
                     None => (o.text.clone(), Vec::new()),
                 };
-                let mut v = shape::line(sh, &name, &text, &calls, Some((o.finish, &stats(&o.summary, arrived, load))));
+                let line = shape::line(sh, &name, &text, &calls, Some((o.finish, &stats(&o.summary, arrived, load))));
+                let mut v = with_logprobs(i, line, &o.logprobs);
                 v["index"] = json!(i);
                 v["started_step"] = json!(o.started_step);
                 v
@@ -94,26 +105,29 @@ pub async fn batch(State(app): State<Arc<App>>, Extension(log): Extension<Reques
     }
     // An item with tools holds a call's text back and sends the call whole.
     let splitters: Vec<Option<CallSplitter>> = tools.iter().map(|t| t.as_ref().map(Tools::splitter)).collect();
-    let lines = futures_util::stream::unfold(Some((gang, splitters)), move |state| {
-        let (name, shapes) = (name.clone(), shapes.clone());
+    let unsent: Vec<Vec<TokenLogprobs>> = vec![Vec::new(); n];
+    let lines = futures_util::stream::unfold(Some((gang, splitters, unsent)), move |state| {
+        let (name, shapes, with_logprobs) = (name.clone(), shapes.clone(), with_logprobs.clone());
         async move {
-            let (mut gang, mut splitters) = state?;
+            let (mut gang, mut splitters, mut unsent) = state?;
             loop {
                 let (i, mut v) = match gang.next().await {
-                    Some((i, Event::Token { text, .. })) if !text.is_empty() => {
+                    Some((i, Event::Token { text, logprobs, .. })) => {
+                        unsent[i].extend(logprobs);
                         let (text, calls) = match &mut splitters[i] {
-                            Some(s) => s.push(&text),
-                            None => (text, Vec::new()),
+                            Some(s) if !text.is_empty() => s.push(&text),
+                            _ => (text, Vec::new()),
                         };
                         if text.is_empty() && calls.is_empty() {
                             continue;
                         }
-                        (i, shape::line(shapes[i], &name, &text, &calls, None))
+                        (i, with_logprobs(i, shape::line(shapes[i], &name, &text, &calls, None), &std::mem::take(&mut unsent[i])))
                     }
                     Some((i, Event::Failed(message))) => (i, json!({ "error": message, "done": true })),
                     Some((i, Event::Done(s))) => {
                         let (rest, calls) = splitters[i].as_mut().map(CallSplitter::finish).unwrap_or_default();
-                        let mut v = shape::line(shapes[i], &name, &rest, &calls, Some((s.finish, &stats(&s, gang.arrived, load))));
+                        let line = shape::line(shapes[i], &name, &rest, &calls, Some((s.finish, &stats(&s, gang.arrived, load))));
+                        let mut v = with_logprobs(i, line, &std::mem::take(&mut unsent[i]));
                         v["started_step"] = json!(gang.started_steps[i]);
                         (i, v)
                     }
@@ -121,7 +135,7 @@ pub async fn batch(State(app): State<Arc<App>>, Extension(log): Extension<Reques
                     None => return Some((summary(&name, gang.len(), &gang.started_steps, gang.arrived, load), None)),
                 };
                 v["index"] = json!(i);
-                return Some((v, Some((gang, splitters))));
+                return Some((v, Some((gang, splitters, unsent))));
             }
         }
     });

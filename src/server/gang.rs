@@ -8,6 +8,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use crate::engine::{Event, EventStream, FinishReason, GenRequest, Summary};
+use crate::sampler::logprobs::TokenLogprobs;
 
 use super::error::{Api, ApiError};
 use super::log::RequestLog;
@@ -29,6 +30,8 @@ pub struct Output {
     pub text: String,
     pub tokens: usize,
     pub finish: FinishReason,
+    /// Each token's log-probabilities, when the request asked for them.
+    pub logprobs: Vec<TokenLogprobs>,
     pub summary: Summary,
     pub started_step: u64,
 }
@@ -138,13 +141,15 @@ impl Gang {
         let n = self.len();
         let mut texts = vec![String::new(); n];
         let mut tokens = vec![0; n];
+        let mut logprobs: Vec<Vec<TokenLogprobs>> = vec![Vec::new(); n];
         let mut outputs: Vec<Option<Output>> = vec![None; n];
         while let Some((i, e)) = self.next().await {
             match e {
                 Event::Started { .. } => {}
-                Event::Token { text, .. } => {
+                Event::Token { text, logprobs: lp, .. } => {
                     texts[i].push_str(&text);
                     tokens[i] += 1;
+                    logprobs[i].extend(lp);
                 }
                 Event::Failed(message) => return Err(ApiError::internal(api, message)),
                 Event::Done(summary) => {
@@ -153,6 +158,7 @@ impl Gang {
                         text: std::mem::take(&mut texts[i]),
                         tokens: tokens[i],
                         finish: summary.finish,
+                        logprobs: std::mem::take(&mut logprobs[i]),
                         summary,
                         started_step,
                     });

@@ -14,11 +14,12 @@ use super::error::{Api, ApiError};
 use super::log::RequestLog;
 use super::models::Loaded;
 use super::{ndjson, read_json, App};
-use crate::api::embed_tokens;
 use crate::api::fields::{fresh_seed, keep_alive, opt_bool, req_str, KeepAlive};
 use crate::api::ollama::{self as shape, Shape, Stats};
 use crate::api::tools::{CallSplitter, Tools};
+use crate::api::{embed_tokens, logprobs};
 use crate::engine::{EngineError, Event, Summary};
+use crate::sampler::logprobs::TokenLogprobs;
 use crate::store::{human_count, Manifest};
 
 const API: Api = Api::Ollama;
@@ -70,8 +71,18 @@ async fn answer(app: Arc<App>, log: RequestLog, body: Body, shape_of: Shape) -> 
     }
     .map_err(|e| ApiError::bad(API, e))?;
     let grammar = shape::request_grammar(&loaded.model, &body, tools.as_ref()).map_err(|e| ApiError::bad(API, e))?;
-    let request = shape::gen_request(prompt, &options, loaded.engine.context_length(), grammar).map_err(|e| ApiError::bad(API, e))?;
+    let logprobs = logprobs::flag_and_top(&body).map_err(|e| ApiError::bad(API, e))?;
+    let context = loaded.engine.context_length();
+    let request = shape::gen_request(prompt, &options, context, grammar, logprobs).map_err(|e| ApiError::bad(API, e))?;
     let gang = app.submit(API, &loaded, vec![request], arrived, &log)?;
+    let model = loaded.model.clone();
+    // A line's log-probabilities: those of the tokens it brings.
+    let with_logprobs = move |mut line: Value, tokens: &[TokenLogprobs]| {
+        if logprobs.is_some() && !tokens.is_empty() {
+            line["logprobs"] = crate::api::logprobs::entries(&model.tokenizer, tokens);
+        }
+        line
+    };
     if !stream {
         let out = gang.collect(API).await?.remove(0);
         let s = stats(&out.summary, arrived, load);
@@ -79,32 +90,36 @@ async fn answer(app: Arc<App>, log: RequestLog, body: Body, shape_of: Shape) -> 
             Some(t) => t.split(&out.text),
             None => (out.text, Vec::new()),
         };
-        return Ok(Json(shape::line(shape_of, &name, &text, &calls, Some((out.finish, &s)))).into_response());
+        let line = shape::line(shape_of, &name, &text, &calls, Some((out.finish, &s)));
+        return Ok(Json(with_logprobs(line, &out.logprobs)).into_response());
     }
-    // With tools, a call's text is held back and sent as the call once whole.
+    // With tools, a call's text is held back and sent as the call once
+    // whole; log-probabilities wait for the line that shows their tokens.
     let splitter = tools.as_ref().map(Tools::splitter);
-    let lines = futures_util::stream::unfold(Some((gang, splitter)), move |state| {
-        let name = name.clone();
+    let lines = futures_util::stream::unfold(Some((gang, splitter, Vec::new())), move |state| {
+        let (name, with_logprobs) = (name.clone(), with_logprobs.clone());
         async move {
-            let (mut gang, mut splitter) = state?;
+            let (mut gang, mut splitter, mut unsent) = state?;
             loop {
                 match gang.next().await {
-                    Some((_, Event::Token { text, .. })) if !text.is_empty() => {
+                    Some((_, Event::Token { text, logprobs, .. })) => {
+                        unsent.extend(logprobs);
                         let (text, calls) = match &mut splitter {
-                            Some(s) => s.push(&text),
-                            None => (text, Vec::new()),
+                            Some(s) if !text.is_empty() => s.push(&text),
+                            _ => (text, Vec::new()),
                         };
                         if text.is_empty() && calls.is_empty() {
                             continue;
                         }
-                        return Some((shape::line(shape_of, &name, &text, &calls, None), Some((gang, splitter))));
+                        let line = with_logprobs(shape::line(shape_of, &name, &text, &calls, None), &std::mem::take(&mut unsent));
+                        return Some((line, Some((gang, splitter, unsent))));
                     }
                     // Ollama reports a failure mid-stream as an error line.
                     Some((_, Event::Failed(message))) => return Some((json!({ "error": message }), None)),
                     Some((_, Event::Done(s))) => {
                         let st = stats(&s, gang.arrived, load);
                         let (rest, calls) = splitter.as_mut().map(CallSplitter::finish).unwrap_or_default();
-                        return Some((shape::line(shape_of, &name, &rest, &calls, Some((s.finish, &st))), None));
+                        return Some((with_logprobs(shape::line(shape_of, &name, &rest, &calls, Some((s.finish, &st))), &unsent), None));
                     }
                     Some(_) => continue,
                     None => return None,

@@ -20,6 +20,7 @@ use crate::api::fields::{fresh_seed, opt_str};
 use crate::api::openai::{self as shape, Choice, Kind};
 use crate::api::tools::{CallSplitter, ToolCall};
 use crate::engine::Event;
+use crate::sampler::logprobs::TokenLogprobs;
 use crate::store::Manifest;
 
 const API: Api = Api::OpenAi;
@@ -53,62 +54,81 @@ async fn complete(app: Arc<App>, log: RequestLog, body: Body, kind: Kind) -> Res
     let prefix = if kind == Kind::Chat { "chatcmpl" } else { "cmpl" };
     let id = format!("{prefix}-{:016x}", fresh_seed());
     let created = now_secs();
+    let tok = loaded.model.clone();
     if !job.stream {
         let outputs = gang.collect(API).await?;
-        let choices: Vec<Choice> = outputs.into_iter().map(|o| Choice { text: o.text, tokens: o.tokens, finish: Some(o.finish) }).collect();
-        return Ok(Json(shape::response_body(&job, &id, created, &name, &choices)).into_response());
+        let choices: Vec<Choice> =
+            outputs.into_iter().map(|o| Choice { text: o.text, tokens: o.tokens, finish: Some(o.finish), logprobs: o.logprobs }).collect();
+        return Ok(Json(shape::response_body(&job, &tok.tokenizer, &id, created, &name, &choices)).into_response());
     }
     let prompt_tokens: usize = job.prompt_tokens.iter().sum();
-    let include_usage = job.include_usage;
+    let (include_usage, with_logprobs) = (job.include_usage, job.logprobs);
+    let n = job.requests.len();
     // With tools offered, each choice's text runs through a splitter that
     // holds back call blocks until they close; the count is its calls so far.
     let splitters: Option<Vec<(CallSplitter, usize)>> =
         job.tools.as_ref().map(|t| job.requests.iter().map(|_| (t.splitter(), 0)).collect());
-    // State: the gang (dropping it cancels), the tokens generated so far
-    // and the splitters.
-    let chunks = futures_util::stream::unfold(Some((gang, 0usize, splitters)), move |state| {
-        let (id, name) = (id.clone(), name.clone());
+    let state = Streaming { gang, generated: 0, splitters, unsent: vec![Vec::new(); n], offsets: vec![0; n] };
+    let chunks = futures_util::stream::unfold(Some(state), move |state| {
+        let (id, name, tok) = (id.clone(), name.clone(), tok.clone());
         async move {
             let head = shape::StreamHead { kind, id: &id, created, model: &name };
-            let (mut gang, mut generated, mut splitters) = state?;
+            let mut st = state?;
             loop {
-                let chunk = match gang.next().await {
-                    Some((i, Event::Started { .. })) if kind == Kind::Chat => head.chunk(i, "", true, None),
-                    Some((i, Event::Token { text, .. })) if !text.is_empty() => {
-                        generated += 1;
-                        match splitters.as_mut() {
+                let (i, chunk) = match st.gang.next().await {
+                    Some((i, Event::Started { .. })) if kind == Kind::Chat => (i, head.chunk(i, "", true, None)),
+                    Some((i, Event::Token { text, logprobs, .. })) => {
+                        st.generated += 1;
+                        st.unsent[i].extend(logprobs);
+                        if text.is_empty() {
+                            continue;
+                        }
+                        match st.splitters.as_mut() {
                             Some(s) => match split_step(&mut s[i], |sp| sp.push(&text)) {
-                                Some(step) => head.tool_chunk(i, &step, None),
+                                Some(step) => (i, head.tool_chunk(i, &step, None)),
                                 None => continue,
                             },
-                            None => head.chunk(i, &text, false, None),
+                            None => (i, head.chunk(i, &text, false, None)),
                         }
                     }
-                    Some((_, Event::Token { .. })) => {
-                        generated += 1;
-                        continue;
-                    }
-                    Some((i, Event::Done(s))) => match splitters.as_mut() {
+                    Some((i, Event::Done(s))) => match st.splitters.as_mut() {
                         Some(sp) => {
                             let step = split_step(&mut sp[i], CallSplitter::finish);
                             let none = shape::ToolStep { text: String::new(), calls: Vec::new(), first_call: sp[i].1 };
-                            head.tool_chunk(i, &step.unwrap_or(none), Some(s.finish))
+                            (i, head.tool_chunk(i, &step.unwrap_or(none), Some(s.finish)))
                         }
-                        None => head.chunk(i, "", false, Some(s.finish)),
+                        None => (i, head.chunk(i, "", false, Some(s.finish))),
                     },
                     Some((_, Event::Failed(message))) => {
                         let error = ApiError::internal(API, message).body();
                         return Some((error, None));
                     }
                     Some(_) => continue,
-                    None if include_usage => return Some((head.usage(prompt_tokens, generated), None)),
+                    None if include_usage => return Some((head.usage(prompt_tokens, st.generated), None)),
                     None => return None,
                 };
-                return Some((chunk, Some((gang, generated, splitters))));
+                let mut chunk = chunk;
+                let tokens = std::mem::take(&mut st.unsent[i]);
+                if with_logprobs && !tokens.is_empty() {
+                    chunk["choices"][0]["logprobs"] = shape::choice_logprobs(kind, &tok.tokenizer, &tokens, &mut st.offsets[i]);
+                }
+                return Some((chunk, Some(st)));
             }
         }
     });
     Ok(sse(chunks))
+}
+
+/// A streamed answer in flight: the gang (dropping it cancels), the tokens
+/// generated so far, the choices' call splitters, and per choice the
+/// log-probabilities not yet sent (they go with its next chunk) and where
+/// its text stands in characters.
+struct Streaming {
+    gang: super::gang::Gang,
+    generated: usize,
+    splitters: Option<Vec<(CallSplitter, usize)>>,
+    unsent: Vec<Vec<TokenLogprobs>>,
+    offsets: Vec<usize>,
 }
 
 /// One splitter step for a streamed choice: None when it shows nothing yet.

@@ -1,6 +1,7 @@
 //! Checks of a model against llama.cpp's reference rows (../data), shared
 //! by the faithfulness tests of every model.
 
+use caravan::engine::Priority;
 use caravan::generate::{generate, GenRequest};
 use caravan::loaded::LoadedModel;
 use caravan::sampler::SamplingParams;
@@ -9,7 +10,7 @@ use caravan::tokenizer::template::Message;
 use super::GoldenRow;
 
 pub fn greedy(prompt: Vec<u32>, max_tokens: usize) -> GenRequest {
-    GenRequest { prompt, params: SamplingParams::greedy(), max_tokens, stop: vec![], ignore_eos: false, grammar: None }
+    GenRequest { prompt, params: SamplingParams::greedy(), max_tokens, stop: vec![], ignore_eos: false, grammar: None, logprobs: None, priority: Priority::Interactive }
 }
 
 /// Every row's text tokenizes to the reference's tokens (with BOS where

@@ -294,7 +294,7 @@ class BadInput(unittest.TestCase):
             ("/v1/completions", {"model": MODEL, "prompt": "hi", "max_tokens": 100000}, None, 400),
             ("/v1/completions", {"model": MODEL, "prompt": ["a"] * 9, "n": 2}, None, 400),
             ("/v1/chat/completions", {"model": MODEL, "messages": msgs, "stop": ["a"] * 17}, None, 400),
-            ("/v1/chat/completions", {"model": MODEL, "messages": msgs, "logprobs": True}, None, 400),
+            ("/v1/chat/completions", {"model": MODEL, "messages": msgs, "logprobs": True, "top_logprobs": 21}, None, 400),
         ]
         for path, body, raw, want in cases:
             with self.subTest(path=path, body=str(body)[:80]):
@@ -646,24 +646,25 @@ FIELD_WALK = [
         "frequency_penalty": 0.5, "max_completion_tokens": 2, "max_tokens": 2, "n": 2, "parallel_tool_calls": True, "presence_penalty": 0.5,
         "prompt_cache_key": "k", "response_format": {"type": "json_object"}, "safety_identifier": "u1", "seed": 3, "service_tier": "auto",
         "stop": ["x"], "stream": False, "stream_options": {"include_usage": True}, "temperature": 0.5, "top_p": 0.9, "user": "u1",
-        "modalities": ["text"], "tool_choice": "none",
+        "modalities": ["text"], "tool_choice": "none", "logprobs": True, "top_logprobs": 0,
     }, {
         "audio": {"voice": "alloy", "format": "mp3"}, "function_call": "auto", "functions": [{"name": "f"}], "logit_bias": {"1": 5},
-        "logprobs": True, "top_logprobs": 2, "metadata": {"a": "b"}, "prediction": {"type": "content", "content": "x"},
+        "metadata": {"a": "b"}, "prediction": {"type": "content", "content": "x"},
         "reasoning_effort": "low", "store": True, "verbosity": "low", "web_search_options": {}, "modalities": ["text", "audio"],
         "service_tier": "flex",
     }),
     ("/v1/completions", {"model": MODEL, "prompt": "Hi", "max_tokens": 2}, {
         "best_of": 1, "frequency_penalty": 0.5, "n": 2, "presence_penalty": 0.5, "seed": 3, "stop": "x", "stream": False,
-        "temperature": 0.5, "top_p": 0.9, "user": "u1",
-    }, {"best_of": 2, "echo": True, "logit_bias": {"1": 5}, "logprobs": 2, "suffix": "end"}),
+        "temperature": 0.5, "top_p": 0.9, "user": "u1", "logprobs": 2,
+    }, {"best_of": 2, "echo": True, "logit_bias": {"1": 5}, "suffix": "end"}),
     ("/api/generate", {"model": MODEL, "prompt": "Hi", "stream": False, "options": {"num_predict": 2}}, {
         "format": "json", "system": "Be brief.", "raw": True, "keep_alive": "5m", "think": False,
         "options": {"num_predict": 2, "temperature": 0.5, "presence_penalty": 0.5, "frequency_penalty": 0.5},
-    }, {"suffix": "end", "images": ["aGk="], "template": "{{ .Prompt }}", "context": [1, 2], "think": True, "logprobs": True, "top_logprobs": 2}),
+        "logprobs": True, "top_logprobs": 0,
+    }, {"suffix": "end", "images": ["aGk="], "template": "{{ .Prompt }}", "context": [1, 2], "think": True}),
     ("/api/chat", {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "stream": False, "options": {"num_predict": 2}}, {
-        "format": "json", "keep_alive": "5m", "think": False,
-    }, {"think": True, "logprobs": True, "top_logprobs": 2}),
+        "format": "json", "keep_alive": "5m", "think": False, "logprobs": True, "top_logprobs": 0,
+    }, {"think": True}),
 ]
 
 
