@@ -10,7 +10,16 @@ use caravan::sampler::SamplingParams;
 use common::{golden, model};
 
 fn greedy(prompt: Vec<u32>, max_tokens: usize) -> GenRequest {
-    GenRequest { prompt, params: SamplingParams::greedy(), max_tokens, stop: vec![], ignore_eos: false, grammar: None, logprobs: None, priority: Priority::Interactive }
+    GenRequest {
+        prompt,
+        params: SamplingParams::greedy(),
+        max_tokens,
+        stop: vec![],
+        ignore_eos: false,
+        grammar: None,
+        logprobs: None,
+        priority: Priority::Interactive,
+    }
 }
 
 /// What one stream said.
@@ -384,10 +393,8 @@ fn interactive_sequences_come_first_and_background_ones_yield() {
     let mut kv = m.kv_pool(40 * 16, 16);
     let mut engine = Engine::new(m, &mut kv, EngineConfig { max_batch_tokens: 64, max_seqs: 12 });
     let picks: Vec<usize> = (0..12).map(|i| i * 3).collect();
-    let mut streams: Vec<EventStream> = picks
-        .iter()
-        .flat_map(|&i| engine.submit(vec![background(greedy(rows[i].prompt_tokens.clone(), 24))]).unwrap())
-        .collect();
+    let mut streams: Vec<EventStream> =
+        picks.iter().flat_map(|&i| engine.submit(vec![background(greedy(rows[i].prompt_tokens.clone(), 24))]).unwrap()).collect();
     for _ in 0..12 {
         engine.step();
     }

@@ -157,7 +157,16 @@ pub fn gen_request(
     }
     let room = ctx - prompt.len();
     let max_tokens = o.num_predict.map_or(room, |n| n.min(room));
-    Ok(GenRequest { prompt, params: o.params.clone(), max_tokens, stop: o.stop.clone(), ignore_eos: false, grammar, logprobs, priority: Priority::Interactive })
+    Ok(GenRequest {
+        prompt,
+        params: o.params.clone(),
+        max_tokens,
+        stop: o.stop.clone(),
+        ignore_eos: false,
+        grammar,
+        logprobs,
+        priority: Priority::Interactive,
+    })
 }
 
 /// The grammar a request's output is held to: its `format`'s, or the

@@ -111,7 +111,16 @@ pub fn run(a: RunArgs) -> Result<()> {
     let ctx = m.model.config.context_length;
     let max_tokens = if a.num_predict < 0 { ctx } else { a.num_predict as usize };
     let mut kv = m.kv_pool(ctx, 16);
-    let req = GenRequest { prompt: tokens, params, max_tokens, stop: Vec::new(), ignore_eos: false, grammar: None, logprobs: None, priority: Priority::Interactive };
+    let req = GenRequest {
+        prompt: tokens,
+        params,
+        max_tokens,
+        stop: Vec::new(),
+        ignore_eos: false,
+        grammar: None,
+        logprobs: None,
+        priority: Priority::Interactive,
+    };
     let mut stdout = std::io::stdout();
     let out = generate(&m, &mut kv, &[req], |_, text| {
         let _ = stdout.write_all(text.as_bytes());

@@ -45,6 +45,8 @@ pub struct Gang {
     pub arrived: Instant,
     ticket: Option<Ticket>,
     metrics: Arc<Metrics>,
+    /// The model's name, as the metrics label it.
+    model: String,
     log: RequestLog,
 }
 
@@ -79,6 +81,7 @@ impl Gang {
             arrived,
             ticket: Some(ticket),
             metrics: metrics.clone(),
+            model: loaded.manifest.name.clone(),
             log: log.clone(),
         })
     }
@@ -117,13 +120,13 @@ impl Gang {
         match event {
             Event::Started { step } => {
                 self.started_steps[i] = Some(*step);
-                self.metrics.admitted(now - self.arrived);
+                self.metrics.admitted(&self.model, now - self.arrived);
                 self.ticket = None;
             }
             Event::Token { .. } => {
                 if self.first_token[i].is_none() {
                     self.first_token[i] = Some(now);
-                    self.metrics.first_token(now - self.arrived);
+                    self.metrics.first_token(&self.model, now - self.arrived);
                 }
                 self.log.add_tokens(1);
             }
@@ -131,7 +134,7 @@ impl Gang {
             Event::Done(s) => {
                 self.done[i] = true;
                 let decoding = self.first_token[i].map_or(Duration::ZERO, |t| now - t);
-                self.metrics.finished(s, decoding);
+                self.metrics.finished(&self.model, s, decoding);
             }
         }
     }

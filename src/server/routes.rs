@@ -67,7 +67,7 @@ async fn health(State(app): State<Arc<App>>) -> Response {
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
-    let snapshots: Vec<_> = app.registry.loaded().await.iter().map(|l| l.engine.snapshot()).collect();
+    let snapshots: Vec<_> = app.registry.loaded().await.iter().map(|l| (l.manifest.name.clone(), l.engine.snapshot())).collect();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], app.metrics.render(&snapshots)).into_response()
 }
 

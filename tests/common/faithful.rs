@@ -10,7 +10,16 @@ use caravan::tokenizer::template::Message;
 use super::GoldenRow;
 
 pub fn greedy(prompt: Vec<u32>, max_tokens: usize) -> GenRequest {
-    GenRequest { prompt, params: SamplingParams::greedy(), max_tokens, stop: vec![], ignore_eos: false, grammar: None, logprobs: None, priority: Priority::Interactive }
+    GenRequest {
+        prompt,
+        params: SamplingParams::greedy(),
+        max_tokens,
+        stop: vec![],
+        ignore_eos: false,
+        grammar: None,
+        logprobs: None,
+        priority: Priority::Interactive,
+    }
 }
 
 /// Every row's text tokenizes to the reference's tokens (with BOS where

@@ -58,6 +58,17 @@ def metrics(url=URL):
     return out
 
 
+def vllm_metrics(url=URL):
+    """vLLM's samples, as routers read them, by (name, model_name)."""
+    _, _, text = request("GET", "/metrics", url=url)
+    out = {}
+    for line in text.splitlines():
+        m = re.match(r'^(vllm:[a-z_]+)\{model_name="([^"]+)"\} ([0-9.e+-]+)$', line)
+        if m:
+            out[(m.group(1), m.group(2))] = float(m.group(3))
+    return out
+
+
 def wait_until_idle(url=URL, seconds=60):
     """Waits until no sequence runs or waits and no KV block is held."""
     deadline = time.time() + seconds
@@ -458,6 +469,38 @@ class Surface(unittest.TestCase):
         for q in ["Hi", "Hello"]:
             ollama_client.chat(model=MODEL, messages=[{"role": "system", "content": system}, {"role": "user", "content": q}], options={"num_predict": 1})
         self.assertGreaterEqual(metrics()["caravan_prefix_cache_hit_tokens_total"] - before, 64)
+
+    def test_vllm_names_for_load_and_prefix_aware_routers(self):
+        system = "You are a helpful assistant who answers briefly. " * 8
+        ollama_client.generate(model=MODEL, prompt="hi", options={"num_predict": 1})
+        before = vllm_metrics()
+        prompts = 0
+        for q in ["Hi", "Hello"]:
+            r = ollama_client.chat(model=MODEL, messages=[{"role": "system", "content": system}, {"role": "user", "content": q}], options={"num_predict": 1})
+            prompts += r.prompt_eval_count
+        after = vllm_metrics()
+        delta = lambda name: after[(name, MODEL)] - before.get((name, MODEL), 0)
+        self.assertEqual(delta("vllm:prefix_cache_queries_total"), prompts)
+        self.assertGreaterEqual(delta("vllm:prefix_cache_hits_total"), 64)
+        self.assertEqual(delta("vllm:time_to_first_token_seconds_count"), 2)
+        self.assertEqual(delta("vllm:request_queue_time_seconds_count"), 2)
+        # While a long answer runs, the engine's state shows.
+        long_body = {"model": MODEL, "prompt": "Count: 1 2 3", "max_tokens": 400, "ignore_eos": True}
+        t = threading.Thread(target=lambda: request("POST", "/v1/completions", long_body))
+        t.start()
+        deadline = time.time() + 30
+        while vllm_metrics()[("vllm:num_requests_running", MODEL)] < 1:
+            self.assertLess(time.time(), deadline)
+            time.sleep(0.02)
+        busy = vllm_metrics()
+        t.join()
+        usage = busy[("vllm:kv_cache_usage_perc", MODEL)]
+        self.assertTrue(0 < usage <= 1, usage)
+        self.assertEqual(busy[("vllm:gpu_cache_usage_perc", MODEL)], usage)
+        self.assertEqual(busy[("vllm:num_requests_waiting", MODEL)], 0)
+        wait_until_idle()
+        idle = vllm_metrics()
+        self.assertEqual((idle[("vllm:num_requests_running", MODEL)], idle[("vllm:kv_cache_usage_perc", MODEL)]), (0, 0))
 
     def test_another_model_replaces_the_idle_one(self):
         # --max-loaded-models 1: naming another installed model unloads the
