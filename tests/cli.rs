@@ -183,8 +183,19 @@ fn pull_from_a_url_resumes_a_partial_download() {
     assert!(!store.path().join("blobs/.partial-web").exists());
 }
 
+/// A batch output's lines by `custom_id`, each exactly once.
+fn answers_by_id(path: &std::path::Path) -> std::collections::HashMap<String, serde_json::Value> {
+    let mut by_id = std::collections::HashMap::new();
+    for line in std::fs::read_to_string(path).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let id = v["custom_id"].as_str().unwrap().to_string();
+        assert!(by_id.insert(id.clone(), v).is_none(), "{id} answered twice");
+    }
+    by_id
+}
+
 #[test]
-fn batch_answers_every_line_in_order_with_errors_in_place() {
+fn batch_answers_every_line_with_errors_in_their_place() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.jsonl");
     let input = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/batch.jsonl");
@@ -193,26 +204,74 @@ fn batch_answers_every_line_in_order_with_errors_in_place() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let summary = String::from_utf8_lossy(&o.stderr);
     assert!(summary.contains("batch: 5 items (1 errors)"), "{summary}");
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let ids: Vec<&str> = lines.iter().map(|l| l["custom_id"].as_str().unwrap()).collect();
-    assert_eq!(ids, ["capital", "sky", "three-tries", "broken", "list"]);
+    let lines = answers_by_id(&out);
+    let mut ids: Vec<&str> = lines.keys().map(String::as_str).collect();
+    ids.sort();
+    assert_eq!(ids, ["broken", "capital", "list", "sky", "three-tries"]);
     // Greedy completion: the reference's own continuation of this prompt.
     let golden = &common::golden()[0];
-    let body = &lines[0]["response"]["body"];
-    assert_eq!(lines[0]["response"]["status_code"], 200);
+    let body = &lines["capital"]["response"]["body"];
+    assert_eq!(lines["capital"]["response"]["status_code"], 200);
     assert_eq!(body["object"], "text_completion");
     assert_eq!(body["choices"][0]["text"], common::model().tokenizer.decode(&golden.completion_tokens[..8]));
     assert_eq!(body["choices"][0]["finish_reason"], "length");
     assert_eq!(body["usage"]["prompt_tokens"], 5);
     assert_eq!(body["usage"]["completion_tokens"], 8);
-    assert_eq!(lines[1]["response"]["body"]["object"], "chat.completion");
-    assert_eq!(lines[1]["response"]["body"]["choices"][0]["message"]["role"], "assistant");
-    assert_eq!(lines[2]["response"]["body"]["choices"].as_array().unwrap().len(), 3);
-    assert!(lines[3]["response"].is_null());
-    assert!(lines[3]["error"]["message"].as_str().unwrap().contains("messages must not be empty"));
+    assert_eq!(lines["sky"]["response"]["body"]["object"], "chat.completion");
+    assert_eq!(lines["sky"]["response"]["body"]["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(lines["three-tries"]["response"]["body"]["choices"].as_array().unwrap().len(), 3);
+    assert!(lines["broken"]["response"].is_null());
+    assert!(lines["broken"]["error"]["message"].as_str().unwrap().contains("messages must not be empty"));
     // Cut at the stop string, which is not included.
-    let text = lines[4]["response"]["body"]["choices"][0]["text"].as_str().unwrap();
-    assert!(!text.contains('\n') && lines[4]["response"]["body"]["choices"][0]["finish_reason"] == "stop", "{text:?}");
+    let list = &lines["list"]["response"]["body"]["choices"][0];
+    let text = list["text"].as_str().unwrap();
+    assert!(!text.contains('\n') && list["finish_reason"] == "stop", "{text:?}");
+}
+
+/// A run killed with SIGKILL while it writes answers, then resumed: the
+/// output ends with every item answered exactly once, the answers written
+/// before the kill kept as they were.
+#[test]
+fn batch_resumes_a_killed_run_without_repeating_an_item() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, out) = (dir.path().join("in.jsonl"), dir.path().join("out.jsonl"));
+    // Answers of different lengths, so that some are written long before the last.
+    let lines: Vec<String> = (0..48)
+        .map(|i| {
+            let body = serde_json::json!({"prompt": format!("Item {i}: the weather today is"), "max_tokens": 8 + (i % 6) * 40, "temperature": 0, "ignore_eos": true});
+            serde_json::json!({"custom_id": format!("item-{i}"), "method": "POST", "url": "/v1/completions", "body": body}).to_string()
+        })
+        .collect();
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let args = ["batch", input.to_str().unwrap(), "-o", out.to_str().unwrap(), "--kv-memory", "64MiB", "--max-seqs", "8"];
+    let mut child = Command::new(env!("CARGO_BIN_EXE_caravan")).env("CARAVAN_MODELS", default_store()).args(args).spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while std::fs::read_to_string(&out).map_or(0, |t| t.lines().count()) < 10 {
+        assert!(std::time::Instant::now() < deadline, "no answers written");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // As a kill in the middle of a write would leave it: a line cut short.
+    let mut before = std::fs::read_to_string(&out).unwrap();
+    before.truncate(before.rfind('\n').unwrap() + 1);
+    let kept = before.lines().count();
+    assert!(kept < 48, "the run was meant to be killed before its end");
+    std::fs::write(&out, format!("{before}{{\"custom_id\": \"item-4")).unwrap();
+    let o = caravan(&default_store(), &[&args[..], &["--resume"]].concat());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains(&format!("{kept} answered before")), "{}", String::from_utf8_lossy(&o.stderr));
+    let after = std::fs::read_to_string(&out).unwrap();
+    assert!(after.starts_with(&before), "the answers written before the kill are kept as they were");
+    let answers = answers_by_id(&out);
+    assert_eq!(answers.len(), 48);
+    for (i, line) in lines.iter().enumerate() {
+        let max_tokens = serde_json::from_str::<serde_json::Value>(line).unwrap()["body"]["max_tokens"].clone();
+        assert_eq!(answers[&format!("item-{i}")]["response"]["body"]["usage"]["completion_tokens"], max_tokens, "item {i}");
+    }
+    let refused = caravan(&default_store(), &["batch", input.to_str().unwrap(), "--resume"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(stderr_line(&refused).contains("--resume needs -o OUTPUT"));
 }
 
 #[test]

@@ -1,11 +1,13 @@
-//! `caravan batch INPUT [-o OUTPUT]`: an offline job in the OpenAI batch
-//! file format (one JSON request per line, answered by one JSON line per
-//! request, in order), or a plain text file with one prompt per line. Every
-//! request goes to the engine at once; a bad line becomes an error line and
-//! the job carries on.
+//! `caravan batch INPUT [-o OUTPUT] [--resume]`: an offline job in the
+//! OpenAI batch file format (one JSON request per line, answered by one
+//! JSON line per request, written as each finishes), or a plain text file
+//! with one prompt per line. Every request goes to the engine at once; a
+//! bad line becomes an error line and the job carries on. An interrupted
+//! run resumes from its output: what it answers is not run again.
 
+use std::collections::HashSet;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
@@ -38,6 +40,10 @@ pub struct BatchArgs {
     /// 16 for completions, to the end of the context for chat)
     #[arg(long)]
     max_tokens: Option<usize>,
+    /// Continue an interrupted run: items OUTPUT answers already are not
+    /// run again, the others' lines are added to it
+    #[arg(long)]
+    resume: bool,
     #[command(flatten)]
     engine: EngineArgs,
     #[command(flatten)]
@@ -110,10 +116,48 @@ fn response_line(index: usize, item: &Item, choices: &[Choice], tok: &Tokenizer,
     json!({ "id": format!("batch_req_{index}"), "custom_id": item.custom_id, "response": { "status_code": 200, "request_id": format!("req_{index}"), "body": body }, "error": null })
 }
 
+/// Where the answers go, and what it answers already: with `resume`, the
+/// `custom_id`s of the output's whole lines (a last line cut short, by a
+/// run killed while writing it, is cut off) and how many are errors.
+fn open_output(path: Option<&Path>, resume: bool) -> Result<(Box<dyn Write>, HashSet<String>, usize)> {
+    let Some(path) = path else {
+        return Ok((Box::new(std::io::stdout().lock()), HashSet::new(), 0));
+    };
+    let (mut answered, mut errors) = (HashSet::new(), 0);
+    if resume && path.exists() {
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let whole = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        for (n, line) in bytes[..whole].split(|&b| b == b'\n').filter(|l| !l.is_empty()).enumerate() {
+            let v: Value = serde_json::from_slice(line)
+                .ok()
+                .filter(|v: &Value| v["custom_id"].is_string())
+                .with_context(|| format!("{} line {} is not an answer with a custom_id: not resuming into it", path.display(), n + 1))?;
+            errors += usize::from(!v["error"].is_null());
+            answered.insert(v["custom_id"].as_str().unwrap_or_default().to_string());
+        }
+        let file = std::fs::OpenOptions::new().append(true).open(path).with_context(|| format!("cannot write {}", path.display()))?;
+        file.set_len(whole as u64)?;
+        return Ok((Box::new(file), answered, errors));
+    }
+    let file = std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok((Box::new(file), answered, errors))
+}
+
+/// Writes one answer line whole, so that an interrupted run leaves at
+/// most one line cut short.
+fn write_line(out: &mut dyn Write, line: &Value) -> Result<()> {
+    out.write_all(format!("{line}\n").as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
 pub fn batch(a: BatchArgs) -> Result<()> {
     let config = a.engine.config()?;
     if a.compute.threads == 0 {
         bail!("--threads must be at least 1");
+    }
+    if a.resume && a.output.is_none() {
+        bail!("--resume needs -o OUTPUT: the answers so far are read from it");
     }
     let text = std::fs::read_to_string(&a.input).with_context(|| format!("cannot read {}", a.input.display()))?;
     let m = Arc::new(a.compute.open(&Store::from_env().resolve(&a.model)?)?);
@@ -124,28 +168,41 @@ pub fn batch(a: BatchArgs) -> Result<()> {
         bail!("--max-tokens must be at least 1");
     }
     let items = read_items(&m, &text, a.max_tokens);
+    let (mut out, answered, mut errors) = open_output(a.output.as_deref(), a.resume)?;
     let engine = EngineHandle::spawn(m.clone(), kv, config, a.engine.batch_window(), None);
-    // Per item: its streams and choices, or the error line it becomes.
-    let mut lines: Vec<Option<Value>> = vec![None; items.len()];
+    let custom_id = |item: &Result<Item, (String, String)>| match item {
+        Ok(item) => item.custom_id.clone(),
+        Err((id, _)) => id.clone(),
+    };
+    let resumed = items.iter().filter(|item| answered.contains(&custom_id(item))).count();
     let mut running: Vec<Running> = Vec::new();
-    for (i, item) in items.iter().enumerate() {
-        match item {
-            Err((id, msg)) => lines[i] = Some(error_line(i, id, msg)),
+    for (i, item) in items.iter().enumerate().filter(|(_, item)| !answered.contains(&custom_id(item))) {
+        let failed = match item {
+            Err((id, msg)) => Some(error_line(i, id, msg)),
             Ok(item) => match engine.submit(item.job.requests.clone()) {
                 Ok(streams) => {
-                    running.push(Running { index: i, streams, choices: vec![Choice::default(); item.job.requests.len()], failure: None })
+                    let choices = vec![Choice::default(); item.job.requests.len()];
+                    running.push(Running { index: i, streams, choices, failure: None });
+                    None
                 }
-                Err(e) => lines[i] = Some(error_line(i, &item.custom_id, &format!("{e:#}"))),
+                Err(e) => Some(error_line(i, &item.custom_id, &format!("{e:#}"))),
             },
+        };
+        if let Some(line) = failed {
+            write_line(&mut out, &line)?;
+            errors += 1;
         }
     }
     let bar = ProgressBar::new(items.len() as u64);
-    bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} items {msg}").expect("valid template"));
-    bar.set_position(lines.iter().filter(|l| l.is_some()).count() as u64);
+    bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} items {msg}, {eta} left").expect("valid template"));
+    bar.set_position((items.len() - running.len()) as u64);
+    bar.reset_eta();
     let mut generated = 0usize;
-    // The engine runs on its own thread; this one follows the streams.
+    // The engine runs on its own thread; this one follows the streams and
+    // writes each item's line as soon as it is whole.
     while !running.is_empty() {
         let before = generated + running.len();
+        let mut finished = Vec::new();
         running.retain_mut(|Running { index: i, streams, choices, failure }| {
             for (stream, choice) in streams.iter_mut().zip(choices.iter_mut()) {
                 while let Ok(e) = stream.events.try_recv() {
@@ -163,37 +220,30 @@ pub fn batch(a: BatchArgs) -> Result<()> {
                 }
             }
             let Ok(item) = &items[*i] else { unreachable!("only parsed items are submitted") };
-            if let Some(message) = failure.as_deref() {
+            let line = match failure.as_deref() {
                 // Dropping the item's streams cancels its other choices.
-                lines[*i] = Some(error_line(*i, &item.custom_id, message));
-                bar.inc(1);
-                return false;
-            }
-            if choices.iter().all(|c| c.finish.is_some()) {
-                lines[*i] = Some(response_line(*i, item, choices, &m.tokenizer, &a.model, created));
-                bar.inc(1);
-                return false;
-            }
-            true
+                Some(message) => error_line(*i, &item.custom_id, message),
+                None if choices.iter().all(|c| c.finish.is_some()) => response_line(*i, item, choices, &m.tokenizer, &a.model, created),
+                None => return true,
+            };
+            finished.push(line);
+            false
         });
+        for line in &finished {
+            write_line(&mut out, line)?;
+            errors += usize::from(!line["error"].is_null());
+            bar.inc(1);
+        }
         bar.set_message(format!("{:.1} tok/s", generated as f64 / started.elapsed().as_secs_f64()));
         if generated + running.len() == before {
             std::thread::sleep(Duration::from_millis(2));
         }
     }
     bar.finish_and_clear();
-    let mut out: Box<dyn Write> = match &a.output {
-        Some(p) => Box::new(std::io::BufWriter::new(std::fs::File::create(p).with_context(|| format!("cannot write {}", p.display()))?)),
-        None => Box::new(std::io::stdout().lock()),
-    };
-    for line in lines.iter().flatten() {
-        writeln!(out, "{line}")?;
-    }
-    out.flush()?;
-    let errors = lines.iter().flatten().filter(|l| !l["error"].is_null()).count();
     let wall = started.elapsed().as_secs_f64();
+    let resumed = if resumed > 0 { format!(", {resumed} answered before") } else { String::new() };
     eprintln!(
-        "batch: {} items ({errors} errors), {generated} tokens generated in {wall:.1} s, {:.1} tok/s",
+        "batch: {} items ({errors} errors{resumed}), {generated} tokens generated in {wall:.1} s, {:.1} tok/s",
         items.len(),
         generated as f64 / wall
     );
