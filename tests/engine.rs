@@ -7,20 +7,8 @@ use caravan::engine::{Engine, EngineConfig, Event, EventStream, GenRequest, Prio
 use caravan::generate::generate;
 use caravan::kernels::Arithmetic;
 use caravan::sampler::SamplingParams;
+use common::faithful::greedy;
 use common::{golden, model};
-
-fn greedy(prompt: Vec<u32>, max_tokens: usize) -> GenRequest {
-    GenRequest {
-        prompt,
-        params: SamplingParams::greedy(),
-        max_tokens,
-        stop: vec![],
-        ignore_eos: false,
-        grammar: None,
-        logprobs: None,
-        priority: Priority::Interactive,
-    }
-}
 
 /// What one stream said.
 #[derive(Default, Clone)]

@@ -193,9 +193,8 @@ impl Metrics {
         g.loaded_models.set(engines.len() as i64);
         let v = &self.vllm;
         // Only loaded models have series of their state.
-        for family in [&v.running, &v.waiting] {
-            family.clear();
-        }
+        v.running.clear();
+        v.waiting.clear();
         v.kv_usage.clear();
         v.gpu_usage.clear();
         for (model, s) in engines {

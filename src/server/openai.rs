@@ -54,12 +54,12 @@ async fn complete(app: Arc<App>, log: RequestLog, body: Body, kind: Kind) -> Res
     let prefix = if kind == Kind::Chat { "chatcmpl" } else { "cmpl" };
     let id = format!("{prefix}-{:016x}", fresh_seed());
     let created = now_secs();
-    let tok = loaded.model.clone();
+    let model = loaded.model.clone();
     if !job.stream {
         let outputs = gang.collect(API).await?;
         let choices: Vec<Choice> =
             outputs.into_iter().map(|o| Choice { text: o.text, tokens: o.tokens, finish: Some(o.finish), logprobs: o.logprobs }).collect();
-        return Ok(Json(shape::response_body(&job, &tok.tokenizer, &id, created, &name, &choices)).into_response());
+        return Ok(Json(shape::response_body(&job, &model.tokenizer, &id, created, &name, &choices)).into_response());
     }
     let prompt_tokens: usize = job.prompt_tokens.iter().sum();
     let (include_usage, with_logprobs) = (job.include_usage, job.logprobs);
@@ -70,7 +70,7 @@ async fn complete(app: Arc<App>, log: RequestLog, body: Body, kind: Kind) -> Res
         job.tools.as_ref().map(|t| job.requests.iter().map(|_| (t.splitter(), 0)).collect());
     let state = Streaming { gang, generated: 0, splitters, unsent: vec![Vec::new(); n], offsets: vec![0; n] };
     let chunks = futures_util::stream::unfold(Some(state), move |state| {
-        let (id, name, tok) = (id.clone(), name.clone(), tok.clone());
+        let (id, name, model) = (id.clone(), name.clone(), model.clone());
         async move {
             let head = shape::StreamHead { kind, id: &id, created, model: &name };
             let mut st = state?;
@@ -110,7 +110,7 @@ async fn complete(app: Arc<App>, log: RequestLog, body: Body, kind: Kind) -> Res
                 let mut chunk = chunk;
                 let tokens = std::mem::take(&mut st.unsent[i]);
                 if with_logprobs && !tokens.is_empty() {
-                    chunk["choices"][0]["logprobs"] = shape::choice_logprobs(kind, &tok.tokenizer, &tokens, &mut st.offsets[i]);
+                    chunk["choices"][0]["logprobs"] = shape::choice_logprobs(kind, &model.tokenizer, &tokens, &mut st.offsets[i]);
                 }
                 return Some((chunk, Some(st)));
             }

@@ -47,25 +47,27 @@ def request(method, path, body=None, url=URL, raw=None, headers=None):
         return r.status, headers, text
 
 
+def samples(url=URL):
+    """The /metrics samples as (name, labels, value)."""
+    _, _, text = request("GET", "/metrics", url=url)
+    for line in text.splitlines():
+        m = re.match(r"^([a-z_:]+)(\{[^}]*\})? ([0-9.e+-]+)$", line)
+        if m:
+            yield m.group(1), m.group(2) or "", float(m.group(3))
+
+
 def metrics(url=URL):
     """The /metrics samples without labels, by name."""
-    _, _, text = request("GET", "/metrics", url=url)
-    out = {}
-    for line in text.splitlines():
-        m = re.match(r"^([a-z_]+) ([0-9.e+-]+)$", line)
-        if m:
-            out[m.group(1)] = float(m.group(2))
-    return out
+    return {name: value for name, labels, value in samples(url) if not labels}
 
 
 def vllm_metrics(url=URL):
     """vLLM's samples, as routers read them, by (name, model_name)."""
-    _, _, text = request("GET", "/metrics", url=url)
     out = {}
-    for line in text.splitlines():
-        m = re.match(r'^(vllm:[a-z_]+)\{model_name="([^"]+)"\} ([0-9.e+-]+)$', line)
-        if m:
-            out[(m.group(1), m.group(2))] = float(m.group(3))
+    for name, labels, value in samples(url):
+        m = re.match(r'^\{model_name="([^"]+)"\}$', labels)
+        if name.startswith("vllm:") and m:
+            out[(name, m.group(1))] = value
     return out
 
 
