@@ -8,6 +8,7 @@ pub mod fuzz_targets;
 pub mod generate;
 pub mod gguf;
 pub mod grammar;
+pub mod jobs;
 pub mod kernels;
 pub mod kv;
 pub mod loaded;

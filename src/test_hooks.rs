@@ -37,3 +37,16 @@ pub fn handler_panics(body: &serde_json::Value) -> bool {
         false
     }
 }
+
+/// Seconds a batch job has before it expires: OpenAI's 24 hours, or
+/// CARAVAN_TEST_BATCH_WINDOW's when armed, so that a test can see a job
+/// expire.
+pub fn batch_window_seconds() -> u64 {
+    #[cfg(feature = "test-hooks")]
+    if armed() {
+        if let Some(s) = std::env::var("CARAVAN_TEST_BATCH_WINDOW").ok().and_then(|s| s.parse().ok()) {
+            return s;
+        }
+    }
+    crate::jobs::WINDOW_SECONDS
+}

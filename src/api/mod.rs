@@ -2,6 +2,7 @@
 //! into engine requests, and shaping results into each API's JSON. The
 //! server and `caravan batch` share them.
 
+pub mod batch_line;
 pub mod fields;
 pub mod logprobs;
 pub mod ollama;

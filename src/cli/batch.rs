@@ -14,6 +14,7 @@ use anyhow::{bail, Context, Result};
 use std::sync::Arc;
 use std::time::Duration;
 
+use caravan::api::batch_line;
 use caravan::api::openai::{self, Choice, Job, Kind};
 use caravan::engine::{EngineHandle, Event, EventStream};
 use caravan::loaded::LoadedModel;
@@ -98,7 +99,7 @@ fn read_items(m: &LoadedModel, text: &str, default_max: Option<usize>) -> Vec<Re
 }
 
 fn error_line(index: usize, custom_id: &str, message: &str) -> Value {
-    json!({ "id": format!("batch_req_{index}"), "custom_id": custom_id, "response": null, "error": { "code": "invalid_request", "message": message } })
+    batch_line::failed(&format!("batch_req_{index}"), Some(custom_id), "invalid_request", message)
 }
 
 /// An item on the engine: its index, streams, choices so far, and a
@@ -113,7 +114,7 @@ struct Running {
 fn response_line(index: usize, item: &Item, choices: &[Choice], tok: &Tokenizer, model: &str, created: u64) -> Value {
     let prefix = if item.job.kind == Kind::Chat { "chatcmpl" } else { "cmpl" };
     let body = openai::response_body(&item.job, tok, &format!("{prefix}-{index}"), created, model, choices);
-    json!({ "id": format!("batch_req_{index}"), "custom_id": item.custom_id, "response": { "status_code": 200, "request_id": format!("req_{index}"), "body": body }, "error": null })
+    batch_line::answered(&format!("batch_req_{index}"), &item.custom_id, body)
 }
 
 /// Where the answers go, and what it answers already: with `resume`, the

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::{bail, Result};
 use caravan::api::fields::KeepAlive;
 use caravan::engine::EngineHandle;
+use caravan::jobs::db::JobStore;
 use caravan::server::metrics::Metrics;
 use caravan::server::models::{Loader, Registry};
 use caravan::server::{listen_addr, serve as run_server, ServerConfig};
@@ -62,6 +63,13 @@ pub struct ServeArgs {
     /// finish before they are ended with a final message
     #[arg(long, env = "CARAVAN_SHUTDOWN_GRACE", default_value_t = 5.0)]
     shutdown_grace: f64,
+    /// Where batch jobs keep their files and state (default: `jobs` beside
+    /// the models folder, ~/.caravan/jobs)
+    #[arg(long, env = "CARAVAN_DATA")]
+    data_dir: Option<PathBuf>,
+    /// Largest file /v1/files takes (e.g. 200MB); larger is a 413
+    #[arg(long, env = "CARAVAN_MAX_FILE_SIZE", value_parser = parse_bytes, default_value = "200MB")]
+    max_file_size: u64,
     #[command(flatten)]
     engine: EngineArgs,
     #[command(flatten)]
@@ -81,6 +89,8 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         let default = PathBuf::from(std::env::var_os("HOME")?).join(".ollama/models");
         default.is_dir().then_some(default)
     });
+    let data_dir = a.data_dir.clone().unwrap_or_else(|| store.root().parent().unwrap_or(store.root()).join("jobs"));
+    let jobs = JobStore::open(&data_dir)?;
     let store = match ollama {
         Some(dir) if !dir.is_dir() => bail!("--ollama-models {}: not a folder", dir.display()),
         Some(dir) => store.with_ollama(dir),
@@ -112,6 +122,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         api_key: a.api_key.filter(|k| !k.is_empty()),
         cors_origins: a.cors_origin,
         shutdown_grace: std::time::Duration::from_secs_f64(a.shutdown_grace),
+        max_file_size: a.max_file_size,
     };
-    run_server(server, registry, metrics)
+    run_server(server, registry, metrics, jobs)
 }

@@ -84,6 +84,11 @@ impl EngineHandle {
     }
 
     /// Checks the gang and queues it; its streams, in order.
+    /// Most sequences the engine runs at once.
+    pub fn max_seqs(&self) -> usize {
+        self.limits.max_seqs
+    }
+
     pub fn submit(&self, gang: Vec<GenRequest>) -> Result<Vec<EventStream>, EngineError> {
         let (members, streams) = self.limits.prepare(gang)?;
         self.send(Job::Gang(members))?;

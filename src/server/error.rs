@@ -20,11 +20,13 @@ pub struct ApiError {
     pub api: Api,
     pub status: StatusCode,
     pub message: String,
+    /// OpenAI's error `code` where the status alone does not say it.
+    pub code: Option<&'static str>,
 }
 
 impl ApiError {
     pub fn new(api: Api, status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError { api, status, message: message.into() }
+        ApiError { api, status, message: message.into(), code: None }
     }
 
     /// A request the client got wrong (400); `e`'s whole chain is the message.
@@ -34,6 +36,11 @@ impl ApiError {
 
     pub fn not_found(api: Api, model: &str) -> ApiError {
         ApiError::new(api, StatusCode::NOT_FOUND, format!("model '{model}' not found"))
+    }
+
+    /// No such file or batch.
+    pub fn no_such(api: Api, what: &str, id: &str) -> ApiError {
+        ApiError { code: Some("not_found"), ..ApiError::new(api, StatusCode::NOT_FOUND, format!("no {what} with id '{id}'")) }
     }
 
     /// Too much waiting work: try again shortly.
@@ -80,7 +87,7 @@ impl ApiError {
                     s if s.is_server_error() => ("server_error", "internal_error"),
                     _ => ("invalid_request_error", "invalid_request"),
                 };
-                json!({ "error": { "message": self.message, "type": kind, "param": null, "code": code } })
+                json!({ "error": { "message": self.message, "type": kind, "param": null, "code": self.code.unwrap_or(code) } })
             }
         }
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use crate::engine::{Event, EventStream, FinishReason, GenRequest, Summary};
+use crate::engine::{Event, EventStream, FinishReason, GenRequest, Priority, Summary};
 use crate::sampler::logprobs::TokenLogprobs;
 
 use super::error::{Api, ApiError};
@@ -71,6 +71,34 @@ impl Gang {
             ));
         }
         let ticket = Ticket(metrics.clone());
+        Gang::start(loaded, requests, api, metrics, Some(ticket), arrived, log)
+    }
+
+    /// Queues a batch job's `requests` in the background class: they take
+    /// what interactive sequences leave, and no place in the queue that
+    /// --max-queue bounds.
+    pub fn background(
+        loaded: &Loaded,
+        mut requests: Vec<GenRequest>,
+        api: Api,
+        metrics: &Arc<Metrics>,
+        log: &RequestLog,
+    ) -> Result<Gang, ApiError> {
+        for r in &mut requests {
+            r.priority = Priority::Background;
+        }
+        Gang::start(loaded, requests, api, metrics, None, Instant::now(), log)
+    }
+
+    fn start(
+        loaded: &Loaded,
+        requests: Vec<GenRequest>,
+        api: Api,
+        metrics: &Arc<Metrics>,
+        ticket: Option<Ticket>,
+        arrived: Instant,
+        log: &RequestLog,
+    ) -> Result<Gang, ApiError> {
         let streams = loaded.engine.submit(requests).map_err(|e| ApiError::engine(api, e))?;
         let n = streams.len();
         Ok(Gang {
@@ -79,7 +107,7 @@ impl Gang {
             first_token: vec![None; n],
             started_steps: vec![None; n],
             arrived,
-            ticket: Some(ticket),
+            ticket,
             metrics: metrics.clone(),
             model: loaded.manifest.name.clone(),
             log: log.clone(),

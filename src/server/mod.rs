@@ -4,8 +4,11 @@
 
 mod access;
 mod batch;
+mod batch_jobs;
 mod error;
+mod files;
 mod gang;
+mod job_runner;
 mod log;
 mod manage;
 pub mod metrics;
@@ -27,6 +30,7 @@ use futures_util::Stream;
 use serde_json::Value;
 
 use crate::api::fields::KeepAlive;
+use crate::jobs::db::JobStore;
 use error::{Api, ApiError};
 use log::RequestLog;
 use metrics::Metrics;
@@ -49,12 +53,16 @@ pub struct ServerConfig {
     /// On SIGINT/SIGTERM, how long requests in flight may take to finish
     /// before they are ended (with a final message).
     pub shutdown_grace: Duration,
+    /// Largest file /v1/files takes.
+    pub max_file_size: u64,
 }
 
 pub struct App {
     pub config: ServerConfig,
     pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
+    /// Batch jobs' files and state.
+    pub jobs: JobStore,
     ready: AtomicBool,
 }
 
@@ -145,14 +153,16 @@ pub fn listen_addr(host: &str) -> String {
 
 /// Runs the server until SIGINT or SIGTERM, then stops accepting, gives
 /// requests in flight the grace period, ends the rest with a final message,
-/// and returns.
-pub fn serve(config: ServerConfig, registry: Registry, metrics: Arc<Metrics>) -> Result<()> {
+/// and returns. Batch jobs left unfinished in `jobs` continue at start;
+/// those running at the end continue at the next.
+pub fn serve(config: ServerConfig, registry: Registry, metrics: Arc<Metrics>, jobs: JobStore) -> Result<()> {
     let cors = access::cors(&config.cors_origins)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let result = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&config.addr).await.with_context(|| format!("cannot listen on {}", config.addr))?;
         eprintln!("caravan listening on http://{}", listener.local_addr()?);
-        let app = Arc::new(App { config, registry: Arc::new(registry), metrics, ready: AtomicBool::new(false) });
+        let app = Arc::new(App { config, registry: Arc::new(registry), metrics, jobs, ready: AtomicBool::new(false) });
+        job_runner::resume_all(&app)?;
         let loading = app.clone();
         tokio::spawn(async move {
             let name = loading.config.default_model.clone();

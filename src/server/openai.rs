@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 
 use super::error::{Api, ApiError};
 use super::log::RequestLog;
+use super::models::Loaded;
 use super::ollama::embed_all;
 use super::{read_json, sse, App};
 use crate::api::fields::{fresh_seed, opt_str};
@@ -23,7 +24,7 @@ use crate::engine::Event;
 use crate::sampler::logprobs::TokenLogprobs;
 use crate::store::Manifest;
 
-const API: Api = Api::OpenAi;
+pub(super) const API: Api = Api::OpenAi;
 
 /// `model`, or the server's default model when absent (as llama.cpp's
 /// and vLLM's servers allow).
@@ -51,16 +52,12 @@ async fn complete(app: Arc<App>, log: RequestLog, body: Body, kind: Kind) -> Res
     let job =
         shape::parse(&loaded.model, kind, &body, fresh_seed(), None, app.config.max_batch_items).map_err(|e| ApiError::bad(API, e))?;
     let gang = app.submit(API, &loaded, job.requests.clone(), arrived, &log)?;
-    let prefix = if kind == Kind::Chat { "chatcmpl" } else { "cmpl" };
-    let id = format!("{prefix}-{:016x}", fresh_seed());
+    if !job.stream {
+        return Ok(Json(answer_body(gang, &job, &loaded, &name).await?).into_response());
+    }
+    let id = answer_id(kind);
     let created = now_secs();
     let model = loaded.model.clone();
-    if !job.stream {
-        let outputs = gang.collect(API).await?;
-        let choices: Vec<Choice> =
-            outputs.into_iter().map(|o| Choice { text: o.text, tokens: o.tokens, finish: Some(o.finish), logprobs: o.logprobs }).collect();
-        return Ok(Json(shape::response_body(&job, &model.tokenizer, &id, created, &name, &choices)).into_response());
-    }
     let prompt_tokens: usize = job.prompt_tokens.iter().sum();
     let (include_usage, with_logprobs) = (job.include_usage, job.logprobs);
     let n = job.requests.len();
@@ -119,6 +116,20 @@ async fn complete(app: Arc<App>, log: RequestLog, body: Body, kind: Kind) -> Res
     Ok(sse(chunks))
 }
 
+fn answer_id(kind: Kind) -> String {
+    let prefix = if kind == Kind::Chat { "chatcmpl" } else { "cmpl" };
+    format!("{prefix}-{:016x}", fresh_seed())
+}
+
+/// The answer to `job` once `gang` has run it: a completion or chat
+/// completion object.
+pub(super) async fn answer_body(gang: super::gang::Gang, job: &shape::Job, loaded: &Loaded, name: &str) -> Result<Value, ApiError> {
+    let outputs = gang.collect(API).await?;
+    let choices: Vec<Choice> =
+        outputs.into_iter().map(|o| Choice { text: o.text, tokens: o.tokens, finish: Some(o.finish), logprobs: o.logprobs }).collect();
+    Ok(shape::response_body(job, &loaded.model.tokenizer, &answer_id(job.kind), now_secs(), name, &choices))
+}
+
 /// A streamed answer in flight: the gang (dropping it cancels), the tokens
 /// generated so far, the choices' call splitters, and per choice the
 /// log-probabilities not yet sent (they go with its next chunk) and where
@@ -167,7 +178,13 @@ pub async fn model(State(app): State<Arc<App>>, Path(id): Path<String>) -> Resul
 pub async fn embeddings(State(app): State<Arc<App>>, Extension(log): Extension<RequestLog>, body: Body) -> Result<Response, ApiError> {
     let body = read_json(&app, API, body).await?;
     let name = model_name(&app, &body)?;
-    let base64 = match opt_str(&body, "encoding_format").map_err(|e| ApiError::bad(API, e))? {
+    let (loaded, _) = app.model(API, &name, &log, None).await?;
+    Ok(Json(embeddings_body(&app, &loaded, &name, &body).await?).into_response())
+}
+
+/// The embeddings list answering `body`.
+pub(super) async fn embeddings_body(app: &App, loaded: &Loaded, name: &str, body: &Value) -> Result<Value, ApiError> {
+    let base64 = match opt_str(body, "encoding_format").map_err(|e| ApiError::bad(API, e))? {
         None | Some("float") => false,
         Some("base64") => true,
         Some(f) => return Err(ApiError::bad(API, format!("encoding_format must be float or base64, got {f:?}"))),
@@ -175,10 +192,9 @@ pub async fn embeddings(State(app): State<Arc<App>>, Extension(log): Extension<R
     if !matches!(body.get("dimensions"), None | Some(Value::Null)) {
         return Err(ApiError::bad(API, "dimensions is not supported"));
     }
-    let (loaded, _) = app.model(API, &name, &log, None).await?;
-    let inputs = shape::embedding_inputs(&loaded.model, &body).map_err(|e| ApiError::bad(API, e))?;
+    let inputs = shape::embedding_inputs(&loaded.model, body).map_err(|e| ApiError::bad(API, e))?;
     let tokens: usize = inputs.iter().map(Vec::len).sum();
-    let vectors = embed_all(&app, &loaded, inputs, API).await?;
+    let vectors = embed_all(app, loaded, inputs, API).await?;
     let data: Vec<Value> = vectors
         .iter()
         .enumerate()
@@ -192,6 +208,5 @@ pub async fn embeddings(State(app): State<Arc<App>>, Extension(log): Extension<R
             json!({ "object": "embedding", "index": i, "embedding": embedding })
         })
         .collect();
-    Ok(Json(json!({ "object": "list", "data": data, "model": name, "usage": { "prompt_tokens": tokens, "total_tokens": tokens } }))
-        .into_response())
+    Ok(json!({ "object": "list", "data": data, "model": name, "usage": { "prompt_tokens": tokens, "total_tokens": tokens } }))
 }

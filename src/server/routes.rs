@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -12,7 +12,7 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use super::error::ApiError;
-use super::{access, batch, manage, ollama, openai, tokenize, App};
+use super::{access, batch, batch_jobs, files, manage, ollama, openai, tokenize, App};
 
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
@@ -40,6 +40,12 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/completions", post(openai::completions))
         .route("/v1/chat/completions", post(openai::chat))
         .route("/v1/embeddings", post(openai::embeddings))
+        .route("/v1/files", post(files::upload).get(files::list).layer(DefaultBodyLimit::disable()))
+        .route("/v1/files/{id}", get(files::retrieve).delete(files::delete))
+        .route("/v1/files/{id}/content", get(files::content))
+        .route("/v1/batches", post(batch_jobs::create).get(batch_jobs::list))
+        .route("/v1/batches/{id}", get(batch_jobs::retrieve))
+        .route("/v1/batches/{id}/cancel", post(batch_jobs::cancel))
         .route("/tokenize", post(tokenize::tokenize))
         .route("/detokenize", post(tokenize::detokenize))
         .fallback(not_found)
