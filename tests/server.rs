@@ -129,6 +129,21 @@ fn log_probabilities_through_the_official_clients_equal_llama_cpp_s() {
     run_python("test_logprobs.py", &[("CARAVAN_URL", &url)], &log, server);
 }
 
+/// OpenAI's Batch API through the official client
+/// (tests/python/test_batch_jobs.py), which starts its own servers on the
+/// store here, so that it can SIGKILL one mid-job and start it again.
+#[test]
+fn batch_jobs_run_durably_through_the_official_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with_default_model(dir.path());
+    let env = [
+        ("CARAVAN_BIN", env!("CARGO_BIN_EXE_caravan")),
+        ("CARAVAN_MODELS", store.to_str().unwrap()),
+        ("CARAVAN_TEST_DIR", dir.path().to_str().unwrap()),
+    ];
+    run_python("test_batch_jobs.py", &env, &dir.path().join("servers.log"), ());
+}
+
 /// Models pulled, uploaded, created, copied and deleted over HTTP with the
 /// official client, and an Ollama store served as it is
 /// (tests/python/test_manage.py).
