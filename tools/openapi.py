@@ -123,6 +123,30 @@ schemas = {
     "DetokenizeRequest": obj({"model": S, "tokens": arr(I)}, ["tokens"], extra=False),
     "OllamaEmbedRequest": obj({"model": S, "input": {"oneOf": [S, arr(S)]}, "truncate": {"type": "boolean", "default": True}, "keep_alive": ref("KeepAlive")}, ["model"]),
     "OllamaEmbeddingsRequest": obj({"model": S, "prompt": S}, ["model", "prompt"]),
+    "FileObject": obj({"id": S, "object": {"enum": ["file"]}, "bytes": I, "created_at": I, "filename": S, "purpose": {"enum": ["batch", "batch_output"]},
+                       "status": S, "expires_at": {"type": "null"}, "status_details": {"type": "null"}}, ["id", "object", "bytes", "created_at", "filename", "purpose"]),
+    "FileUpload": obj({"file": {"type": "string", "format": "binary", "description": "JSONL: one {custom_id, method: POST, url, body} a line"},
+                       "purpose": {"enum": ["batch"]}}, ["file", "purpose"], extra=False),
+    "FileList": obj({"object": S, "data": arr(ref("FileObject")), "first_id": {"type": ["string", "null"]}, "last_id": {"type": ["string", "null"]}, "has_more": B}),
+    "FileDeleted": obj({"id": S, "object": S, "deleted": B}),
+    "BatchJobRequest": obj({"input_file_id": S, "endpoint": {"enum": ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]},
+                          "completion_window": {"enum": ["24h"]},
+                          "metadata": {"type": ["object", "null"], "maxProperties": 16, "additionalProperties": {"type": "string", "maxLength": 512}}},
+                         ["input_file_id", "endpoint", "completion_window"], extra=False),
+    "Batch": obj({
+        "id": S, "object": {"enum": ["batch"]}, "endpoint": S, "model": {"type": ["string", "null"], "description": "The model the requests name, once validated"},
+        "input_file_id": S, "completion_window": S,
+        "status": {"enum": ["validating", "in_progress", "finalizing", "completed", "failed", "cancelling", "cancelled", "expired"]},
+        "output_file_id": {"type": ["string", "null"], "description": "Set once the batch ends, if any request was answered"},
+        "error_file_id": {"type": ["string", "null"], "description": "Set once the batch ends, if any request failed"},
+        "errors": {"oneOf": [{"type": "null"}, obj({"object": S, "data": arr(obj({"code": S, "message": S, "param": {"type": ["string", "null"]}, "line": {"type": ["integer", "null"]}}))})],
+                   "description": "Why validation failed"},
+        **{f: {"type": ["integer", "null"]} for f in ["in_progress_at", "finalizing_at", "completed_at", "failed_at", "cancelling_at", "cancelled_at", "expired_at"]},
+        "created_at": I, "expires_at": I,
+        "request_counts": obj({"total": I, "completed": I, "failed": I}, ["total", "completed", "failed"]),
+        "metadata": {"type": ["object", "null"], "additionalProperties": S},
+    }, ["id", "object", "endpoint", "input_file_id", "completion_window", "status", "created_at", "request_counts"]),
+    "BatchList": obj({"object": S, "data": arr(ref("Batch")), "first_id": {"type": ["string", "null"]}, "last_id": {"type": ["string", "null"]}, "has_more": B}),
     "ModelDetails": obj({"parent_model": S, "format": S, "family": S, "families": arr(S), "parameter_size": S, "quantization_level": S}),
 }
 
@@ -147,6 +171,10 @@ def post(summary, req, resp, kind, stream=None):
 def get(summary, resp=None, text=False):
     r = {"description": "OK", "content": {"text/plain": {"schema": S}}} if text else ok(resp)
     return {"get": {"summary": summary, "responses": {"200": r}}}
+
+def openai_error(desc): return {"description": desc, "content": {"application/json": {"schema": ref("OpenAIError")}}}
+def query(name, schema): return {"name": name, "in": "query", "required": False, "schema": schema}
+def path_param(name): return {"name": name, "in": "path", "required": True, "schema": S}
 
 paths = {
     "/": {**get("\"Caravan is running\"", text=True), "head": {"summary": "Liveness", "responses": {"200": {"description": "OK"}}}},
@@ -180,6 +208,42 @@ paths = {
     "/v1/completions": post("OpenAI completions; every prompt and every one of n choices run as one gang (SSE when stream)", "CompletionRequest", "Completion", "openai", "text/event-stream"),
     "/v1/chat/completions": post("OpenAI chat completions (SSE when stream)", "ChatCompletionRequest", "Completion", "openai", "text/event-stream"),
     "/v1/embeddings": post("OpenAI embeddings", "EmbeddingRequest", "Embeddings", "openai"),
+    "/v1/files": {
+        "post": {"summary": "Upload a batch input file (multipart, streamed to disk; over --max-file-size is a 413)",
+                 "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": ref("FileUpload")}}},
+                 "responses": {"200": ok("FileObject"), "400": openai_error("No file, or a purpose other than batch"), "413": openai_error("Over --max-file-size")}},
+        "get": {"summary": "Files, newest first unless order=asc", "parameters": [
+                    query("purpose", S), query("limit", {"type": "integer", "minimum": 1, "maximum": 10000}), query("after", S), query("order", {"enum": ["asc", "desc"]})],
+                "responses": {"200": ok("FileList"), "400": openai_error("A bad or unknown query parameter")}},
+    },
+    "/v1/files/{file_id}": {
+        "parameters": [path_param("file_id")],
+        "get": {"summary": "One file", "responses": {"200": ok("FileObject"), "404": openai_error("No such file")}},
+        "delete": {"summary": "Delete a file (not the input of a batch still running: 409)",
+                   "responses": {"200": ok("FileDeleted"), "404": openai_error("No such file"), "409": openai_error("A running batch reads it")}},
+    },
+    "/v1/files/{file_id}/content": {
+        "parameters": [path_param("file_id")],
+        "get": {"summary": "A file's bytes; a batch's output and error files are JSONL in OpenAI's batch output format",
+                "responses": {"200": {"description": "The bytes", "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+                              "404": openai_error("No such file")}},
+    },
+    "/v1/batches": {
+        "post": {"summary": "Run a file's requests as a durable background job; validation and progress show in the batch object",
+                 "requestBody": body("BatchJobRequest"),
+                 "responses": {"200": ok("Batch"), "400": openai_error("A bad field, endpoint, window or input file"), "404": openai_error("No such input file")}},
+        "get": {"summary": "Batches, newest first", "parameters": [query("limit", {"type": "integer", "minimum": 1, "maximum": 100}), query("after", S)],
+                "responses": {"200": ok("BatchList"), "400": openai_error("A bad or unknown query parameter")}},
+    },
+    "/v1/batches/{batch_id}": {
+        "parameters": [path_param("batch_id")],
+        "get": {"summary": "One batch", "responses": {"200": ok("Batch"), "404": openai_error("No such batch")}},
+    },
+    "/v1/batches/{batch_id}/cancel": {
+        "parameters": [path_param("batch_id")],
+        "post": {"summary": "Cancel a batch: it stops its requests in flight and ends cancelled, with the answers written so far",
+                 "responses": {"200": ok("Batch"), "404": openai_error("No such batch"), "409": openai_error("The batch has ended or is finalizing")}},
+    },
     "/tokenize": post("Tokens of a text (llama.cpp's content) or of a prompt or conversation (vLLM's)", "TokenizeRequest", "Tokens", "openai"),
     "/detokenize": post("Text of tokens, control tokens as their text", "DetokenizeRequest", obj({"content": S, "prompt": S}, ["content", "prompt"]), "openai"),
     "/v1/models": get("Installed models", obj({"object": S, "data": arr(obj({"id": S, "object": S, "created": I, "owned_by": S}))})),
