@@ -30,7 +30,7 @@ pub struct GenOutput {
 /// Runs `reqs` together to completion; `on_text(i, piece)` receives each
 /// sequence's text as it is produced.
 pub fn generate(m: &LoadedModel, kv: &mut KvPool, reqs: &[GenRequest], mut on_text: impl FnMut(usize, &str)) -> Result<Vec<GenOutput>> {
-    let config = EngineConfig { max_batch_tokens: usize::MAX, max_seqs: reqs.len().max(1) };
+    let config = EngineConfig::new(usize::MAX, reqs.len().max(1));
     let mut engine = Engine::new(m, kv, config);
     let mut streams = engine.submit(reqs.to_vec())?;
     let mut tokens: Vec<Vec<u32>> = vec![Vec::new(); reqs.len()];

@@ -52,7 +52,7 @@ fn sequences_joining_at_different_steps_get_the_tokens_they_get_alone() {
     let watched = [3usize, 12, 33];
     let mut kv = m.kv_pool(64 * 96, 16);
     // Small steps: prompts are prefilled in chunks among the decodes.
-    let mut engine = Engine::new(m, &mut kv, EngineConfig { max_batch_tokens: 48, max_seqs: 64 });
+    let mut engine = Engine::new(m, &mut kv, EngineConfig::new(48, 64));
     let mut streams = Vec::new();
     for (i, r) in rows.iter().enumerate().filter(|(i, _)| !watched.contains(i)).take(30) {
         streams.extend(engine.submit(vec![greedy(r.prompt_tokens.clone(), 4 + i % 13)]).unwrap());
@@ -88,7 +88,7 @@ fn a_pool_too_small_for_everyone_preempts_and_every_sequence_still_gets_its_toke
     let rows = golden();
     let picks: Vec<usize> = (0..12).map(|i| i * 3).collect();
     let mut kv = m.kv_pool(20 * 16, 16);
-    let mut engine = Engine::new(m, &mut kv, EngineConfig { max_batch_tokens: 256, max_seqs: 64 });
+    let mut engine = Engine::new(m, &mut kv, EngineConfig::new(256, 64));
     let mut streams: Vec<EventStream> =
         picks.iter().flat_map(|&i| engine.submit(vec![greedy(rows[i].prompt_tokens.clone(), 24)]).unwrap()).collect();
     let mut seen = vec![Seen::default(); streams.len()];
@@ -109,7 +109,7 @@ fn stopped_cancelled_and_finished_sequences_leave_no_block_behind() {
     let m = model();
     let rows = golden();
     let mut kv = m.kv_pool(24 * 16, 16);
-    let mut engine = Engine::new(m, &mut kv, EngineConfig { max_batch_tokens: 64, max_seqs: 8 });
+    let mut engine = Engine::new(m, &mut kv, EngineConfig::new(64, 8));
     let stop = GenRequest { stop: vec!["\n".into()], ..greedy(rows[0].prompt_tokens.clone(), 40) };
     let mut kept = engine.submit(vec![stop, greedy(rows[1].prompt_tokens.clone(), 30)]).unwrap();
     let mut cancelled = engine.submit(vec![greedy(rows[2].prompt_tokens.clone(), 200)]).unwrap();
@@ -139,7 +139,7 @@ fn a_gang_starts_in_one_step_even_while_the_engine_is_busy() {
     let m = model();
     let rows = golden();
     let mut kv = m.kv_pool(64 * 64, 16);
-    let mut engine = Engine::new(m, &mut kv, EngineConfig { max_batch_tokens: 32, max_seqs: 16 });
+    let mut engine = Engine::new(m, &mut kv, EngineConfig::new(32, 16));
     let busy: Vec<EventStream> = (0..3).flat_map(|i| engine.submit(vec![greedy(rows[i].prompt_tokens.clone(), 20)]).unwrap()).collect();
     for _ in 0..4 {
         engine.step();
@@ -164,7 +164,7 @@ fn eight_completions_of_one_long_prompt_compute_and_hold_it_once() {
     let m = model();
     let prompt: Vec<u32> = (0..1000u32).map(|i| 100 + (i * 7919) % 40000).collect();
     let mut kv = m.kv_pool(256 * 16, 16);
-    let mut engine = Engine::new(m, &mut kv, EngineConfig { max_batch_tokens: 2048, max_seqs: 16 });
+    let mut engine = Engine::new(m, &mut kv, EngineConfig::new(2048, 16));
     // Different seeds: eight different continuations of the same context.
     let gang: Vec<GenRequest> = (0..8)
         .map(|seed| GenRequest { params: SamplingParams { seed, ..SamplingParams::default() }, ..greedy(prompt.clone(), 10) })
@@ -210,7 +210,7 @@ mod threaded {
     fn handle(window_ms: u64) -> EngineHandle {
         let m = Arc::new(LoadedModel::open(&common::model_path(), 2, Arithmetic::Ggml).unwrap());
         let kv = m.kv_pool(64 * 128, 16);
-        EngineHandle::spawn(m, kv, EngineConfig { max_batch_tokens: 256, max_seqs: 32 }, Duration::from_millis(window_ms), None)
+        EngineHandle::spawn(m, kv, EngineConfig::new(256, 32), Duration::from_millis(window_ms), None)
     }
 
     #[test]
@@ -264,7 +264,7 @@ fn one_request_fills_the_whole_context_whatever_max_seqs_allows() {
     let mut kv = m.kv_pool(ctx, 16);
     // 64 sequences allowed, yet nothing is reserved per slot: one request
     // may take the whole pool.
-    let mut engine = Engine::new(m, &mut kv, EngineConfig { max_batch_tokens: 2048, max_seqs: 64 });
+    let mut engine = Engine::new(m, &mut kv, EngineConfig::new(2048, 64));
     let mut stream = engine.submit(vec![GenRequest { ignore_eos: true, ..greedy(prompt, 1000) }]).unwrap().remove(0);
     while engine.step() {}
     let mut seen = [Seen::default()];
@@ -281,7 +281,7 @@ fn a_sequence_that_outgrows_the_whole_pool_ends_with_length() {
     let rows = golden();
     // 4 blocks = 64 tokens; a 5-token prompt asked for 200 tokens.
     let mut kv = m.kv_pool(64, 16);
-    let mut engine = Engine::new(m, &mut kv, EngineConfig { max_batch_tokens: 64, max_seqs: 4 });
+    let mut engine = Engine::new(m, &mut kv, EngineConfig::new(64, 4));
     let mut stream = engine.submit(vec![GenRequest { ignore_eos: true, ..greedy(rows[0].prompt_tokens.clone(), 200) }]).unwrap().remove(0);
     while engine.step() {}
     let events: Vec<Event> = stream.ready().collect();
@@ -322,7 +322,7 @@ fn constrained_sequences_batch_preempt_and_finish_as_they_do_alone() {
         })
         .collect();
     let mut kv = m.kv_pool(12 * 16, 16);
-    let mut engine = Engine::new(m, &mut kv, EngineConfig { max_batch_tokens: 256, max_seqs: 64 });
+    let mut engine = Engine::new(m, &mut kv, EngineConfig::new(256, 64));
     let mut streams: Vec<EventStream> = (0..picks.len()).flat_map(|k| engine.submit(vec![request(k)]).unwrap()).collect();
     let mut seen = vec![Seen::default(); streams.len()];
     while engine.step() {
@@ -379,7 +379,7 @@ fn interactive_sequences_come_first_and_background_ones_yield() {
     let m = model();
     let rows = golden();
     let mut kv = m.kv_pool(40 * 16, 16);
-    let mut engine = Engine::new(m, &mut kv, EngineConfig { max_batch_tokens: 64, max_seqs: 12 });
+    let mut engine = Engine::new(m, &mut kv, EngineConfig::new(64, 12));
     let picks: Vec<usize> = (0..12).map(|i| i * 3).collect();
     let mut streams: Vec<EventStream> =
         picks.iter().flat_map(|&i| engine.submit(vec![background(greedy(rows[i].prompt_tokens.clone(), 24))]).unwrap()).collect();
@@ -414,7 +414,7 @@ fn background_sequences_never_preempt_interactive_ones() {
     let m = model();
     let rows = golden();
     let mut kv = m.kv_pool(22 * 16, 16);
-    let mut engine = Engine::new(m, &mut kv, EngineConfig { max_batch_tokens: 256, max_seqs: 64 });
+    let mut engine = Engine::new(m, &mut kv, EngineConfig::new(256, 64));
     let picks: Vec<usize> = (10..18).collect();
     let mut streams: Vec<EventStream> =
         picks.iter().flat_map(|&i| engine.submit(vec![background(greedy(rows[i].prompt_tokens.clone(), 24))]).unwrap()).collect();
@@ -436,5 +436,43 @@ fn background_sequences_never_preempt_interactive_ones() {
     }
     for (s, &i) in seen.iter().zip(&picks) {
         assert_eq!(s.tokens, alone(&rows[i].prompt_tokens, 24), "background row {i}");
+    }
+}
+
+/// Background sequences take at most their share of each step, and none of
+/// a step that computes an interactive prompt: that step holds the prompt
+/// alone, so its first token comes as soon as it can. Every sequence still
+/// gets the tokens it gets alone.
+#[test]
+fn background_sequences_keep_to_their_share_of_each_step() {
+    let m = model();
+    let rows = golden();
+    let mut kv = m.kv_pool(64 * 16, 16);
+    let config = EngineConfig { max_background_tokens: 12, ..EngineConfig::new(256, 64) };
+    let mut engine = Engine::new(m, &mut kv, config);
+    let picks: Vec<usize> = (0..10).collect();
+    let mut streams: Vec<EventStream> =
+        picks.iter().flat_map(|&i| engine.submit(vec![background(greedy(rows[i].prompt_tokens.clone(), 16))]).unwrap()).collect();
+    for _ in 0..6 {
+        engine.step();
+        assert_eq!(engine.stats().last_batch_tokens, 12, "a full share, and no more");
+    }
+    let interactive = 33;
+    streams.extend(engine.submit(vec![greedy(rows[interactive].prompt_tokens.clone(), 8)]).unwrap());
+    engine.step();
+    let stats = engine.stats();
+    assert_eq!(
+        (stats.last_batch_seqs, stats.last_batch_tokens),
+        (1, rows[interactive].prompt_tokens.len()),
+        "the prompt's step is its own"
+    );
+    engine.step();
+    assert_eq!(engine.stats().last_batch_tokens, 1 + 12, "then its decode and the background share");
+    let n = streams.len();
+    let (mut seen, mut token_steps) = (vec![Seen::default(); n], vec![Vec::new(); n]);
+    run_recording(&mut engine, &mut streams, &mut seen, &mut token_steps);
+    assert_eq!(seen[n - 1].tokens, alone(&rows[interactive].prompt_tokens, 8));
+    for (s, &i) in seen.iter().zip(&picks) {
+        assert_eq!(s.tokens, alone(&rows[i].prompt_tokens, 16), "background row {i}");
     }
 }

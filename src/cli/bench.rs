@@ -189,7 +189,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     for &b in &a.batch {
         // All prompts in one step, then decoding together, as llama.cpp's
         // batched-bench measures: the phases stay apart.
-        let config = EngineConfig { max_batch_tokens: b * a.prompt, max_seqs: b };
+        let config = EngineConfig::new(b * a.prompt, b);
         let mut kv = m.kv_pool(b * (a.prompt + a.gen), block);
         let (mut prefill, mut decode, mut total, mut last, mut constrained) = (vec![], vec![], vec![], None, vec![]);
         for r in 0..a.repeat {
@@ -229,7 +229,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         let b = *a.batch.iter().max().expect("at least one batch size");
         let shared = prompt_of(a.shared_prompt, 99_999);
         let mut kv = m.kv_pool(b * (a.shared_prompt + a.gen), block);
-        let config = EngineConfig { max_batch_tokens: a.shared_prompt, max_seqs: b };
+        let config = EngineConfig::new(a.shared_prompt, b);
         let mut engine = Engine::new(&m, &mut kv, config);
         let _streams = engine.submit((0..b).map(|_| greedy(shared.clone())).collect())?;
         engine.step();

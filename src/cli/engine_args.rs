@@ -57,7 +57,7 @@ impl EngineArgs {
         if self.block_size == 0 || self.max_seqs == 0 || self.max_batch_tokens == 0 {
             bail!("--block-size, --max-seqs and --max-batch-tokens must be at least 1");
         }
-        Ok(EngineConfig { max_batch_tokens: self.max_batch_tokens, max_seqs: self.max_seqs })
+        Ok(EngineConfig::new(self.max_batch_tokens, self.max_seqs))
     }
 
     pub fn batch_window(&self) -> std::time::Duration {

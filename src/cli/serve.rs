@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Result};
 use caravan::api::fields::KeepAlive;
-use caravan::engine::EngineHandle;
+use caravan::engine::{EngineConfig, EngineHandle};
 use caravan::jobs::db::JobStore;
 use caravan::server::metrics::Metrics;
 use caravan::server::models::{Loader, Registry};
@@ -70,6 +70,10 @@ pub struct ServeArgs {
     /// Largest file /v1/files takes (e.g. 200MB); larger is a 413
     #[arg(long, env = "CARAVAN_MAX_FILE_SIZE", value_parser = parse_bytes, default_value = "200MB")]
     max_file_size: u64,
+    /// Most tokens of each engine step that batch jobs may take: smaller
+    /// keeps interactive requests quicker while a job runs
+    #[arg(long, env = "CARAVAN_MAX_BACKGROUND_TOKENS", default_value_t = 64)]
+    max_background_tokens: usize,
     #[command(flatten)]
     engine: EngineArgs,
     #[command(flatten)]
@@ -77,12 +81,12 @@ pub struct ServeArgs {
 }
 
 pub fn serve(a: ServeArgs) -> Result<()> {
-    let config = a.engine.config()?;
+    let config = EngineConfig { max_background_tokens: a.max_background_tokens, ..a.engine.config()? };
     if !(0.0..=3600.0).contains(&a.shutdown_grace) {
         bail!("--shutdown-grace must be 0 to 3600 seconds");
     }
-    if a.compute.threads == 0 || a.max_queue == 0 || a.max_loaded_models == 0 || a.max_batch_items == 0 {
-        bail!("--threads, --max-queue, --max-loaded-models and --max-batch-items must be at least 1");
+    if a.compute.threads == 0 || a.max_queue == 0 || a.max_loaded_models == 0 || a.max_batch_items == 0 || a.max_background_tokens == 0 {
+        bail!("--threads, --max-queue, --max-loaded-models, --max-batch-items and --max-background-tokens must be at least 1");
     }
     let store = a.models_dir.clone().map(Store::new).unwrap_or_else(Store::from_env);
     let ollama = a.ollama_models.clone().or_else(|| {

@@ -123,6 +123,17 @@ pub struct EngineConfig {
     pub max_batch_tokens: usize,
     /// Most sequences running at once.
     pub max_seqs: usize,
+    /// Most of a step's tokens that background sequences may take: a step
+    /// under a batch job stays short, so that an interactive request that
+    /// arrives waits little for it.
+    pub max_background_tokens: usize,
+}
+
+impl EngineConfig {
+    /// Background sequences limited only by the step's budget.
+    pub fn new(max_batch_tokens: usize, max_seqs: usize) -> EngineConfig {
+        EngineConfig { max_batch_tokens, max_seqs, max_background_tokens: max_batch_tokens }
+    }
 }
 
 /// Counters of what the engine did.
@@ -148,7 +159,7 @@ pub struct Engine<'a> {
 
 impl<'a> Engine<'a> {
     pub fn new(model: &'a LoadedModel, kv: &'a mut KvPool, config: EngineConfig) -> Engine<'a> {
-        assert!(config.max_batch_tokens > 0 && config.max_seqs > 0);
+        assert!(config.max_batch_tokens > 0 && config.max_seqs > 0 && config.max_background_tokens > 0);
         Engine { model, kv, scheduler: Scheduler::new(config), scratch: Scratch::default(), stats: EngineStats::default(), next_id: 0 }
     }
 

@@ -3,7 +3,8 @@
 //! still prefilling (chunked, so a long prompt never stalls the others),
 //! then waiting gangs, first come first served, all members or none. That
 //! order runs twice: for interactive sequences, then for background ones
-//! with the budget they left. When a sequence needs a block and none is
+//! with the budget they left, up to their own share of a step (none in a
+//! step that computes an interactive prompt). When a sequence needs a block and none is
 //! free, the most recently admitted running sequence is preempted, a
 //! background one first (an interactive gang that cannot be admitted
 //! preempts background sequences too): its blocks go back, and it is
@@ -44,9 +45,15 @@ impl Scheduler {
 
     /// Plans the step numbered `step`; admitted sequences get `Started`.
     pub fn plan(&mut self, kv: &mut KvPool, step: u64) -> Vec<Planned> {
-        let mut plan = Vec::new();
+        let mut plan: Vec<Planned> = Vec::new();
         let mut budget = self.config.max_batch_tokens;
         for class in [Priority::Interactive, Priority::Background] {
+            if class == Priority::Background {
+                // A step that computes an interactive prompt is theirs
+                // alone: the first token comes as soon as the prompt can.
+                let prefilling = plan.iter().any(|p| self.running[p.seq].pending() > 1);
+                budget = if prefilling { 0 } else { budget.min(self.config.max_background_tokens) };
+            }
             // Decodes first, then prefill chunks, each in admission order.
             for decoding in [true, false] {
                 for i in 0..self.running.len() {

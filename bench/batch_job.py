@@ -1,0 +1,188 @@
+#!/usr/bin/env python3
+"""Batch jobs on `caravan serve`, measured (standard library only):
+
+1. an interactive client's time to first token on the idle server;
+2. a job of --items completions (--prompt token ids each, distinct, and
+   --gen tokens with ignore_eos) uploaded through /v1/files and run through
+   /v1/batches: its output tokens/s, with the same client's time to first
+   token measured again while the job runs;
+3. the server's peak RSS over a --small-items job and a --items job with the
+   same lengths (memory must not grow with the number of items).
+
+The server is started here (CARAVAN, default target/release/caravan) on a
+fresh data directory, with the installed default model. Compare the
+throughput with `caravan bench --prompt P --gen G --batch 64 --shared-prompt 0`
+in the same session. Prints one JSON object."""
+
+import argparse
+import http.client
+import json
+import os
+import random
+import socket
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.parse
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def call(url, method, path, body=None, raw=None, headers=None):
+    u = urllib.parse.urlparse(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=600)
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    conn.request(method, path, body=data, headers=headers or {"Content-Type": "application/json"})
+    r = conn.getresponse()
+    text = r.read()
+    conn.close()
+    return r.status, json.loads(text) if text[:1] in (b"{", b"[") else text
+
+
+def upload(url, content):
+    boundary = "caravanbench"
+    form = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"in.jsonl\"\r\n"
+            "Content-Type: application/jsonl\r\n\r\n").encode() + content + f"\r\n--{boundary}--\r\n".encode()
+    status, body = call(url, "POST", "/v1/files", raw=form, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert status == 200, body
+    return body["id"]
+
+
+def job_file(items, prompt, gen, seed):
+    rng = random.Random(seed)
+    lines = []
+    for i in range(items):
+        tokens = [rng.randrange(1000, 40000) for _ in range(prompt)]
+        body = {"prompt": tokens, "max_tokens": gen, "temperature": 0, "ignore_eos": True}
+        lines.append(json.dumps({"custom_id": f"item-{i}", "method": "POST", "url": "/v1/completions", "body": body}))
+    return ("\n".join(lines) + "\n").encode()
+
+
+def run_job(url, content):
+    file_id = upload(url, content)
+    status, batch = call(url, "POST", "/v1/batches", {"input_file_id": file_id, "endpoint": "/v1/completions", "completion_window": "24h"})
+    assert status == 200, batch
+    return batch["id"]
+
+
+def wait(url, batch_id, poll=0.2):
+    while True:
+        _, b = call(url, "GET", f"/v1/batches/{batch_id}")
+        if b["status"] in ("completed", "failed", "cancelled", "expired"):
+            return b
+        time.sleep(poll)
+
+
+def first_token_seconds(url, prompt_tokens):
+    """One streamed completion: seconds until its first token arrives."""
+    body = {"prompt": prompt_tokens, "max_tokens": 4, "temperature": 0, "ignore_eos": True, "stream": True}
+    u = urllib.parse.urlparse(url)
+    start = time.perf_counter()
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=600)
+    conn.request("POST", "/v1/completions", body=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    r = conn.getresponse()
+    first = None
+    for line in r:
+        if line.startswith(b"data: {") and first is None and json.loads(line[6:])["choices"][0]["text"]:
+            first = time.perf_counter() - start
+    conn.close()
+    return first
+
+
+def probes(url, n, prompt, seed):
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        out.append(first_token_seconds(url, [rng.randrange(1000, 40000) for _ in range(prompt)]))
+        time.sleep(0.1)
+    return out
+
+
+class RssWatch:
+    """The peak resident memory of a process, sampled every 50 ms."""
+
+    def __init__(self, pid):
+        self.pid, self.peak, self.stop = pid, 0, False
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        while not self.stop:
+            with open(f"/proc/{self.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        self.peak = max(self.peak, int(line.split()[1]) * 1024)
+            time.sleep(0.05)
+
+    def end(self):
+        self.stop = True
+        self.thread.join()
+        return self.peak
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--items", type=int, default=2000)
+    ap.add_argument("--small-items", type=int, default=1000)
+    ap.add_argument("--rss-items", type=int, default=10000)
+    ap.add_argument("--prompt", type=int, default=64)
+    ap.add_argument("--gen", type=int, default=32)
+    ap.add_argument("--probes", type=int, default=15)
+    ap.add_argument("--probe-prompt", type=int, default=32)
+    ap.add_argument("--serve-flag", action="append", default=[], help="extra flags for caravan serve")
+    a = ap.parse_args()
+    binary = os.environ.get("CARAVAN", "target/release/caravan")
+    with tempfile.TemporaryDirectory() as data:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        server = subprocess.Popen([binary, "serve", "--host", f"127.0.0.1:{port}", "--data-dir", data, *a.serve_flag],
+                                  stdout=subprocess.DEVNULL, stderr=open(os.path.join(data, "server.log"), "w"))
+        try:
+            while True:
+                try:
+                    if call(url, "GET", "/health")[0] == 200:
+                        break
+                except OSError:
+                    time.sleep(0.1)
+            probes(url, 3, a.probe_prompt, 0)  # warm-up
+            idle = probes(url, a.probes, a.probe_prompt, 1)
+
+            watch = RssWatch(server.pid)
+            started = time.perf_counter()
+            batch_id = run_job(url, job_file(a.items, a.prompt, a.gen, 2))
+            time.sleep(3)
+            loaded = probes(url, a.probes, a.probe_prompt, 3)
+            b = wait(url, batch_id)
+            wall = time.perf_counter() - started
+            rss_items = watch.end()
+            assert b["request_counts"]["completed"] == a.items, b
+
+            rss = {}
+            for n in (a.small_items, a.rss_items):
+                watch = RssWatch(server.pid)
+                done = wait(url, run_job(url, job_file(n, a.prompt, 4, 4)))
+                assert done["request_counts"]["completed"] == n, done
+                rss[n] = watch.end()
+        finally:
+            server.terminate()
+            server.wait()
+    report = {
+        "job": {"items": a.items, "prompt_tokens": a.prompt, "gen_tokens": a.gen, "wall_s": round(wall, 2),
+                "output_tok_s": round(a.items * a.gen / wall, 1), "peak_rss_mib": round(rss_items / 2**20, 1)},
+        "ttft_ms": {"idle_median": round(statistics.median(idle) * 1e3, 1), "under_job_median": round(statistics.median(loaded) * 1e3, 1),
+                    "ratio": round(statistics.median(loaded) / statistics.median(idle), 2),
+                    "idle": [round(x * 1e3, 1) for x in idle], "under_job": [round(x * 1e3, 1) for x in loaded]},
+        "peak_rss_mib_by_items": {n: round(v / 2**20, 1) for n, v in rss.items()},
+    }
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
