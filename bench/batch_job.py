@@ -1,18 +1,18 @@
 #!/usr/bin/env python3
 """Batch jobs on `caravan serve`, measured (standard library only):
 
-1. an interactive client's time to first token on the idle server;
-2. a job of --items completions (--prompt token ids each, distinct, and
-   --gen tokens with ignore_eos) uploaded through /v1/files and run through
-   /v1/batches: its output tokens/s, with the same client's time to first
-   token measured again while the job runs;
-3. the server's peak RSS over a --small-items job and a --items job with the
-   same lengths (memory must not grow with the number of items).
+each of --rounds rounds measures `caravan bench --batch 64` with the job's
+lengths (its output tokens/s over prefill and decode), then, on a fresh
+server: an interactive client's time to first token when idle; a job of
+--items completions (--prompt distinct token ids each, --gen tokens with
+ignore_eos) uploaded through /v1/files and run through /v1/batches, its
+output tokens/s; and the same client's time to first token while the job
+runs. Last, the server's peak RSS over jobs of --small-items, --rss-items
+and --small-items again (memory must not grow with the number of items).
 
-The server is started here (CARAVAN, default target/release/caravan) on a
-fresh data directory, with the installed default model. Compare the
-throughput with `caravan bench --prompt P --gen G --batch 64 --shared-prompt 0`
-in the same session. Prints one JSON object."""
+The server is `caravan serve` (CARAVAN, default target/release/caravan)
+with the installed default model and --serve-flag's. Prints one JSON
+object: each round's figures and the medians of the ratios."""
 
 import argparse
 import http.client
@@ -127,59 +127,94 @@ class RssWatch:
         return self.peak
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--items", type=int, default=2000)
-    ap.add_argument("--small-items", type=int, default=1000)
-    ap.add_argument("--rss-items", type=int, default=10000)
-    ap.add_argument("--prompt", type=int, default=64)
-    ap.add_argument("--gen", type=int, default=32)
-    ap.add_argument("--probes", type=int, default=15)
-    ap.add_argument("--probe-prompt", type=int, default=32)
-    ap.add_argument("--serve-flag", action="append", default=[], help="extra flags for caravan serve")
-    a = ap.parse_args()
-    binary = os.environ.get("CARAVAN", "target/release/caravan")
-    with tempfile.TemporaryDirectory() as data:
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        server = subprocess.Popen([binary, "serve", "--host", f"127.0.0.1:{port}", "--data-dir", data, *a.serve_flag],
-                                  stdout=subprocess.DEVNULL, stderr=open(os.path.join(data, "server.log"), "w"))
+def start_server(binary, data, flags):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = open(os.path.join(data, "server.log"), "a")
+    server = subprocess.Popen([binary, "serve", "--host", f"127.0.0.1:{port}", "--data-dir", data, *flags],
+                              stdout=subprocess.DEVNULL, stderr=log)
+    while True:
         try:
-            while True:
-                try:
-                    if call(url, "GET", "/health")[0] == 200:
-                        break
-                except OSError:
-                    time.sleep(0.1)
+            if call(url, "GET", "/health")[0] == 200:
+                return server, url
+        except OSError:
+            time.sleep(0.1)
+
+
+def bench_output_rate(binary, prompt, gen, batch):
+    """`caravan bench`'s row for `batch` sequences: output tokens/s over
+    the whole run (prefill and decode), as a job's rate is counted."""
+    out = subprocess.run([binary, "bench", "--prompt", str(prompt), "--gen", str(gen), "--batch", str(batch), "--shared-prompt", "0"],
+                         capture_output=True, text=True, check=True).stdout
+    row = next(line.split() for line in out.splitlines() if line.split()[:1] == [str(batch)])
+    return float(row[3]) * gen / (prompt + gen)
+
+
+def one_round(binary, a):
+    with tempfile.TemporaryDirectory() as data:
+        server, url = start_server(binary, data, a.serve_flag)
+        try:
             probes(url, 3, a.probe_prompt, 0)  # warm-up
             idle = probes(url, a.probes, a.probe_prompt, 1)
-
-            watch = RssWatch(server.pid)
             started = time.perf_counter()
             batch_id = run_job(url, job_file(a.items, a.prompt, a.gen, 2))
             time.sleep(3)
             loaded = probes(url, a.probes, a.probe_prompt, 3)
             b = wait(url, batch_id)
             wall = time.perf_counter() - started
-            rss_items = watch.end()
             assert b["request_counts"]["completed"] == a.items, b
-
-            rss = {}
-            for n in (a.small_items, a.rss_items):
-                watch = RssWatch(server.pid)
-                done = wait(url, run_job(url, job_file(n, a.prompt, 4, 4)))
-                assert done["request_counts"]["completed"] == n, done
-                rss[n] = watch.end()
         finally:
             server.terminate()
             server.wait()
+    return a.items * a.gen / wall, statistics.median(idle), statistics.median(loaded)
+
+
+def memory(binary, a):
+    """Peak RSS over jobs of each size, on a server whose KV pool is small
+    enough to be all in use in each (so what grows is the rest)."""
+    rss = {}
+    with tempfile.TemporaryDirectory() as data:
+        server, url = start_server(binary, data, ["--kv-memory", "256MiB", *a.serve_flag])
+        try:
+            for n in (a.small_items, a.rss_items, a.small_items):
+                watch = RssWatch(server.pid)
+                done = wait(url, run_job(url, job_file(n, 16, 4, 4)), poll=1)
+                assert done["request_counts"]["completed"] == n, done
+                rss.setdefault(n, []).append(round(watch.end() / 2**20, 1))
+        finally:
+            server.terminate()
+            server.wait()
+    return rss
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--items", type=int, default=2000)
+    ap.add_argument("--prompt", type=int, default=64)
+    ap.add_argument("--gen", type=int, default=32)
+    ap.add_argument("--probes", type=int, default=15)
+    ap.add_argument("--probe-prompt", type=int, default=32)
+    ap.add_argument("--small-items", type=int, default=1000)
+    ap.add_argument("--rss-items", type=int, default=10000)
+    ap.add_argument("--serve-flag", action="append", default=[], help="extra flags for caravan serve")
+    a = ap.parse_args()
+    binary = os.environ.get("CARAVAN", "target/release/caravan")
+    rounds = []
+    for _ in range(a.rounds):
+        baseline = bench_output_rate(binary, a.prompt, a.gen, 64)
+        rounds.append((baseline, *one_round(binary, a)))
+    med = lambda k: statistics.median(r[k] for r in rounds)
     report = {
-        "job": {"items": a.items, "prompt_tokens": a.prompt, "gen_tokens": a.gen, "wall_s": round(wall, 2),
-                "output_tok_s": round(a.items * a.gen / wall, 1), "peak_rss_mib": round(rss_items / 2**20, 1)},
-        "ttft_ms": {"idle_median": round(statistics.median(idle) * 1e3, 1), "under_job_median": round(statistics.median(loaded) * 1e3, 1),
-                    "ratio": round(statistics.median(loaded) / statistics.median(idle), 2),
-                    "idle": [round(x * 1e3, 1) for x in idle], "under_job": [round(x * 1e3, 1) for x in loaded]},
-        "peak_rss_mib_by_items": {n: round(v / 2**20, 1) for n, v in rss.items()},
+        "items": a.items, "prompt_tokens": a.prompt, "gen_tokens": a.gen, "serve_flags": a.serve_flag,
+        "job_output_tok_s": [round(r[1], 1) for r in rounds],
+        "bench_batch64_output_tok_s": [round(r[0], 1) for r in rounds],
+        "job_over_bench": round(statistics.median(r[1] / r[0] for r in rounds), 2),
+        "ttft_idle_ms": [round(r[2] * 1e3, 1) for r in rounds],
+        "ttft_under_job_ms": [round(r[3] * 1e3, 1) for r in rounds],
+        "ttft_ratio": round(statistics.median(r[3] / r[2] for r in rounds), 2),
+        "median_job_output_tok_s": round(med(1), 1),
+        "peak_rss_mib_by_items": memory(binary, a) if a.rss_items else None,
     }
     print(json.dumps(report, indent=1))
 

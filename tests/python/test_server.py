@@ -608,9 +608,9 @@ class KeepAlive(unittest.TestCase):
         self.assertGreater(loaded_models()[MODEL] - now(), datetime.timedelta(minutes=4))
 
     def test_keep_alive_zero_without_a_prompt_unloads_after_running_requests(self):
-        # A long answer (ignore_eos: every one of its tokens) runs while the
-        # unload is asked for.
-        stream = openai_client.completions.create(model=MODEL, prompt="Hi", max_tokens=600, stream=True, extra_body={"ignore_eos": True})
+        # A long answer (ignore_eos: every one of its tokens, seconds of work
+        # however fast the machine) runs while the unload is asked for.
+        stream = openai_client.completions.create(model=MODEL, prompt="Hi", max_tokens=2000, stream=True, extra_body={"ignore_eos": True})
         first = next(stream)
         self.assertIsNone(first.choices[0].finish_reason)
         r = ollama_client.generate(model=MODEL, keep_alive=0)
