@@ -191,7 +191,7 @@ fn eight_completions_of_one_long_prompt_compute_and_hold_it_once() {
 
 mod threaded {
     use super::*;
-    use caravan::engine::EngineHandle;
+    use caravan::engine::{EngineHandle, Watchers};
     use caravan::loaded::LoadedModel;
     use std::sync::Arc;
     use std::time::Duration;
@@ -210,7 +210,7 @@ mod threaded {
     fn handle(window_ms: u64) -> EngineHandle {
         let m = Arc::new(LoadedModel::open(&common::model_path(), 2, Arithmetic::Ggml).unwrap());
         let kv = m.kv_pool(64 * 128, 16);
-        EngineHandle::spawn(m, kv, EngineConfig::new(256, 32), Duration::from_millis(window_ms), None)
+        EngineHandle::spawn(m, kv, EngineConfig::new(256, 32), Duration::from_millis(window_ms), Watchers::default())
     }
 
     #[test]

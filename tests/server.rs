@@ -76,6 +76,19 @@ fn run_python<Servers>(script: &str, env: &[(&str, &str)], log: &Path, servers: 
     );
 }
 
+/// A script that starts its own servers (tests/python/servers.py) on a
+/// store holding the default model.
+fn run_python_starting_servers(script: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with_default_model(dir.path());
+    let env = [
+        ("CARAVAN_BIN", env!("CARGO_BIN_EXE_caravan")),
+        ("CARAVAN_MODELS", store.to_str().unwrap()),
+        ("CARAVAN_TEST_DIR", dir.path().to_str().unwrap()),
+    ];
+    run_python(script, &env, &dir.path().join("servers.log"), ());
+}
+
 #[test]
 fn official_clients_batch_api_errors_backpressure_and_disconnects() {
     let dir = tempfile::tempdir().unwrap();
@@ -134,14 +147,15 @@ fn log_probabilities_through_the_official_clients_equal_llama_cpp_s() {
 /// store here, so that it can SIGKILL one mid-job and start it again.
 #[test]
 fn batch_jobs_run_durably_through_the_official_client() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store_with_default_model(dir.path());
-    let env = [
-        ("CARAVAN_BIN", env!("CARGO_BIN_EXE_caravan")),
-        ("CARAVAN_MODELS", store.to_str().unwrap()),
-        ("CARAVAN_TEST_DIR", dir.path().to_str().unwrap()),
-    ];
-    run_python("test_batch_jobs.py", &env, &dir.path().join("servers.log"), ());
+    run_python_starting_servers("test_batch_jobs.py");
+}
+
+/// KV-cache events read with pyzmq and msgpack as a prefix-aware router
+/// reads them, and two replicas whose events predict which holds a prefix
+/// (tests/python/test_kv_events.py, which starts its own servers).
+#[test]
+fn kv_events_announce_the_prefix_cache_to_a_router() {
+    run_python_starting_servers("test_kv_events.py");
 }
 
 /// Models pulled, uploaded, created, copied and deleted over HTTP with the

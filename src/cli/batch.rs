@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use caravan::api::batch_line;
 use caravan::api::openai::{self, Choice, Job, Kind};
-use caravan::engine::{EngineHandle, Event, EventStream};
+use caravan::engine::{EngineHandle, Event, EventStream, Watchers};
 use caravan::loaded::LoadedModel;
 use caravan::store::{Store, DEFAULT_MODEL};
 use caravan::tokenizer::Tokenizer;
@@ -170,7 +170,7 @@ pub fn batch(a: BatchArgs) -> Result<()> {
     }
     let items = read_items(&m, &text, a.max_tokens);
     let (mut out, answered, mut errors) = open_output(a.output.as_deref(), a.resume)?;
-    let engine = EngineHandle::spawn(m.clone(), kv, config, a.engine.batch_window(), None);
+    let engine = EngineHandle::spawn(m.clone(), kv, config, a.engine.batch_window(), Watchers::default());
     let custom_id = |item: &Result<Item, (String, String)>| match item {
         Ok(item) => item.custom_id.clone(),
         Err((id, _)) => id.clone(),

@@ -37,7 +37,7 @@ enum Command {
     /// Measure prefill and decode speed
     Bench(bench::BenchArgs),
     /// Serve the Ollama and OpenAI HTTP APIs and the batch API
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
 }
 
 pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
@@ -49,6 +49,6 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Run(a) => run::run(a),
         Command::Batch(a) => batch::batch(a),
         Command::Bench(a) => bench::bench(a),
-        Command::Serve(a) => serve::serve(a),
+        Command::Serve(a) => serve::serve(*a),
     }
 }

@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use anyhow::{bail, Result};
 use caravan::api::fields::KeepAlive;
-use caravan::engine::{EngineConfig, EngineHandle};
+use caravan::engine::{EngineConfig, EngineHandle, Watchers};
 use caravan::jobs::db::JobStore;
+use caravan::server::kv_events::{KvEventPublisher, KvEventsConfig};
 use caravan::server::metrics::Metrics;
 use caravan::server::models::{Loader, Registry};
 use caravan::server::{listen_addr, serve as run_server, ServerConfig};
@@ -74,6 +75,20 @@ pub struct ServeArgs {
     /// keeps interactive requests quicker while a job runs
     #[arg(long, env = "CARAVAN_MAX_BACKGROUND_TOKENS", default_value_t = 64)]
     max_background_tokens: usize,
+    /// Publish KV-cache events on this ZeroMQ address (`tcp://*:5557`), in
+    /// vLLM's format, for routers that place requests by prefix
+    #[arg(long, env = "CARAVAN_KV_EVENTS")]
+    kv_events: Option<String>,
+    /// Answer replay requests for missed KV-cache events on this address
+    #[arg(long, env = "CARAVAN_KV_EVENTS_REPLAY", requires = "kv_events")]
+    kv_events_replay: Option<String>,
+    /// The events' topic: {model} is the model's name, {host} this
+    /// machine's
+    #[arg(long, env = "CARAVAN_KV_EVENTS_TOPIC", default_value = "kv@{host}@{model}")]
+    kv_events_topic: String,
+    /// Event batches kept for replay
+    #[arg(long, env = "CARAVAN_KV_EVENTS_BUFFER", default_value_t = 10_000)]
+    kv_events_buffer: usize,
     #[command(flatten)]
     engine: EngineArgs,
     #[command(flatten)]
@@ -103,11 +118,29 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     // The default model is pulled before listening, so that the server
     // does not start without it.
     store.resolve(&a.model)?;
-    let (engine, compute) = (a.engine.clone(), a.compute.clone());
-    let loader: Loader = Box::new(move |path, observer| {
+    let kv_events = match &a.kv_events {
+        Some(endpoint) => {
+            let host =
+                std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "localhost".into());
+            let publisher = KvEventPublisher::start(KvEventsConfig {
+                endpoint: endpoint.clone(),
+                replay: a.kv_events_replay.clone(),
+                topic: a.kv_events_topic.replace("{host}", &host),
+                buffer_steps: a.kv_events_buffer,
+                block_size: a.engine.block_size,
+            })?;
+            eprintln!("kv events on {endpoint} (block size {})", a.engine.block_size);
+            Some(publisher)
+        }
+        None => None,
+    };
+    let metrics = Arc::new(Metrics::new(a.engine.block_size));
+    let (engine, compute, steps) = (a.engine.clone(), a.compute.clone(), metrics.observer());
+    let loader: Loader = Box::new(move |path, name| {
         let m = Arc::new(compute.open(path)?);
         let kv = engine.pool(&m, false)?;
-        let handle = EngineHandle::spawn(m.clone(), kv, config, engine.batch_window(), Some(observer));
+        let watchers = Watchers { steps: Some(steps.clone()), kv_events: kv_events.as_ref().map(|p| p.sink(name)) };
+        let handle = EngineHandle::spawn(m.clone(), kv, config, engine.batch_window(), watchers);
         Ok((m, handle))
     });
     let keep_alive = match (a.keep_alive, std::env::var("OLLAMA_KEEP_ALIVE")) {
@@ -115,8 +148,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         (None, Ok(text)) => text.parse().map_err(|e| anyhow::anyhow!("OLLAMA_KEEP_ALIVE: {e}"))?,
         (None, Err(_)) => KeepAlive::For(std::time::Duration::from_secs(300)),
     };
-    let metrics = Arc::new(Metrics::new());
-    let registry = Registry::new(store, loader, metrics.observer(), a.max_loaded_models, keep_alive);
+    let registry = Registry::new(store, loader, a.max_loaded_models, keep_alive);
     let server = ServerConfig {
         addr: listen_addr(&a.host),
         default_model: a.model,

@@ -22,7 +22,7 @@ use crate::sampler::logprobs::TokenLogprobs;
 use crate::sampler::SamplingParams;
 use scheduler::Scheduler;
 use sequence::Sequence;
-pub use thread::{EngineHandle, EngineSnapshot, StepObserver, StepReport};
+pub use thread::{EngineHandle, EngineSnapshot, KvEventSink, StepObserver, StepReport, Watchers};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 #[derive(Debug, Clone)]

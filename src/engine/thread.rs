@@ -2,7 +2,8 @@
 //! schedule -> forward -> sample -> emit while requests arrive over a
 //! channel. When idle, a new request may wait up to the batch window for
 //! others so that they start in the same step. Embedding requests run
-//! between steps.
+//! between steps. What each step did, and what entered and left the prefix
+//! cache, go to whoever watches.
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::{Engine, EngineConfig, EngineError, EngineStats, EventStream, GenRequest, Limits, Prepared};
-use crate::kv::KvPool;
+use crate::kv::{KvEvent, KvPool};
 use crate::loaded::LoadedModel;
 
 /// The engine's state after its latest step.
@@ -42,6 +43,17 @@ pub struct StepReport {
 
 pub type StepObserver = Arc<dyn Fn(&StepReport) + Send + Sync>;
 
+/// Takes the prefix cache's events of each step that had any, and a last
+/// `Cleared` when the engine stops (its pool is gone).
+pub type KvEventSink = Arc<dyn Fn(Vec<KvEvent>) + Send + Sync>;
+
+/// Who watches the engine; nobody by default.
+#[derive(Clone, Default)]
+pub struct Watchers {
+    pub steps: Option<StepObserver>,
+    pub kv_events: Option<KvEventSink>,
+}
+
 enum Job {
     Gang(Vec<Prepared>),
     /// End every sequence now (shutdown).
@@ -60,13 +72,7 @@ pub struct EngineHandle {
 }
 
 impl EngineHandle {
-    pub fn spawn(
-        model: Arc<LoadedModel>,
-        kv: KvPool,
-        config: EngineConfig,
-        batch_window: Duration,
-        observer: Option<StepObserver>,
-    ) -> EngineHandle {
+    pub fn spawn(model: Arc<LoadedModel>, kv: KvPool, config: EngineConfig, batch_window: Duration, watchers: Watchers) -> EngineHandle {
         let limits = Limits::of(&model, &kv, &config);
         let snapshot = Arc::new(Mutex::new(EngineSnapshot {
             total_blocks: kv.total_blocks(),
@@ -78,7 +84,12 @@ impl EngineHandle {
         let shared = snapshot.clone();
         let thread = std::thread::Builder::new()
             .name("caravan-engine".into())
-            .spawn(move || run(&model, kv, config, batch_window, &rx, &shared, observer))
+            .spawn(move || {
+                run(&model, kv, config, batch_window, &rx, &shared, &watchers);
+                if let Some(sink) = &watchers.kv_events {
+                    sink(vec![KvEvent::Cleared]);
+                }
+            })
             .expect("spawn the engine thread");
         EngineHandle { submissions: Some(tx), limits, snapshot, thread: Some(thread) }
     }
@@ -151,8 +162,11 @@ fn run(
     window: Duration,
     rx: &Receiver<Job>,
     shared: &Mutex<EngineSnapshot>,
-    observer: Option<StepObserver>,
+    watchers: &Watchers,
 ) {
+    if watchers.kv_events.is_some() {
+        kv.log_events();
+    }
     let mut engine = Engine::new(model, &mut kv, config);
     let mut embeds = EmbedQueue::new();
     loop {
@@ -193,13 +207,19 @@ fn run(
             true
         });
         let stats = engine.stats();
-        if let Some(observe) = observer.as_ref().filter(|_| worked) {
+        if let Some(observe) = watchers.steps.as_ref().filter(|_| worked) {
             observe(&StepReport {
                 sequences: stats.last_batch_seqs,
                 tokens: stats.last_batch_tokens,
                 duration: started.elapsed(),
                 preemptions: stats.preemptions - preempted_before,
             });
+        }
+        if let Some(sink) = &watchers.kv_events {
+            let events = engine.kv.take_events();
+            if !events.is_empty() {
+                sink(events);
+            }
         }
         *shared.lock().unwrap_or_else(|e| e.into_inner()) = EngineSnapshot {
             stats,

@@ -2,9 +2,11 @@
 //! the prefix cache (full blocks findable by the hash of their tokens and
 //! all tokens before them). A block nobody references but whose hash is
 //! known stays findable until its memory is needed, least recently released
-//! first.
+//! first. When asked, it logs what enters and leaves the prefix cache.
 
 use std::collections::{BTreeMap, HashMap};
+
+use super::KvEvent;
 
 pub(super) struct Blocks {
     refs: Vec<u32>,
@@ -16,6 +18,9 @@ pub(super) struct Blocks {
     evictable: BTreeMap<u64, u32>,
     released_at: Vec<u64>,
     clock: u64,
+    /// What entered and left the cache since it was last taken; None when
+    /// nobody listens.
+    log: Option<Vec<KvEvent>>,
 }
 
 impl Blocks {
@@ -29,7 +34,16 @@ impl Blocks {
             evictable: BTreeMap::new(),
             released_at: vec![0; n],
             clock: 0,
+            log: None,
         }
+    }
+
+    pub fn log_events(&mut self) {
+        self.log.get_or_insert_with(Vec::new);
+    }
+
+    pub fn take_events(&mut self) -> Vec<KvEvent> {
+        self.log.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     pub fn total(&self) -> usize {
@@ -59,6 +73,12 @@ impl Blocks {
                 let (_, b) = self.evictable.pop_first()?;
                 let h = self.hash[b as usize].take().expect("evictable blocks have a hash");
                 self.by_hash.remove(&h);
+                if let Some(log) = &mut self.log {
+                    match log.last_mut() {
+                        Some(KvEvent::Removed { hashes }) => hashes.push(h),
+                        _ => log.push(KvEvent::Removed { hashes: vec![h] }),
+                    }
+                }
                 b
             }
         };
@@ -96,11 +116,23 @@ impl Blocks {
         Some(b)
     }
 
-    /// Makes a full block findable by its hash (first writer wins).
-    pub fn register(&mut self, b: u32, h: u64) {
-        if self.hash[b as usize].is_none() && !self.by_hash.contains_key(&h) {
-            self.hash[b as usize] = Some(h);
-            self.by_hash.insert(h, b);
+    /// Makes a full block findable by its hash (first writer wins):
+    /// `tokens` are its own, `parent` the hash of the block before it.
+    pub fn register(&mut self, b: u32, h: u64, parent: Option<u64>, tokens: &[u32]) {
+        if self.hash[b as usize].is_some() || self.by_hash.contains_key(&h) {
+            return;
+        }
+        self.hash[b as usize] = Some(h);
+        self.by_hash.insert(h, b);
+        if let Some(log) = &mut self.log {
+            // A run of blocks of one sequence is one event, as it is stored.
+            match log.last_mut() {
+                Some(KvEvent::Stored { hashes, tokens: held, .. }) if parent.is_some() && hashes.last() == parent.as_ref() => {
+                    hashes.push(h);
+                    held.extend_from_slice(tokens);
+                }
+                _ => log.push(KvEvent::Stored { hashes: vec![h], parent, tokens: tokens.to_vec() }),
+            }
         }
     }
 }
@@ -114,7 +146,7 @@ mod tests {
         let mut b = Blocks::new(2);
         let (x, y) = (b.allocate().unwrap(), b.allocate().unwrap());
         assert_eq!(b.allocate(), None);
-        b.register(x, 42);
+        b.register(x, 42, None, &[]);
         b.release(x);
         b.release(y);
         assert_eq!(b.available(), 2);
@@ -134,7 +166,7 @@ mod tests {
         let mut b = Blocks::new(3);
         let ids: Vec<u32> = (0..3).map(|_| b.allocate().unwrap()).collect();
         for (i, &id) in ids.iter().enumerate() {
-            b.register(id, 100 + i as u64);
+            b.register(id, 100 + i as u64, None, &[]);
         }
         b.release(ids[1]);
         b.release(ids[0]);

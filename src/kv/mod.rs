@@ -16,6 +16,20 @@ use half::vec::HalfBitsVecExt;
 
 use blocks::Blocks;
 
+/// A change to what the prefix cache holds, for routers that send a
+/// request where its prefix already is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KvEvent {
+    /// Full blocks became findable: their chained hashes, the hash of the
+    /// block before the first (None: they start a sequence), and the
+    /// tokens they hold, `block_size` a block.
+    Stored { hashes: Vec<u64>, parent: Option<u64>, tokens: Vec<u32> },
+    /// Cached blocks were evicted to make room.
+    Removed { hashes: Vec<u64> },
+    /// The whole pool is gone: its model was unloaded.
+    Cleared,
+}
+
 /// Not enough free blocks for a reservation: the scheduler preempts or
 /// waits, so it needs only the fact, not a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +71,16 @@ impl KvPool {
 
     pub fn block_size(&self) -> usize {
         self.block_size
+    }
+
+    /// From now on, what enters and leaves the prefix cache is logged.
+    pub fn log_events(&mut self) {
+        self.blocks.log_events();
+    }
+
+    /// The events logged since the last call, in order.
+    pub fn take_events(&mut self) -> Vec<KvEvent> {
+        self.blocks.take_events()
     }
 
     pub fn total_blocks(&self) -> usize {
@@ -153,8 +177,10 @@ impl KvPool {
     /// Makes the full blocks of `table` holding `tokens` findable by later
     /// sequences that start with the same tokens.
     pub fn register_prefix(&mut self, tokens: &[u32], table: &[u32]) {
-        for (&b, h) in table.iter().zip(self.block_hashes(tokens)) {
-            self.blocks.register(b, h);
+        let mut parent = None;
+        for ((&b, h), chunk) in table.iter().zip(self.block_hashes(tokens)).zip(tokens.chunks_exact(self.block_size)) {
+            self.blocks.register(b, h, parent, chunk);
+            parent = Some(h);
         }
     }
 
@@ -251,6 +277,43 @@ mod tests {
         let mut fifth = Vec::new();
         assert_eq!(kv.match_prefix(&prompt, &mut fifth), 8);
         kv.release(&mut fifth);
+    }
+
+    #[test]
+    fn the_log_holds_each_block_stored_once_in_runs_and_each_eviction() {
+        let mut kv = pool(4);
+        kv.log_events();
+        let prompt: Vec<u32> = (0..9).collect();
+        let hashes = kv.block_hashes(&prompt);
+        let mut first = Vec::new();
+        kv.reserve(&mut first, prompt.len()).unwrap();
+        kv.register_prefix(&prompt[..4], &first);
+        kv.register_prefix(&prompt[..8], &first);
+        // Registering what is registered already announces nothing.
+        kv.register_prefix(&prompt[..8], &first);
+        assert_eq!(
+            kv.take_events(),
+            [KvEvent::Stored { hashes: hashes.clone(), parent: None, tokens: prompt[..8].to_vec() }],
+            "the second block continues the run of the first"
+        );
+        kv.release(&mut first);
+        // A prompt sharing the first block stores only its own second one.
+        let mut other: Vec<u32> = prompt[..8].to_vec();
+        other[6] = 99;
+        let mut second = Vec::new();
+        assert_eq!(kv.match_prefix(&other, &mut second), 4);
+        kv.reserve(&mut second, 8).unwrap();
+        kv.register_prefix(&other, &second);
+        let other_hash = kv.block_hashes(&other)[1];
+        assert_eq!(kv.take_events(), [KvEvent::Stored { hashes: vec![other_hash], parent: Some(hashes[0]), tokens: other[4..].to_vec() }]);
+        kv.release(&mut second);
+        assert_eq!(kv.take_events(), [], "released blocks stay cached");
+        // Four blocks wanted: the free one, then the three cached, oldest
+        // released first.
+        let mut big = Vec::new();
+        kv.reserve(&mut big, 16).unwrap();
+        assert_eq!(kv.take_events(), [KvEvent::Removed { hashes: vec![hashes[1], hashes[0], other_hash] }]);
+        kv.release(&mut big);
     }
 
     #[test]

@@ -14,6 +14,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 use crate::engine::{EngineSnapshot, StepObserver, StepReport, Summary};
@@ -61,7 +62,9 @@ struct Vllm {
 }
 
 impl Vllm {
-    fn new() -> Vllm {
+    /// `block_size` is announced, as vLLM's cache_config_info does: a
+    /// prefix-cache scorer must hash blocks of the same size.
+    fn new(block_size: usize) -> Vllm {
         let mut v = Vllm {
             registry: Registry::default(),
             running: Family::default(),
@@ -82,6 +85,8 @@ impl Vllm {
         r.register("vllm:prefix_cache_hits", "Prompt tokens found in the prefix cache", v.prefix_hits.clone());
         r.register("vllm:time_to_first_token_seconds", "From a request's arrival to its first token", v.ttft.clone());
         r.register("vllm:request_queue_time_seconds", "From a request's arrival to its admission", v.queue_time.clone());
+        let config = Info::new(vec![("block_size", block_size.to_string()), ("enable_prefix_caching", "True".to_string())]);
+        r.register("vllm:cache_config", "The KV cache's settings", config);
         v
     }
 }
@@ -105,10 +110,11 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Metrics {
+    /// For engines whose KV blocks hold `block_size` tokens.
+    pub fn new(block_size: usize) -> Metrics {
         let mut m = Metrics {
             registry: Registry::with_prefix("caravan"),
-            vllm: Vllm::new(),
+            vllm: Vllm::new(block_size),
             gauges: Gauges::default(),
             prefix_hit_tokens: Counter::default(),
             preemptions: Counter::default(),
@@ -209,11 +215,5 @@ impl Metrics {
         let encoded = encode_registry(&mut out, &self.registry).and_then(|_| encode_registry(&mut out, &v.registry));
         encoded.and_then(|_| encode_eof(&mut out)).expect("writing to a String cannot fail");
         out
-    }
-}
-
-impl Default for Metrics {
-    fn default() -> Metrics {
-        Metrics::new()
     }
 }

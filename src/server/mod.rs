@@ -9,6 +9,7 @@ mod error;
 mod files;
 mod gang;
 mod job_runner;
+pub mod kv_events;
 mod log;
 mod manage;
 pub mod metrics;

@@ -10,13 +10,13 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::Result;
 
 use crate::api::fields::KeepAlive;
-use crate::engine::{EngineHandle, StepObserver};
+use crate::engine::EngineHandle;
 use crate::loaded::LoadedModel;
 use crate::store::{Manifest, Store, StoreError};
 
-/// Opens a model file and starts its engine (the command line decides
-/// threads and the KV pool's size).
-pub type Loader = Box<dyn Fn(&std::path::Path, StepObserver) -> Result<(Arc<LoadedModel>, EngineHandle)> + Send + Sync>;
+/// Opens a model file and starts its engine for the model of that name
+/// (the command line decides threads, the KV pool's size and who watches).
+pub type Loader = Box<dyn Fn(&std::path::Path, &str) -> Result<(Arc<LoadedModel>, EngineHandle)> + Send + Sync>;
 
 pub struct Loaded {
     pub manifest: Manifest,
@@ -86,7 +86,6 @@ pub enum LoadError {
 pub struct Registry {
     store: Store,
     loader: Loader,
-    observer: StepObserver,
     max_loaded: usize,
     /// For requests that give none.
     keep_alive: KeepAlive,
@@ -94,8 +93,8 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn new(store: Store, loader: Loader, observer: StepObserver, max_loaded: usize, keep_alive: KeepAlive) -> Registry {
-        Registry { store, loader, observer, max_loaded: max_loaded.max(1), keep_alive, loaded: tokio::sync::Mutex::new(Vec::new()) }
+    pub fn new(store: Store, loader: Loader, max_loaded: usize, keep_alive: KeepAlive) -> Registry {
+        Registry { store, loader, max_loaded: max_loaded.max(1), keep_alive, loaded: tokio::sync::Mutex::new(Vec::new()) }
     }
 
     pub fn store(&self) -> &Store {
@@ -142,8 +141,8 @@ impl Registry {
         };
         let started = Instant::now();
         let path = self.store.blob_path(&manifest);
-        let this = self.clone();
-        let opened = tokio::task::spawn_blocking(move || (this.loader)(&path, this.observer.clone()))
+        let (this, name) = (self.clone(), manifest.name.clone());
+        let opened = tokio::task::spawn_blocking(move || (this.loader)(&path, &name))
             .await
             .map_err(|e| LoadError::Failed(anyhow::anyhow!("loading panicked: {e}")))?
             .map_err(LoadError::Failed)?;

@@ -21,8 +21,10 @@ pub fn model_path() -> PathBuf {
 }
 
 /// The official clients the server tests drive, at the versions tested,
-/// and the validator their structured outputs are checked with.
-const PYTHON_CLIENTS: [&str; 4] = ["ollama==0.6.3", "openai==3.57.0", "jsonschema==4.26.0", "schemathesis==4.32.5"];
+/// the validator their structured outputs are checked with, and what a
+/// router reads KV-cache events with.
+const PYTHON_CLIENTS: [&str; 6] =
+    ["ollama==0.6.3", "openai==3.57.0", "jsonschema==4.26.0", "schemathesis==4.32.5", "pyzmq==27.3.0", "msgpack==1.2.4"];
 
 /// A Python with the official clients installed: a virtual environment
 /// under the target directory, made on first use (then reused while its

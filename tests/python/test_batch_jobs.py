@@ -1,62 +1,26 @@
 """Batch jobs through the official openai Python package, unchanged:
 files.create, batches.create/retrieve/list/cancel and files.content
-against `caravan serve` processes this script starts itself (CARAVAN_BIN,
-CARAVAN_MODELS holding the default model, data under CARAVAN_TEST_DIR; run
-by tests/server.rs), so that it can kill one with SIGKILL mid-job and start
-it again on the same data. Answers are checked against llama.cpp's own
-greedy output of the same file (tests/data/smollm2-greedy.jsonl), with
+against `caravan serve` processes this script starts itself (servers.py;
+run by tests/server.rs), so that it can kill one with SIGKILL mid-job and
+start it again on the same data. Answers are checked against llama.cpp's
+own greedy output of the same file (tests/data/smollm2-greedy.jsonl), with
 the servers in ggml's arithmetic."""
 
 import io
 import json
 import os
-import signal
-import socket
-import subprocess
 import time
 import unittest
 
 import openai
 import raw_http
+from servers import ROOT, Server
 
-BIN = os.environ["CARAVAN_BIN"]
-ROOT = os.environ["CARAVAN_TEST_DIR"]
 MODEL = "smollm2:135m"
 ENDED = ("completed", "failed", "cancelled", "expired")
 
 with open(os.path.join(os.path.dirname(__file__), "..", "data", "smollm2-greedy.jsonl")) as f:
     ROWS = [json.loads(line) for line in f]
-
-
-class Server:
-    """`caravan serve` on a free loopback port over the data in `data`."""
-
-    def __init__(self, data, *flags, env=None):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-        args = [BIN, "serve", "--host", f"127.0.0.1:{port}", "--kv-memory", "256MiB", "--arithmetic", "ggml", "--data-dir", data, *flags]
-        with open(os.path.join(ROOT, "servers.log"), "ab") as log:
-            self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log, env={**os.environ, **(env or {})})
-        deadline = time.time() + 60
-        while True:
-            try:
-                if raw_http.request(self.url, "GET", "/health")[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert self.proc.poll() is None and time.time() < deadline, "the server did not become healthy"
-            time.sleep(0.1)
-        self.client = openai.OpenAI(base_url=self.url + "/v1", api_key="unused", max_retries=0)
-
-    def kill(self):
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self):
-        self.proc.terminate()
-        self.proc.wait()
 
 
 def jsonl(lines):
