@@ -14,7 +14,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 use crate::engine::{EngineSnapshot, StepObserver, StepReport, Summary};
@@ -85,8 +84,10 @@ impl Vllm {
         r.register("vllm:prefix_cache_hits", "Prompt tokens found in the prefix cache", v.prefix_hits.clone());
         r.register("vllm:time_to_first_token_seconds", "From a request's arrival to its first token", v.ttft.clone());
         r.register("vllm:request_queue_time_seconds", "From a request's arrival to its admission", v.queue_time.clone());
-        let config = Info::new(vec![("block_size", block_size.to_string()), ("enable_prefix_caching", "True".to_string())]);
-        r.register("vllm:cache_config", "The KV cache's settings", config);
+        // A gauge of 1 with the settings as labels, as vLLM sends it.
+        let config = Family::<Vec<(&'static str, String)>, Gauge>::default();
+        config.get_or_create(&vec![("block_size", block_size.to_string()), ("enable_prefix_caching", "True".to_string())]).set(1);
+        r.register("vllm:cache_config_info", "The KV cache's settings", config);
         v
     }
 }

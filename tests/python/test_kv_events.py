@@ -20,7 +20,7 @@ import zmq
 from servers import ROOT, Server, free_port
 
 MODEL = "smollm2:135m"
-BLOCK = 16
+BLOCK = 8
 END_SEQ = (-1).to_bytes(8, "big", signed=True)
 
 
@@ -68,7 +68,7 @@ def complete(server, tokens, max_tokens=1):
 
 
 class OneReplica(unittest.TestCase):
-    """A pool of 11 blocks of 16 tokens (4 MiB of the default model's KV)."""
+    """A pool of 22 blocks of 8 tokens (4 MiB of the default model's KV)."""
 
     @classmethod
     def setUpClass(cls):
@@ -85,34 +85,39 @@ class OneReplica(unittest.TestCase):
     def tearDownClass(cls):
         cls.server.stop()
 
+    def test_the_block_size_is_announced_in_the_metrics(self):
+        status, text = raw_http.request(self.server.url, "GET", "/metrics")
+        self.assertEqual(status, 200)
+        self.assertIn(f'vllm:cache_config_info{{block_size="{BLOCK}",enable_prefix_caching="True"}} 1', text.splitlines())
+
     def test_blocks_stored_evicted_cleared_and_replayed(self):
         sub = subscriber(dial=[self.endpoint])
-        prompt = list(range(1000, 1040))
+        prompt = list(range(1000, 1036))
         complete(self.server, prompt)
         got = receive(sub, lambda got: stored(events(got)))
         topic, seq, batch = got[0]
         self.assertEqual((topic, seq, len(batch), batch[2]), (f"kv@replica-a@{MODEL}", 0, 3, 0))
         self.assertIsInstance(batch[0], float)
-        # The 40 tokens fill two blocks; the third is not full.
+        # The 36 tokens fill four blocks; the fifth is not full.
         (event,) = stored(batch[1])
         tag, hashes, parent, token_ids, block_size, lora_id, medium, lora_name = event
-        self.assertEqual((tag, len(hashes), parent, token_ids, block_size), ("BlockStored", 2, None, prompt[:32], BLOCK))
+        self.assertEqual((tag, len(hashes), parent, token_ids, block_size), ("BlockStored", 4, None, prompt[:32], BLOCK))
         self.assertEqual((lora_id, medium, lora_name), (None, None, None))
-        self.assertTrue(all(isinstance(h, int) for h in hashes) and hashes[0] != hashes[1])
+        self.assertTrue(all(isinstance(h, int) for h in hashes) and len(set(hashes)) == 4)
 
-        # The same prompt again finds both blocks: nothing new to announce.
+        # The same prompt again finds the four blocks: nothing new to announce.
         complete(self.server, prompt)
         self.assertEqual(sub.poll(500), 0)
 
-        # 170 tokens need all 11 blocks: both cached ones are evicted, the
-        # one released first first.
+        # 170 tokens need all 22 blocks: the four cached ones are evicted,
+        # the one released first first.
         complete(self.server, list(range(2000, 2170)))
         got += receive(sub, lambda new: stored(events(new)) and any(e[0] == "BlockRemoved" for e in events(new)))
         (removed,) = [e for e in events(got) if e[0] == "BlockRemoved"]
         self.assertEqual(removed, ["BlockRemoved", hashes, None])
         second = stored(events(got))[1]
-        self.assertEqual((second[2], second[3]), (None, list(range(2000, 2160))))
-        self.assertEqual(len(second[1]), 10)
+        self.assertEqual((second[2], second[3]), (None, list(range(2000, 2168))))
+        self.assertEqual(len(second[1]), 21)
 
         # keep_alive 0 with no prompt unloads the model: its pool is gone.
         status, _ = raw_http.request(self.server.url, "POST", "/api/generate", {"model": MODEL, "keep_alive": 0})
