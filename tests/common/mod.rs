@@ -21,10 +21,17 @@ pub fn model_path() -> PathBuf {
 }
 
 /// The official clients the server tests drive, at the versions tested,
-/// the validator their structured outputs are checked with, and what a
-/// router reads KV-cache events with.
-const PYTHON_CLIENTS: [&str; 6] =
-    ["ollama==0.6.3", "openai==3.57.0", "jsonschema==4.26.0", "schemathesis==4.32.5", "pyzmq==27.3.0", "msgpack==1.2.4"];
+/// the validator their structured outputs are checked with, what a router
+/// reads KV-cache events with, and the Kubernetes manifests' validator.
+const PYTHON_CLIENTS: [&str; 7] = [
+    "ollama==0.6.3",
+    "openai==3.57.0",
+    "jsonschema==4.26.0",
+    "schemathesis==4.32.5",
+    "pyzmq==27.3.0",
+    "msgpack==1.2.4",
+    "kubernetes-validate==1.37.0",
+];
 
 /// A Python with the official clients installed: a virtual environment
 /// under the target directory, made on first use (then reused while its
