@@ -9,6 +9,8 @@ ignore_eos) uploaded through /v1/files and run through /v1/batches, its
 output tokens/s; and the same client's time to first token while the job
 runs. Last, the server's peak RSS over jobs of --small-items, --rss-items
 and --small-items again (memory must not grow with the number of items).
+With --crash-at N, only this: a job killed with SIGKILL after N answers
+and resumed by a new server on the same data.
 
 The server is `caravan serve` (CARAVAN, default target/release/caravan)
 with the installed default model and --serve-flag's. Prints one JSON
@@ -187,6 +189,36 @@ def memory(binary, a):
     return rss
 
 
+def crash_resume(binary, a):
+    """A job of --items killed with SIGKILL once --crash-at items are
+    answered, then the server started again on the same data: the answers
+    kept, the seconds until the job runs again, and whether the output
+    holds each custom_id once."""
+    with tempfile.TemporaryDirectory() as data:
+        server, url = start_server(binary, data, a.serve_flag)
+        batch_id = run_job(url, job_file(a.items, a.prompt, a.gen, 5))
+        while call(url, "GET", f"/v1/batches/{batch_id}")[1]["request_counts"]["completed"] < a.crash_at:
+            time.sleep(0.05)
+        server.kill()
+        server.wait()
+        restarted = time.perf_counter()
+        server, url = start_server(binary, data, a.serve_flag)
+        try:
+            b = call(url, "GET", f"/v1/batches/{batch_id}")[1]
+            kept = b["request_counts"]["completed"]
+            while call(url, "GET", f"/v1/batches/{batch_id}")[1]["request_counts"]["completed"] == kept:
+                time.sleep(0.02)
+            running_again = time.perf_counter() - restarted
+            b = wait(url, batch_id)
+            _, out = call(url, "GET", f"/v1/files/{b['output_file_id']}/content")
+            ids = [json.loads(line)["custom_id"] for line in out.splitlines()]
+        finally:
+            server.terminate()
+            server.wait()
+    return {"items": a.items, "answered_before_kill": kept, "seconds_to_running_again": round(running_again, 2),
+            "status": b["status"], "output_lines": len(ids), "distinct_custom_ids": len(set(ids))}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
@@ -198,8 +230,12 @@ def main():
     ap.add_argument("--small-items", type=int, default=1000)
     ap.add_argument("--rss-items", type=int, default=10000)
     ap.add_argument("--serve-flag", action="append", default=[], help="extra flags for caravan serve")
+    ap.add_argument("--crash-at", type=int, default=0, help="only the crash-resume run: SIGKILL after this many answers")
     a = ap.parse_args()
     binary = os.environ.get("CARAVAN", "target/release/caravan")
+    if a.crash_at:
+        print(json.dumps(crash_resume(binary, a), indent=1))
+        return
     rounds = []
     for _ in range(a.rounds):
         baseline = bench_output_rate(binary, a.prompt, a.gen, 64)
