@@ -36,7 +36,7 @@ def free_port():
         return s.getsockname()[1]
 
 
-def call(url, method, path, body=None, raw=None, headers=None):
+def call(url, method, path, body=None, raw=None, headers=None, parse=True):
     u = urllib.parse.urlparse(url)
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=600)
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
@@ -44,7 +44,7 @@ def call(url, method, path, body=None, raw=None, headers=None):
     r = conn.getresponse()
     text = r.read()
     conn.close()
-    return r.status, json.loads(text) if text[:1] in (b"{", b"[") else text
+    return r.status, json.loads(text) if parse and text[:1] in (b"{", b"[") else text
 
 
 def upload(url, content):
@@ -210,7 +210,7 @@ def crash_resume(binary, a):
                 time.sleep(0.02)
             running_again = time.perf_counter() - restarted
             b = wait(url, batch_id)
-            _, out = call(url, "GET", f"/v1/files/{b['output_file_id']}/content")
+            _, out = call(url, "GET", f"/v1/files/{b['output_file_id']}/content", parse=False)
             ids = [json.loads(line)["custom_id"] for line in out.splitlines()]
         finally:
             server.terminate()
