@@ -161,7 +161,11 @@ impl Sender {
                             eprintln!("kv events: replay: {e}");
                         }
                     }
-                    Err(e) => eprintln!("kv events: replay socket: {e}"),
+                    Err(e) => {
+                        eprintln!("kv events: replay socket: {e}");
+                        // A failing socket must not spin the thread.
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
                 },
             }
         }
