@@ -6,10 +6,10 @@
 //! with the budget they left, up to their own share of a step (none in a
 //! step that computes an interactive prompt). When a sequence needs a
 //! block and none is free, the most recently admitted running sequence is
-//! preempted, a background one first (an interactive gang that cannot be admitted
-//! preempts background sequences too): its blocks go back, and it is
-//! requeued at the front to be recomputed later (its generated tokens are
-//! kept).
+//! preempted, a background one first (an interactive gang that cannot be
+//! admitted preempts background sequences too): its blocks go back, and it
+//! is requeued at the front to be recomputed later (its generated tokens
+//! are kept).
 
 use std::collections::VecDeque;
 

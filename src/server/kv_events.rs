@@ -51,7 +51,7 @@ pub struct KvEventsConfig {
 }
 
 /// One model's batch of events, with the topic it goes under.
-type Outgoing = (String, Vec<KvEvent>);
+type Outgoing = (Bytes, Vec<KvEvent>);
 
 pub struct KvEventPublisher {
     queue: mpsc::Sender<Outgoing>,
@@ -90,7 +90,8 @@ impl KvEventPublisher {
 
     /// Where `model`'s engine sends its events.
     pub fn sink(&self, model: &str) -> KvEventSink {
-        let (queue, topic, dropped) = (self.queue.clone(), self.topic.replace("{model}", model), self.dropped.clone());
+        let topic = Bytes::from(self.topic.replace("{model}", model));
+        let (queue, dropped) = (self.queue.clone(), self.dropped.clone());
         Arc::new(move |events| {
             if queue.try_send((topic.clone(), events)).is_err() && dropped.fetch_add(1, Ordering::Relaxed) == 0 {
                 eprintln!("kv events: the sender is behind; batches are being dropped");
@@ -142,7 +143,7 @@ impl Sender {
                 batch = outgoing.recv() => {
                     let Some((topic, events)) = batch else { return };
                     let payload = Bytes::from(encode_batch(now(), &events, self.block_size));
-                    let frames = vec![Bytes::from(topic), Bytes::copy_from_slice(&seq.to_be_bytes()), payload.clone()];
+                    let frames = vec![topic, Bytes::copy_from_slice(&seq.to_be_bytes()), payload.clone()];
                     let message = ZmqMessage::try_from(frames).expect("three frames");
                     if let Err(e) = self.publisher.send(message).await {
                         eprintln!("kv events: sending batch {seq}: {e}");
