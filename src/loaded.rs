@@ -13,6 +13,9 @@ use crate::model::Model;
 use crate::tokenizer::template::{tokenize_segments, ChatTemplate, Message};
 use crate::tokenizer::Tokenizer;
 
+/// Why an embedding model refuses to generate.
+pub const EMBEDS_ONLY: &str = "this is an embedding model: it only embeds (/api/embed, /v1/embeddings), it cannot generate";
+
 pub struct LoadedModel {
     pub model: Model,
     pub tokenizer: Tokenizer,
@@ -40,6 +43,7 @@ impl LoadedModel {
 
     /// A conversation's tokens, the assistant's turn opened or not.
     pub fn conversation_tokens(&self, messages: &[Message], tools: &[Value], add_generation_prompt: bool) -> Result<Vec<u32>> {
+        self.check_generates()?;
         let Some(template) = &self.template else {
             bail!("the model has no chat template: it takes raw prompts only (generate, completions)")
         };
@@ -63,6 +67,7 @@ impl LoadedModel {
     /// message, if any) as the user's turn of the chat template, or, for a
     /// model without one, the prompt as it is (Ollama's `{{ .Prompt }}`).
     pub fn prompt_tokens(&self, system: Option<&str>, prompt: &str) -> Result<Vec<u32>> {
+        self.check_generates()?;
         if self.template.is_none() {
             if system.is_some() {
                 bail!("the model has no chat template to place a system message in");
@@ -74,10 +79,17 @@ impl LoadedModel {
         self.chat_tokens(&messages, &[])
     }
 
+    fn check_generates(&self) -> Result<()> {
+        if self.model.encoder.is_some() {
+            bail!(EMBEDS_ONLY);
+        }
+        Ok(())
+    }
+
     /// Prompt tokens of raw text (special tokens in it are parsed, as a raw
     /// prompt is the caller's own template).
     pub fn raw_tokens(&self, text: &str) -> Result<Vec<u32>> {
-        Ok(self.tokenizer.with_bos(self.tokenizer.encode(text, true)?))
+        Ok(self.tokenizer.with_specials(self.tokenizer.encode(text, true)?))
     }
 
     /// A sequence's constraint to `spec` (an error says why it does not
@@ -86,9 +98,11 @@ impl LoadedModel {
         self.grammars.constraint(&self.tokenizer, spec)
     }
 
-    /// A KV pool holding `tokens` positions.
+    /// A KV pool holding `tokens` positions; one block for an embedding
+    /// model, which keeps no KV.
     pub fn kv_pool(&self, tokens: usize, block_size: usize) -> KvPool {
         let c = &self.model.config;
-        KvPool::new(c.layers, c.kv_dim(), block_size, tokens.div_ceil(block_size).max(1))
+        let blocks = if self.model.encoder.is_some() { 1 } else { tokens.div_ceil(block_size).max(1) };
+        KvPool::new(c.layers, c.kv_dim(), block_size, blocks)
     }
 }

@@ -3,9 +3,9 @@
 
 mod common;
 
+use caravan::gguf::write::{to_bytes, TensorData};
 use caravan::gguf::TensorType;
 use caravan::gguf::{GgufFile, Value};
-use common::gguf_write::{to_bytes, TensorData};
 
 fn all_values() -> Vec<(String, Value)> {
     vec![

@@ -6,13 +6,13 @@ mod common;
 
 use std::path::Path;
 
+use caravan::gguf::write::write_file;
 use caravan::gguf::{GgufFile, Value};
 use caravan::kernels::ops::{Rope, RopeStyle};
 use caravan::kernels::Arithmetic;
 use caravan::loaded::LoadedModel;
 use caravan::model::ModelConfig;
 use common::faithful::{agreeing_rows, log_probability_differences, run_all_together};
-use common::gguf_write::write_file;
 use common::{golden_rows, GoldenRow};
 
 fn tiny(name: &str) -> LoadedModel {

@@ -3,10 +3,10 @@
 
 mod common;
 
+use caravan::gguf::write::write_file;
 use caravan::gguf::{GgufFile, Value};
 use caravan::tokenizer::template::Message;
 use caravan::tokenizer::Tokenizer;
-use common::gguf_write::write_file;
 
 const IM_START: u32 = 1;
 const IM_END: u32 = 2;
@@ -89,5 +89,5 @@ fn sentencepiece_merges_by_score_and_falls_back_to_bytes() {
     assert_eq!(ids, vec![id("▁h"), id("<0xC3>"), id("<0xA9>")]);
     assert_eq!(tok.decode(&ids), " hé");
     // BOS is added for SentencePiece models by default.
-    assert_eq!(tok.with_bos(vec![id("▁h")]), vec![1, id("▁h")]);
+    assert_eq!(tok.with_specials(vec![id("▁h")]), vec![1, id("▁h")]);
 }

@@ -6,9 +6,9 @@ mod common;
 
 use std::path::Path;
 
+use caravan::gguf::write::write_file;
 use caravan::gguf::{GgufFile, Value};
 use caravan::tokenizer::Tokenizer;
-use common::gguf_write::write_file;
 
 /// The texts of `name.gguf.inp` and llama.cpp's tokens for each.
 fn cases(name: &str) -> Vec<(String, Vec<u32>)> {

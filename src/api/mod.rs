@@ -104,20 +104,25 @@ fn tool_calls(message: &Value) -> Result<Vec<Value>> {
         .collect()
 }
 
-/// An input to embed as tokens: BOS and the text (never control tokens),
+/// An input to embed as tokens: BOS, the text (never control tokens) and
+/// the separator where the tokenizer ends inputs with one,
 /// cut to the context when `truncate`, else refused when too long.
 pub fn embed_tokens(m: &LoadedModel, text: &str, truncate: bool) -> Result<Vec<u32>> {
     if text.is_empty() {
         bail!("an input to embed must not be empty");
     }
     let tok = &m.tokenizer;
-    let mut tokens = tok.with_bos(tok.encode(text, false)?);
+    let mut tokens = tok.with_specials(tok.encode(text, false)?);
     let ctx = m.model.config.context_length;
     if tokens.len() > ctx {
         if !truncate {
             bail!("the input is {} tokens; the context is {ctx}", tokens.len());
         }
         tokens.truncate(ctx);
+        // A separator that ends every input stays its last token.
+        if let (Some(sep), Some(last)) = (tok.sep_last, tokens.last_mut()) {
+            *last = sep;
+        }
     }
     Ok(tokens)
 }

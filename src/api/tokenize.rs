@@ -43,7 +43,7 @@ pub fn tokenize(m: &LoadedModel, body: &Value) -> Result<Value> {
     if body.get("content").is_some() {
         refuse_others(body, &LLAMA_CPP_FIELDS)?;
         let tokens = m.tokenizer.encode(&text(body, "content")?, opt_bool(body, "parse_special")?.unwrap_or(true))?;
-        let tokens = if opt_bool(body, "add_special")?.unwrap_or(false) { m.tokenizer.with_bos(tokens) } else { tokens };
+        let tokens = if opt_bool(body, "add_special")?.unwrap_or(false) { m.tokenizer.with_specials(tokens) } else { tokens };
         if opt_bool(body, "with_pieces")?.unwrap_or(false) {
             return Ok(json!({ "tokens": tokens.iter().map(|&id| json!({ "id": id, "piece": piece(m, id) })).collect::<Vec<_>>() }));
         }
@@ -55,7 +55,7 @@ pub fn tokenize(m: &LoadedModel, body: &Value) -> Result<Value> {
         (Some(_), None) => {
             let tokens = m.tokenizer.encode(&text(body, "prompt")?, true)?;
             if opt_bool(body, "add_special_tokens")?.unwrap_or(true) {
-                m.tokenizer.with_bos(tokens)
+                m.tokenizer.with_specials(tokens)
             } else {
                 tokens
             }

@@ -373,6 +373,8 @@ pub(crate) struct Limits {
     block_size: usize,
     total_blocks: usize,
     max_seqs: usize,
+    /// An embedding model's: it generates nothing.
+    embeds_only: bool,
 }
 
 impl Limits {
@@ -382,10 +384,14 @@ impl Limits {
             block_size: kv.block_size(),
             total_blocks: kv.total_blocks(),
             max_seqs: config.max_seqs,
+            embeds_only: model.model.encoder.is_some(),
         }
     }
 
     fn prepare(&self, gang: Vec<GenRequest>) -> Result<(Vec<Prepared>, Vec<EventStream>), EngineError> {
+        if self.embeds_only {
+            return Err(EngineError::Rejected(crate::loaded::EMBEDS_ONLY.into()));
+        }
         let ctx = self.context;
         for (i, r) in gang.iter().enumerate() {
             if r.prompt.is_empty() {

@@ -5,7 +5,6 @@
 //! between steps. What each step did, and what entered and left the prefix
 //! cache, go to whoever watches.
 
-use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
@@ -14,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use super::embed::{EmbedJob, EmbedQueue};
 use super::{Engine, EngineConfig, EngineError, EngineStats, EventStream, GenRequest, Limits, Prepared};
 use crate::kv::{KvEvent, KvPool};
 use crate::loaded::LoadedModel;
@@ -58,10 +58,7 @@ enum Job {
     Gang(Vec<Prepared>),
     /// End every sequence now (shutdown).
     FinishAll,
-    Embed {
-        tokens: Vec<u32>,
-        reply: oneshot::Sender<Result<Vec<f32>, EngineError>>,
-    },
+    Embed(EmbedJob),
 }
 
 pub struct EngineHandle {
@@ -110,7 +107,7 @@ impl EngineHandle {
     /// be embedded) comes on the receiver.
     pub fn embed(&self, tokens: Vec<u32>) -> Result<oneshot::Receiver<Result<Vec<f32>, EngineError>>, EngineError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Job::Embed { tokens, reply })?;
+        self.send(Job::Embed(EmbedJob { tokens, reply }))?;
         Ok(rx)
     }
 
@@ -144,14 +141,11 @@ impl Drop for EngineHandle {
     }
 }
 
-/// Embeddings waiting for blocks, oldest first.
-type EmbedQueue = VecDeque<(Vec<u32>, oneshot::Sender<Result<Vec<f32>, EngineError>>)>;
-
 fn accept(engine: &mut Engine, embeds: &mut EmbedQueue, job: Job) {
     match job {
         Job::Gang(gang) => engine.enqueue(gang),
         Job::FinishAll => engine.finish_all(),
-        Job::Embed { tokens, reply } => embeds.push_back((tokens, reply)),
+        Job::Embed(job) => engine.queue_embed(embeds, job),
     }
 }
 
@@ -189,14 +183,8 @@ fn run(
         while let Ok(job) = rx.try_recv() {
             accept(&mut engine, &mut embeds, job);
         }
-        if let Some((tokens, _)) = embeds.front() {
-            let answer = catch_unwind(AssertUnwindSafe(|| engine.embed(tokens)))
-                .unwrap_or_else(|_| Err(EngineError::Internal("internal error while embedding".into())))
-                .transpose();
-            if let Some(answer) = answer {
-                let (_, reply) = embeds.pop_front().expect("front exists");
-                let _ = reply.send(answer);
-            }
+        if !embeds.is_empty() {
+            engine.embed_queued(&mut embeds);
         }
         let preempted_before = engine.stats().preemptions;
         let started = Instant::now();

@@ -8,6 +8,7 @@
 
 mod tensor_type;
 mod value;
+pub mod write;
 
 use std::collections::BTreeMap;
 use std::fmt;

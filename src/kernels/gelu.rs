@@ -33,19 +33,31 @@ fn table() -> &'static [u16] {
     })
 }
 
+/// GELU of one value.
+#[inline]
+fn gelu(table: &[u16], g: f32) -> f32 {
+    if g <= -10.0 {
+        0.0
+    } else if g >= 10.0 {
+        g
+    } else {
+        f16::from_bits(table[f16::from_f32(g).to_bits() as usize]).to_f32()
+    }
+}
+
 /// `out = gelu(gate) * up`.
 pub fn gelu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
     assert!(gate.len() == out.len() && up.len() == out.len());
     let table = table();
     for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
-        *o = if g <= -10.0 {
-            0.0
-        } else if g >= 10.0 {
-            g * u
-        } else {
-            f16::from_bits(table[f16::from_f32(g).to_bits() as usize]).to_f32() * u
-        };
+        *o = gelu(table, g) * u;
     }
+}
+
+/// `x = gelu(x)`: BERT's feed-forward.
+pub fn gelu_in_place(x: &mut [f32]) {
+    let table = table();
+    x.iter_mut().for_each(|v| *v = gelu(table, *v));
 }
 
 #[cfg(test)]

@@ -21,6 +21,23 @@ pub fn rms_norm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
     }
 }
 
+/// `x = (x - mean) / sqrt(var + eps) * weight + bias` for one row, as
+/// ggml's norm, mul and add compute it: the mean and the variance summed
+/// in f64.
+pub fn layer_norm(x: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
+    let n = x.len() as f64;
+    let mean = (x.iter().map(|&v| v as f64).sum::<f64>() / n) as f32;
+    let mut sum2 = 0f64;
+    for v in x.iter_mut() {
+        *v -= mean;
+        sum2 += (*v * *v) as f64;
+    }
+    let scale = 1.0 / ((sum2 / n) as f32 + eps).sqrt();
+    for ((v, &w), &b) in x.iter_mut().zip(weight).zip(bias) {
+        *v = *v * scale * w + b;
+    }
+}
+
 /// 1 / rms(x), the mean of squares summed in f64.
 fn rms_scale(x: &[f32], eps: f32) -> f32 {
     let ss = (x.iter().map(|&v| (v * v) as f64).sum::<f64>() / x.len() as f64) as f32;

@@ -11,6 +11,7 @@ use crate::kv::KvPool;
 
 use super::attention::{attend, Attention, AttentionTasks};
 use super::batch::{SeqChunk, TokenSlot};
+use super::bert::{Encoder, Pooling};
 
 #[derive(Debug, Clone)]
 pub struct ModelConfig {
@@ -51,6 +52,9 @@ pub struct ModelConfig {
     pub attn_softcap: Option<f32>,
     /// Logits soft-capped at this: `cap * tanh(logit / cap)` (Gemma 2).
     pub final_softcap: Option<f32>,
+    /// How an embedding model (an encoder) pools its states; None for a
+    /// decoder, which generates.
+    pub pooling: Option<Pooling>,
 }
 
 /// The feed-forward's gating: `act(gate) * up`.
@@ -112,7 +116,10 @@ pub enum Stacked {
 pub struct Model {
     pub config: ModelConfig,
     pub token_embd: Matrix,
+    /// The decoder's layers; none for an encoder (an embedding model).
     pub layers: Vec<Layer>,
+    /// An embedding model's encoder (BERT), which only embeds.
+    pub encoder: Option<Encoder>,
     pub output_norm: Vec<f32>,
     /// None when the embeddings are tied (token_embd is the lm_head).
     pub output: Option<Matrix>,
@@ -150,9 +157,9 @@ pub struct Scratch {
 
 /// A matmul's input rows, with `SeqChunk::row_batch` for each.
 #[derive(Clone, Copy)]
-struct Rows<'a> {
-    x: &'a [f32],
-    batches: &'a [RowBatch],
+pub(super) struct Rows<'a> {
+    pub x: &'a [f32],
+    pub batches: &'a [RowBatch],
 }
 
 impl Model {
@@ -179,7 +186,7 @@ impl Model {
     /// `out = x · W` for each part of `w`, the parts' outputs side by side
     /// in each row (`part` holds one part's at a time).
     #[allow(clippy::too_many_arguments)]
-    fn linear_stacked(&self, w: &Stacked, x: Rows, quant: &mut QuantizedActs, part: &mut Vec<f32>, out: &mut Vec<f32>) {
+    pub(super) fn linear_stacked(&self, w: &Stacked, x: Rows, quant: &mut QuantizedActs, part: &mut Vec<f32>, out: &mut Vec<f32>) {
         match w {
             Stacked::Fused(m) => self.linear(m, x, quant, out),
             Stacked::Parts(parts) => {
@@ -199,7 +206,7 @@ impl Model {
         }
     }
 
-    fn linear(&self, w: &Matrix, x: Rows, quant: &mut QuantizedActs, out: &mut Vec<f32>) {
+    pub(super) fn linear(&self, w: &Matrix, x: Rows, quant: &mut QuantizedActs, out: &mut Vec<f32>) {
         self.quantize(std::slice::from_ref(w), x, quant);
         out.resize(x.batches.len() * w.rows, 0.0);
         matmul(&self.pool, self.isa, w, x.x, quant, out);
@@ -255,23 +262,41 @@ impl Model {
         &s.logits
     }
 
-    /// A sentence embedding of `tokens`: the mean of the final-normed hidden
-    /// states of every token, scaled to unit length. `blocks` must cover the
-    /// tokens; they go through the model `chunk` tokens at a time.
-    pub fn embed(&self, tokens: &[u32], blocks: &[u32], chunk: usize, kv: &mut KvPool, s: &mut Scratch) -> Vec<f32> {
+    /// Sentence embeddings of `inputs`: the mean of the final-normed hidden
+    /// states of each input's tokens, scaled to unit length. `blocks[i]`
+    /// must cover input i. Several inputs go through in one pass, whole;
+    /// one alone goes `chunk` tokens at a time.
+    pub fn embed(&self, inputs: &[&[u32]], blocks: &[Vec<u32>], chunk: usize, kv: &mut KvPool, s: &mut Scratch) -> Vec<Vec<f32>> {
         let dim = self.config.dim;
-        let mut sum = vec![0f64; dim];
+        let chunk = if inputs.len() == 1 { chunk.max(1) } else { usize::MAX };
+        let mut sums = vec![vec![0f64; dim]; inputs.len()];
         let mut normed = vec![0f32; dim];
-        for (i, part) in tokens.chunks(chunk.max(1)).enumerate() {
-            let part = SeqChunk { tokens: part, start_pos: i * chunk, blocks, logits: false, prompt_len: tokens.len() };
-            self.run_layers(&[part], kv, s, false);
-            for row in s.x.chunks_exact(dim) {
-                rms_norm(row, &self.output_norm, self.config.norm_eps, &mut normed);
-                sum.iter_mut().zip(&normed).for_each(|(a, &b)| *a += b as f64);
+        let longest = inputs.iter().map(|t| t.len()).max().unwrap_or(0);
+        for start in (0..longest).step_by(chunk) {
+            let which: Vec<usize> = (0..inputs.len()).filter(|&i| inputs[i].len() > start).collect();
+            let chunks: Vec<SeqChunk> = which
+                .iter()
+                .map(|&i| {
+                    let t = inputs[i];
+                    let tokens = &t[start..t.len().min(start.saturating_add(chunk))];
+                    SeqChunk { tokens, start_pos: start, blocks: &blocks[i], logits: false, prompt_len: t.len() }
+                })
+                .collect();
+            self.run_layers(&chunks, kv, s, false);
+            let mut rows = s.x.chunks_exact(dim);
+            for (&i, c) in which.iter().zip(&chunks) {
+                for row in rows.by_ref().take(c.tokens.len()) {
+                    rms_norm(row, &self.output_norm, self.config.norm_eps, &mut normed);
+                    sums[i].iter_mut().zip(&normed).for_each(|(a, &b)| *a += b as f64);
+                }
             }
         }
-        let norm = sum.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-12);
-        sum.iter().map(|x| (x / norm) as f32).collect()
+        sums.into_iter()
+            .map(|sum| {
+                let norm = sum.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-12);
+                sum.iter().map(|x| (x / norm) as f32).collect()
+            })
+            .collect()
     }
 
     /// The decoder layers over a ragged batch: leaves every token's hidden

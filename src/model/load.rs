@@ -11,6 +11,7 @@ use crate::kernels::quant::{repack, Packed, PANEL};
 use crate::kernels::{Arithmetic, Isa};
 
 use super::attention::{MAX_GROUP, MAX_HEAD_DIM};
+use super::bert::{Encoder, EncoderLayer, Norm, Pooling};
 use super::llama::{Activation, Layer, Model, ModelConfig, SlidingWindow, Stacked};
 
 /// What sets an architecture apart from llama's layout and metadata.
@@ -90,8 +91,11 @@ const ARCHITECTURES: &[Architecture] = &[
 impl ModelConfig {
     pub fn from_gguf(f: &GgufFile) -> Result<ModelConfig> {
         let arch = f.get_str("general.architecture")?.to_string();
+        if arch == ENCODER {
+            return encoder_config(f);
+        }
         let Some(a) = ARCHITECTURES.iter().find(|a| a.name == arch) else {
-            let names: Vec<&str> = ARCHITECTURES.iter().map(|a| a.name).collect();
+            let names: Vec<&str> = ARCHITECTURES.iter().map(|a| a.name).chain([ENCODER]).collect();
             bail!("{}: architecture {arch:?} is not supported (supported: {})", f.path.display(), names.join(", "));
         };
         let key = |k: &str| format!("{arch}.{k}");
@@ -185,8 +189,62 @@ impl ModelConfig {
             attn_softcap,
             final_softcap,
             architecture: arch,
+            pooling: None,
         })
     }
+}
+
+/// The embedding models' architecture: BERT's encoder.
+const ENCODER: &str = "bert";
+
+/// A BERT file's configuration: heads all of one width, no RoPE, LayerNorm,
+/// GELU, bidirectional attention, and its pooling.
+fn encoder_config(f: &GgufFile) -> Result<ModelConfig> {
+    let key = |k: &str| format!("{ENCODER}.{k}");
+    let u = |k: &str| f.get_u64(&key(k)).map(|v| v as usize);
+    let (dim, heads) = (u("embedding_length")?, u("attention.head_count")?);
+    if heads == 0 || !dim.is_multiple_of(heads) || dim / heads > MAX_HEAD_DIM {
+        bail!("{}: attention shape not supported: dim {dim}, {heads} heads", f.path.display());
+    }
+    if f.get(&key("attention.causal")).and_then(|v| v.as_bool()) == Some(true) {
+        bail!("{}: a causal BERT is not supported", f.path.display());
+    }
+    let pooling = match f.get(&key("pooling_type")) {
+        None => Pooling::Mean,
+        Some(_) => match f.get_u64(&key("pooling_type"))? {
+            1 => Pooling::Mean,
+            2 => Pooling::Cls,
+            other => bail!("{}: pooling type {other} is not supported (supported: 1 mean, 2 cls)", f.path.display()),
+        },
+    };
+    let vocab = f.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()).map(|t| t.len());
+    Ok(ModelConfig {
+        architecture: ENCODER.to_string(),
+        vocab: vocab.ok_or_else(|| f.error("metadata tokenizer.ggml.tokens is missing"))?,
+        dim,
+        layers: u("block_count")?,
+        heads,
+        kv_heads: heads,
+        head_dim: dim / heads,
+        ffn: u("feed_forward_length")?,
+        context_length: u("context_length")?,
+        norm_eps: f.get_f32(&key("attention.layer_norm_epsilon"))?,
+        rope_base: 0.0,
+        rope_dims: 0,
+        rope_style: RopeStyle::Normal,
+        rope_freq_scale: 1.0,
+        qkv_bias: true,
+        qk_norm: false,
+        fused: false,
+        embed_scale: None,
+        query_scale: None,
+        post_norms: false,
+        activation: Activation::Gelu,
+        sliding_window: None,
+        attn_softcap: None,
+        final_softcap: None,
+        pooling: Some(pooling),
+    })
 }
 
 /// Which layers attend in the window: as the file lists them
@@ -300,10 +358,72 @@ impl Loader<'_> {
     }
 }
 
+impl Loader<'_> {
+    fn norm(&self, name: &str, len: usize) -> Result<Norm> {
+        Ok(Norm { weight: self.vector(&format!("{name}.weight"), len)?, bias: self.vector(&format!("{name}.bias"), len)? })
+    }
+
+    /// Rows of a float table (positions, token types) as floats.
+    fn table(&self, name: &str, rows: usize, cols: usize) -> Result<Vec<f32>> {
+        let m = self.matrix(name, rows, cols)?;
+        let mut out = vec![0f32; rows * cols];
+        out.chunks_exact_mut(cols).enumerate().for_each(|(r, row)| m.w.row_f32(r, cols, row));
+        Ok(out)
+    }
+
+    fn encoder(&self, c: &ModelConfig, pooling: Pooling) -> Result<Encoder> {
+        let dim = c.dim;
+        let layers = (0..c.layers)
+            .map(|i| {
+                let n = |s: &str| format!("blk.{i}.{s}");
+                let mut qkv_bias = self.vector(&n("attn_q.bias"), dim)?;
+                qkv_bias.extend(self.vector(&n("attn_k.bias"), dim)?);
+                qkv_bias.extend(self.vector(&n("attn_v.bias"), dim)?);
+                Ok(EncoderLayer {
+                    wqkv: self.stacked(&[(n("attn_q.weight"), dim), (n("attn_k.weight"), dim), (n("attn_v.weight"), dim)], dim)?,
+                    qkv_bias,
+                    wo: self.matrix(&n("attn_output.weight"), dim, dim)?,
+                    wo_bias: self.vector(&n("attn_output.bias"), dim)?,
+                    attn_norm: self.norm(&n("attn_output_norm"), dim)?,
+                    w_up: self.matrix(&n("ffn_up.weight"), c.ffn, dim)?,
+                    up_bias: self.vector(&n("ffn_up.bias"), c.ffn)?,
+                    w_down: self.matrix(&n("ffn_down.weight"), dim, c.ffn)?,
+                    down_bias: self.vector(&n("ffn_down.bias"), dim)?,
+                    out_norm: self.norm(&n("layer_output_norm"), dim)?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        let types = self.f.tensor("token_types.weight").map_or(1, |t| t.dims.get(1).copied().unwrap_or(1) as usize);
+        Ok(Encoder {
+            position_embd: self.table("position_embd.weight", c.context_length, dim)?,
+            token_type: self.table("token_types.weight", types, dim)?[..dim].to_vec(),
+            embd_norm: self.norm("token_embd_norm", dim)?,
+            layers,
+            pooling,
+        })
+    }
+}
+
 impl Model {
     pub fn load(f: &GgufFile, isa: Isa, arithmetic: Arithmetic, threads: usize) -> Result<Model> {
         let mut c = ModelConfig::from_gguf(f)?;
         let l = Loader { f, arithmetic };
+        if let Some(pooling) = c.pooling {
+            return Ok(Model {
+                token_embd: l.matrix("token_embd.weight", c.vocab, c.dim)?,
+                encoder: Some(l.encoder(&c, pooling)?),
+                output_norm: Vec::new(),
+                output: None,
+                layers: Vec::new(),
+                rope: Rope::new(2, 10000.0, RopeStyle::Normal),
+                rope_local: None,
+                isa,
+                arithmetic,
+                pool: ComputePool::new(threads),
+                parameters: f.tensors.iter().map(TensorInfo::elements).sum(),
+                config: c,
+            });
+        }
         let (dim, q_dim, kv_dim) = (c.dim, c.q_dim(), c.kv_dim());
         let mut layers = Vec::with_capacity(c.layers);
         for i in 0..c.layers {
@@ -360,6 +480,7 @@ impl Model {
             output_norm: l.vector("output_norm.weight", dim)?,
             output,
             layers,
+            encoder: None,
             rope,
             rope_local,
             isa,

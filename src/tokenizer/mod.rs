@@ -48,6 +48,8 @@ pub struct Tokenizer {
     pub eos: Option<u32>,
     pub eot: Option<u32>,
     pub add_bos: bool,
+    /// Ends every input where special tokens are added (BERT's [SEP]).
+    pub sep_last: Option<u32>,
     /// EOS and EOT: the tokens that end generation.
     end: Vec<u32>,
 }
@@ -105,10 +107,16 @@ impl Tokenizer {
             control,
             specials,
             user_defined,
-            bos: id("tokenizer.ggml.bos_token_id")?,
+            bos: match id("tokenizer.ggml.bos_token_id")? {
+                None if kind == "bert" => id("tokenizer.ggml.cls_token_id")?,
+                bos => bos,
+            },
             eos,
             eot,
             add_bos: f.get("tokenizer.ggml.add_bos_token").and_then(|v| v.as_bool()).unwrap_or(built.add_bos),
+            // llama.cpp ends a WordPiece input with its separator whatever
+            // the metadata says.
+            sep_last: if kind == "bert" { id("tokenizer.ggml.seperator_token_id")? } else { None },
         })
     }
 
@@ -142,13 +150,15 @@ impl Tokenizer {
         Ok(())
     }
 
-    /// Prepends BOS where the model's metadata asks for it.
-    pub fn with_bos(&self, mut tokens: Vec<u32>) -> Vec<u32> {
+    /// Prepends BOS where the model's metadata asks for it, and appends the
+    /// separator where the tokenizer ends inputs with one.
+    pub fn with_specials(&self, mut tokens: Vec<u32>) -> Vec<u32> {
         if let (true, Some(bos)) = (self.add_bos, self.bos) {
             if tokens.first() != Some(&bos) {
                 tokens.insert(0, bos);
             }
         }
+        tokens.extend(self.sep_last);
         tokens
     }
 

@@ -198,7 +198,7 @@ pub fn tokenize_segments(tok: &Tokenizer, segments: &[Segment]) -> Result<Vec<u3
             Segment::Content(t) => out.extend(tok.encode(t, false)?),
         }
     }
-    Ok(tok.with_bos(out))
+    Ok(tok.with_specials(out))
 }
 
 #[cfg(test)]

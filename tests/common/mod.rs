@@ -5,7 +5,6 @@
 
 pub mod blocks;
 pub mod faithful;
-pub mod gguf_write;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,9 +1,9 @@
-//! GGUF writer: the inverse of the reader, used to build tiny synthetic models
-//! and damaged files for tests, and to check the reader round-trips.
+//! GGUF writer: the inverse of the reader. It writes the models converted at
+//! pull time, and the tests' synthetic and damaged files.
 
 use std::io::{self, Write};
 
-use caravan::gguf::{TensorType, Value};
+use super::{TensorType, Value};
 
 /// GGUF's alignment where `general.alignment` is not set.
 const ALIGNMENT: usize = 32;

@@ -1,0 +1,163 @@
+//! BERT's encoder, for embedding models: learned positions and a token type,
+//! bidirectional attention within each input, LayerNorm after each
+//! residual, GELU, then the input's states pooled (mean or CLS) and scaled
+//! to unit length. Many whole inputs go through in one pass as a ragged
+//! batch, every matmul over all their tokens at once; nothing is cached.
+
+use crate::kernels::gelu::gelu_in_place;
+use crate::kernels::matmul::{Matrix, RowBatch};
+use crate::kernels::ops::{add_assign, layer_norm};
+use crate::kernels::pool::SharedOut;
+
+use super::llama::{Rows, Stacked};
+use super::Model;
+
+/// How an input's token states become one vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    Mean,
+    /// The first token's ([CLS]).
+    Cls,
+}
+
+/// LayerNorm's weight and bias.
+pub struct Norm {
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
+}
+
+pub struct EncoderLayer {
+    /// Q, K and V projections: rows [q | k | v], and their biases.
+    pub wqkv: Stacked,
+    pub qkv_bias: Vec<f32>,
+    pub wo: Matrix,
+    pub wo_bias: Vec<f32>,
+    pub attn_norm: Norm,
+    pub w_up: Matrix,
+    pub up_bias: Vec<f32>,
+    pub w_down: Matrix,
+    pub down_bias: Vec<f32>,
+    pub out_norm: Norm,
+}
+
+pub struct Encoder {
+    /// One row of `dim` per position.
+    pub position_embd: Vec<f32>,
+    /// Token type 0's row ("sentence A"), which every token gets.
+    pub token_type: Vec<f32>,
+    pub embd_norm: Norm,
+    pub layers: Vec<EncoderLayer>,
+    pub pooling: Pooling,
+}
+
+impl Model {
+    /// The unit-length embedding of each input, all in one pass. Every
+    /// input must be 1 to `context_length` tokens.
+    pub fn encode(&self, encoder: &Encoder, inputs: &[&[u32]]) -> Vec<Vec<f32>> {
+        let c = &self.config;
+        let dim = c.dim;
+        let t: usize = inputs.iter().map(|i| i.len()).sum();
+        let batches = vec![RowBatch::ALONE; t];
+        let mut x = vec![0f32; t * dim];
+        let positions = inputs.iter().flat_map(|i| 0..i.len());
+        for ((row, &tok), pos) in x.chunks_exact_mut(dim).zip(inputs.iter().flat_map(|i| i.iter())).zip(positions) {
+            // llama.cpp's order: the token's row plus type 0's, then the position's.
+            self.token_embd.w.row_f32(tok as usize, dim, row);
+            add_assign(row, &encoder.token_type);
+            add_assign(row, &encoder.position_embd[pos * dim..(pos + 1) * dim]);
+        }
+        self.layer_norm_rows(&mut x, &encoder.embd_norm);
+        let (mut quant, mut part) = (Default::default(), Vec::new());
+        let (mut qkv, mut attn, mut out, mut up) = (Vec::new(), vec![0f32; t * dim], Vec::new(), Vec::new());
+        for layer in &encoder.layers {
+            self.linear_stacked(&layer.wqkv, Rows { x: &x, batches: &batches }, &mut quant, &mut part, &mut qkv);
+            self.add_bias_rows(&mut qkv, &layer.qkv_bias);
+            self.attend_within_inputs(inputs, &qkv, &mut attn);
+            self.linear(&layer.wo, Rows { x: &attn, batches: &batches }, &mut quant, &mut out);
+            self.add_bias_rows(&mut out, &layer.wo_bias);
+            add_assign(&mut x, &out);
+            self.layer_norm_rows(&mut x, &layer.attn_norm);
+            self.linear(&layer.w_up, Rows { x: &x, batches: &batches }, &mut quant, &mut up);
+            self.add_bias_rows(&mut up, &layer.up_bias);
+            let (shared, width) = (SharedOut::new(&mut up), c.ffn);
+            self.pool.run_rows(t, &|range| {
+                // SAFETY: each task writes its own rows.
+                gelu_in_place(unsafe { shared.rows(range, width) });
+            });
+            self.linear(&layer.w_down, Rows { x: &up, batches: &batches }, &mut quant, &mut out);
+            self.add_bias_rows(&mut out, &layer.down_bias);
+            add_assign(&mut x, &out);
+            self.layer_norm_rows(&mut x, &layer.out_norm);
+        }
+        let mut start = 0;
+        inputs
+            .iter()
+            .map(|input| {
+                let states = &x[start * dim..(start + input.len()) * dim];
+                start += input.len();
+                let pooled: Vec<f64> = match encoder.pooling {
+                    Pooling::Cls => states[..dim].iter().map(|&v| v as f64).collect(),
+                    Pooling::Mean => {
+                        (0..dim).map(|d| states.chunks_exact(dim).map(|r| r[d] as f64).sum::<f64>() / input.len() as f64).collect()
+                    }
+                };
+                let norm = pooled.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-12);
+                pooled.iter().map(|v| (v / norm) as f32).collect()
+            })
+            .collect()
+    }
+
+    fn layer_norm_rows(&self, x: &mut [f32], norm: &Norm) {
+        let d = norm.weight.len();
+        let shared = SharedOut::new(x);
+        self.pool.run_rows(x.len() / d, &|range| {
+            // SAFETY: each task normalizes its own rows.
+            for row in unsafe { shared.rows(range, d) }.chunks_exact_mut(d) {
+                layer_norm(row, &norm.weight, &norm.bias, self.config.norm_eps);
+            }
+        });
+    }
+
+    fn add_bias_rows(&self, x: &mut [f32], bias: &[f32]) {
+        x.chunks_exact_mut(bias.len()).for_each(|row| add_assign(row, bias));
+    }
+
+    /// Scaled dot-product attention of every token over all the tokens of
+    /// its own input (none masked within it), a task per input and head;
+    /// `qkv` rows are [q | k | v], `out` rows each head's values side by side.
+    fn attend_within_inputs(&self, inputs: &[&[u32]], qkv: &[f32], out: &mut [f32]) {
+        let c = &self.config;
+        let (dim, hd, heads) = (c.dim, c.head_dim, c.heads);
+        let scale = 1.0 / (hd as f32).sqrt();
+        let starts: Vec<usize> = inputs.iter().scan(0, |at, i| Some(std::mem::replace(at, *at + i.len()))).collect();
+        let shared = SharedOut::new(out);
+        self.pool.run(inputs.len() * heads, &|task| {
+            let (input, h) = (task / heads, task % heads);
+            let (start, len) = (starts[input], inputs[input].len());
+            // SAFETY: each task writes its own input's rows, its own head's columns.
+            let out = unsafe { shared.slice() };
+            let at = |row: usize, part: usize| &qkv[(start + row) * 3 * dim + part * dim + h * hd..][..hd];
+            let mut scores = vec![0f32; len];
+            for a in 0..len {
+                let q = at(a, 0);
+                for (b, s) in scores.iter_mut().enumerate() {
+                    *s = q.iter().zip(at(b, 1)).map(|(x, y)| x * y).sum::<f32>() * scale;
+                }
+                let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+                let mut sum = 0f64;
+                for s in scores.iter_mut() {
+                    *s = (*s - max).exp();
+                    sum += *s as f64;
+                }
+                let inv = (1.0 / sum) as f32;
+                let o = &mut out[(start + a) * dim + h * hd..][..hd];
+                o.fill(0.0);
+                for (b, &p) in scores.iter().enumerate() {
+                    for (o, &v) in o.iter_mut().zip(at(b, 2)) {
+                        *o += p * inv * v;
+                    }
+                }
+            }
+        });
+    }
+}
