@@ -112,7 +112,7 @@ const CATALOG: &[CatalogEntry] = &[
             ],
             license: "Apache-2.0",
         }),
-        sha256: "b6d8866162e1499fccdceeea29aaa8866a38e3520c3686ea686b34c6b7e13ee3",
+        sha256: "739f26837a34d84a04547b1a29a9bb1ac54050fad08b8ab30665dd38d29ed109",
     },
 ];
 

@@ -176,9 +176,11 @@ pub fn bert_to_gguf(dir: &Path, name: &str, license: &str, dest: &Path) -> Resul
             bail!("{}: tensor {hf_name} is {:?}, expected F32", path.display(), view.dtype());
         }
         let floats = view.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("four bytes")));
-        // Matrices in F16, vectors (norms, biases) in F32, as llama.cpp's
-        // converter chooses for an F16 file.
-        let (ttype, bytes) = if view.shape().len() >= 2 {
+        // Matrices in F16; vectors (norms, biases) and the position and
+        // token type tables in F32, as llama.cpp's converter chooses for an
+        // F16 file (its graph adds the token type row as F32).
+        let table = name == "position_embd.weight" || name == "token_types.weight";
+        let (ttype, bytes) = if view.shape().len() >= 2 && !table {
             (TensorType::F16, floats.flat_map(|v| f16::from_f32(v).to_le_bytes()).collect())
         } else {
             (TensorType::F32, view.data().to_vec())
