@@ -202,7 +202,7 @@ fn panel_rows(isa: Isa, w: &Matrix, x: &[f32], q: &QuantizedActs, p: usize, tile
 #[allow(clippy::too_many_arguments)]
 fn tile_dot(isa: Isa, w: &Matrix, x: &[f32], q: &QuantizedActs, p: usize, i: usize, acts: usize, tile: &mut Tile) {
     #[cfg(target_arch = "x86_64")]
-    if isa != Isa::PORTABLE && super::x86::tile_dot(isa, &w.w, q, p, i, acts, tile) {
+    if isa != Isa::PORTABLE && super::x86::tile_dot(isa, &w.w, x, q, p, i, acts, tile) {
         return;
     }
     let _ = isa;
@@ -230,10 +230,12 @@ pub fn portable_dot(w: &Matrix, x: &[f32], q: &QuantizedActs, r: usize, a: usize
     };
     let mut acc = 0f32;
     match &w.w {
+        // One fused multiply-add per input, in input order: each SIMD lane
+        // of the float kernels is one row's such chain.
         Packed::Float(wf) => {
-            let (wrow, xrow) = (&wf[r * k..(r + 1) * k], &x[a * k..(a + 1) * k]);
-            for (wc, xc) in wrow.chunks_exact(32).zip(xrow.chunks_exact(32)) {
-                acc += wc.iter().zip(xc).map(|(a, b)| a * b).sum::<f32>();
+            let first = panel * k * PANEL + lane;
+            for (i, &xv) in x[a * k..(a + 1) * k].iter().enumerate() {
+                acc = wf[first + i * PANEL].mul_add(xv, acc);
             }
         }
         Packed::Nibble { qs, scale, min, order } => {

@@ -88,7 +88,9 @@ pub enum Packed {
     /// 8-bit scale per 16 weights (indexed as `Int6`'s) and f16 `d` per
     /// super-block (as `SuperNibble`'s). From Q6_K in ggml's order.
     SuperInt6 { qs: Vec<u8>, scale: Vec<i8>, d: Vec<f16> },
-    /// Plain floats, row-major. From F32, F16 and BF16.
+    /// Plain floats in panels: weight (row r, input k) at `(r / PANEL *
+    /// cols + k) * PANEL + r % PANEL`, so that one vector holds a panel's
+    /// 16 rows at one input. From F32, F16 and BF16.
     Float(Vec<f32>),
 }
 
@@ -240,6 +242,16 @@ fn repack_super_blocks(ttype: TensorType, data: &[u8], rows: usize, cols: usize)
     }
 }
 
+/// The values of a float tensor (F32, F16 or BF16), in order.
+pub fn floats(ttype: TensorType, data: &[u8]) -> Option<Vec<f32>> {
+    Some(match ttype {
+        TensorType::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
+        TensorType::F16 => data.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        TensorType::BF16 => data.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        _ => return None,
+    })
+}
+
 /// Repacks ggml blocks (whole rows of `cols` elements, `rows` of them), for
 /// the kernels of `order`.
 pub fn repack(ttype: TensorType, data: &[u8], rows: usize, cols: usize, order: Arithmetic) -> Packed {
@@ -253,9 +265,15 @@ pub fn repack(ttype: TensorType, data: &[u8], rows: usize, cols: usize, order: A
     let row_bytes = data.len() / rows.max(1);
     let rows_of = || (0..rows).map(|r| (r / PANEL * nb, r % PANEL, decode_row(ttype, &data[r * row_bytes..(r + 1) * row_bytes], cols)));
     match ttype {
-        TensorType::F32 => Packed::Float(data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()),
-        TensorType::F16 => Packed::Float(data.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()),
-        TensorType::BF16 => Packed::Float(data.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect()),
+        TensorType::F32 | TensorType::F16 | TensorType::BF16 => {
+            let mut w = vec![0f32; panels * cols * PANEL];
+            for (r, row) in floats(ttype, data).expect("a float type").chunks_exact(cols).enumerate() {
+                for (k, &v) in row.iter().enumerate() {
+                    w[(r / PANEL * cols + k) * PANEL + r % PANEL] = v;
+                }
+            }
+            Packed::Float(w)
+        }
         TensorType::Q4_0 | TensorType::Q4_1 | TensorType::Q4K => {
             let (mut qs, mut scale, mut min) = (vec![0u8; slots * 16], vec![f16::ZERO; slots], vec![f16::ZERO; slots]);
             for (first_block, lane, row) in rows_of() {
@@ -306,7 +324,10 @@ impl Packed {
         let (nb, lane) = (cols / 32, r % PANEL);
         let block = |b: usize| r / PANEL * nb + b;
         match self {
-            Packed::Float(w) => out.copy_from_slice(&w[r * cols..(r + 1) * cols]),
+            Packed::Float(w) => {
+                let first = r / PANEL * cols * PANEL + lane;
+                out.iter_mut().enumerate().for_each(|(k, o)| *o = w[first + k * PANEL]);
+            }
             Packed::Nibble { qs, scale, min, order } => {
                 for (i, o) in out.iter_mut().enumerate() {
                     let blk = block(i / 32);

@@ -1194,6 +1194,62 @@ unsafe fn panel_avx2<const AR: usize>(w: &Packed, q: &QuantizedActs, p: usize, i
     panel::<Avx2, AR>(w, q, p, i, tile)
 }
 
+/// Where a float kernel reads: panel `p` of `w` (rows of `cols`) and
+/// activation rows from `i` of `x`.
+#[derive(Clone, Copy)]
+struct FloatAt<'a> {
+    w: &'a [f32],
+    x: &'a [f32],
+    cols: usize,
+    p: usize,
+    i: usize,
+}
+
+/// Float weights against AR activation rows, a 512-bit register of the
+/// panel's 16 rows per activation row: per lane, one fused multiply-add per
+/// input in input order, as `matmul::portable_dot` does.
+///
+/// # Safety
+/// The CPU has AVX-512 F; `w` holds panel `p` whole and `x` rows `i..i + AR`.
+#[target_feature(enable = "avx2,fma,avx512f")]
+unsafe fn float_panel_avx512<const AR: usize>(at: FloatAt, tile: &mut Tile) {
+    let (cols, wp) = (at.cols, at.w.as_ptr().add(at.p * at.cols * PANEL));
+    let xp = at.x.as_ptr().add(at.i * cols);
+    let mut acc = [_mm512_setzero_ps(); AR];
+    for k in 0..cols {
+        let w = _mm512_loadu_ps(wp.add(k * PANEL));
+        for (a, acc) in acc.iter_mut().enumerate() {
+            *acc = _mm512_fmadd_ps(w, _mm512_set1_ps(*xp.add(a * cols + k)), *acc);
+        }
+    }
+    for (row, acc) in tile.iter_mut().zip(acc) {
+        _mm512_storeu_ps(row.as_mut_ptr(), acc);
+    }
+}
+
+/// `float_panel_avx512` with two 256-bit registers per activation row.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; `w` holds panel `p` whole and `x` rows `i..i + AR`.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn float_panel_avx2<const AR: usize>(at: FloatAt, tile: &mut [[f32; PANEL]]) {
+    let (cols, wp) = (at.cols, at.w.as_ptr().add(at.p * at.cols * PANEL));
+    let xp = at.x.as_ptr().add(at.i * cols);
+    let mut acc = [[_mm256_setzero_ps(); 2]; AR];
+    for k in 0..cols {
+        let (lo, hi) = (_mm256_loadu_ps(wp.add(k * PANEL)), _mm256_loadu_ps(wp.add(k * PANEL + 8)));
+        for (a, acc) in acc.iter_mut().enumerate() {
+            let x = _mm256_broadcast_ss(&*xp.add(a * cols + k));
+            acc[0] = _mm256_fmadd_ps(lo, x, acc[0]);
+            acc[1] = _mm256_fmadd_ps(hi, x, acc[1]);
+        }
+    }
+    for (row, acc) in tile.iter_mut().zip(acc) {
+        _mm256_storeu_ps(row.as_mut_ptr(), acc[0]);
+        _mm256_storeu_ps(row.as_mut_ptr().add(8), acc[1]);
+    }
+}
+
 macro_rules! by_acts {
     ($acts:expr, $f:ident ( $($arg:expr),* )) => {
         match $acts {
@@ -1212,10 +1268,32 @@ macro_rules! by_acts {
 /// Fills `tile` for panel `p` and activation rows `i..i + acts` (at most
 /// TILE_ACTS) with SIMD if this weight format has a kernel; returns false
 /// (leaving the tile to the portable path) otherwise.
-pub(super) fn tile_dot(isa: Isa, w: &Packed, q: &QuantizedActs, p: usize, i: usize, acts: usize, tile: &mut Tile) -> bool {
+#[allow(clippy::too_many_arguments)]
+pub(super) fn tile_dot(isa: Isa, w: &Packed, x: &[f32], q: &QuantizedActs, p: usize, i: usize, acts: usize, tile: &mut Tile) -> bool {
     // SAFETY: callers pass only an Isa that Isa::available() detected on
     // this CPU; packed arrays hold whole panels, activations `acts` rows.
     unsafe {
+        if let Packed::Float(w) = w {
+            let at = FloatAt { w, x, cols: q.cols, p, i };
+            match isa.kind() {
+                IsaKind::Avx512Vnni => by_acts!(acts, float_panel_avx512(at, tile)),
+                IsaKind::Avx2 => {
+                    // Four rows at a time: two registers each, eight chains
+                    // in flight, and room left for the weights.
+                    for (first, rows) in tile[..acts].chunks_mut(4).enumerate() {
+                        let at = FloatAt { i: i + 4 * first, ..at };
+                        match rows.len() {
+                            1 => float_panel_avx2::<1>(at, rows),
+                            2 => float_panel_avx2::<2>(at, rows),
+                            3 => float_panel_avx2::<3>(at, rows),
+                            _ => float_panel_avx2::<4>(at, rows),
+                        }
+                    }
+                }
+                IsaKind::Portable => return false,
+            }
+            return true;
+        }
         match isa.kind() {
             IsaKind::Avx512Vnni => by_acts!(acts, panel_vnni(w, q, p, i, tile)),
             IsaKind::Avx2 => by_acts!(acts, panel_avx2(w, q, p, i, tile)),

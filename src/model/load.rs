@@ -7,7 +7,7 @@ use crate::gguf::{GgufFile, TensorInfo};
 use crate::kernels::matmul::Matrix;
 use crate::kernels::ops::{Rope, RopeStyle};
 use crate::kernels::pool::ComputePool;
-use crate::kernels::quant::{repack, Packed, PANEL};
+use crate::kernels::quant::{floats, repack, Packed, PANEL};
 use crate::kernels::{Arithmetic, Isa};
 
 use super::attention::{MAX_GROUP, MAX_HEAD_DIM};
@@ -328,10 +328,8 @@ impl Loader<'_> {
 
     fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>> {
         let t = self.info(name, &[len])?;
-        match repack(t.ttype, self.f.tensor_data(t), 1, len, self.arithmetic) {
-            Packed::Float(v) => Ok(v),
-            _ => bail!("{}: tensor {name} is {}, expected a float type", self.f.path.display(), t.ttype.name()),
-        }
+        floats(t.ttype, self.f.tensor_data(t))
+            .ok_or_else(|| anyhow!("{}: tensor {name} is {}, expected a float type", self.f.path.display(), t.ttype.name()))
     }
 
     fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Matrix> {
