@@ -129,6 +129,23 @@ fn structured_output_and_tool_calls_through_the_official_clients() {
     run_python("test_structured.py", &[("CARAVAN_URL", &url)], &log, server);
 }
 
+/// An embedding model beside a chat model through the official clients
+/// (tests/python/test_embeddings.py): llama.cpp's vectors, concurrent
+/// inputs, truncation, and the refusal to generate.
+#[test]
+fn an_embedding_model_through_the_official_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("models");
+    for name in ["smollm2:135m", "all-minilm"] {
+        let path = Store::from_env().resolve(name).unwrap_or_else(|e| panic!("{name} installs: {e:#}"));
+        Store::new(store.clone()).pull(path.to_str().unwrap(), Some(name)).unwrap();
+    }
+    let log = dir.path().join("server.log");
+    let server = Server::start(&store, &log, &["--max-loaded-models", "2"]);
+    let url = server.url.clone();
+    run_python("test_embeddings.py", &[("CARAVAN_URL", &url)], &log, server);
+}
+
 /// Log-probabilities on every API through the official clients
 /// (tests/python/test_logprobs.py), in ggml's order of arithmetic, so that
 /// they equal llama.cpp's own on the same file.

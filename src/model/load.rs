@@ -195,7 +195,7 @@ impl ModelConfig {
 }
 
 /// The embedding models' architecture: BERT's encoder.
-const ENCODER: &str = "bert";
+pub const ENCODER: &str = "bert";
 
 /// A BERT file's configuration: heads all of one width, no RoPE, LayerNorm,
 /// GELU, bidirectional attention, and its pooling.

@@ -9,3 +9,4 @@ mod load;
 
 pub use batch::{SeqChunk, TokenSlot};
 pub use llama::{Model, ModelConfig, Scratch};
+pub use load::ENCODER;

@@ -418,9 +418,9 @@ pub struct ModelInfo {
     pub chat_template: String,
     /// The architecture's hyper-parameters by GGUF key, those present.
     pub hyper_parameters: Vec<(String, u64)>,
-    /// What the model can be asked for, as Ollama names it: `completion`
-    /// always, `chat` with a chat template in the file, `tools` when that
-    /// template takes tools.
+    /// What the model can be asked for, as Ollama names it: `embedding`
+    /// alone for an embedding model; else `completion`, `chat` with a chat
+    /// template in the file, `tools` when that template takes tools.
     pub capabilities: Vec<&'static str>,
 }
 
@@ -463,6 +463,9 @@ fn describe(path: &Path, name: &str, source: &str, sha256: &str) -> Result<Manif
 }
 
 fn capabilities(f: &GgufFile) -> Vec<&'static str> {
+    if f.get("general.architecture").and_then(|v| v.as_str()) == Some(crate::model::ENCODER) {
+        return vec!["embedding"];
+    }
     let mut out = vec!["completion"];
     if let Some(template) = f.get("tokenizer.chat_template").and_then(|v| v.as_str()) {
         out.push("chat");
