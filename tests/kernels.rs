@@ -21,7 +21,7 @@ fn float(rng: &mut Rng) -> f32 {
 /// Both orders of the float arithmetic (and the 4-bit layouts that go with them).
 const ORDERS: [Arithmetic; 2] = [Arithmetic::Ggml, Arithmetic::Fast];
 
-const TYPES: [TensorType; 10] = [
+const TYPES: [TensorType; 15] = [
     TensorType::F32,
     TensorType::F16,
     TensorType::BF16,
@@ -30,8 +30,13 @@ const TYPES: [TensorType; 10] = [
     TensorType::Q5_0,
     TensorType::Q5_1,
     TensorType::Q8_0,
+    TensorType::Q2K,
+    TensorType::Q3K,
     TensorType::Q4K,
+    TensorType::Q5K,
     TensorType::Q6K,
+    TensorType::IQ4NL,
+    TensorType::IQ4XS,
 ];
 
 #[test]
@@ -196,10 +201,97 @@ fn ggml_dequantize(t: TensorType, row: &[u8]) -> Vec<f32> {
                 }
                 y.extend(out);
             }
+            // dequantize_row_q2_K
+            TensorType::Q2K => {
+                let (d, min) = (f16(b, 80), f16(b, 82));
+                let mut is = 0;
+                for n in 0..2 {
+                    let q = &b[16 + 32 * n..];
+                    for shift in [0, 2, 4, 6] {
+                        for part in 0..2 {
+                            let sc = b[is];
+                            is += 1;
+                            let (dl, ml) = (d * (sc & 0xF) as f32, min * (sc >> 4) as f32);
+                            y.extend((0..16).map(|l| dl * ((q[l + 16 * part] >> shift) & 3) as i8 as f32 - ml));
+                        }
+                    }
+                }
+            }
+            // dequantize_row_q3_K
+            TensorType::Q3K => {
+                let d_all = f16(b, 108);
+                let (kmask1, kmask2) = (0x03030303u32, 0x0f0f0f0fu32);
+                let mut aux = [0u32; 4];
+                for (i, a) in aux.iter_mut().enumerate().take(3) {
+                    *a = u32::from_le_bytes(b[96 + 4 * i..100 + 4 * i].try_into().unwrap());
+                }
+                let tmp = aux[2];
+                aux[2] = ((aux[0] >> 4) & kmask2) | (((tmp >> 4) & kmask1) << 4);
+                aux[3] = ((aux[1] >> 4) & kmask2) | (((tmp >> 6) & kmask1) << 4);
+                aux[0] = (aux[0] & kmask2) | ((tmp & kmask1) << 4);
+                aux[1] = (aux[1] & kmask2) | (((tmp >> 2) & kmask1) << 4);
+                let scales: Vec<i8> = aux.iter().flat_map(|a| a.to_le_bytes()).map(|v| v as i8).collect();
+                let (hm, mut m, mut is) = (&b[0..32], 1u8, 0);
+                for n in 0..2 {
+                    let q = &b[32 + 32 * n..];
+                    for shift in [0, 2, 4, 6] {
+                        for part in 0..2 {
+                            let dl = d_all * (scales[is] as i32 - 32) as f32;
+                            is += 1;
+                            y.extend((0..16).map(|l| {
+                                let i = l + 16 * part;
+                                dl * (((q[i] >> shift) & 3) as i8 - if hm[i] & m != 0 { 0 } else { 4 }) as f32
+                            }));
+                        }
+                        m <<= 1;
+                    }
+                }
+            }
+            // dequantize_row_q5_K
+            TensorType::Q5K => {
+                let (d, min, s, qh) = (f16(b, 0), f16(b, 2), &b[4..16], &b[16..48]);
+                let sm = |j: usize| -> (f32, f32) {
+                    let (sc, m) = if j < 4 {
+                        (s[j] & 63, s[j + 4] & 63)
+                    } else {
+                        ((s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4), (s[j + 4] >> 4) | ((s[j] >> 6) << 4))
+                    };
+                    (d * sc as f32, min * m as f32)
+                };
+                let (mut u1, mut u2) = (1u8, 2u8);
+                for j in 0..4 {
+                    let ql = &b[48 + 32 * j..80 + 32 * j];
+                    let ((d1, m1), (d2, m2)) = (sm(2 * j), sm(2 * j + 1));
+                    y.extend((0..32).map(|l| d1 * ((ql[l] & 0xF) + if qh[l] & u1 != 0 { 16 } else { 0 }) as f32 - m1));
+                    y.extend((0..32).map(|l| d2 * ((ql[l] >> 4) + if qh[l] & u2 != 0 { 16 } else { 0 }) as f32 - m2));
+                    u1 <<= 2;
+                    u2 <<= 2;
+                }
+            }
+            // dequantize_row_iq4_nl
+            TensorType::IQ4NL => {
+                let d = f16(b, 0);
+                y.extend(b[2..18].iter().map(|&q| d * KVALUES_IQ4NL[(q & 0xF) as usize] as f32));
+                y.extend(b[2..18].iter().map(|&q| d * KVALUES_IQ4NL[(q >> 4) as usize] as f32));
+            }
+            // dequantize_row_iq4_xs
+            TensorType::IQ4XS => {
+                let (d, scales_h) = (f16(b, 0), u16::from_le_bytes([b[2], b[3]]));
+                for ib in 0..8 {
+                    let ls = ((b[4 + ib / 2] >> (4 * (ib % 2))) & 0xF) as i32 | ((((scales_h >> (2 * ib)) & 3) as i32) << 4);
+                    let dl = d * (ls - 32) as f32;
+                    let qs = &b[8 + 16 * ib..24 + 16 * ib];
+                    y.extend(qs.iter().map(|&q| dl * KVALUES_IQ4NL[(q & 0xF) as usize] as f32));
+                    y.extend(qs.iter().map(|&q| dl * KVALUES_IQ4NL[(q >> 4) as usize] as f32));
+                }
+            }
         }
     }
     y
 }
+
+/// ggml's `kvalues_iq4nl`.
+const KVALUES_IQ4NL: [i8; 16] = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];
 
 #[test]
 fn repacked_rows_equal_ggml_dequantization() {
@@ -214,10 +306,11 @@ fn repacked_rows_equal_ggml_dequantization() {
             w.row_f32(r, cols, &mut got);
             let want = ggml_dequantize(t, &data[r * row_bytes..(r + 1) * row_bytes]);
             // In the fast order Q4_K's scale and minimum products are
-            // rounded to f16 (relative 2^-11 each); everything else repacks
-            // exactly.
+            // rounded to f16 (relative 2^-11 each), and IQ4_XS's in either
+            // order; everything else repacks exactly.
             let largest = want.iter().fold(0f32, |a, v| a.max(v.abs()));
-            let tol = if t == TensorType::Q4K && order == Arithmetic::Fast { largest * 2e-3 } else { 0.0 };
+            let rounded = (t == TensorType::Q4K && order == Arithmetic::Fast) || t == TensorType::IQ4XS;
+            let tol = if rounded { largest * 2e-3 } else { 0.0 };
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                 assert!((g - w).abs() <= tol, "{t:?} {order} row {r} element {i}: {g} vs {w}");
             }

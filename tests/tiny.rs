@@ -70,7 +70,10 @@ fn config_error(arch: &str, extra: &[(&str, Value)]) -> String {
 #[test]
 fn what_is_not_supported_is_a_load_error_naming_it() {
     let e = config_error("mamba", &[]);
-    assert!(e.contains("architecture \"mamba\" is not supported (supported: llama, mistral, qwen2, qwen3, phi3, gemma2, gemma3, bert)"), "{e}");
+    assert!(
+        e.contains("architecture \"mamba\" is not supported (supported: llama, mistral, qwen2, qwen3, phi3, gemma2, gemma3, bert)"),
+        "{e}"
+    );
     let e = config_error("llama", &[("rope.scaling.type", Value::String("yarn".into()))]);
     assert!(e.contains("RoPE scaling \"yarn\" is not supported (supported: none, linear)"), "{e}");
 }

@@ -375,14 +375,18 @@ pub fn portable_dot(w: &Matrix, x: &[f32], q: &QuantizedActs, r: usize, a: usize
                 acc = ggml_tree8(&lanes);
             }
         }
-        Packed::Int6 { qs, scale } => {
+        Packed::Int6 { qs, scale, min } => {
             for b in 0..nb {
                 let blk = panel * nb + b;
                 let code = |e: usize| qs[blk * BYTE_BLOCK + byte_offset(lane, e)] as i32;
                 for h in 0..2 {
+                    let s = (blk * 2 + h) * PANEL + lane;
                     let sum = isum(b, 16 * h..16 * h + 16, &code) - 32 * xisum[2 * b + h];
-                    let ws = scale[(blk * 2 + h) * PANEL + lane] * xs[b];
-                    acc = (sum as f32).mul_add(ws, acc);
+                    acc = (sum as f32).mul_add(scale[s] * xs[b], acc);
+                    // A minimum times the half's activations: their integer sum.
+                    if let Some(min) = min {
+                        acc = (xisum[2 * b + h] as f32).mul_add(min[s] * xs[b], acc);
+                    }
                 }
             }
         }

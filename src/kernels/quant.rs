@@ -75,8 +75,13 @@ pub enum Packed {
     /// 0..=31 and a minimum per block: its dot product is Q4_1's with a
     /// fifth bit).
     Int8 { qs: Vec<u8>, scale: Vec<f16>, min: Option<Vec<f16>>, order: Arithmetic },
-    /// 6-bit codes q in 0..=63, w = scale * (q - 32), a scale per 16 weights. From Q6_K.
-    Int6 { qs: Vec<u8>, scale: Vec<f32> },
+    /// 6-bit codes q in 0..=63, w = scale * (q - 32) (+ min), a scale (and
+    /// a minimum where there are minimums) per 16 weights. From Q6_K and
+    /// Q3_K (codes q - 32 in -4..=3), Q2_K (0..=3, a minimum per 16) and
+    /// Q5_K (0..=31, a scale and minimum per 32, each kept for both
+    /// halves): every weight ggml's dequantization exactly, each scale and
+    /// minimum being an f16 times a small integer.
+    Int6 { qs: Vec<u8>, scale: Vec<f32>, min: Option<Vec<f32>> },
     /// 4-bit codes in super-blocks of 256, w = d * scale * q - dmin * min,
     /// with Q4_K's own integers: a 6-bit scale and minimum per 32 weights
     /// (`scale`, `min`, indexed as other per-block scales) and f16 `d`,
@@ -95,7 +100,8 @@ pub enum Packed {
 }
 
 /// One row decoded from ggml blocks: a code per weight and the scales
-/// (per 32 weights; per 16 for Q6_K) and minimums (per 32) that apply.
+/// (per 32 weights; per 16 for the 6-bit format) and minimums (per 32;
+/// per 16 for the 6-bit format) that apply.
 struct RowCodes {
     codes: Vec<u8>,
     scale: Vec<f32>,
@@ -109,6 +115,28 @@ fn q4k_scale_min(j: usize, s: &[u8]) -> (u8, u8) {
     } else {
         ((s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4), (s[j + 4] >> 4) | ((s[j] >> 6) << 4))
     }
+}
+
+/// IQ4_NL's and IQ4_XS's sixteen values, which their 4-bit codes index.
+const IQ4_VALUES: [i8; 16] = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];
+
+/// Q3_K's sixteen 6-bit scales from their 12 bytes, as ggml unpacks them
+/// (before subtracting 32).
+fn q3k_scales(b: &[u8]) -> [u8; 16] {
+    let word = |i: usize| u32::from_le_bytes(b[4 * i..4 * i + 4].try_into().expect("four bytes"));
+    let (a0, a1, tmp) = (word(0), word(1), word(2));
+    let (low, high) = (0x0f0f_0f0fu32, 0x0303_0303u32);
+    let words = [
+        (a0 & low) | ((tmp & high) << 4),
+        (a1 & low) | (((tmp >> 2) & high) << 4),
+        ((a0 >> 4) & low) | (((tmp >> 4) & high) << 4),
+        ((a1 >> 4) & low) | (((tmp >> 6) & high) << 4),
+    ];
+    let mut out = [0u8; 16];
+    for (chunk, w) in out.chunks_exact_mut(4).zip(words) {
+        chunk.copy_from_slice(&w.to_le_bytes());
+    }
+    out
 }
 
 /// Decodes one row's ggml blocks (`ttype` quantized) following ggml's dequantization.
@@ -170,6 +198,64 @@ fn decode_row(ttype: TensorType, data: &[u8], cols: usize) -> RowCodes {
                 }
                 row.codes.extend_from_slice(&y);
                 row.scale.extend(sc.iter().map(|&s| d * (s as i8) as f32));
+            }
+            TensorType::Q2K | TensorType::Q3K => {
+                // In each 128: four shifts of two bits, each over two
+                // groups of 16 bytes, a scale per group of 16 weights.
+                let (qs, d) = if ttype == TensorType::Q2K { (&b[16..80], f16_at(b, 80)) } else { (&b[32..96], f16_at(b, 108)) };
+                for e in 0..256 {
+                    let (n, j, half, l) = (e / 128, e % 128 / 32, e % 32 / 16, e % 16);
+                    let q = (qs[n * 32 + half * 16 + l] >> (2 * j)) & 3;
+                    row.codes.push(if ttype == TensorType::Q2K {
+                        q + 32
+                    } else {
+                        // The high bit set means no 4 taken off.
+                        let high = b[half * 16 + l] & (1 << (4 * n + j)) != 0;
+                        q + if high { 32 } else { 28 }
+                    });
+                }
+                for g in 0..16 {
+                    if ttype == TensorType::Q2K {
+                        row.scale.push(d * (b[g] & 0xF) as f32);
+                        row.min.push(-(f16_at(b, 82) * (b[g] >> 4) as f32));
+                    } else {
+                        row.scale.push(d * (q3k_scales(&b[96..108])[g] as i32 - 32) as f32);
+                    }
+                }
+            }
+            TensorType::Q5K => {
+                let (d, dmin, qh) = (f16_at(b, 0), f16_at(b, 2), &b[16..48]);
+                for (g, group) in b[48..176].chunks_exact(32).enumerate() {
+                    for high in [false, true] {
+                        let bit = 1u8 << (2 * g + high as usize);
+                        let (sc, m) = q4k_scale_min(2 * g + high as usize, &b[4..16]);
+                        row.codes.extend(group.iter().zip(qh).map(|(&q, &h)| {
+                            let low = if high { q >> 4 } else { q & 0xF };
+                            low + if h & bit != 0 { 16 } else { 0 } + 32
+                        }));
+                        for _half in 0..2 {
+                            row.scale.push(d * sc as f32);
+                            row.min.push(-(dmin * m as f32));
+                        }
+                    }
+                }
+            }
+            TensorType::IQ4NL => {
+                let code = |q: u8| (IQ4_VALUES[q as usize] as i16 + 128) as u8;
+                row.codes.extend(b[2..18].iter().map(|&q| code(q & 0xF)));
+                row.codes.extend(b[2..18].iter().map(|&q| code(q >> 4)));
+                row.scale.push(f16_at(b, 0));
+            }
+            TensorType::IQ4XS => {
+                let (d, high) = (f16_at(b, 0), u16::from_le_bytes([b[2], b[3]]));
+                let code = |q: u8| (IQ4_VALUES[q as usize] as i16 + 128) as u8;
+                for (ib, qs) in b[8..136].chunks_exact(16).enumerate() {
+                    let ls = ((b[4 + ib / 2] >> (4 * (ib % 2))) & 0xF) as i32 | ((((high >> (2 * ib)) & 3) as i32) << 4);
+                    row.codes.extend(qs.iter().map(|&q| code(q & 0xF)));
+                    row.codes.extend(qs.iter().map(|&q| code(q >> 4)));
+                    // A product of two scales: rounded to f16 as the panel stores them.
+                    row.scale.push(f16::from_f32(d * (ls - 32) as f32).to_f32());
+                }
             }
             TensorType::F32 | TensorType::F16 | TensorType::BF16 => unreachable!("float rows are not decoded to codes"),
         }
@@ -289,11 +375,10 @@ pub fn repack(ttype: TensorType, data: &[u8], rows: usize, cols: usize, order: A
             }
             Packed::Nibble { qs, scale, min, order }
         }
-        TensorType::Q8_0 | TensorType::Q5_0 | TensorType::Q5_1 | TensorType::Q6K => {
+        TensorType::Q8_0 | TensorType::Q5_0 | TensorType::Q5_1 | TensorType::IQ4NL | TensorType::IQ4XS => {
             // Padding rows: code 0 with scale 0.
             let mut qs = vec![0u8; slots * 32];
-            let per_block = if ttype == TensorType::Q6K { 2 } else { 1 };
-            let mut scales = vec![0f32; slots * per_block];
+            let mut scale = vec![f16::ZERO; slots];
             let mut mins = (ttype == TensorType::Q5_1).then(|| vec![f16::ZERO; slots]);
             for (first_block, lane, row) in rows_of() {
                 for b in 0..nb {
@@ -301,19 +386,33 @@ pub fn repack(ttype: TensorType, data: &[u8], rows: usize, cols: usize, order: A
                     for (e, &code) in row.codes[b * 32..(b + 1) * 32].iter().enumerate() {
                         qs[blk * BYTE_BLOCK + byte_offset(lane, e)] = code;
                     }
-                    for h in 0..per_block {
-                        scales[(blk * per_block + h) * PANEL + lane] = row.scale[b * per_block + h];
-                    }
+                    scale[blk * PANEL + lane] = f16::from_f32(row.scale[b]);
                     if let Some(mins) = &mut mins {
                         mins[blk * PANEL + lane] = f16::from_f32(row.min[b]);
                     }
                 }
             }
-            if ttype == TensorType::Q6K {
-                Packed::Int6 { qs, scale: scales }
-            } else {
-                Packed::Int8 { qs, scale: scales.into_iter().map(f16::from_f32).collect(), min: mins, order }
+            Packed::Int8 { qs, scale, min: mins, order }
+        }
+        TensorType::Q2K | TensorType::Q3K | TensorType::Q5K | TensorType::Q6K => {
+            let mut qs = vec![0u8; slots * 32];
+            let mut scale = vec![0f32; slots * 2];
+            let mut mins = matches!(ttype, TensorType::Q2K | TensorType::Q5K).then(|| vec![0f32; slots * 2]);
+            for (first_block, lane, row) in rows_of() {
+                for b in 0..nb {
+                    let blk = first_block + b;
+                    for (e, &code) in row.codes[b * 32..(b + 1) * 32].iter().enumerate() {
+                        qs[blk * BYTE_BLOCK + byte_offset(lane, e)] = code;
+                    }
+                    for h in 0..2 {
+                        scale[(blk * 2 + h) * PANEL + lane] = row.scale[b * 2 + h];
+                        if let Some(mins) = &mut mins {
+                            mins[(blk * 2 + h) * PANEL + lane] = row.min[b * 2 + h];
+                        }
+                    }
+                }
             }
+            Packed::Int6 { qs, scale, min: mins }
         }
     }
 }
@@ -344,11 +443,12 @@ impl Packed {
                     *o = scale[blk * PANEL + lane].to_f32() * q as f32 + min.as_ref().map_or(0.0, |m| m[blk * PANEL + lane].to_f32());
                 }
             }
-            Packed::Int6 { qs, scale } => {
+            Packed::Int6 { qs, scale, min } => {
                 for (i, o) in out.iter_mut().enumerate() {
                     let blk = block(i / 32);
                     let q = qs[blk * BYTE_BLOCK + byte_offset(lane, i % 32)] as i32 - 32;
-                    *o = scale[(blk * 2 + i % 32 / 16) * PANEL + lane] * q as f32;
+                    let s = (blk * 2 + i % 32 / 16) * PANEL + lane;
+                    *o = scale[s] * q as f32 + min.as_ref().map_or(0.0, |m| m[s]);
                 }
             }
             // As ggml's dequantize_row_q4_K and _q6_K compute them.
@@ -382,7 +482,7 @@ impl Packed {
         match self {
             Packed::Float(w) => w.len() * 4,
             Packed::Int8 { qs, scale, min, .. } => qs.len() + (scale.len() + min.as_ref().map_or(0, Vec::len)) * 2,
-            Packed::Int6 { qs, scale } => qs.len() + scale.len() * 4,
+            Packed::Int6 { qs, scale, min } => qs.len() + (scale.len() + min.as_ref().map_or(0, Vec::len)) * 4,
             Packed::Nibble { qs, scale, min, .. } => qs.len() + (scale.len() + min.len()) * 2,
             Packed::SuperNibble { qs, scale, min, d, dmin } => qs.len() + scale.len() + min.len() + (d.len() + dmin.len()) * 2,
             Packed::SuperInt6 { qs, scale, d } => qs.len() + scale.len() + d.len() * 2,
@@ -394,6 +494,7 @@ impl Packed {
         match (self, other) {
             (Packed::Nibble { order: a, .. }, Packed::Nibble { order: b, .. }) => a == b,
             (Packed::Int8 { order: a, min: m, .. }, Packed::Int8 { order: b, min: n, .. }) => a == b && m.is_some() == n.is_some(),
+            (Packed::Int6 { min: m, .. }, Packed::Int6 { min: n, .. }) => m.is_some() == n.is_some(),
             _ => std::mem::discriminant(self) == std::mem::discriminant(other),
         }
     }
@@ -417,9 +518,12 @@ impl Packed {
                         min.extend(m2);
                     }
                 }
-                (Packed::Int6 { qs, scale }, Packed::Int6 { qs: q2, scale: s2 }) => {
+                (Packed::Int6 { qs, scale, min }, Packed::Int6 { qs: q2, scale: s2, min: m2 }) => {
                     qs.extend(q2);
                     scale.extend(s2);
+                    if let (Some(min), Some(m2)) = (min, m2) {
+                        min.extend(m2);
+                    }
                 }
                 (Packed::Nibble { qs, scale, min, order }, Packed::Nibble { qs: q2, scale: s2, min: m2, order: o2 }) if *order == o2 => {
                     qs.extend(q2);

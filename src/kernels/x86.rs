@@ -926,7 +926,8 @@ unsafe fn int8_lanes_units<L: Lanes, const G: usize>(
     sums
 }
 
-/// 6-bit panels (codes q, weights q - 32): a chain and a scale per half block.
+/// 6-bit panels (codes q, weights q - 32, plus a minimum where there are
+/// minimums): a chain and a scale per half block.
 ///
 /// # Safety
 /// The CPU has `L`'s instruction set; `w` holds whole panels through the one
@@ -936,6 +937,7 @@ unsafe fn int8_lanes_units<L: Lanes, const G: usize>(
 unsafe fn int6_panel<L: Lanes, const U: usize>(
     qs: &[u8],
     scale: &[f32],
+    min: Option<&[f32]>,
     q: &QuantizedActs,
     (p, i): (usize, usize),
     units: [Unit; U],
@@ -963,9 +965,17 @@ unsafe fn int6_panel<L: Lanes, const U: usize>(
         for (u, unit) in units.iter().enumerate() {
             let s = blk * 2 * PANEL + unit.lane;
             let (s0, s1) = (L::scales_f32(scale.as_ptr().add(s)), L::scales_f32(scale.as_ptr().add(s + PANEL)));
-            let xs = *q.scale.get_unchecked((i + unit.act) * nb + b);
+            let xb = (i + unit.act) * nb + b;
+            let xs = *q.scale.get_unchecked(xb);
             acc[u] = L::fma_block(acc[u], first[u], s0, xs);
+            // Each half's minimum times its activations' integer sum.
+            if let Some(min) = min {
+                acc[u] = L::fma_block(acc[u], L::splat(q.isum16[2 * xb]), L::scales_f32(min.as_ptr().add(s)), xs);
+            }
             acc[u] = L::fma_block(acc[u], second[u], s1, xs);
+            if let Some(min) = min {
+                acc[u] = L::fma_block(acc[u], L::splat(q.isum16[2 * xb + 1]), L::scales_f32(min.as_ptr().add(s + PANEL)), xs);
+            }
         }
     }
     for (acc, unit) in acc.iter().zip(units) {
@@ -1170,7 +1180,7 @@ unsafe fn units_dot<L: Lanes, const U: usize, const SIDES: usize>(
             int8_lanes_panel::<L, U>((qs, scale, min.as_deref()), q, at, units, tile)
         }
         Packed::Int8 { qs, scale, min, order: Arithmetic::Fast } => int8_panel::<L, U>((qs, scale, min.as_deref()), q, at, units, tile),
-        Packed::Int6 { qs, scale } => int6_panel::<L, U>(qs, scale, q, at, units, tile),
+        Packed::Int6 { qs, scale, min } => int6_panel::<L, U>(qs, scale, min.as_deref(), q, at, units, tile),
         Packed::SuperNibble { .. } => super_nibble_panel::<L, U>(w, q, at, units, tile),
         Packed::SuperInt6 { .. } => super_int6_panel::<L, U>(w, q, at, units, tile),
         Packed::Float(_) => return false,

@@ -497,6 +497,9 @@ fn quantization_name(f: &GgufFile) -> String {
             16 => "Q5_K_S",
             17 => "Q5_K_M",
             18 => "Q6_K",
+            21 => "Q2_K_S",
+            25 => "IQ4_NL",
+            30 => "IQ4_XS",
             32 => "BF16",
             _ => return None,
         })

@@ -27,6 +27,16 @@ pub fn random_blocks(rng: &mut Rng, t: TensorType, rows: usize, cols: usize) -> 
                 b[2..4].copy_from_slice(&f16(float() * 0.01));
             }
             TensorType::Q6K => b[208..210].copy_from_slice(&f16(float() * 0.01)),
+            TensorType::Q2K => {
+                b[80..82].copy_from_slice(&f16(float() * 0.01));
+                b[82..84].copy_from_slice(&f16(float() * 0.01));
+            }
+            TensorType::Q3K => b[108..110].copy_from_slice(&f16(float() * 0.01)),
+            TensorType::Q5K => {
+                b[0..2].copy_from_slice(&f16(float() * 0.01));
+                b[2..4].copy_from_slice(&f16(float() * 0.01));
+            }
+            TensorType::IQ4NL | TensorType::IQ4XS => b[0..2].copy_from_slice(&f16(float() * 0.01)),
         }
         out.extend(b);
     }
