@@ -6,6 +6,7 @@ real model of the architecture is to be had):
     python3 tools/tiny_gguf.py qwen3 tests/data/vocab/ggml-vocab-qwen2.gguf tests/data/tiny/qwen3.gguf
     python3 tools/tiny_gguf.py gemma2 tests/data/vocab/ggml-vocab-llama-spm.gguf tests/data/tiny/gemma2.gguf
     python3 tools/tiny_gguf.py phi3 tests/data/vocab/ggml-vocab-phi-3.gguf tests/data/tiny/phi3.gguf
+    python3 tools/tiny_gguf.py llama-256 tests/data/vocab/ggml-vocab-llama-spm.gguf llama-256-f16.gguf
 
 Needs the `gguf` and `numpy` packages. The weights come from a fixed seed,
 so the same command writes the same file.
@@ -32,6 +33,11 @@ SHAPES = {
     # Phi-3: Q, K and V in one tensor, gate and up in one, and RoPE factors
     # for its original context (with long ones beside them).
     "phi3": dict(arch="phi3", dim=32, heads=2, kv_heads=2, layers=2, ffn=64, rope_base=10000.0, fused=True),
+    # Llama with rows of 256, in F16: the source `llama-quantize` turns
+    # into a file of each K-quant and IQ4 type (see tests/tiny.rs).
+    # Embeddings scaled down, or the tied output would give each token
+    # back with all the probability.
+    "llama-256": dict(arch="llama", dim=256, heads=4, kv_heads=2, layers=2, ffn=512, rope_base=10000.0, f16=True, embd_scale=0.1),
 }
 
 
@@ -86,10 +92,13 @@ def main():
     if s.get("fused"):
         w.add_uint32(f"{arch}.rope.scaling.original_context_length", 1024)
         w.add_float32(f"{arch}.rope.scaling.attn_factor", 1.1)
-    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if s.get("f16") else gguf.LlamaFileType.MOSTLY_Q8_0)
 
     def matrix(tensor, rows, cols, scale):
         data = (rng.standard_normal((rows, cols)) * scale).astype(np.float32)
+        if s.get("f16"):
+            w.add_tensor(tensor, data.astype(np.float16))
+            return
         kind = gguf.GGMLQuantizationType.Q8_0
         if any(f".{name}." in tensor for name in s.get("q4_1", ())):
             kind = gguf.GGMLQuantizationType.Q4_1
@@ -99,7 +108,7 @@ def main():
     def vector(tensor, values):
         w.add_tensor(tensor, np.asarray(values, dtype=np.float32))
 
-    matrix("token_embd.weight", vocab, dim, 1.0)
+    matrix("token_embd.weight", vocab, dim, s.get("embd_scale", 1.0))
     vector("output_norm.weight", 1.0 + 0.1 * rng.standard_normal(dim))
     if s.get("freq_factors"):
         # Llama 3.1's scaling: high frequencies kept, low ones slowed.

@@ -2,6 +2,8 @@
 //! blocks, and the tile of sums it fills. `matmul` makes the first and
 //! drives the kernels; the kernels (`x86`) read and write these alone.
 
+use std::sync::OnceLock;
+
 use super::quant::PANEL;
 
 /// The most activation rows a kernel call takes against one weight panel.
@@ -26,6 +28,25 @@ pub struct QuantizedActs {
     pub isum16: Vec<i32>,
     pub isum4: Vec<i32>,
     pub sb: SuperBlockActs,
+    /// `sb` as blocks of 32 (made when first asked for, after `sb`).
+    pub(super) sb_as_blocks: OnceLock<Box<QuantizedActs>>,
+}
+
+impl QuantizedActs {
+    /// The rows' super-blocks (`sb`, made already) in this layout, for
+    /// weights whose ggml dot products take Q8_K activations: each block of
+    /// 32 with its super-block's scale, the codes and sums as they are.
+    pub fn super_blocks_as_blocks(&self) -> &QuantizedActs {
+        self.sb_as_blocks.get_or_init(|| {
+            let (sb, blocks) = (&self.sb, self.rows * self.cols / 32);
+            assert_eq!(sb.d.len() * 8, blocks, "activations not quantized to super-blocks");
+            let scale: Vec<f32> = (0..blocks).map(|b| sb.d[b / 8]).collect();
+            let isum16 = sb.bsum16.clone();
+            let sum = (0..blocks).map(|b| scale[b] * (isum16[2 * b] + isum16[2 * b + 1]) as f32).collect();
+            let isum4 = sb.qs.chunks_exact(4).map(|four| four.iter().map(|&c| c as i32).sum()).collect();
+            Box::new(QuantizedActs { rows: self.rows, cols: self.cols, qs: sb.qs.clone(), scale, sum, isum16, isum4, ..Default::default() })
+        })
+    }
 }
 
 /// Activations quantized as ggml's Q8_K, the form its K-quant dot products

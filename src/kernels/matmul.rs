@@ -21,6 +21,25 @@ pub struct Matrix {
     pub w: Packed,
 }
 
+/// The weights a kernel reads and the activations it reads them against:
+/// for `Packed::OnSuperBlocks`, its inner weights and the activations'
+/// super-blocks in blocks of 32.
+#[derive(Clone, Copy)]
+struct Weights<'a> {
+    rows: usize,
+    cols: usize,
+    w: &'a Packed,
+}
+
+impl Matrix {
+    fn against<'a>(&'a self, q: &'a QuantizedActs) -> (Weights<'a>, &'a QuantizedActs) {
+        match &self.w {
+            Packed::OnSuperBlocks(inner) => (Weights { rows: self.rows, cols: self.cols, w: inner }, q.super_blocks_as_blocks()),
+            w => (Weights { rows: self.rows, cols: self.cols, w }, q),
+        }
+    }
+}
+
 impl QuantizedActs {
     /// Quantizes `x` (`rows` x `cols`, cols a multiple of 32), reusing
     /// buffers; rows are shared out over the pool.
@@ -36,6 +55,7 @@ impl QuantizedActs {
         self.isum4.resize(8 * blocks, 0);
         // Super-blocks are made on request, for these rows.
         self.sb.d.clear();
+        self.sb_as_blocks = Default::default();
         let nb = cols / 32;
         let (qs, scale, sum, isum16, isum4) = (
             SharedOut::new(&mut self.qs),
@@ -154,6 +174,7 @@ pub fn matmul(pool: &ComputePool, isa: Isa, w: &Matrix, x: &[f32], q: &Quantized
     assert_eq!(out.len(), m * w.rows);
     assert!(!w.w.reads_super_blocks() || q.sb.d.len() * 256 == m * w.cols, "activations not quantized to super-blocks");
     let panels = w.rows.div_ceil(PANEL);
+    let (w, q) = w.against(q);
     let shared = SharedOut::new(out);
     let panel_range = |range: std::ops::Range<usize>| {
         // SAFETY: each call writes only its own panels' columns of every output row.
@@ -180,7 +201,7 @@ pub fn matmul(pool: &ComputePool, isa: Isa, w: &Matrix, x: &[f32], q: &Quantized
 
 /// Weight panel `p` against every activation row, TILE_ACTS rows at a time
 /// through `tile` (the task's, set up once rather than for every panel).
-fn panel_rows(isa: Isa, w: &Matrix, x: &[f32], q: &QuantizedActs, p: usize, tile: &mut Tile, out: &mut [f32]) {
+fn panel_rows(isa: Isa, w: Weights, x: &[f32], q: &QuantizedActs, p: usize, tile: &mut Tile, out: &mut [f32]) {
     let lanes = PANEL.min(w.rows - p * PANEL);
     for i in (0..q.rows).step_by(TILE_ACTS) {
         let acts = TILE_ACTS.min(q.rows - i);
@@ -200,16 +221,16 @@ fn panel_rows(isa: Isa, w: &Matrix, x: &[f32], q: &QuantizedActs, p: usize, tile
 
 /// Dots of panel `p` with activation rows `i..i+acts` into `tile[act][lane]`.
 #[allow(clippy::too_many_arguments)]
-fn tile_dot(isa: Isa, w: &Matrix, x: &[f32], q: &QuantizedActs, p: usize, i: usize, acts: usize, tile: &mut Tile) {
+fn tile_dot(isa: Isa, w: Weights, x: &[f32], q: &QuantizedActs, p: usize, i: usize, acts: usize, tile: &mut Tile) {
     #[cfg(target_arch = "x86_64")]
-    if isa != Isa::PORTABLE && super::x86::tile_dot(isa, &w.w, x, q, p, i, acts, tile) {
+    if isa != Isa::PORTABLE && super::x86::tile_dot(isa, w.w, x, q, p, i, acts, tile) {
         return;
     }
     let _ = isa;
     let lanes = PANEL.min(w.rows - p * PANEL);
     for (a, row) in tile.iter_mut().enumerate().take(acts) {
         for (lane, v) in row.iter_mut().enumerate().take(lanes) {
-            *v = portable_dot(w, x, q, p * PANEL + lane, i + a);
+            *v = dot(w, x, q, p * PANEL + lane, i + a);
         }
     }
 }
@@ -219,6 +240,11 @@ fn tile_dot(isa: Isa, w: &Matrix, x: &[f32], q: &QuantizedActs, p: usize, i: usi
 /// weights in ggml's order) or 32 (4-bit in the fast order, 8-bit) or 16
 /// (6-bit) weights, each fused into a float accumulator in block order.
 pub fn portable_dot(w: &Matrix, x: &[f32], q: &QuantizedActs, r: usize, a: usize) -> f32 {
+    let (w, q) = w.against(q);
+    dot(w, x, q, r, a)
+}
+
+fn dot(w: Weights, x: &[f32], q: &QuantizedActs, r: usize, a: usize) -> f32 {
     let k = w.cols;
     let nb = k / 32;
     let (panel, lane) = (r / PANEL, r % PANEL);
@@ -229,7 +255,8 @@ pub fn portable_dot(w: &Matrix, x: &[f32], q: &QuantizedActs, r: usize, a: usize
         range.map(|e| code(e) * xq[b * 32 + e] as i32).sum()
     };
     let mut acc = 0f32;
-    match &w.w {
+    match w.w {
+        Packed::OnSuperBlocks(_) => unreachable!("resolved by Matrix::against"),
         // One fused multiply-add per input, in input order: each SIMD lane
         // of the float kernels is one row's such chain.
         Packed::Float(wf) => {

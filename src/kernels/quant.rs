@@ -93,6 +93,11 @@ pub enum Packed {
     /// 8-bit scale per 16 weights (indexed as `Int6`'s) and f16 `d` per
     /// super-block (as `SuperNibble`'s). From Q6_K in ggml's order.
     SuperInt6 { qs: Vec<u8>, scale: Vec<i8>, d: Vec<f16> },
+    /// Weights multiplied, in ggml's order, against the activations as
+    /// ggml's dot products for these types take them: Q8_K super-blocks
+    /// (one scale per 256), read as blocks of 32 that share it. From Q2_K,
+    /// Q3_K, Q5_K and IQ4_XS in ggml's order.
+    OnSuperBlocks(Box<Packed>),
     /// Plain floats in panels: weight (row r, input k) at `(r / PANEL *
     /// cols + k) * PANEL + r % PANEL`, so that one vector holds a panel's
     /// 16 rows at one input. From F32, F16 and BF16.
@@ -346,6 +351,9 @@ pub fn repack(ttype: TensorType, data: &[u8], rows: usize, cols: usize, order: A
     if order == Arithmetic::Ggml && matches!(ttype, TensorType::Q4K | TensorType::Q6K) {
         return repack_super_blocks(ttype, data, rows, cols);
     }
+    if order == Arithmetic::Ggml && matches!(ttype, TensorType::Q2K | TensorType::Q3K | TensorType::Q5K | TensorType::IQ4XS) {
+        return Packed::OnSuperBlocks(Box::new(repack(ttype, data, rows, cols, Arithmetic::Fast)));
+    }
     let (nb, panels) = (cols / 32, rows.div_ceil(PANEL));
     let slots = panels * nb * PANEL;
     let row_bytes = data.len() / rows.max(1);
@@ -423,6 +431,7 @@ impl Packed {
         let (nb, lane) = (cols / 32, r % PANEL);
         let block = |b: usize| r / PANEL * nb + b;
         match self {
+            Packed::OnSuperBlocks(inner) => inner.row_f32(r, cols, out),
             Packed::Float(w) => {
                 let first = r / PANEL * cols * PANEL + lane;
                 out.iter_mut().enumerate().for_each(|(k, o)| *o = w[first + k * PANEL]);
@@ -475,11 +484,12 @@ impl Packed {
 
     /// Whether the matmul needs `QuantizedActs::quantize_super_blocks` for these weights.
     pub fn reads_super_blocks(&self) -> bool {
-        matches!(self, Packed::SuperNibble { .. } | Packed::SuperInt6 { .. })
+        matches!(self, Packed::SuperNibble { .. } | Packed::SuperInt6 { .. } | Packed::OnSuperBlocks(_))
     }
 
     pub fn bytes(&self) -> usize {
         match self {
+            Packed::OnSuperBlocks(inner) => inner.bytes(),
             Packed::Float(w) => w.len() * 4,
             Packed::Int8 { qs, scale, min, .. } => qs.len() + (scale.len() + min.as_ref().map_or(0, Vec::len)) * 2,
             Packed::Int6 { qs, scale, min } => qs.len() + (scale.len() + min.as_ref().map_or(0, Vec::len)) * 4,
@@ -495,6 +505,7 @@ impl Packed {
             (Packed::Nibble { order: a, .. }, Packed::Nibble { order: b, .. }) => a == b,
             (Packed::Int8 { order: a, min: m, .. }, Packed::Int8 { order: b, min: n, .. }) => a == b && m.is_some() == n.is_some(),
             (Packed::Int6 { min: m, .. }, Packed::Int6 { min: n, .. }) => m.is_some() == n.is_some(),
+            (Packed::OnSuperBlocks(a), Packed::OnSuperBlocks(b)) => a.same_format(b),
             _ => std::mem::discriminant(self) == std::mem::discriminant(other),
         }
     }
@@ -505,6 +516,13 @@ impl Packed {
     pub fn concat(parts: Vec<Packed>) -> Result<Packed, Vec<Packed>> {
         if parts.is_empty() || !parts.iter().all(|p| p.same_format(&parts[0])) {
             return Err(parts);
+        }
+        if let Packed::OnSuperBlocks(_) = parts[0] {
+            let inner = parts.into_iter().map(|p| match p {
+                Packed::OnSuperBlocks(inner) => *inner,
+                _ => unreachable!("formats checked above"),
+            });
+            return Ok(Packed::OnSuperBlocks(Box::new(Packed::concat(inner.collect()).expect("one format"))));
         }
         let mut it = parts.into_iter();
         let mut acc = it.next().expect("not empty");

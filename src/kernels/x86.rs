@@ -1183,7 +1183,7 @@ unsafe fn units_dot<L: Lanes, const U: usize, const SIDES: usize>(
         Packed::Int6 { qs, scale, min } => int6_panel::<L, U>(qs, scale, min.as_deref(), q, at, units, tile),
         Packed::SuperNibble { .. } => super_nibble_panel::<L, U>(w, q, at, units, tile),
         Packed::SuperInt6 { .. } => super_int6_panel::<L, U>(w, q, at, units, tile),
-        Packed::Float(_) => return false,
+        Packed::Float(_) | Packed::OnSuperBlocks(_) => return false,
     }
     true
 }
