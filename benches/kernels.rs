@@ -74,16 +74,29 @@ fn bench_matmul(pool: &ComputePool) {
     let (rows, cols) = (1536, 1536);
     let mut rng = Rng(1);
     println!("matmul {rows}x{cols}, {} threads: microseconds per call (GMAC/s; weight GB/s at m=1)", pool.threads());
-    println!("{:<11} {:<12} {:>18} {:>18} {:>18} {:>18} {:>18}", "format", "isa", "m=1", "m=8", "m=32", "m=128", "m=512");
+    println!("{:<11} {:<12} {:>18} {:>18} {:>18} {:>18} {:>18} {:>18}", "format", "isa", "m=1", "m=8", "m=32", "m=64", "m=128", "m=512");
     let only = std::env::args().skip_while(|a| a != "--format").nth(1);
-    let formats =
-        [TensorType::Q4_0, TensorType::Q4_1, TensorType::Q5_0, TensorType::Q5_1, TensorType::Q8_0, TensorType::Q4K, TensorType::Q6K];
+    let formats = [
+        TensorType::F16,
+        TensorType::Q4_0,
+        TensorType::Q4_1,
+        TensorType::Q5_0,
+        TensorType::Q5_1,
+        TensorType::Q8_0,
+        TensorType::Q2K,
+        TensorType::Q3K,
+        TensorType::Q4K,
+        TensorType::Q5K,
+        TensorType::Q6K,
+        TensorType::IQ4NL,
+        TensorType::IQ4XS,
+    ];
     let formats = formats.into_iter().filter(|t| only.as_ref().is_none_or(|name| name == t.name()));
     for (t, order) in formats.flat_map(|t| orders(t).into_iter().map(move |o| (t, o))) {
         let w = Matrix { rows, cols, w: repack(t, &random_blocks(&mut rng, t, rows, cols), rows, cols, order) };
         for isa in isas() {
             let mut line = format!("{:<11} {:<12}", format!("{} {order}", t.name()), isa.to_string());
-            for m in [1usize, 8, 32, 128, 512] {
+            for m in [1usize, 8, 32, 64, 128, 512] {
                 let x = floats(&mut rng, m * cols);
                 let mut q = QuantizedActs::default();
                 q.quantize(pool, isa, &x, m, cols);
