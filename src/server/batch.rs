@@ -1,5 +1,6 @@
 //! POST /api/batch: many generate or chat items in one request, admitted
-//! to the engine together (one gang, so they start in the same step).
+//! to the engine together (one gang, so they start in the same step);
+//! embedding items go to `batch_embed`.
 //! Answered as Ollama-shaped results in order, or streamed as NDJSON lines
 //! that carry each item's `index`, ending with a summary line.
 
@@ -12,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde_json::{json, Value};
 
+use super::batch_embed;
 use super::error::{Api, ApiError};
 use super::log::RequestLog;
 use super::ollama::stats;
@@ -52,7 +54,11 @@ pub async fn batch(State(app): State<Arc<App>>, Extension(log): Extension<Reques
     if list.len() > limit {
         return Err(ApiError::bad(API, format!("{} requests; the limit is {limit} (--max-batch-items)", list.len())));
     }
+    let embeds = batch_embed::is_embedding_batch(list)?;
     let (loaded, load) = app.model(API, &name, &log, keep_alive(&body).map_err(|e| ApiError::bad(API, e))?).await?;
+    if embeds {
+        return batch_embed::embed_batch(app.clone(), loaded, (&body, list, stream), arrived, load).await;
+    }
     let seed = fresh_seed();
     let format = structured::ollama_format(&body).map_err(|e| ApiError::bad(API, e))?;
     // The model's own options (an Ollama Modelfile's), under the batch's.

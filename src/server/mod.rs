@@ -4,6 +4,7 @@
 
 mod access;
 mod batch;
+mod batch_embed;
 mod batch_jobs;
 mod error;
 mod files;

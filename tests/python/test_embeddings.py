@@ -113,6 +113,45 @@ class EmbeddingModel(unittest.TestCase):
             openai_client.embeddings.create(model=EMBEDDER, input=LONG)
         self.assertIn("512", e.exception.message)
 
+    def test_a_batch_of_embedding_items_answers_as_embed_does(self):
+        texts = [r["text"] for r in REFERENCE]
+        requests = [{"input": t} for t in texts[:4]] + [{"input": texts[4:], "truncate": True}]
+        status, body = request("POST", "/api/batch", {"model": EMBEDDER, "requests": requests})
+        self.assertEqual(status, 200, body)
+        self.assertEqual(body["items"], 5)
+        self.assertEqual([r["index"] for r in body["responses"]], [0, 1, 2, 3, 4])
+        direct = ollama_client.embed(model=EMBEDDER, input=texts).embeddings
+        got = [e for r in body["responses"] for e in r["embeddings"]]
+        # Whatever passes they shared, each input's own bits.
+        self.assertEqual(got, direct)
+        self.assertEqual(body["prompt_eval_count"], sum(r["prompt_eval_count"] for r in body["responses"]))
+        status, text = request("POST", "/api/batch", {"model": EMBEDDER, "requests": requests, "stream": True})
+        self.assertEqual(status, 200)
+        lines = [json.loads(line) for line in text.splitlines()]
+        self.assertEqual(sorted(line["index"] for line in lines[:-1]), [0, 1, 2, 3, 4])
+        self.assertEqual([e for line in sorted(lines[:-1], key=lambda x: x["index"]) for e in line["embeddings"]], direct)
+        self.assertEqual(lines[-1]["items"], 5)
+        self.assertTrue(lines[-1]["done"])
+        # A chat model's embeddings come the same way.
+        status, body = request("POST", "/api/batch", {"model": CHAT, "requests": [{"input": "The cat sat."}]})
+        self.assertEqual(status, 200, body)
+        self.assertEqual(body["responses"][0]["embeddings"], ollama_client.embed(model=CHAT, input="The cat sat.").embeddings)
+
+    def test_a_bad_embedding_batch_is_a_400_naming_why(self):
+        cases = [
+            ({"requests": [{"input": "a"}, {"prompt": "b"}]}, "all embeddings"),
+            ({"requests": [{"input": "a", "options": {"temperature": 0}}]}, "options is not supported in an embedding request"),
+            ({"requests": [{"input": "a"}], "format": "json"}, "format does not apply"),
+            ({"requests": [{"input": []}]}, "requests[0]: input must not be empty"),
+            ({"requests": [{"input": 5}]}, "requests[0]: input must be a string"),
+            ({"requests": [{"input": LONG, "truncate": False}]}, "requests[0]: the input is"),
+        ]
+        for extra, why in cases:
+            with self.subTest(why=why):
+                status, body = request("POST", "/api/batch", {"model": EMBEDDER, **extra})
+                self.assertEqual(status, 400, body)
+                self.assertIn(why, body["error"])
+
     def test_show_and_list_report_an_embedding_model(self):
         shown = ollama_client.show(EMBEDDER)
         self.assertEqual(shown.details.family, "bert")
