@@ -234,6 +234,29 @@ mod threaded {
         assert_eq!((snap.free_blocks, snap.idle), (snap.total_blocks, true));
     }
 
+    /// Embeddings take turns with the steps: a pass of at most a step's
+    /// token budget, then a step. Inputs of 240 tokens against a budget of
+    /// 256 go one a pass, so a running generation gets about a token per
+    /// input while they wait; were they embedded first, it would get none.
+    #[test]
+    fn queued_embeddings_take_turns_with_a_running_generation() {
+        let engine = handle(0);
+        let rows = golden();
+        let mut stream =
+            engine.submit(vec![GenRequest { ignore_eos: true, ..greedy(rows[0].prompt_tokens.clone(), 400) }]).unwrap().remove(0);
+        while !matches!(stream.events.blocking_recv(), Some(Event::Token { .. })) {}
+        let input: Vec<u32> = rows[35].prompt_tokens.iter().cycle().take(240).copied().collect();
+        let pending: Vec<_> = (0..24).map(|_| engine.embed(input.clone()).unwrap()).collect();
+        let mut generated = 0;
+        let mut answers = Vec::new();
+        for rx in pending {
+            answers.push(rx.blocking_recv().unwrap().unwrap());
+            generated += stream.ready().filter(|e| matches!(e, Event::Token { .. })).count();
+        }
+        assert!(answers.iter().all(|a| a == &answers[0]), "the same input, the same embedding");
+        assert!((20..399).contains(&generated), "{generated} tokens generated while 24 inputs were embedded");
+    }
+
     #[test]
     fn a_client_that_leaves_mid_stream_gives_its_blocks_back() {
         let engine = handle(0);
