@@ -176,11 +176,23 @@ pub fn matmul(pool: &ComputePool, isa: Isa, w: &Matrix, x: &[f32], q: &Quantized
     let panels = w.rows.div_ceil(PANEL);
     let (w, q) = w.against(q);
     let shared = SharedOut::new(out);
+    // Float panels two at a time where the CPU has the registers for it
+    // (AVX-512: each broadcast of an activation then feeds two FMAs).
+    let pairs = matches!(w.w, Packed::Float(_)) && isa.kind() == IsaKind::Avx512Vnni;
     let panel_range = |range: std::ops::Range<usize>| {
         // SAFETY: each call writes only its own panels' columns of every output row.
         let out = unsafe { shared.slice() };
-        let mut tile = [[0f32; PANEL]; TILE_ACTS];
-        range.for_each(|p| panel_rows(isa, w, x, q, p, &mut tile, out));
+        let mut tiles = [[[0f32; PANEL]; TILE_ACTS]; 2];
+        let mut p = range.start;
+        while p < range.end {
+            if pairs && p + 1 < range.end {
+                float_pair_rows(isa, w, x, q, p, &mut tiles, out);
+                p += 2;
+            } else {
+                panel_rows(isa, w, x, q, p, &mut tiles[0], out);
+                p += 1;
+            }
+        }
     };
     if m <= 4 {
         // A few rows (decode of a few sequences) are bound by reading the
@@ -196,25 +208,45 @@ pub fn matmul(pool: &ComputePool, isa: Isa, w: &Matrix, x: &[f32], q: &Quantized
     // About a dozen tasks per thread balances the cores; at most 8 panels
     // per task keeps the hand-off cost small against the work.
     let per_task = (panels / (12 * pool.threads())).clamp(1, 8);
+    let per_task = if pairs { per_task.max(2).next_multiple_of(2) } else { per_task };
     pool.run(panels.div_ceil(per_task), &|t| panel_range(t * per_task..((t + 1) * per_task).min(panels)));
 }
 
 /// Weight panel `p` against every activation row, TILE_ACTS rows at a time
 /// through `tile` (the task's, set up once rather than for every panel).
 fn panel_rows(isa: Isa, w: Weights, x: &[f32], q: &QuantizedActs, p: usize, tile: &mut Tile, out: &mut [f32]) {
-    let lanes = PANEL.min(w.rows - p * PANEL);
     for i in (0..q.rows).step_by(TILE_ACTS) {
         let acts = TILE_ACTS.min(q.rows - i);
         tile_dot(isa, w, x, q, p, i, acts, tile);
-        for (a, row) in tile.iter().enumerate().take(acts) {
-            let at = (i + a) * w.rows + p * PANEL;
-            // A whole panel's copy has a fixed size, which is inlined: a
-            // call to memmove per row took 2% of a batched decode step.
-            if lanes == PANEL {
-                out[at..at + PANEL].copy_from_slice(row);
-            } else {
-                out[at..at + lanes].copy_from_slice(&row[..lanes]);
-            }
+        write_tile(w.rows, p, i, acts, tile, out);
+    }
+}
+
+/// `panel_rows` for float panels `p` and `p + 1` together.
+fn float_pair_rows(isa: Isa, w: Weights, x: &[f32], q: &QuantizedActs, p: usize, tiles: &mut [Tile; 2], out: &mut [f32]) {
+    let Packed::Float(wf) = w.w else { unreachable!("float panels") };
+    for i in (0..q.rows).step_by(TILE_ACTS) {
+        let acts = TILE_ACTS.min(q.rows - i);
+        #[cfg(target_arch = "x86_64")]
+        super::x86::float_pair_dot(isa, wf, x, w.cols, p, i, acts, tiles);
+        #[cfg(not(target_arch = "x86_64"))]
+        unreachable!("pairs only on x86: {isa} {}", wf.len());
+        write_tile(w.rows, p, i, acts, &tiles[0], out);
+        write_tile(w.rows, p + 1, i, acts, &tiles[1], out);
+    }
+}
+
+/// Panel `p`'s sums with activation rows `i..i + acts` into their places.
+fn write_tile(rows: usize, p: usize, i: usize, acts: usize, tile: &Tile, out: &mut [f32]) {
+    let lanes = PANEL.min(rows - p * PANEL);
+    for (a, row) in tile.iter().enumerate().take(acts) {
+        let at = (i + a) * rows + p * PANEL;
+        // A whole panel's copy has a fixed size, which is inlined: a
+        // call to memmove per row took 2% of a batched decode step.
+        if lanes == PANEL {
+            out[at..at + PANEL].copy_from_slice(row);
+        } else {
+            out[at..at + lanes].copy_from_slice(&row[..lanes]);
         }
     }
 }

@@ -1237,6 +1237,33 @@ unsafe fn float_panel_avx512<const AR: usize>(at: FloatAt, tile: &mut Tile) {
     }
 }
 
+/// `float_panel_avx512` for panels `p` and `p + 1` at once: each broadcast
+/// activation feeds both panels' FMAs, the same chains as one at a time.
+///
+/// # Safety
+/// The CPU has AVX-512 F; `w` holds panels `p` and `p + 1` whole and `x`
+/// rows `i..i + AR`.
+#[target_feature(enable = "avx2,fma,avx512f")]
+unsafe fn float_pair_avx512<const AR: usize>(at: FloatAt, tiles: &mut [Tile; 2]) {
+    let (cols, wp) = (at.cols, at.w.as_ptr().add(at.p * at.cols * PANEL));
+    let wq = wp.add(cols * PANEL);
+    let xp = at.x.as_ptr().add(at.i * cols);
+    let mut acc = [[_mm512_setzero_ps(); 2]; AR];
+    for k in 0..cols {
+        let (w0, w1) = (_mm512_loadu_ps(wp.add(k * PANEL)), _mm512_loadu_ps(wq.add(k * PANEL)));
+        for (a, acc) in acc.iter_mut().enumerate() {
+            let x = _mm512_set1_ps(*xp.add(a * cols + k));
+            acc[0] = _mm512_fmadd_ps(w0, x, acc[0]);
+            acc[1] = _mm512_fmadd_ps(w1, x, acc[1]);
+        }
+    }
+    let [t0, t1] = tiles;
+    for ((r0, r1), acc) in t0.iter_mut().zip(t1.iter_mut()).zip(acc) {
+        _mm512_storeu_ps(r0.as_mut_ptr(), acc[0]);
+        _mm512_storeu_ps(r1.as_mut_ptr(), acc[1]);
+    }
+}
+
 /// `float_panel_avx512` with two 256-bit registers per activation row.
 ///
 /// # Safety
@@ -1273,6 +1300,16 @@ macro_rules! by_acts {
             _ => $f::<8>($($arg),*),
         }
     };
+}
+
+/// Fills `tiles` for float panels `p` and `p + 1` and activation rows
+/// `i..i + acts` (at most TILE_ACTS), with AVX-512.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn float_pair_dot(isa: Isa, w: &[f32], x: &[f32], cols: usize, p: usize, i: usize, acts: usize, tiles: &mut [Tile; 2]) {
+    assert_eq!(isa.kind(), IsaKind::Avx512Vnni, "float panel pairs take AVX-512");
+    assert!(w.len() >= (p + 2) * cols * PANEL && x.len() >= (i + acts) * cols, "out of bounds");
+    // SAFETY: the Isa was detected on this CPU; the bounds are checked above.
+    unsafe { by_acts!(acts, float_pair_avx512(FloatAt { w, x, cols, p, i }, tiles)) }
 }
 
 /// Fills `tile` for panel `p` and activation rows `i..i + acts` (at most
