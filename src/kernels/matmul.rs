@@ -95,6 +95,19 @@ impl QuantizedActs {
 }
 
 impl QuantizedActs {
+    /// The shape of `rows` x `cols` activations and no codes: what float
+    /// weights, which read the float input, take.
+    pub fn shape_only(&mut self, rows: usize, cols: usize) {
+        (self.rows, self.cols) = (rows, cols);
+        self.qs.clear();
+        self.scale.clear();
+        self.sum.clear();
+        self.isum16.clear();
+        self.isum4.clear();
+        self.sb.d.clear();
+        self.sb_as_blocks = Default::default();
+    }
+
     /// Quantizes the rows `quantize` took (`x` again) to super-blocks as
     /// well, for K-quant weights in ggml's order (`Packed::reads_super_blocks`);
     /// `batches`: for each row, the batch llama.cpp would multiply it in.
