@@ -58,14 +58,6 @@ fn time(mut f: impl FnMut()) -> f64 {
     runs[2]
 }
 
-/// The orders of arithmetic: every quantized format has a kernel for each.
-fn orders(t: TensorType) -> Vec<Arithmetic> {
-    match t {
-        TensorType::F32 | TensorType::F16 | TensorType::BF16 => vec![Arithmetic::Ggml],
-        _ => vec![Arithmetic::Ggml, Arithmetic::Fast],
-    }
-}
-
 fn floats(rng: &mut Rng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.next_f32() * 2.0 - 1.0).collect()
 }
@@ -92,7 +84,7 @@ fn bench_matmul(pool: &ComputePool) {
         TensorType::IQ4XS,
     ];
     let formats = formats.into_iter().filter(|t| only.as_ref().is_none_or(|name| name == t.name()));
-    for (t, order) in formats.flat_map(|t| orders(t).into_iter().map(move |o| (t, o))) {
+    for (t, order) in formats.flat_map(|t| [Arithmetic::Ggml, Arithmetic::Fast].map(move |o| (t, o))) {
         let w = Matrix { rows, cols, w: repack(t, &random_blocks(&mut rng, t, rows, cols), rows, cols, order) };
         for isa in isas() {
             let mut line = format!("{:<11} {:<12}", format!("{} {order}", t.name()), isa.to_string());
@@ -100,6 +92,9 @@ fn bench_matmul(pool: &ComputePool) {
                 let x = floats(&mut rng, m * cols);
                 let mut q = QuantizedActs::default();
                 q.quantize(pool, isa, &x, m, cols);
+                if w.w.reads_16bit_acts() {
+                    q.quantize_16(pool, &x);
+                }
                 if w.w.reads_super_blocks() {
                     // A prompt of m tokens, as llama.cpp would batch it.
                     let batches: Vec<RowBatch> = (0..m).map(|index| RowBatch { rows: m, index }).collect();

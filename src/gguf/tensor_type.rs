@@ -61,6 +61,10 @@ impl TensorType {
         }
     }
 
+    pub fn is_float(self) -> bool {
+        matches!(self, TensorType::F32 | TensorType::F16 | TensorType::BF16)
+    }
+
     /// Elements per block.
     pub fn block_elems(self) -> usize {
         match self {

@@ -28,6 +28,11 @@ pub struct QuantizedActs {
     pub isum16: Vec<i32>,
     pub isum4: Vec<i32>,
     pub sb: SuperBlockActs,
+    /// The same rows in 13-bit codes, `q16[row * cols + i]`, with
+    /// `scale16[row * blocks + b]` per block of 32, where a matrix asks
+    /// for them (`Packed::Int16`).
+    pub q16: Vec<i16>,
+    pub scale16: Vec<f32>,
     /// `sb` as blocks of 32 (made when first asked for, after `sb`).
     pub(super) sb_as_blocks: OnceLock<Box<QuantizedActs>>,
 }

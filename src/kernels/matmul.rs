@@ -53,8 +53,9 @@ impl QuantizedActs {
         self.sum.resize(blocks, 0.0);
         self.isum16.resize(2 * blocks, 0);
         self.isum4.resize(8 * blocks, 0);
-        // Super-blocks are made on request, for these rows.
+        // Super-blocks and 13-bit codes are made on request, for these rows.
         self.sb.d.clear();
+        self.q16.clear();
         self.sb_as_blocks = Default::default();
         let nb = cols / 32;
         let (qs, scale, sum, isum16, isum4) = (
@@ -105,7 +106,33 @@ impl QuantizedActs {
         self.isum16.clear();
         self.isum4.clear();
         self.sb.d.clear();
+        self.q16.clear();
         self.sb_as_blocks = Default::default();
+    }
+
+    /// The rows `quantize` or `shape_only` took (`x` again) in 13-bit codes
+    /// as well, a scale per block of 32, for `Packed::Int16` weights: the
+    /// same codes on every ISA (nearest, ties to even).
+    pub fn quantize_16(&mut self, pool: &ComputePool, x: &[f32]) {
+        let (rows, cols) = (self.rows, self.cols);
+        assert!(cols.is_multiple_of(32) && x.len() == rows * cols);
+        let nb = cols / 32;
+        self.q16.resize(rows * cols, 0);
+        self.scale16.resize(rows * nb, 0.0);
+        let (qs, scale) = (SharedOut::new(&mut self.q16), SharedOut::new(&mut self.scale16));
+        pool.run_rows(rows, &|range| {
+            // SAFETY: each task writes the blocks of its own rows only.
+            let (qs, scale) = unsafe { (qs.rows(range.clone(), cols), scale.rows(range.clone(), nb)) };
+            let x = &x[range.start * cols..range.end * cols];
+            for (b, xb) in x.chunks_exact(32).enumerate() {
+                let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
+                let inv = if amax > 0.0 { ACT16_MAX / amax } else { 0.0 };
+                for (q, &v) in qs[b * 32..(b + 1) * 32].iter_mut().zip(xb) {
+                    *q = round_ties_even(v * inv) as i16;
+                }
+                scale[b] = amax / ACT16_MAX;
+            }
+        });
     }
 
     /// Quantizes the rows `quantize` took (`x` again) to super-blocks as
@@ -133,6 +160,9 @@ impl QuantizedActs {
         });
     }
 }
+
+/// The largest 13-bit activation code (see `quant::INT16_MAX`).
+const ACT16_MAX: f32 = 4095.0;
 
 /// One super-block of 256 to 8 bits as ggml's `quantize_row_q8_K` does it:
 /// the value of largest magnitude (the first, on ties) becomes -127, the
@@ -186,6 +216,7 @@ pub fn matmul(pool: &ComputePool, isa: Isa, w: &Matrix, x: &[f32], q: &Quantized
     assert_eq!(q.cols, w.cols);
     assert_eq!(out.len(), m * w.rows);
     assert!(!w.w.reads_super_blocks() || q.sb.d.len() * 256 == m * w.cols, "activations not quantized to super-blocks");
+    assert!(!w.w.reads_16bit_acts() || q.q16.len() == m * w.cols, "activations not quantized to 13 bits");
     let panels = w.rows.div_ceil(PANEL);
     let (w, q) = w.against(q);
     let shared = SharedOut::new(out);
@@ -302,6 +333,15 @@ fn dot(w: Weights, x: &[f32], q: &QuantizedActs, r: usize, a: usize) -> f32 {
     let mut acc = 0f32;
     match w.w {
         Packed::OnSuperBlocks(_) => unreachable!("resolved by Matrix::against"),
+        // Exact integer sums of each block, fused in block order.
+        Packed::Int16 { qs, scale } => {
+            let (x16, xs16) = (&q.q16[a * k..(a + 1) * k], &q.scale16[a * nb..(a + 1) * nb]);
+            for b in 0..nb {
+                let base = (panel * nb + b) * 32 * PANEL + 2 * lane;
+                let isum: i32 = (0..32).map(|e| qs[base + e / 2 * 2 * PANEL + e % 2] as i32 * x16[b * 32 + e] as i32).sum();
+                acc = (isum as f32).mul_add(scale[r] * xs16[b], acc);
+            }
+        }
         // One fused multiply-add per input, in input order: each SIMD lane
         // of the float kernels is one row's such chain.
         Packed::Float(wf) => {

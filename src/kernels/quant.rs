@@ -24,6 +24,10 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
     f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
 }
 
+/// The largest of `Packed::Int16`'s codes: 32 products with 13-bit
+/// activations stay within an i32.
+pub const INT16_MAX: i16 = 8191;
+
 /// Weight rows per panel: one per 32-bit lane of a 512-bit register.
 pub const PANEL: usize = 16;
 /// Bytes of one block of 32 codes of a whole panel: 4-bit and 8-bit codes.
@@ -98,6 +102,14 @@ pub enum Packed {
     /// (one scale per 256), read as blocks of 32 that share it. From Q2_K,
     /// Q3_K, Q5_K and IQ4_XS in ggml's order.
     OnSuperBlocks(Box<Packed>),
+    /// 14-bit codes (-8191..=8191) of float weights, w = scale * q with a
+    /// scale per row: step t (0..16) of block b holds each panel row's
+    /// elements 2t and 2t + 1, `((panel * nb + b) * 16 + t) * 2 * PANEL +
+    /// 2 * lane + j`, as `vpdpwssd` takes pairs; `scale[panel * PANEL +
+    /// lane]`. How the fast order runs F32, F16 and BF16 matrices: twice
+    /// the multiply-adds per instruction of floats, and within 1/16382 of
+    /// the row's largest weight (f16 keeps 1/2048 of each weight's own).
+    Int16 { qs: Vec<i16>, scale: Vec<f32> },
     /// Plain floats in panels: weight (row r, input k) at `(r / PANEL *
     /// cols + k) * PANEL + r % PANEL`, so that one vector holds a panel's
     /// 16 rows at one input. From F32, F16 and BF16.
@@ -359,6 +371,21 @@ pub fn repack(ttype: TensorType, data: &[u8], rows: usize, cols: usize, order: A
     let row_bytes = data.len() / rows.max(1);
     let rows_of = || (0..rows).map(|r| (r / PANEL * nb, r % PANEL, decode_row(ttype, &data[r * row_bytes..(r + 1) * row_bytes], cols)));
     match ttype {
+        TensorType::F32 | TensorType::F16 | TensorType::BF16 if order == Arithmetic::Fast => {
+            let (mut qs, mut scale) = (vec![0i16; panels * cols * PANEL], vec![0f32; panels * PANEL]);
+            for (r, row) in floats(ttype, data).expect("a float type").chunks_exact(cols).enumerate() {
+                let amax = row.iter().fold(0f32, |a, v| a.max(v.abs()));
+                let s = amax / INT16_MAX as f32;
+                let inv = if amax > 0.0 { INT16_MAX as f32 / amax } else { 0.0 };
+                scale[r] = s;
+                let (panel, lane) = (r / PANEL, r % PANEL);
+                for (e, &v) in row.iter().enumerate() {
+                    let (b, t, j) = (e / 32, e % 32 / 2, e % 2);
+                    qs[((panel * nb + b) * 16 + t) * 2 * PANEL + 2 * lane + j] = (v * inv).round() as i16;
+                }
+            }
+            Packed::Int16 { qs, scale }
+        }
         TensorType::F32 | TensorType::F16 | TensorType::BF16 => {
             let mut w = vec![0f32; panels * cols * PANEL];
             for (r, row) in floats(ttype, data).expect("a float type").chunks_exact(cols).enumerate() {
@@ -432,6 +459,12 @@ impl Packed {
         let block = |b: usize| r / PANEL * nb + b;
         match self {
             Packed::OnSuperBlocks(inner) => inner.row_f32(r, cols, out),
+            Packed::Int16 { qs, scale } => {
+                for (e, o) in out.iter_mut().enumerate() {
+                    let (b, t, j) = (e / 32, e % 32 / 2, e % 2);
+                    *o = scale[r] * qs[((r / PANEL * nb + b) * 16 + t) * 2 * PANEL + 2 * lane + j] as f32;
+                }
+            }
             Packed::Float(w) => {
                 let first = r / PANEL * cols * PANEL + lane;
                 out.iter_mut().enumerate().for_each(|(k, o)| *o = w[first + k * PANEL]);
@@ -482,6 +515,11 @@ impl Packed {
         }
     }
 
+    /// Whether the matmul needs `QuantizedActs::quantize_16` for these weights.
+    pub fn reads_16bit_acts(&self) -> bool {
+        matches!(self, Packed::Int16 { .. })
+    }
+
     /// Whether the matmul needs `QuantizedActs::quantize_super_blocks` for these weights.
     pub fn reads_super_blocks(&self) -> bool {
         matches!(self, Packed::SuperNibble { .. } | Packed::SuperInt6 { .. } | Packed::OnSuperBlocks(_))
@@ -490,6 +528,7 @@ impl Packed {
     pub fn bytes(&self) -> usize {
         match self {
             Packed::OnSuperBlocks(inner) => inner.bytes(),
+            Packed::Int16 { qs, scale } => qs.len() * 2 + scale.len() * 4,
             Packed::Float(w) => w.len() * 4,
             Packed::Int8 { qs, scale, min, .. } => qs.len() + (scale.len() + min.as_ref().map_or(0, Vec::len)) * 2,
             Packed::Int6 { qs, scale, min } => qs.len() + (scale.len() + min.as_ref().map_or(0, Vec::len)) * 4,
@@ -529,6 +568,10 @@ impl Packed {
         for p in it {
             match (&mut acc, p) {
                 (Packed::Float(a), Packed::Float(b)) => a.extend(b),
+                (Packed::Int16 { qs, scale }, Packed::Int16 { qs: q2, scale: s2 }) => {
+                    qs.extend(q2);
+                    scale.extend(s2);
+                }
                 (Packed::Int8 { qs, scale, min, order }, Packed::Int8 { qs: q2, scale: s2, min: m2, order: o2 }) if *order == o2 => {
                     qs.extend(q2);
                     scale.extend(s2);

@@ -1183,7 +1183,7 @@ unsafe fn units_dot<L: Lanes, const U: usize, const SIDES: usize>(
         Packed::Int6 { qs, scale, min } => int6_panel::<L, U>(qs, scale, min.as_deref(), q, at, units, tile),
         Packed::SuperNibble { .. } => super_nibble_panel::<L, U>(w, q, at, units, tile),
         Packed::SuperInt6 { .. } => super_int6_panel::<L, U>(w, q, at, units, tile),
-        Packed::Float(_) | Packed::OnSuperBlocks(_) => return false,
+        Packed::Float(_) | Packed::OnSuperBlocks(_) | Packed::Int16 { .. } => return false,
     }
     true
 }
@@ -1264,6 +1264,90 @@ unsafe fn float_pair_avx512<const AR: usize>(at: FloatAt, tiles: &mut [Tile; 2])
     }
 }
 
+/// Where a 16-bit kernel reads: panel `p` of `Packed::Int16`'s codes and
+/// scales, against activation rows from `i` of `q`'s 13-bit codes.
+#[derive(Clone, Copy)]
+struct Int16At<'a> {
+    qs: &'a [i16],
+    scale: &'a [f32],
+    q: &'a QuantizedActs,
+    p: usize,
+    i: usize,
+}
+
+/// 16-bit weight panels against AR activation rows: per block of 32, the
+/// exact integer dot (`vpdpwssd`, two inputs a lane a step), then one fused
+/// multiply-add with the row's and the block's scales, as
+/// `matmul::portable_dot` does.
+///
+/// # Safety
+/// The CPU has AVX-512 VNNI; `qs` holds panel `p` whole and `q` 13-bit
+/// rows `i..i + AR`.
+#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vnni")]
+unsafe fn int16_panel_vnni<const AR: usize>(at: Int16At, tile: &mut Tile) {
+    let (cols, q) = (at.q.cols, at.q);
+    let nb = cols / 32;
+    let w = at.qs.as_ptr().add(at.p * nb * 32 * PANEL);
+    let ws = _mm512_loadu_ps(at.scale.as_ptr().add(at.p * PANEL));
+    let mut acc = [_mm512_setzero_ps(); AR];
+    for b in 0..nb {
+        let wb = w.add(b * 32 * PANEL);
+        let mut isum = [_mm512_setzero_si512(); AR];
+        for t in 0..16 {
+            let wv = _mm512_loadu_si512(wb.add(t * 2 * PANEL) as *const __m512i);
+            for (a, isum) in isum.iter_mut().enumerate() {
+                let pair = (q.q16.as_ptr().add((at.i + a) * cols + b * 32 + 2 * t) as *const i32).read_unaligned();
+                *isum = _mm512_dpwssd_epi32(*isum, wv, _mm512_set1_epi32(pair));
+            }
+        }
+        for (a, (acc, isum)) in acc.iter_mut().zip(isum).enumerate() {
+            let s = _mm512_mul_ps(ws, _mm512_set1_ps(*q.scale16.get_unchecked((at.i + a) * nb + b)));
+            *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), s, *acc);
+        }
+    }
+    for (row, acc) in tile.iter_mut().zip(acc) {
+        _mm512_storeu_ps(row.as_mut_ptr(), acc);
+    }
+}
+
+/// `int16_panel_vnni` with AVX2: `vpmaddwd` into each half panel's sums.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; `qs` holds panel `p` whole and `q` 13-bit
+/// rows `i..i + AR`.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn int16_panel_avx2<const AR: usize>(at: Int16At, tile: &mut [[f32; PANEL]]) {
+    let (cols, q) = (at.q.cols, at.q);
+    let nb = cols / 32;
+    let w = at.qs.as_ptr().add(at.p * nb * 32 * PANEL);
+    let ws = [_mm256_loadu_ps(at.scale.as_ptr().add(at.p * PANEL)), _mm256_loadu_ps(at.scale.as_ptr().add(at.p * PANEL + 8))];
+    let mut acc = [[_mm256_setzero_ps(); 2]; AR];
+    for b in 0..nb {
+        let wb = w.add(b * 32 * PANEL);
+        let mut isum = [[_mm256_setzero_si256(); 2]; AR];
+        for t in 0..16 {
+            let step = wb.add(t * 2 * PANEL);
+            let wv = [_mm256_loadu_si256(step as *const __m256i), _mm256_loadu_si256(step.add(PANEL) as *const __m256i)];
+            for (a, isum) in isum.iter_mut().enumerate() {
+                let pair = (q.q16.as_ptr().add((at.i + a) * cols + b * 32 + 2 * t) as *const i32).read_unaligned();
+                let x = _mm256_set1_epi32(pair);
+                isum[0] = _mm256_add_epi32(isum[0], _mm256_madd_epi16(wv[0], x));
+                isum[1] = _mm256_add_epi32(isum[1], _mm256_madd_epi16(wv[1], x));
+            }
+        }
+        for (a, (acc, isum)) in acc.iter_mut().zip(isum).enumerate() {
+            let xs = _mm256_set1_ps(*q.scale16.get_unchecked((at.i + a) * nb + b));
+            for h in 0..2 {
+                acc[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[h]), _mm256_mul_ps(ws[h], xs), acc[h]);
+            }
+        }
+    }
+    for (row, acc) in tile.iter_mut().zip(acc) {
+        _mm256_storeu_ps(row.as_mut_ptr(), acc[0]);
+        _mm256_storeu_ps(row.as_mut_ptr().add(8), acc[1]);
+    }
+}
+
 /// `float_panel_avx512` with two 256-bit registers per activation row.
 ///
 /// # Safety
@@ -1302,6 +1386,14 @@ macro_rules! by_acts {
     };
 }
 
+/// `kernel(first, rows)` over the tile's first `acts` rows in groups of at
+/// most `n`, `first` the group's first row.
+fn in_groups(tile: &mut Tile, acts: usize, n: usize, mut kernel: impl FnMut(usize, &mut [[f32; PANEL]])) {
+    for (g, rows) in tile[..acts].chunks_mut(n).enumerate() {
+        kernel(g * n, rows);
+    }
+}
+
 /// Fills `tiles` for float panels `p` and `p + 1` and activation rows
 /// `i..i + acts` (at most TILE_ACTS), with AVX-512.
 #[allow(clippy::too_many_arguments)]
@@ -1320,23 +1412,39 @@ pub(super) fn tile_dot(isa: Isa, w: &Packed, x: &[f32], q: &QuantizedActs, p: us
     // SAFETY: callers pass only an Isa that Isa::available() detected on
     // this CPU; packed arrays hold whole panels, activations `acts` rows.
     unsafe {
+        if let Packed::Int16 { qs, scale } = w {
+            let at = Int16At { qs, scale, q, p, i };
+            match isa.kind() {
+                IsaKind::Avx512Vnni => by_acts!(acts, int16_panel_vnni(at, tile)),
+                // Two rows at a time: their integer and float sums in
+                // registers beside the panel's two halves.
+                IsaKind::Avx2 => in_groups(tile, acts, 2, |first, rows| {
+                    let at = Int16At { i: i + first, ..at };
+                    if rows.len() == 1 {
+                        int16_panel_avx2::<1>(at, rows)
+                    } else {
+                        int16_panel_avx2::<2>(at, rows)
+                    }
+                }),
+                IsaKind::Portable => return false,
+            }
+            return true;
+        }
         if let Packed::Float(w) = w {
             let at = FloatAt { w, x, cols: q.cols, p, i };
             match isa.kind() {
                 IsaKind::Avx512Vnni => by_acts!(acts, float_panel_avx512(at, tile)),
-                IsaKind::Avx2 => {
-                    // Four rows at a time: two registers each, eight chains
-                    // in flight, and room left for the weights.
-                    for (first, rows) in tile[..acts].chunks_mut(4).enumerate() {
-                        let at = FloatAt { i: i + 4 * first, ..at };
-                        match rows.len() {
-                            1 => float_panel_avx2::<1>(at, rows),
-                            2 => float_panel_avx2::<2>(at, rows),
-                            3 => float_panel_avx2::<3>(at, rows),
-                            _ => float_panel_avx2::<4>(at, rows),
-                        }
+                // Four rows at a time: two registers each, eight chains in
+                // flight, and room left for the weights.
+                IsaKind::Avx2 => in_groups(tile, acts, 4, |first, rows| {
+                    let at = FloatAt { i: i + first, ..at };
+                    match rows.len() {
+                        1 => float_panel_avx2::<1>(at, rows),
+                        2 => float_panel_avx2::<2>(at, rows),
+                        3 => float_panel_avx2::<3>(at, rows),
+                        _ => float_panel_avx2::<4>(at, rows),
                     }
-                }
+                }),
                 IsaKind::Portable => return false,
             }
             return true;

@@ -215,14 +215,17 @@ impl Model {
 
     /// Quantizes `x` in the forms the matrices `ws` read.
     fn quantize(&self, ws: &[Matrix], x: Rows, quant: &mut QuantizedActs) {
-        if ws.iter().all(|m| matches!(m.w, Packed::Float(_))) {
-            // Float weights read the float input alone.
+        if ws.iter().all(|m| matches!(m.w, Packed::Float(_) | Packed::Int16 { .. })) {
+            // Neither reads the 8-bit blocks.
             quant.shape_only(x.batches.len(), ws[0].cols);
-            return;
+        } else {
+            quant.quantize(&self.pool, self.isa, x.x, x.batches.len(), ws[0].cols);
         }
-        quant.quantize(&self.pool, self.isa, x.x, x.batches.len(), ws[0].cols);
         if ws.iter().any(|m| m.w.reads_super_blocks()) {
             quant.quantize_super_blocks(&self.pool, x.x, x.batches);
+        }
+        if ws.iter().any(|m| m.w.reads_16bit_acts()) {
+            quant.quantize_16(&self.pool, x.x);
         }
     }
 
