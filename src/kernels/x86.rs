@@ -1416,14 +1416,14 @@ pub(super) fn tile_dot(isa: Isa, w: &Packed, x: &[f32], q: &QuantizedActs, p: us
             let at = Int16At { qs, scale, q, p, i };
             match isa.kind() {
                 IsaKind::Avx512Vnni => by_acts!(acts, int16_panel_vnni(at, tile)),
-                // Two rows at a time: their integer and float sums in
+                // Three rows at a time: their integer and float sums in
                 // registers beside the panel's two halves.
-                IsaKind::Avx2 => in_groups(tile, acts, 2, |first, rows| {
+                IsaKind::Avx2 => in_groups(tile, acts, 3, |first, rows| {
                     let at = Int16At { i: i + first, ..at };
-                    if rows.len() == 1 {
-                        int16_panel_avx2::<1>(at, rows)
-                    } else {
-                        int16_panel_avx2::<2>(at, rows)
+                    match rows.len() {
+                        1 => int16_panel_avx2::<1>(at, rows),
+                        2 => int16_panel_avx2::<2>(at, rows),
+                        _ => int16_panel_avx2::<3>(at, rows),
                     }
                 }),
                 IsaKind::Portable => return false,
