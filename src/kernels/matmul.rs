@@ -268,15 +268,18 @@ fn panel_rows(isa: Isa, w: Weights, x: &[f32], q: &QuantizedActs, p: usize, tile
 
 /// `panel_rows` for float panels `p` and `p + 1` together.
 fn float_pair_rows(isa: Isa, w: Weights, x: &[f32], q: &QuantizedActs, p: usize, tiles: &mut [Tile; 2], out: &mut [f32]) {
-    let Packed::Float(wf) = w.w else { unreachable!("float panels") };
-    for i in (0..q.rows).step_by(TILE_ACTS) {
-        let acts = TILE_ACTS.min(q.rows - i);
-        #[cfg(target_arch = "x86_64")]
-        super::x86::float_pair_dot(isa, wf, x, w.cols, p, i, acts, tiles);
-        #[cfg(not(target_arch = "x86_64"))]
-        unreachable!("pairs only on x86: {isa} {}", wf.len());
-        write_tile(w.rows, p, i, acts, &tiles[0], out);
-        write_tile(w.rows, p + 1, i, acts, &tiles[1], out);
+    #[cfg(target_arch = "x86_64")]
+    if let Packed::Float(wf) = w.w {
+        for i in (0..q.rows).step_by(TILE_ACTS) {
+            let acts = TILE_ACTS.min(q.rows - i);
+            super::x86::float_pair_dot(isa, wf, x, w.cols, p, i, acts, tiles);
+            write_tile(w.rows, p, i, acts, &tiles[0], out);
+            write_tile(w.rows, p + 1, i, acts, &tiles[1], out);
+        }
+        return;
+    }
+    for panel in [p, p + 1] {
+        panel_rows(isa, w, x, q, panel, &mut tiles[0], out);
     }
 }
 
