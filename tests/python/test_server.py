@@ -613,6 +613,9 @@ class KeepAlive(unittest.TestCase):
         stream = openai_client.completions.create(model=MODEL, prompt="Hi", max_tokens=2000, stream=True, extra_body={"ignore_eos": True})
         first = next(stream)
         self.assertIsNone(first.choices[0].finish_reason)
+        # The metrics read the engine's state as of its last step's end,
+        # which may come just after the step's first token.
+        self.assertTrue(wait_for(lambda: metrics()["caravan_running_sequences"] == 1))
         r = ollama_client.generate(model=MODEL, keep_alive=0)
         self.assertEqual((r.done, r.done_reason), (True, "unload"))
         # Loaded whenever the answer is seen running (ps first: a sequence
