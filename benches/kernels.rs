@@ -185,7 +185,13 @@ fn bench_stream(pool: &ComputePool) {
     let (rows, cols) = (4 * 49152, 576);
     let mut rng = Rng(5);
     println!("\nmatmul {rows}x{cols} at m=1 (weights from memory): microseconds per call (weight GB/s)");
-    for (t, order) in [(TensorType::Q4_1, Arithmetic::Ggml), (TensorType::Q4_1, Arithmetic::Fast), (TensorType::Q8_0, Arithmetic::Ggml)] {
+    let formats = [
+        (TensorType::Q4_1, Arithmetic::Ggml),
+        (TensorType::Q4_1, Arithmetic::Fast),
+        (TensorType::Q8_0, Arithmetic::Ggml),
+        (TensorType::Q8_0, Arithmetic::Fast),
+    ];
+    for (t, order) in formats.into_iter().chain([(TensorType::Q5_0, Arithmetic::Fast)]) {
         let w = Matrix { rows, cols, w: repack(t, &random_blocks(&mut rng, t, rows, cols), rows, cols, order) };
         let x = floats(&mut rng, cols);
         let mut q = QuantizedActs::default();
@@ -195,46 +201,93 @@ fn bench_stream(pool: &ComputePool) {
         let s = time(|| matmul(pool, isa, &w, &x, &q, black_box(&mut out)));
         println!("{:<11} {:<12} {:>10.1} ({:.1})", format!("{} {order}", t.name()), isa.to_string(), s * 1e6, w.w.bytes() as f64 / s / 1e9);
     }
-    bench_decode_step(pool, Arithmetic::Ggml);
-    bench_decode_step(pool, Arithmetic::Fast);
+    for shape in &DECODE_SHAPES {
+        bench_decode_step(pool, shape, Arithmetic::Ggml);
+        bench_decode_step(pool, shape, Arithmetic::Fast);
+    }
 }
 
-/// Every matmul of one decode token of the default model, in order, on
-/// random weights of its shapes and formats: 30 layers of Q/K/V (fused),
-/// output, gate/up (fused) and down projections in Q4_1, then the Q8_0
-/// lm_head. Most of these matrices are small, so this shows what the
-/// hand-offs and the starts of short streams cost against `stream`'s one
-/// long matrix.
-fn bench_decode_step(pool: &ComputePool, order: Arithmetic) {
-    let (dim, qkv, ffn, vocab, layers) = (576, 960, 1536, 49152, 30);
+/// The matmuls of one decode token of a model: per layer Q/K/V (fused),
+/// output, gate/up (fused) and down projections, then the lm_head.
+struct DecodeShape {
+    name: &'static str,
+    dim: usize,
+    qkv: usize,
+    ffn: usize,
+    vocab: usize,
+    layers: usize,
+    /// The projections' type and the down projection's, by layer.
+    projections: TensorType,
+    down: fn(usize) -> TensorType,
+    head: TensorType,
+}
+
+/// The default model (Q4_1, a Q8_0 lm_head) and Qwen2.5-Coder-0.5B's
+/// Q4_K_M file (Q5_0; down projections Q6_K and Q4_K in turn; a Q8_0
+/// lm_head of 152k rows).
+const DECODE_SHAPES: [DecodeShape; 2] = [
+    DecodeShape {
+        name: "smollm2:135m",
+        dim: 576,
+        qkv: 960,
+        ffn: 1536,
+        vocab: 49152,
+        layers: 30,
+        projections: TensorType::Q4_1,
+        down: |_| TensorType::Q4_1,
+        head: TensorType::Q8_0,
+    },
+    DecodeShape {
+        name: "qwen2.5-coder:0.5b",
+        dim: 896,
+        qkv: 1152,
+        ffn: 4864,
+        vocab: 151936,
+        layers: 24,
+        projections: TensorType::Q5_0,
+        down: |l| if l % 2 == 0 { TensorType::Q6K } else { TensorType::Q4K },
+        head: TensorType::Q8_0,
+    },
+];
+
+/// Every matmul of one decode token of `shape`, in order, on random
+/// weights of its shapes and formats. Most of these matrices are small, so
+/// this shows what the hand-offs and the starts of short streams cost
+/// against `stream`'s one long matrix.
+fn bench_decode_step(pool: &ComputePool, shape: &DecodeShape, order: Arithmetic) {
     let mut rng = Rng(6);
     let mut make = |t: TensorType, rows: usize, cols: usize| Matrix {
         rows,
         cols,
         w: repack(t, &random_blocks(&mut rng, t, rows, cols), rows, cols, order),
     };
+    let (dim, ffn) = (shape.dim, shape.ffn);
     let mut step: Vec<Matrix> = Vec::new();
-    for _ in 0..layers {
+    for layer in 0..shape.layers {
         step.extend([
-            make(TensorType::Q4_1, qkv, dim),
-            make(TensorType::Q4_1, dim, dim),
-            make(TensorType::Q4_1, 2 * ffn, dim),
-            make(TensorType::Q4_1, dim, ffn),
+            make(shape.projections, shape.qkv, dim),
+            make(shape.projections, dim, dim),
+            make(shape.projections, 2 * ffn, dim),
+            make((shape.down)(layer), dim, ffn),
         ]);
     }
-    step.push(make(TensorType::Q8_0, vocab, dim));
+    step.push(make(shape.head, shape.vocab, dim));
     let bytes: usize = step.iter().map(|w| w.w.bytes()).sum();
     let isa = *Isa::available().last().unwrap();
     let x = floats(&mut Rng(7), ffn);
-    let (mut q, mut out) = (QuantizedActs::default(), vec![0f32; vocab]);
+    let (mut q, mut out) = (QuantizedActs::default(), vec![0f32; shape.vocab]);
     let s = time(|| {
         for w in &step {
             q.quantize(pool, isa, &x[..w.cols], 1, w.cols);
+            if w.w.reads_super_blocks() {
+                q.quantize_super_blocks(pool, &x[..w.cols], &[RowBatch { rows: 1, index: 0 }]);
+            }
             matmul(pool, isa, w, &x[..w.cols], &q, black_box(&mut out[..w.rows]));
         }
     });
     println!(
-        "decode step's {} matmuls ({:.1} MB) {:<12} {order:<5} {:>10.1} ({:.1})",
+        "{} decode step's {} matmuls ({:.1} MB) {:<12} {order:<5} {:>10.1} ({:.1})",
+        shape.name,
         step.len(),
         bytes as f64 / 1e6,
         isa.to_string(),

@@ -387,7 +387,7 @@ fn dot(w: Weights, x: &[f32], q: &QuantizedActs, r: usize, a: usize) -> f32 {
                 Arithmetic::Fast => lanes[0] + mins,
             };
         }
-        Packed::Int8 { qs, scale, min, order } => {
+        Packed::Int8 { qs, scale, min, order, codes } => {
             // ggml's order (its AVX2 `vec_dot_q8_0_q8_0`, and llamafile's
             // tinyBLAS, which llama.cpp runs for Q8_0 and Q5_0): eight
             // lanes, lane j fusing the sum of elements 4j..4j+4 of each
@@ -400,7 +400,7 @@ fn dot(w: Weights, x: &[f32], q: &QuantizedActs, r: usize, a: usize) -> f32 {
             let mut lanes = [0f32; 8];
             for (b, &x_scale) in xs.iter().enumerate() {
                 let blk = panel * nb + b;
-                let code = |e: usize| qs[blk * BYTE_BLOCK + byte_offset(lane, e)] as i32 - 128;
+                let code = |e: usize| codes.value(qs, blk, lane, e);
                 let ws = scale[blk * PANEL + lane].to_f32() * x_scale;
                 for (j, l) in lanes.iter_mut().enumerate().take(steps) {
                     *l = (isum(b, width * j..width * (j + 1), &code) as f32).mul_add(ws, *l);

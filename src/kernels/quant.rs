@@ -41,6 +41,74 @@ pub fn byte_offset(lane: usize, e: usize) -> usize {
     (e / 4) * 64 + lane * 4 + e % 4
 }
 
+/// Bytes of one block of a whole panel of 5-bit codes (see `ByteCodes::Five`).
+pub const FIVE_BIT_BLOCK: usize = NIBBLE_BLOCK + 64;
+
+/// Where code `e` of row `lane` sits within a 4-bit panel block in the fast
+/// order's layout (see `nibble_offset`), and whether it is the high nibble.
+#[inline(always)]
+fn nibble_in_block(lane: usize, e: usize) -> (usize, bool) {
+    ((e / 8) * 64 + lane * 4 + e % 4, e % 8 >= 4)
+}
+
+/// How `Packed::Int8` stores its codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ByteCodes {
+    /// A byte per code, value + 128 (unsigned, for `vpdpbusd`), at
+    /// `byte_offset` in blocks of `BYTE_BLOCK`.
+    Eight,
+    /// Five bits per code (Q5_0's and Q5_1's), so that a decode step reads
+    /// the file's 5.5 bits a weight rather than 8.5. A block of
+    /// `FIVE_BIT_BLOCK` bytes: the low four bits as a fast-order 4-bit
+    /// block, then for each step t (codes 4t..4t+4 of every row) a 64-bit
+    /// word whose bit 4 * lane + e % 4 is the fifth bit, as a 64-bit mask
+    /// (AVX-512) or the half of one (AVX2) takes it. Code q stands for the
+    /// value q - zero (16 for Q5_0, 0 for Q5_1's codes above its minimum).
+    Five { zero: i32 },
+}
+
+impl ByteCodes {
+    pub fn block_bytes(self) -> usize {
+        match self {
+            ByteCodes::Eight => BYTE_BLOCK,
+            ByteCodes::Five { .. } => FIVE_BIT_BLOCK,
+        }
+    }
+
+    /// The value of code `e` of row `lane` of panel block `blk`.
+    #[inline(always)]
+    pub fn value(self, qs: &[u8], blk: usize, lane: usize, e: usize) -> i32 {
+        let block = &qs[blk * self.block_bytes()..];
+        match self {
+            ByteCodes::Eight => block[byte_offset(lane, e)] as i32 - 128,
+            ByteCodes::Five { zero } => {
+                let (at, high) = nibble_in_block(lane, e);
+                let low = if high { block[at] >> 4 } else { block[at] & 0xF };
+                let bit = 4 * lane + e % 4;
+                let fifth = (block[NIBBLE_BLOCK + (e / 4) * 8 + bit / 8] >> (bit % 8)) & 1;
+                (low | fifth << 4) as i32 - zero
+            }
+        }
+    }
+
+    /// Stores `value` as code `e` of row `lane` of panel block `blk` (its
+    /// bits still zero).
+    fn store(self, qs: &mut [u8], blk: usize, lane: usize, e: usize, value: i32) {
+        let block = &mut qs[blk * self.block_bytes()..];
+        match self {
+            ByteCodes::Eight => block[byte_offset(lane, e)] = (value + 128) as u8,
+            ByteCodes::Five { zero } => {
+                let q = (value + zero) as u8;
+                debug_assert!(q < 32, "a 5-bit code");
+                let (at, high) = nibble_in_block(lane, e);
+                block[at] |= if high { (q & 0xF) << 4 } else { q & 0xF };
+                let bit = 4 * lane + e % 4;
+                block[NIBBLE_BLOCK + (e / 4) * 8 + bit / 8] |= (q >> 4) << (bit % 8);
+            }
+        }
+    }
+}
+
 /// Where code `e` of row `lane` of block `blk` (numbered `panel * nb + b`
 /// for rows of `nb` blocks) sits in a 4-bit panel array laid out for
 /// `order`, and whether it is the high nibble. A block's 64-byte vector t
@@ -51,15 +119,16 @@ pub fn byte_offset(lane: usize, e: usize) -> usize {
 /// fast order blocks follow one another, each summed whole.
 #[inline(always)]
 pub fn nibble_offset(order: Arithmetic, nb: usize, blk: usize, lane: usize, e: usize) -> (usize, bool) {
-    let within = lane * 4 + e % 4;
-    let at = match order {
+    match order {
         Arithmetic::Ggml => {
             let (panel, b) = (blk / nb, blk % nb);
-            panel * nb * NIBBLE_BLOCK + (e / 8) * nb * 64 + b * 64 + within
+            (panel * nb * NIBBLE_BLOCK + (e / 8) * nb * 64 + b * 64 + lane * 4 + e % 4, e % 8 >= 4)
         }
-        Arithmetic::Fast => blk * NIBBLE_BLOCK + (e / 8) * 64 + within,
-    };
-    (at, e % 8 >= 4)
+        Arithmetic::Fast => {
+            let (at, high) = nibble_in_block(lane, e);
+            (blk * NIBBLE_BLOCK + at, high)
+        }
+    }
 }
 
 /// Weights as the kernels read them; one row per output feature. The
@@ -72,13 +141,13 @@ pub enum Packed {
     /// 4-bit codes q in 0..=15, w = scale * q + min, laid out and summed in
     /// `order`. From Q4_0, Q4_1, Q4_K.
     Nibble { qs: Vec<u8>, scale: Vec<f16>, min: Vec<f16>, order: Arithmetic },
-    /// 8-bit codes stored as q + 128 (unsigned, for `vpdpbusd`), w = scale *
-    /// q (+ min where there are minimums), summed in `order`. From Q8_0,
-    /// Q5_0 (its codes q - 16 in -16..=15: ggml's Q5_0 dot product is
-    /// Q8_0's, step for step, once the fifth bit is in place) and Q5_1 (codes
-    /// 0..=31 and a minimum per block: its dot product is Q4_1's with a
-    /// fifth bit).
-    Int8 { qs: Vec<u8>, scale: Vec<f16>, min: Option<Vec<f16>>, order: Arithmetic },
+    /// Codes of values q in -128..=127 stored as `codes` says, w = scale *
+    /// q (+ min where there are minimums), summed in `order`. From Q8_0 and
+    /// IQ4_NL, IQ4_XS (bytes), Q5_0 (five bits, values -16..=15: ggml's Q5_0
+    /// dot product is Q8_0's, step for step, once the fifth bit is in
+    /// place) and Q5_1 (five bits, values 0..=31 and a minimum per block:
+    /// its dot product is Q4_1's with a fifth bit).
+    Int8 { qs: Vec<u8>, scale: Vec<f16>, min: Option<Vec<f16>>, order: Arithmetic, codes: ByteCodes },
     /// 6-bit codes q in 0..=63, w = scale * (q - 32) (+ min), a scale (and
     /// a minimum where there are minimums) per 16 weights. From Q6_K and
     /// Q3_K (codes q - 32 in -4..=3), Q2_K (0..=3, a minimum per 16) and
@@ -411,15 +480,20 @@ pub fn repack(ttype: TensorType, data: &[u8], rows: usize, cols: usize, order: A
             Packed::Nibble { qs, scale, min, order }
         }
         TensorType::Q8_0 | TensorType::Q5_0 | TensorType::Q5_1 | TensorType::IQ4NL | TensorType::IQ4XS => {
+            let codes = match ttype {
+                TensorType::Q5_0 => ByteCodes::Five { zero: 16 },
+                TensorType::Q5_1 => ByteCodes::Five { zero: 0 },
+                _ => ByteCodes::Eight,
+            };
             // Padding rows: code 0 with scale 0.
-            let mut qs = vec![0u8; slots * 32];
+            let mut qs = vec![0u8; panels * nb * codes.block_bytes()];
             let mut scale = vec![f16::ZERO; slots];
             let mut mins = (ttype == TensorType::Q5_1).then(|| vec![f16::ZERO; slots]);
             for (first_block, lane, row) in rows_of() {
                 for b in 0..nb {
                     let blk = first_block + b;
                     for (e, &code) in row.codes[b * 32..(b + 1) * 32].iter().enumerate() {
-                        qs[blk * BYTE_BLOCK + byte_offset(lane, e)] = code;
+                        codes.store(&mut qs, blk, lane, e, code as i32 - 128);
                     }
                     scale[blk * PANEL + lane] = f16::from_f32(row.scale[b]);
                     if let Some(mins) = &mut mins {
@@ -427,7 +501,7 @@ pub fn repack(ttype: TensorType, data: &[u8], rows: usize, cols: usize, order: A
                     }
                 }
             }
-            Packed::Int8 { qs, scale, min: mins, order }
+            Packed::Int8 { qs, scale, min: mins, order, codes }
         }
         TensorType::Q2K | TensorType::Q3K | TensorType::Q5K | TensorType::Q6K => {
             let mut qs = vec![0u8; slots * 32];
@@ -478,10 +552,10 @@ impl Packed {
                     *o = scale[blk * PANEL + lane].to_f32() * q as f32 + min[blk * PANEL + lane].to_f32();
                 }
             }
-            Packed::Int8 { qs, scale, min, .. } => {
+            Packed::Int8 { qs, scale, min, codes, .. } => {
                 for (i, o) in out.iter_mut().enumerate() {
                     let blk = block(i / 32);
-                    let q = qs[blk * BYTE_BLOCK + byte_offset(lane, i % 32)] as i32 - 128;
+                    let q = codes.value(qs, blk, lane, i % 32);
                     *o = scale[blk * PANEL + lane].to_f32() * q as f32 + min.as_ref().map_or(0.0, |m| m[blk * PANEL + lane].to_f32());
                 }
             }
@@ -542,7 +616,9 @@ impl Packed {
     fn same_format(&self, other: &Packed) -> bool {
         match (self, other) {
             (Packed::Nibble { order: a, .. }, Packed::Nibble { order: b, .. }) => a == b,
-            (Packed::Int8 { order: a, min: m, .. }, Packed::Int8 { order: b, min: n, .. }) => a == b && m.is_some() == n.is_some(),
+            (Packed::Int8 { order: a, min: m, codes: c, .. }, Packed::Int8 { order: b, min: n, codes: d, .. }) => {
+                a == b && m.is_some() == n.is_some() && c == d
+            }
             (Packed::Int6 { min: m, .. }, Packed::Int6 { min: n, .. }) => m.is_some() == n.is_some(),
             (Packed::OnSuperBlocks(a), Packed::OnSuperBlocks(b)) => a.same_format(b),
             _ => std::mem::discriminant(self) == std::mem::discriminant(other),
@@ -572,7 +648,7 @@ impl Packed {
                     qs.extend(q2);
                     scale.extend(s2);
                 }
-                (Packed::Int8 { qs, scale, min, order }, Packed::Int8 { qs: q2, scale: s2, min: m2, order: o2 }) if *order == o2 => {
+                (Packed::Int8 { qs, scale, min, .. }, Packed::Int8 { qs: q2, scale: s2, min: m2, .. }) => {
                     qs.extend(q2);
                     scale.extend(s2);
                     if let (Some(min), Some(m2)) = (min, m2) {

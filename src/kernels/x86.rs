@@ -10,7 +10,7 @@ use std::mem::MaybeUninit;
 use half::f16;
 
 use super::acts::{QuantizedActs, Tile};
-use super::quant::{Packed, BYTE_BLOCK, NIBBLE_BLOCK, PANEL};
+use super::quant::{ByteCodes, Packed, BYTE_BLOCK, FIVE_BIT_BLOCK, NIBBLE_BLOCK, PANEL};
 use super::{max_lane8, prefetch, Arithmetic, Isa, IsaKind};
 
 /// The vector operations the kernels are written in; `N` rows per register.
@@ -59,6 +59,13 @@ trait Lanes {
     /// `Isa::available` found; a pointer is valid for one register's width.
     unsafe fn dot_int8(acc: Self::I, w: Self::I, x: *const i8) -> Self::I;
     fn int8_start(isum: i32) -> i32;
+    /// 4-bit codes `v` with 16 added to every byte whose bit is set in the
+    /// `4 * N` bits at `bits` (`ByteCodes::Five`'s fifth bits).
+    ///
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found; `bits` is valid for `N / 2` bytes.
+    unsafe fn fifth_bits(v: Self::I, bits: *const u8) -> Self::I;
     /// # Safety
     /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
     /// `Isa::available` found; a pointer is valid for one register's width.
@@ -203,6 +210,14 @@ impl Lanes for Vnni512 {
     }
     fn int8_start(isum: i32) -> i32 {
         -128 * isum
+    }
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found; `bits` is valid for `N / 2` bytes.
+    #[inline(always)]
+    unsafe fn fifth_bits(v: __m512i, bits: *const u8) -> __m512i {
+        let mask = (bits as *const u64).read_unaligned();
+        _mm512_mask_add_epi8(v, mask, v, _mm512_set1_epi8(16))
     }
     /// # Safety
     /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
@@ -381,6 +396,25 @@ impl Lanes for Avx2 {
     }
     fn int8_start(_isum: i32) -> i32 {
         0
+    }
+    /// Each byte takes the byte of bits holding its own (bytes 0-7 from
+    /// the first, 8-15 from the second, ... of the four), keeps that bit,
+    /// and becomes 16 where it is set.
+    ///
+    /// # Safety
+    /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
+    /// `Isa::available` found; `bits` is valid for `N / 2` bytes.
+    #[inline(always)]
+    unsafe fn fifth_bits(v: __m256i, bits: *const u8) -> __m256i {
+        let word = _mm256_set1_epi32((bits as *const i32).read_unaligned());
+        #[rustfmt::skip]
+        let spread = _mm256_shuffle_epi8(word, _mm256_setr_epi8(
+            0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+            2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3,
+        ));
+        let select = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+        let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, select), select);
+        _mm256_add_epi8(v, _mm256_and_si256(set, _mm256_set1_epi8(16)))
     }
     /// # Safety
     /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
@@ -762,26 +796,93 @@ unsafe fn nibble_blocks_panel<L: Lanes, const U: usize>(
     }
 }
 
-/// Asks for the 8-bit block half a panel ahead of block `blk` (at `w`) and,
-/// every other block, for its scales' line: the panel's first unit does,
-/// once for all.
+/// How the 8-bit kernels read `Packed::Int8`'s codes (see `ByteCodes`):
+/// one step of a block (four codes of each of `L::N` rows), dotted with
+/// the activations, and the start of a sum of such steps that turns the
+/// codes into their values.
+trait StepCodes: Copy {
+    /// Bytes of one panel block.
+    const BLOCK: usize;
+    /// Step `t`'s four codes of each row from `lane` of the panel block at `w`.
+    ///
+    /// # Safety
+    /// The CPU has `L`'s instruction set; `w` holds a whole panel block.
+    unsafe fn step<L: Lanes>(self, w: *const u8, t: usize, lane: usize) -> L::I;
+    /// `acc` plus, per 32-bit lane, the dot of a step's four codes with the
+    /// four activation bytes at `x`.
+    ///
+    /// # Safety
+    /// The CPU has `L`'s instruction set; `x` is valid for four bytes.
+    unsafe fn dot<L: Lanes>(self, acc: L::I, codes: L::I, x: *const i8) -> L::I;
+    /// The integer a sum starts from for activations summing to `isum`.
+    fn start<L: Lanes>(self, isum: i32) -> i32;
+}
+
+/// `ByteCodes::Eight`: a step is one register of bytes.
+#[derive(Clone, Copy)]
+struct Bytes;
+
+impl StepCodes for Bytes {
+    const BLOCK: usize = BYTE_BLOCK;
+    #[inline(always)]
+    unsafe fn step<L: Lanes>(self, w: *const u8, t: usize, lane: usize) -> L::I {
+        L::load(w.add(64 * t + 4 * lane))
+    }
+    #[inline(always)]
+    unsafe fn dot<L: Lanes>(self, acc: L::I, codes: L::I, x: *const i8) -> L::I {
+        L::dot_int8(acc, codes, x)
+    }
+    fn start<L: Lanes>(self, isum: i32) -> i32 {
+        L::int8_start(isum)
+    }
+}
+
+/// `ByteCodes::Five`: a step is one side of a 4-bit line with its fifth
+/// bits added; codes are unsigned (at most 31), and the sum starts at
+/// `-zero` times the activations' sum.
+#[derive(Clone, Copy)]
+struct FiveBits {
+    zero: i32,
+}
+
+impl StepCodes for FiveBits {
+    const BLOCK: usize = FIVE_BIT_BLOCK;
+    #[inline(always)]
+    unsafe fn step<L: Lanes>(self, w: *const u8, t: usize, lane: usize) -> L::I {
+        let (low, high) = L::nibbles(L::load(w.add(64 * (t / 2) + 4 * lane)));
+        L::fifth_bits(if t.is_multiple_of(2) { low } else { high }, w.add(NIBBLE_BLOCK + 8 * t + lane / 2))
+    }
+    #[inline(always)]
+    unsafe fn dot<L: Lanes>(self, acc: L::I, codes: L::I, x: *const i8) -> L::I {
+        L::dot(acc, codes, x)
+    }
+    fn start<L: Lanes>(self, isum: i32) -> i32 {
+        -self.zero * isum
+    }
+}
+
+/// Asks for the 8-bit block half a panel ahead of block `blk` (at `w`,
+/// `block` bytes each) and, every other block, for its scales' line: the
+/// panel's first unit does, once for all.
 #[inline(always)]
-fn prefetch_byte_block(w: *const u8, scale: &[f16], nb: usize, blk: usize) {
-    (0..BYTE_BLOCK).step_by(64).for_each(|line| prefetch(w.wrapping_add(nb * BYTE_BLOCK / 2 + line)));
+fn prefetch_byte_block(w: *const u8, block: usize, scale: &[f16], nb: usize, blk: usize) {
+    (0..block).step_by(64).for_each(|line| prefetch(w.wrapping_add(nb * block / 2 + line)));
     if blk.is_multiple_of(2) {
         prefetch(scale.as_ptr().wrapping_add((blk + nb / 2) * PANEL) as *const u8);
     }
 }
 
-/// 8-bit panels (codes q + 128) in the fast order: a block's whole integer
-/// sum fused at once; minimums (Q5_1's) summed apart and added last.
+/// 8-bit panels (codes read as `C` reads them) in the fast order: a
+/// block's whole integer sum fused at once; minimums (Q5_1's) summed apart
+/// and added last.
 ///
 /// # Safety
 /// The CPU has `L`'s instruction set; `w` holds whole panels through the one
 /// read and `q` the activation rows it reads, as `tile_dot`'s callers
 /// guarantee.
 #[inline(always)]
-unsafe fn int8_panel<L: Lanes, const U: usize>(
+unsafe fn int8_panel<L: Lanes, C: StepCodes, const U: usize>(
+    codes: C,
     (qs, scale, min): (&[u8], &[f16], Option<&[f16]>),
     q: &QuantizedActs,
     (p, i): (usize, usize),
@@ -792,9 +893,9 @@ unsafe fn int8_panel<L: Lanes, const U: usize>(
     let mut acc = [L::zero(); U];
     for b in 0..nb {
         let blk = p * nb + b;
-        let w = qs.as_ptr().add(blk * BYTE_BLOCK);
+        let w = qs.as_ptr().add(blk * C::BLOCK);
         if units[0].lane == 0 {
-            prefetch_byte_block(w, scale, nb, blk);
+            prefetch_byte_block(w, C::BLOCK, scale, nb, blk);
         }
         let x = q.qs.as_ptr().add(i * k + b * 32);
         // One integer chain per unit: eight units' chains are enough to
@@ -802,11 +903,14 @@ unsafe fn int8_panel<L: Lanes, const U: usize>(
         let mut sums = [L::splat(0); U];
         for (sum, unit) in sums.iter_mut().zip(units) {
             let xb = (i + unit.act) * nb + b;
-            *sum = L::splat(L::int8_start(q.isum16[2 * xb] + q.isum16[2 * xb + 1]));
+            *sum = L::splat(codes.start::<L>(q.isum16[2 * xb] + q.isum16[2 * xb + 1]));
         }
         for t in 0..8 {
+            // Units on the first unit's lanes share its codes: decoded once.
+            let first = codes.step::<L>(w, t, units[0].lane);
             for (sum, unit) in sums.iter_mut().zip(units) {
-                *sum = L::dot_int8(*sum, L::load(w.add(64 * t + 4 * unit.lane)), x.add(unit.act * k + 4 * t));
+                let step = if unit.lane == units[0].lane { first } else { codes.step::<L>(w, t, unit.lane) };
+                *sum = codes.dot::<L>(*sum, step, x.add(unit.act * k + 4 * t));
             }
         }
         for (u, unit) in units.iter().enumerate() {
@@ -850,7 +954,7 @@ unsafe fn int8_store<L: Lanes, const U: usize>(
 
 /// 8-bit panels in ggml's order (see `portable_dot`): float lane t of a
 /// unit fuses, block by block, the integer sum of elements 4t..4t+4
-/// (vector t of the block), and the eight lanes end in ggml's tree, then
+/// (step t of the block), and the eight lanes end in ggml's tree, then
 /// the minimums are added. Eight accumulators a unit: the units go over
 /// the panel two at a time with 32 registers (AVX-512), one at a time with
 /// 16 (AVX2); all of them at once spilled every accumulator to the stack
@@ -861,7 +965,8 @@ unsafe fn int8_store<L: Lanes, const U: usize>(
 /// read and `q` the activation rows it reads, as `tile_dot`'s callers
 /// guarantee.
 #[inline(always)]
-unsafe fn int8_lanes_panel<L: Lanes, const U: usize>(
+unsafe fn int8_lanes_panel<L: Lanes, C: StepCodes, const U: usize>(
+    codes: C,
     (qs, scale, min): (&[u8], &[f16], Option<&[f16]>),
     q: &QuantizedActs,
     (p, i): (usize, usize),
@@ -873,11 +978,11 @@ unsafe fn int8_lanes_panel<L: Lanes, const U: usize>(
     while u < U {
         let fetch = u == 0 && units[0].lane == 0;
         if L::N == 16 && u + 2 <= U {
-            let pair = int8_lanes_units::<L, 2>((qs, scale), q, (p, i), [units[u], units[u + 1]], fetch);
+            let pair = int8_lanes_units::<L, C, 2>(codes, (qs, scale), q, (p, i), [units[u], units[u + 1]], fetch);
             (sums[u], sums[u + 1]) = (pair[0], pair[1]);
             u += 2;
         } else {
-            sums[u] = int8_lanes_units::<L, 1>((qs, scale), q, (p, i), [units[u]], fetch)[0];
+            sums[u] = int8_lanes_units::<L, C, 1>(codes, (qs, scale), q, (p, i), [units[u]], fetch)[0];
             u += 1;
         }
     }
@@ -890,7 +995,8 @@ unsafe fn int8_lanes_panel<L: Lanes, const U: usize>(
 /// # Safety
 /// As `int8_lanes_panel`.
 #[inline(always)]
-unsafe fn int8_lanes_units<L: Lanes, const G: usize>(
+unsafe fn int8_lanes_units<L: Lanes, C: StepCodes, const G: usize>(
+    codes: C,
     (qs, scale): (&[u8], &[f16]),
     q: &QuantizedActs,
     (p, i): (usize, usize),
@@ -901,20 +1007,24 @@ unsafe fn int8_lanes_units<L: Lanes, const G: usize>(
     let mut lanes = [[L::zero(); 8]; G];
     for b in 0..nb {
         let blk = p * nb + b;
-        let w = qs.as_ptr().add(blk * BYTE_BLOCK);
+        let w = qs.as_ptr().add(blk * C::BLOCK);
         if fetch {
-            prefetch_byte_block(w, scale, nb, blk);
+            prefetch_byte_block(w, C::BLOCK, scale, nb, blk);
         }
         let x = q.qs.as_ptr().add(i * k + b * 32);
-        for (lanes, unit) in lanes.iter_mut().zip(units) {
+        let mut ws = [L::zero(); G];
+        for (ws, unit) in ws.iter_mut().zip(units) {
             let sw = L::scales_f16(scale.as_ptr().add(blk * PANEL + unit.lane));
-            let ws = L::block_scale(sw, *q.scale.get_unchecked((i + unit.act) * nb + b));
-            let xa = x.add(unit.act * k);
-            let fours = q.isum4.as_ptr().add(((i + unit.act) * nb + b) * 8);
-            for (t, lane) in lanes.iter_mut().enumerate() {
-                let start = L::int8_start(*fours.add(t));
-                let isum = L::dot_int8(L::splat(start), L::load(w.add(64 * t + 4 * unit.lane)), xa.add(4 * t));
-                *lane = L::fma_scaled(*lane, isum, ws);
+            *ws = L::block_scale(sw, *q.scale.get_unchecked((i + unit.act) * nb + b));
+        }
+        for t in 0..8 {
+            // Units on the first unit's lanes share its codes: decoded once.
+            let first = codes.step::<L>(w, t, units[0].lane);
+            for ((lanes, unit), ws) in lanes.iter_mut().zip(units).zip(ws) {
+                let step = if unit.lane == units[0].lane { first } else { codes.step::<L>(w, t, unit.lane) };
+                let start = codes.start::<L>(*q.isum4.get_unchecked(((i + unit.act) * nb + b) * 8 + t));
+                let isum = codes.dot::<L>(L::splat(start), step, x.add(unit.act * k + 4 * t));
+                lanes[t] = L::fma_scaled(lanes[t], isum, ws);
             }
         }
     }
@@ -1176,10 +1286,15 @@ unsafe fn units_dot<L: Lanes, const U: usize, const SIDES: usize>(
     match w {
         Packed::Nibble { qs, scale, min, order: Arithmetic::Ggml } => nibble_panel::<L, U, SIDES>((qs, scale, min), q, at, units, tile),
         Packed::Nibble { qs, scale, min, order: Arithmetic::Fast } => nibble_blocks_panel::<L, U>((qs, scale, min), q, at, units, tile),
-        Packed::Int8 { qs, scale, min, order: Arithmetic::Ggml } => {
-            int8_lanes_panel::<L, U>((qs, scale, min.as_deref()), q, at, units, tile)
+        Packed::Int8 { qs, scale, min, order, codes } => {
+            let w = (qs.as_slice(), scale.as_slice(), min.as_deref());
+            match (order, *codes) {
+                (Arithmetic::Ggml, ByteCodes::Eight) => int8_lanes_panel::<L, _, U>(Bytes, w, q, at, units, tile),
+                (Arithmetic::Ggml, ByteCodes::Five { zero }) => int8_lanes_panel::<L, _, U>(FiveBits { zero }, w, q, at, units, tile),
+                (Arithmetic::Fast, ByteCodes::Eight) => int8_panel::<L, _, U>(Bytes, w, q, at, units, tile),
+                (Arithmetic::Fast, ByteCodes::Five { zero }) => int8_panel::<L, _, U>(FiveBits { zero }, w, q, at, units, tile),
+            }
         }
-        Packed::Int8 { qs, scale, min, order: Arithmetic::Fast } => int8_panel::<L, U>((qs, scale, min.as_deref()), q, at, units, tile),
         Packed::Int6 { qs, scale, min } => int6_panel::<L, U>(qs, scale, min.as_deref(), q, at, units, tile),
         Packed::SuperNibble { .. } => super_nibble_panel::<L, U>(w, q, at, units, tile),
         Packed::SuperInt6 { .. } => super_int6_panel::<L, U>(w, q, at, units, tile),
