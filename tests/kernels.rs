@@ -312,11 +312,11 @@ fn repacked_rows_equal_ggml_dequantization() {
             w.row_f32(r, cols, &mut got);
             let want = ggml_dequantize(t, &data[r * row_bytes..(r + 1) * row_bytes]);
             // In the fast order Q4_K's scale and minimum products are
-            // rounded to f16 (relative 2^-11 each), and IQ4_XS's in either
-            // order; float rows there are 14-bit codes of the row's
-            // largest weight; everything else repacks exactly.
+            // rounded to f16 (relative 2^-11 each), and Q5_K's, and IQ4_XS's
+            // in either order; float rows there are 14-bit codes of the
+            // row's largest weight; everything else repacks exactly.
             let largest = want.iter().fold(0f32, |a, v| a.max(v.abs()));
-            let rounded = (t == TensorType::Q4K && order == Arithmetic::Fast) || t == TensorType::IQ4XS;
+            let rounded = (matches!(t, TensorType::Q4K | TensorType::Q5K) && order == Arithmetic::Fast) || t == TensorType::IQ4XS;
             let tol = if rounded {
                 largest * 2e-3
             } else if t.is_float() && order == Arithmetic::Fast {

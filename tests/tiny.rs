@@ -136,7 +136,8 @@ fn phi3_fused_tensors_and_rope_factors_match_llama_cpp() {
 /// weight repacking (which crashes on the Q5_K file in this version), in
 /// both orders: every first token where the reference's top two are 0.1
 /// apart, and log-probabilities 0.05 off on average and 0.25 at most.
-/// Their weights equal ggml's dequantization (IQ4_XS's scales to f16), but
+/// Their weights equal ggml's dequantization (IQ4_XS's scales to f16, and
+/// Q5_K's in the fast order), but
 /// llama.cpp's arithmetic for them is not reproduced bit for bit: ggml's
 /// order multiplies them against Q8_K super-blocks as llama.cpp does,
 /// and so comes closer (measured, mean and largest: Q2_K 0.009 and 0.10,

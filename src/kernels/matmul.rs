@@ -490,13 +490,13 @@ fn dot(w: Weights, x: &[f32], q: &QuantizedActs, r: usize, a: usize) -> f32 {
                 acc = ggml_tree8(&lanes);
             }
         }
-        Packed::Int6 { qs, scale, min } => {
+        Packed::Int6 { qs, scale, min, codes } => {
             for b in 0..nb {
                 let blk = panel * nb + b;
-                let code = |e: usize| qs[blk * BYTE_BLOCK + byte_offset(lane, e)] as i32;
+                let code = |e: usize| codes.value(qs, blk, lane, e);
                 for h in 0..2 {
                     let s = (blk * 2 + h) * PANEL + lane;
-                    let sum = isum(b, 16 * h..16 * h + 16, &code) - 32 * xisum[2 * b + h];
+                    let sum = isum(b, 16 * h..16 * h + 16, &code);
                     acc = (sum as f32).mul_add(scale[s] * xs[b], acc);
                     // A minimum times the half's activations: their integer sum.
                     if let Some(min) = min {

@@ -51,12 +51,14 @@ fn nibble_in_block(lane: usize, e: usize) -> (usize, bool) {
     ((e / 8) * 64 + lane * 4 + e % 4, e % 8 >= 4)
 }
 
-/// How `Packed::Int8` stores its codes.
+/// How `Packed::Int8` and `Packed::Int6` store their codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ByteCodes {
     /// A byte per code, value + 128 (unsigned, for `vpdpbusd`), at
     /// `byte_offset` in blocks of `BYTE_BLOCK`.
     Eight,
+    /// A byte per code, value + 32 (6-bit codes), laid out as `Eight`.
+    Six,
     /// Five bits per code (Q5_0's and Q5_1's), so that a decode step reads
     /// the file's 5.5 bits a weight rather than 8.5. A block of
     /// `FIVE_BIT_BLOCK` bytes: the low four bits as a fast-order 4-bit
@@ -65,13 +67,17 @@ pub enum ByteCodes {
     /// (AVX-512) or the half of one (AVX2) takes it. Code q stands for the
     /// value q - zero (16 for Q5_0, 0 for Q5_1's codes above its minimum).
     Five { zero: i32 },
+    /// Four bits per code (Q2_K's and Q3_K's few), value + zero, in a
+    /// fast-order 4-bit block of `NIBBLE_BLOCK` bytes.
+    Four { zero: i32 },
 }
 
 impl ByteCodes {
     pub fn block_bytes(self) -> usize {
         match self {
-            ByteCodes::Eight => BYTE_BLOCK,
+            ByteCodes::Eight | ByteCodes::Six => BYTE_BLOCK,
             ByteCodes::Five { .. } => FIVE_BIT_BLOCK,
+            ByteCodes::Four { .. } => NIBBLE_BLOCK,
         }
     }
 
@@ -81,6 +87,11 @@ impl ByteCodes {
         let block = &qs[blk * self.block_bytes()..];
         match self {
             ByteCodes::Eight => block[byte_offset(lane, e)] as i32 - 128,
+            ByteCodes::Six => block[byte_offset(lane, e)] as i32 - 32,
+            ByteCodes::Four { zero } => {
+                let (at, high) = nibble_in_block(lane, e);
+                (if high { block[at] >> 4 } else { block[at] & 0xF }) as i32 - zero
+            }
             ByteCodes::Five { zero } => {
                 let (at, high) = nibble_in_block(lane, e);
                 let low = if high { block[at] >> 4 } else { block[at] & 0xF };
@@ -97,6 +108,13 @@ impl ByteCodes {
         let block = &mut qs[blk * self.block_bytes()..];
         match self {
             ByteCodes::Eight => block[byte_offset(lane, e)] = (value + 128) as u8,
+            ByteCodes::Six => block[byte_offset(lane, e)] = (value + 32) as u8,
+            ByteCodes::Four { zero } => {
+                let q = (value + zero) as u8;
+                debug_assert!(q < 16, "a 4-bit code");
+                let (at, high) = nibble_in_block(lane, e);
+                block[at] |= if high { q << 4 } else { q };
+            }
             ByteCodes::Five { zero } => {
                 let q = (value + zero) as u8;
                 debug_assert!(q < 32, "a 5-bit code");
@@ -145,16 +163,19 @@ pub enum Packed {
     /// q (+ min where there are minimums), summed in `order`. From Q8_0 and
     /// IQ4_NL, IQ4_XS (bytes), Q5_0 (five bits, values -16..=15: ggml's Q5_0
     /// dot product is Q8_0's, step for step, once the fifth bit is in
-    /// place) and Q5_1 (five bits, values 0..=31 and a minimum per block:
-    /// its dot product is Q4_1's with a fifth bit).
+    /// place), Q5_1 (five bits, values 0..=31 and a minimum per block:
+    /// its dot product is Q4_1's with a fifth bit) and Q5_K in the fast
+    /// order (as Q5_1, its products of two scales rounded to f16, as
+    /// Q4_K's are).
     Int8 { qs: Vec<u8>, scale: Vec<f16>, min: Option<Vec<f16>>, order: Arithmetic, codes: ByteCodes },
-    /// 6-bit codes q in 0..=63, w = scale * (q - 32) (+ min), a scale (and
-    /// a minimum where there are minimums) per 16 weights. From Q6_K and
-    /// Q3_K (codes q - 32 in -4..=3), Q2_K (0..=3, a minimum per 16) and
-    /// Q5_K (0..=31, a scale and minimum per 32, each kept for both
-    /// halves): every weight ggml's dequantization exactly, each scale and
-    /// minimum being an f16 times a small integer.
-    Int6 { qs: Vec<u8>, scale: Vec<f32>, min: Option<Vec<f32>> },
+    /// Codes of values q in -32..=31 stored as `codes` says, w = scale * q
+    /// (+ min), a scale (and a minimum where there are minimums) per 16
+    /// weights. From Q6_K (bytes), Q3_K (four bits, values -4..=3), Q2_K
+    /// (four bits, values 0..=3, a minimum per 16) and in ggml's order
+    /// Q5_K (bytes, values 0..=31, a scale and minimum per 32 kept for
+    /// both halves): every weight ggml's dequantization exactly, each scale
+    /// and minimum being an f16 times a small integer.
+    Int6 { qs: Vec<u8>, scale: Vec<f32>, min: Option<Vec<f32>>, codes: ByteCodes },
     /// 4-bit codes in super-blocks of 256, w = d * scale * q - dmin * min,
     /// with Q4_K's own integers: a 6-bit scale and minimum per 32 weights
     /// (`scale`, `min`, indexed as other per-block scales) and f16 `d`,
@@ -317,12 +338,10 @@ fn decode_row(ttype: TensorType, data: &[u8], cols: usize) -> RowCodes {
                         let (sc, m) = q4k_scale_min(2 * g + high as usize, &b[4..16]);
                         row.codes.extend(group.iter().zip(qh).map(|(&q, &h)| {
                             let low = if high { q >> 4 } else { q & 0xF };
-                            low + if h & bit != 0 { 16 } else { 0 } + 32
+                            low + if h & bit != 0 { 16 } else { 0 } + 128
                         }));
-                        for _half in 0..2 {
-                            row.scale.push(d * sc as f32);
-                            row.min.push(-(dmin * m as f32));
-                        }
+                        row.scale.push(d * sc as f32);
+                        row.min.push(-(dmin * m as f32));
                     }
                 }
             }
@@ -433,7 +452,17 @@ pub fn repack(ttype: TensorType, data: &[u8], rows: usize, cols: usize, order: A
         return repack_super_blocks(ttype, data, rows, cols);
     }
     if order == Arithmetic::Ggml && matches!(ttype, TensorType::Q2K | TensorType::Q3K | TensorType::Q5K | TensorType::IQ4XS) {
-        return Packed::OnSuperBlocks(Box::new(repack(ttype, data, rows, cols, Arithmetic::Fast)));
+        // Q5_K's scales stay exact here, where the fast order rounds them
+        // to f16 in five-bit blocks: this order is held close to
+        // llama.cpp's arithmetic, and rounded scales put the tiny Q5_K
+        // file's log-probabilities 0.033 off on average, exact ones 0.009
+        // (tests/tiny.rs).
+        let inner = if ttype == TensorType::Q5K {
+            repack_per_16(ttype, data, rows, cols)
+        } else {
+            repack(ttype, data, rows, cols, Arithmetic::Fast)
+        };
+        return Packed::OnSuperBlocks(Box::new(inner));
     }
     let (nb, panels) = (cols / 32, rows.div_ceil(PANEL));
     let slots = panels * nb * PANEL;
@@ -479,16 +508,16 @@ pub fn repack(ttype: TensorType, data: &[u8], rows: usize, cols: usize, order: A
             }
             Packed::Nibble { qs, scale, min, order }
         }
-        TensorType::Q8_0 | TensorType::Q5_0 | TensorType::Q5_1 | TensorType::IQ4NL | TensorType::IQ4XS => {
+        TensorType::Q8_0 | TensorType::Q5_0 | TensorType::Q5_1 | TensorType::Q5K | TensorType::IQ4NL | TensorType::IQ4XS => {
             let codes = match ttype {
                 TensorType::Q5_0 => ByteCodes::Five { zero: 16 },
-                TensorType::Q5_1 => ByteCodes::Five { zero: 0 },
+                TensorType::Q5_1 | TensorType::Q5K => ByteCodes::Five { zero: 0 },
                 _ => ByteCodes::Eight,
             };
             // Padding rows: code 0 with scale 0.
             let mut qs = vec![0u8; panels * nb * codes.block_bytes()];
             let mut scale = vec![f16::ZERO; slots];
-            let mut mins = (ttype == TensorType::Q5_1).then(|| vec![f16::ZERO; slots]);
+            let mut mins = matches!(ttype, TensorType::Q5_1 | TensorType::Q5K).then(|| vec![f16::ZERO; slots]);
             for (first_block, lane, row) in rows_of() {
                 for b in 0..nb {
                     let blk = first_block + b;
@@ -503,27 +532,44 @@ pub fn repack(ttype: TensorType, data: &[u8], rows: usize, cols: usize, order: A
             }
             Packed::Int8 { qs, scale, min: mins, order, codes }
         }
-        TensorType::Q2K | TensorType::Q3K | TensorType::Q5K | TensorType::Q6K => {
-            let mut qs = vec![0u8; slots * 32];
-            let mut scale = vec![0f32; slots * 2];
-            let mut mins = matches!(ttype, TensorType::Q2K | TensorType::Q5K).then(|| vec![0f32; slots * 2]);
-            for (first_block, lane, row) in rows_of() {
-                for b in 0..nb {
-                    let blk = first_block + b;
-                    for (e, &code) in row.codes[b * 32..(b + 1) * 32].iter().enumerate() {
-                        qs[blk * BYTE_BLOCK + byte_offset(lane, e)] = code;
-                    }
-                    for h in 0..2 {
-                        scale[(blk * 2 + h) * PANEL + lane] = row.scale[b * 2 + h];
-                        if let Some(mins) = &mut mins {
-                            mins[(blk * 2 + h) * PANEL + lane] = row.min[b * 2 + h];
-                        }
-                    }
+        TensorType::Q2K | TensorType::Q3K | TensorType::Q6K => repack_per_16(ttype, data, rows, cols),
+    }
+}
+
+/// Q2_K, Q3_K, Q6_K (and for ggml's order Q5_K, its scales kept exact)
+/// repacked with a scale per 16 weights (see `Packed::Int6`).
+fn repack_per_16(ttype: TensorType, data: &[u8], rows: usize, cols: usize) -> Packed {
+    let (nb, panels) = (cols / 32, rows.div_ceil(PANEL));
+    let slots = panels * nb * PANEL;
+    let row_bytes = data.len() / rows.max(1);
+    let codes = match ttype {
+        TensorType::Q2K => ByteCodes::Four { zero: 0 },
+        TensorType::Q3K => ByteCodes::Four { zero: 4 },
+        _ => ByteCodes::Six,
+    };
+    // Q5_K's rows decode as 8-bit codes with a scale and minimum per 32.
+    let (offset, halves_per_scale) = if ttype == TensorType::Q5K { (128, 2) } else { (32, 1) };
+    let mut qs = vec![0u8; panels * nb * codes.block_bytes()];
+    let mut scale = vec![0f32; slots * 2];
+    let mut mins = matches!(ttype, TensorType::Q2K | TensorType::Q5K).then(|| vec![0f32; slots * 2]);
+    for r in 0..rows {
+        let (first_block, lane) = (r / PANEL * nb, r % PANEL);
+        let row = decode_row(ttype, &data[r * row_bytes..(r + 1) * row_bytes], cols);
+        for b in 0..nb {
+            let blk = first_block + b;
+            for (e, &code) in row.codes[b * 32..(b + 1) * 32].iter().enumerate() {
+                codes.store(&mut qs, blk, lane, e, code as i32 - offset);
+            }
+            for h in 0..2 {
+                let at = (b * 2 + h) / halves_per_scale;
+                scale[(blk * 2 + h) * PANEL + lane] = row.scale[at];
+                if let Some(mins) = &mut mins {
+                    mins[(blk * 2 + h) * PANEL + lane] = row.min[at];
                 }
             }
-            Packed::Int6 { qs, scale, min: mins }
         }
     }
+    Packed::Int6 { qs, scale, min: mins, codes }
 }
 
 impl Packed {
@@ -559,10 +605,10 @@ impl Packed {
                     *o = scale[blk * PANEL + lane].to_f32() * q as f32 + min.as_ref().map_or(0.0, |m| m[blk * PANEL + lane].to_f32());
                 }
             }
-            Packed::Int6 { qs, scale, min } => {
+            Packed::Int6 { qs, scale, min, codes } => {
                 for (i, o) in out.iter_mut().enumerate() {
                     let blk = block(i / 32);
-                    let q = qs[blk * BYTE_BLOCK + byte_offset(lane, i % 32)] as i32 - 32;
+                    let q = codes.value(qs, blk, lane, i % 32);
                     let s = (blk * 2 + i % 32 / 16) * PANEL + lane;
                     *o = scale[s] * q as f32 + min.as_ref().map_or(0.0, |m| m[s]);
                 }
@@ -605,7 +651,7 @@ impl Packed {
             Packed::Int16 { qs, scale } => qs.len() * 2 + scale.len() * 4,
             Packed::Float(w) => w.len() * 4,
             Packed::Int8 { qs, scale, min, .. } => qs.len() + (scale.len() + min.as_ref().map_or(0, Vec::len)) * 2,
-            Packed::Int6 { qs, scale, min } => qs.len() + (scale.len() + min.as_ref().map_or(0, Vec::len)) * 4,
+            Packed::Int6 { qs, scale, min, .. } => qs.len() + (scale.len() + min.as_ref().map_or(0, Vec::len)) * 4,
             Packed::Nibble { qs, scale, min, .. } => qs.len() + (scale.len() + min.len()) * 2,
             Packed::SuperNibble { qs, scale, min, d, dmin } => qs.len() + scale.len() + min.len() + (d.len() + dmin.len()) * 2,
             Packed::SuperInt6 { qs, scale, d } => qs.len() + scale.len() + d.len() * 2,
@@ -619,7 +665,7 @@ impl Packed {
             (Packed::Int8 { order: a, min: m, codes: c, .. }, Packed::Int8 { order: b, min: n, codes: d, .. }) => {
                 a == b && m.is_some() == n.is_some() && c == d
             }
-            (Packed::Int6 { min: m, .. }, Packed::Int6 { min: n, .. }) => m.is_some() == n.is_some(),
+            (Packed::Int6 { min: m, codes: c, .. }, Packed::Int6 { min: n, codes: d, .. }) => m.is_some() == n.is_some() && c == d,
             (Packed::OnSuperBlocks(a), Packed::OnSuperBlocks(b)) => a.same_format(b),
             _ => std::mem::discriminant(self) == std::mem::discriminant(other),
         }
@@ -655,7 +701,7 @@ impl Packed {
                         min.extend(m2);
                     }
                 }
-                (Packed::Int6 { qs, scale, min }, Packed::Int6 { qs: q2, scale: s2, min: m2 }) => {
+                (Packed::Int6 { qs, scale, min, .. }, Packed::Int6 { qs: q2, scale: s2, min: m2, .. }) => {
                     qs.extend(q2);
                     scale.extend(s2);
                     if let (Some(min), Some(m2)) = (min, m2) {

@@ -808,25 +808,36 @@ trait StepCodes: Copy {
     /// # Safety
     /// The CPU has `L`'s instruction set; `w` holds a whole panel block.
     unsafe fn step<L: Lanes>(self, w: *const u8, t: usize, lane: usize) -> L::I;
+    /// The code that stands for the value 0.
+    fn zero(self) -> i32;
     /// `acc` plus, per 32-bit lane, the dot of a step's four codes with the
-    /// four activation bytes at `x`.
+    /// four activation bytes at `x`: unsigned codes of at most 63 by
+    /// default, whose pair sums cannot saturate AVX2's 16 bits.
     ///
     /// # Safety
     /// The CPU has `L`'s instruction set; `x` is valid for four bytes.
-    unsafe fn dot<L: Lanes>(self, acc: L::I, codes: L::I, x: *const i8) -> L::I;
+    #[inline(always)]
+    unsafe fn dot<L: Lanes>(self, acc: L::I, codes: L::I, x: *const i8) -> L::I {
+        L::dot(acc, codes, x)
+    }
     /// The integer a sum starts from for activations summing to `isum`.
-    fn start<L: Lanes>(self, isum: i32) -> i32;
+    fn start<L: Lanes>(self, isum: i32) -> i32 {
+        -self.zero() * isum
+    }
 }
 
-/// `ByteCodes::Eight`: a step is one register of bytes.
+/// `ByteCodes::Eight`: a step is one register of bytes (value + 128).
 #[derive(Clone, Copy)]
-struct Bytes;
+struct EightBits;
 
-impl StepCodes for Bytes {
+impl StepCodes for EightBits {
     const BLOCK: usize = BYTE_BLOCK;
     #[inline(always)]
     unsafe fn step<L: Lanes>(self, w: *const u8, t: usize, lane: usize) -> L::I {
         L::load(w.add(64 * t + 4 * lane))
+    }
+    fn zero(self) -> i32 {
+        128
     }
     #[inline(always)]
     unsafe fn dot<L: Lanes>(self, acc: L::I, codes: L::I, x: *const i8) -> L::I {
@@ -837,9 +848,23 @@ impl StepCodes for Bytes {
     }
 }
 
+/// `ByteCodes::Six`: as `EightBits`, codes value + 32.
+#[derive(Clone, Copy)]
+struct SixBits;
+
+impl StepCodes for SixBits {
+    const BLOCK: usize = BYTE_BLOCK;
+    #[inline(always)]
+    unsafe fn step<L: Lanes>(self, w: *const u8, t: usize, lane: usize) -> L::I {
+        EightBits.step::<L>(w, t, lane)
+    }
+    fn zero(self) -> i32 {
+        32
+    }
+}
+
 /// `ByteCodes::Five`: a step is one side of a 4-bit line with its fifth
-/// bits added; codes are unsigned (at most 31), and the sum starts at
-/// `-zero` times the activations' sum.
+/// bits added.
 #[derive(Clone, Copy)]
 struct FiveBits {
     zero: i32,
@@ -849,15 +874,32 @@ impl StepCodes for FiveBits {
     const BLOCK: usize = FIVE_BIT_BLOCK;
     #[inline(always)]
     unsafe fn step<L: Lanes>(self, w: *const u8, t: usize, lane: usize) -> L::I {
-        let (low, high) = L::nibbles(L::load(w.add(64 * (t / 2) + 4 * lane)));
-        L::fifth_bits(if t.is_multiple_of(2) { low } else { high }, w.add(NIBBLE_BLOCK + 8 * t + lane / 2))
+        L::fifth_bits(FourBits { zero: self.zero }.step::<L>(w, t, lane), w.add(NIBBLE_BLOCK + 8 * t + lane / 2))
     }
+    fn zero(self) -> i32 {
+        self.zero
+    }
+}
+
+/// `ByteCodes::Four`: a step is one side of a 4-bit line.
+#[derive(Clone, Copy)]
+struct FourBits {
+    zero: i32,
+}
+
+impl StepCodes for FourBits {
+    const BLOCK: usize = NIBBLE_BLOCK;
     #[inline(always)]
-    unsafe fn dot<L: Lanes>(self, acc: L::I, codes: L::I, x: *const i8) -> L::I {
-        L::dot(acc, codes, x)
+    unsafe fn step<L: Lanes>(self, w: *const u8, t: usize, lane: usize) -> L::I {
+        let (low, high) = L::nibbles(L::load(w.add(64 * (t / 2) + 4 * lane)));
+        if t.is_multiple_of(2) {
+            low
+        } else {
+            high
+        }
     }
-    fn start<L: Lanes>(self, isum: i32) -> i32 {
-        -self.zero * isum
+    fn zero(self) -> i32 {
+        self.zero
     }
 }
 
@@ -1036,18 +1078,17 @@ unsafe fn int8_lanes_units<L: Lanes, C: StepCodes, const G: usize>(
     sums
 }
 
-/// 6-bit panels (codes q, weights q - 32, plus a minimum where there are
-/// minimums): a chain and a scale per half block.
+/// Panels with a scale per 16 (codes read as `C` reads them, plus a minimum
+/// where there are minimums): a chain and a scale per half block.
 ///
 /// # Safety
 /// The CPU has `L`'s instruction set; `w` holds whole panels through the one
 /// read and `q` the activation rows it reads, as `tile_dot`'s callers
 /// guarantee.
 #[inline(always)]
-unsafe fn int6_panel<L: Lanes, const U: usize>(
-    qs: &[u8],
-    scale: &[f32],
-    min: Option<&[f32]>,
+unsafe fn int6_panel<L: Lanes, C: StepCodes, const U: usize>(
+    codes: C,
+    (qs, scale, min): (&[u8], &[f32], Option<&[f32]>),
     q: &QuantizedActs,
     (p, i): (usize, usize),
     units: [Unit; U],
@@ -1057,19 +1098,26 @@ unsafe fn int6_panel<L: Lanes, const U: usize>(
     let mut acc = [L::zero(); U];
     for b in 0..nb {
         let blk = p * nb + b;
-        let w = qs.as_ptr().add(blk * BYTE_BLOCK);
+        let w = qs.as_ptr().add(blk * C::BLOCK);
         let x = q.qs.as_ptr().add(i * k + b * 32);
         let (mut first, mut second) = ([L::splat(0); U], [L::splat(0); U]);
         for (u, unit) in units.iter().enumerate() {
             let xb = (i + unit.act) * nb + b;
-            first[u] = L::splat(-32 * q.isum16[2 * xb]);
-            second[u] = L::splat(-32 * q.isum16[2 * xb + 1]);
+            first[u] = L::splat(codes.start::<L>(q.isum16[2 * xb]));
+            second[u] = L::splat(codes.start::<L>(q.isum16[2 * xb + 1]));
         }
         for t in 0..4 {
+            // Units on the first unit's lanes share its codes: decoded once.
+            let (lead0, lead1) = (codes.step::<L>(w, t, units[0].lane), codes.step::<L>(w, t + 4, units[0].lane));
             for (u, unit) in units.iter().enumerate() {
-                let (w, xa) = (w.add(64 * t + 4 * unit.lane), x.add(unit.act * k + 4 * t));
-                first[u] = L::dot(first[u], L::load(w), xa);
-                second[u] = L::dot(second[u], L::load(w.add(256)), xa.add(16));
+                let (w0, w1) = if unit.lane == units[0].lane {
+                    (lead0, lead1)
+                } else {
+                    (codes.step::<L>(w, t, unit.lane), codes.step::<L>(w, t + 4, unit.lane))
+                };
+                let xa = x.add(unit.act * k + 4 * t);
+                first[u] = codes.dot::<L>(first[u], w0, xa);
+                second[u] = codes.dot::<L>(second[u], w1, xa.add(16));
             }
         }
         for (u, unit) in units.iter().enumerate() {
@@ -1289,13 +1337,21 @@ unsafe fn units_dot<L: Lanes, const U: usize, const SIDES: usize>(
         Packed::Int8 { qs, scale, min, order, codes } => {
             let w = (qs.as_slice(), scale.as_slice(), min.as_deref());
             match (order, *codes) {
-                (Arithmetic::Ggml, ByteCodes::Eight) => int8_lanes_panel::<L, _, U>(Bytes, w, q, at, units, tile),
+                (Arithmetic::Ggml, ByteCodes::Eight) => int8_lanes_panel::<L, _, U>(EightBits, w, q, at, units, tile),
                 (Arithmetic::Ggml, ByteCodes::Five { zero }) => int8_lanes_panel::<L, _, U>(FiveBits { zero }, w, q, at, units, tile),
-                (Arithmetic::Fast, ByteCodes::Eight) => int8_panel::<L, _, U>(Bytes, w, q, at, units, tile),
+                (Arithmetic::Fast, ByteCodes::Eight) => int8_panel::<L, _, U>(EightBits, w, q, at, units, tile),
                 (Arithmetic::Fast, ByteCodes::Five { zero }) => int8_panel::<L, _, U>(FiveBits { zero }, w, q, at, units, tile),
+                (_, ByteCodes::Six | ByteCodes::Four { .. }) => return false,
             }
         }
-        Packed::Int6 { qs, scale, min } => int6_panel::<L, U>(qs, scale, min.as_deref(), q, at, units, tile),
+        Packed::Int6 { qs, scale, min, codes } => {
+            let w = (qs.as_slice(), scale.as_slice(), min.as_deref());
+            match *codes {
+                ByteCodes::Six => int6_panel::<L, _, U>(SixBits, w, q, at, units, tile),
+                ByteCodes::Four { zero } => int6_panel::<L, _, U>(FourBits { zero }, w, q, at, units, tile),
+                ByteCodes::Eight | ByteCodes::Five { .. } => return false,
+            }
+        }
         Packed::SuperNibble { .. } => super_nibble_panel::<L, U>(w, q, at, units, tile),
         Packed::SuperInt6 { .. } => super_int6_panel::<L, U>(w, q, at, units, tile),
         Packed::Float(_) | Packed::OnSuperBlocks(_) | Packed::Int16 { .. } => return false,
