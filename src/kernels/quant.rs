@@ -41,14 +41,19 @@ pub fn byte_offset(lane: usize, e: usize) -> usize {
     (e / 4) * 64 + lane * 4 + e % 4
 }
 
-/// Bytes of one block of a whole panel of 5-bit codes (see `ByteCodes::Five`).
-pub const FIVE_BIT_BLOCK: usize = NIBBLE_BLOCK + 64;
-
 /// Where code `e` of row `lane` sits within a 4-bit panel block in the fast
 /// order's layout (see `nibble_offset`), and whether it is the high nibble.
 #[inline(always)]
 fn nibble_in_block(lane: usize, e: usize) -> (usize, bool) {
     ((e / 8) * 64 + lane * 4 + e % 4, e % 8 >= 4)
+}
+
+/// Where the bit of code `e` of row `lane` sits in a plane of bits above
+/// the 4-bit block (see `ByteCodes::Five`): its byte and the bit in it.
+#[inline(always)]
+fn plane_bit(lane: usize, e: usize) -> (usize, usize) {
+    let bit = 4 * lane + e % 4;
+    ((e / 4) * 8 + bit / 8, bit % 8)
 }
 
 /// How `Packed::Int8` and `Packed::Int6` store their codes.
@@ -57,27 +62,47 @@ pub enum ByteCodes {
     /// A byte per code, value + 128 (unsigned, for `vpdpbusd`), at
     /// `byte_offset` in blocks of `BYTE_BLOCK`.
     Eight,
-    /// A byte per code, value + 32 (6-bit codes), laid out as `Eight`.
+    /// Six bits per code (Q6_K's), value + 32: as `Five`, with a second
+    /// plane of bits (the sixth) after the first.
     Six,
-    /// Five bits per code (Q5_0's and Q5_1's), so that a decode step reads
-    /// the file's 5.5 bits a weight rather than 8.5. A block of
-    /// `FIVE_BIT_BLOCK` bytes: the low four bits as a fast-order 4-bit
-    /// block, then for each step t (codes 4t..4t+4 of every row) a 64-bit
-    /// word whose bit 4 * lane + e % 4 is the fifth bit, as a 64-bit mask
-    /// (AVX-512) or the half of one (AVX2) takes it. Code q stands for the
-    /// value q - zero (16 for Q5_0, 0 for Q5_1's codes above its minimum).
+    /// Five bits per code (Q5_0's, Q5_1's and Q5_K's), so that a decode
+    /// step reads the file's 5.5 bits a weight rather than 8.5: the low
+    /// four bits as a fast-order 4-bit block (`NIBBLE_BLOCK` bytes), then a
+    /// plane of the fifth bits: for each step t (codes 4t..4t+4 of every
+    /// row) a 64-bit word whose bit 4 * lane + e % 4 is code e's, as a
+    /// 64-bit mask (AVX-512) or the half of one (AVX2) takes it. Code q
+    /// stands for the value q - zero (16 for Q5_0, 0 for codes above a
+    /// minimum).
     Five { zero: i32 },
     /// Four bits per code (Q2_K's and Q3_K's few), value + zero, in a
-    /// fast-order 4-bit block of `NIBBLE_BLOCK` bytes.
+    /// fast-order 4-bit block.
     Four { zero: i32 },
 }
 
 impl ByteCodes {
+    /// The planes of bits above the 4-bit block (none for bytes).
+    fn planes(self) -> usize {
+        match self {
+            ByteCodes::Eight | ByteCodes::Four { .. } => 0,
+            ByteCodes::Five { .. } => 1,
+            ByteCodes::Six => 2,
+        }
+    }
+
+    /// The code that stands for the value 0.
+    fn zero(self) -> i32 {
+        match self {
+            ByteCodes::Eight => 128,
+            ByteCodes::Six => 32,
+            ByteCodes::Five { zero } | ByteCodes::Four { zero } => zero,
+        }
+    }
+
+    /// Bytes of one panel block of 32 codes.
     pub fn block_bytes(self) -> usize {
         match self {
-            ByteCodes::Eight | ByteCodes::Six => BYTE_BLOCK,
-            ByteCodes::Five { .. } => FIVE_BIT_BLOCK,
-            ByteCodes::Four { .. } => NIBBLE_BLOCK,
+            ByteCodes::Eight => BYTE_BLOCK,
+            _ => NIBBLE_BLOCK + 64 * self.planes(),
         }
     }
 
@@ -85,43 +110,33 @@ impl ByteCodes {
     #[inline(always)]
     pub fn value(self, qs: &[u8], blk: usize, lane: usize, e: usize) -> i32 {
         let block = &qs[blk * self.block_bytes()..];
-        match self {
-            ByteCodes::Eight => block[byte_offset(lane, e)] as i32 - 128,
-            ByteCodes::Six => block[byte_offset(lane, e)] as i32 - 32,
-            ByteCodes::Four { zero } => {
+        let code = match self {
+            ByteCodes::Eight => block[byte_offset(lane, e)],
+            _ => {
                 let (at, high) = nibble_in_block(lane, e);
-                (if high { block[at] >> 4 } else { block[at] & 0xF }) as i32 - zero
-            }
-            ByteCodes::Five { zero } => {
-                let (at, high) = nibble_in_block(lane, e);
+                let (byte, bit) = plane_bit(lane, e);
                 let low = if high { block[at] >> 4 } else { block[at] & 0xF };
-                let bit = 4 * lane + e % 4;
-                let fifth = (block[NIBBLE_BLOCK + (e / 4) * 8 + bit / 8] >> (bit % 8)) & 1;
-                (low | fifth << 4) as i32 - zero
+                (0..self.planes()).fold(low, |q, p| q | ((block[NIBBLE_BLOCK + 64 * p + byte] >> bit) & 1) << (4 + p))
             }
-        }
+        };
+        code as i32 - self.zero()
     }
 
     /// Stores `value` as code `e` of row `lane` of panel block `blk` (its
     /// bits still zero).
     fn store(self, qs: &mut [u8], blk: usize, lane: usize, e: usize, value: i32) {
         let block = &mut qs[blk * self.block_bytes()..];
+        let q = (value + self.zero()) as u8;
         match self {
-            ByteCodes::Eight => block[byte_offset(lane, e)] = (value + 128) as u8,
-            ByteCodes::Six => block[byte_offset(lane, e)] = (value + 32) as u8,
-            ByteCodes::Four { zero } => {
-                let q = (value + zero) as u8;
-                debug_assert!(q < 16, "a 4-bit code");
-                let (at, high) = nibble_in_block(lane, e);
-                block[at] |= if high { q << 4 } else { q };
-            }
-            ByteCodes::Five { zero } => {
-                let q = (value + zero) as u8;
-                debug_assert!(q < 32, "a 5-bit code");
+            ByteCodes::Eight => block[byte_offset(lane, e)] = q,
+            _ => {
+                debug_assert!(q >> (4 + self.planes()) == 0, "a code of {} bits", 4 + self.planes());
                 let (at, high) = nibble_in_block(lane, e);
                 block[at] |= if high { (q & 0xF) << 4 } else { q & 0xF };
-                let bit = 4 * lane + e % 4;
-                block[NIBBLE_BLOCK + (e / 4) * 8 + bit / 8] |= (q >> 4) << (bit % 8);
+                let (byte, bit) = plane_bit(lane, e);
+                for p in 0..self.planes() {
+                    block[NIBBLE_BLOCK + 64 * p + byte] |= ((q >> (4 + p)) & 1) << bit;
+                }
             }
         }
     }
@@ -170,9 +185,9 @@ pub enum Packed {
     Int8 { qs: Vec<u8>, scale: Vec<f16>, min: Option<Vec<f16>>, order: Arithmetic, codes: ByteCodes },
     /// Codes of values q in -32..=31 stored as `codes` says, w = scale * q
     /// (+ min), a scale (and a minimum where there are minimums) per 16
-    /// weights. From Q6_K (bytes), Q3_K (four bits, values -4..=3), Q2_K
+    /// weights. From Q6_K (six bits), Q3_K (four bits, values -4..=3), Q2_K
     /// (four bits, values 0..=3, a minimum per 16) and in ggml's order
-    /// Q5_K (bytes, values 0..=31, a scale and minimum per 32 kept for
+    /// Q5_K (six bits, values 0..=31, a scale and minimum per 32 kept for
     /// both halves): every weight ggml's dequantization exactly, each scale
     /// and minimum being an f16 times a small integer.
     Int6 { qs: Vec<u8>, scale: Vec<f32>, min: Option<Vec<f32>>, codes: ByteCodes },

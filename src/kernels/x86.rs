@@ -10,7 +10,7 @@ use std::mem::MaybeUninit;
 use half::f16;
 
 use super::acts::{QuantizedActs, Tile};
-use super::quant::{ByteCodes, Packed, BYTE_BLOCK, FIVE_BIT_BLOCK, NIBBLE_BLOCK, PANEL};
+use super::quant::{ByteCodes, Packed, BYTE_BLOCK, NIBBLE_BLOCK, PANEL};
 use super::{max_lane8, prefetch, Arithmetic, Isa, IsaKind};
 
 /// The vector operations the kernels are written in; `N` rows per register.
@@ -59,13 +59,14 @@ trait Lanes {
     /// `Isa::available` found; a pointer is valid for one register's width.
     unsafe fn dot_int8(acc: Self::I, w: Self::I, x: *const i8) -> Self::I;
     fn int8_start(isum: i32) -> i32;
-    /// 4-bit codes `v` with 16 added to every byte whose bit is set in the
-    /// `4 * N` bits at `bits` (`ByteCodes::Five`'s fifth bits).
+    /// Codes `v` with `add` added to every byte whose bit is set in the
+    /// `4 * N` bits at `bits` (a plane of `ByteCodes::Five`'s or `Six`'s
+    /// high bits).
     ///
     /// # Safety
     /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
     /// `Isa::available` found; `bits` is valid for `N / 2` bytes.
-    unsafe fn fifth_bits(v: Self::I, bits: *const u8) -> Self::I;
+    unsafe fn add_where_set(v: Self::I, bits: *const u8, add: i8) -> Self::I;
     /// # Safety
     /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
     /// `Isa::available` found; a pointer is valid for one register's width.
@@ -215,9 +216,9 @@ impl Lanes for Vnni512 {
     /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
     /// `Isa::available` found; `bits` is valid for `N / 2` bytes.
     #[inline(always)]
-    unsafe fn fifth_bits(v: __m512i, bits: *const u8) -> __m512i {
+    unsafe fn add_where_set(v: __m512i, bits: *const u8, add: i8) -> __m512i {
         let mask = (bits as *const u64).read_unaligned();
-        _mm512_mask_add_epi8(v, mask, v, _mm512_set1_epi8(16))
+        _mm512_mask_add_epi8(v, mask, v, _mm512_set1_epi8(add))
     }
     /// # Safety
     /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
@@ -399,13 +400,13 @@ impl Lanes for Avx2 {
     }
     /// Each byte takes the byte of bits holding its own (bytes 0-7 from
     /// the first, 8-15 from the second, ... of the four), keeps that bit,
-    /// and becomes 16 where it is set.
+    /// and becomes `add` where it is set.
     ///
     /// # Safety
     /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
     /// `Isa::available` found; `bits` is valid for `N / 2` bytes.
     #[inline(always)]
-    unsafe fn fifth_bits(v: __m256i, bits: *const u8) -> __m256i {
+    unsafe fn add_where_set(v: __m256i, bits: *const u8, add: i8) -> __m256i {
         let word = _mm256_set1_epi32((bits as *const i32).read_unaligned());
         #[rustfmt::skip]
         let spread = _mm256_shuffle_epi8(word, _mm256_setr_epi8(
@@ -414,7 +415,7 @@ impl Lanes for Avx2 {
         ));
         let select = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
         let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, select), select);
-        _mm256_add_epi8(v, _mm256_and_si256(set, _mm256_set1_epi8(16)))
+        _mm256_add_epi8(v, _mm256_and_si256(set, _mm256_set1_epi8(add)))
     }
     /// # Safety
     /// The CPU has these lanes' instruction set (AVX-512 VNNI, or AVX2), as
@@ -848,15 +849,17 @@ impl StepCodes for EightBits {
     }
 }
 
-/// `ByteCodes::Six`: as `EightBits`, codes value + 32.
+/// `ByteCodes::Six`: a step is one side of a 4-bit line with its fifth
+/// and sixth bits added.
 #[derive(Clone, Copy)]
 struct SixBits;
 
 impl StepCodes for SixBits {
-    const BLOCK: usize = BYTE_BLOCK;
+    const BLOCK: usize = NIBBLE_BLOCK + 128;
     #[inline(always)]
     unsafe fn step<L: Lanes>(self, w: *const u8, t: usize, lane: usize) -> L::I {
-        EightBits.step::<L>(w, t, lane)
+        let five = FiveBits { zero: 32 }.step::<L>(w, t, lane);
+        L::add_where_set(five, w.add(NIBBLE_BLOCK + 64 + 8 * t + lane / 2), 32)
     }
     fn zero(self) -> i32 {
         32
@@ -871,10 +874,10 @@ struct FiveBits {
 }
 
 impl StepCodes for FiveBits {
-    const BLOCK: usize = FIVE_BIT_BLOCK;
+    const BLOCK: usize = NIBBLE_BLOCK + 64;
     #[inline(always)]
     unsafe fn step<L: Lanes>(self, w: *const u8, t: usize, lane: usize) -> L::I {
-        L::fifth_bits(FourBits { zero: self.zero }.step::<L>(w, t, lane), w.add(NIBBLE_BLOCK + 8 * t + lane / 2))
+        L::add_where_set(FourBits { zero: self.zero }.step::<L>(w, t, lane), w.add(NIBBLE_BLOCK + 8 * t + lane / 2), 16)
     }
     fn zero(self) -> i32 {
         self.zero

@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 
 use super::error::{Api, ApiError};
 use super::models::Loaded;
+use super::ollama::check_embedding_count;
 use super::{ndjson, App};
 use crate::api::ollama::{embed_inputs, rfc3339};
 use crate::engine::EngineError;
@@ -60,11 +61,7 @@ pub async fn embed_batch(
         }
         items.push(texts);
     }
-    let inputs: usize = items.iter().map(Vec::len).sum();
-    let limit = app.config.max_batch_items;
-    if inputs > limit {
-        return Err(ApiError::bad(API, format!("{inputs} inputs; the limit is {limit} (--max-batch-items)")));
-    }
+    check_embedding_count(&app, items.iter().map(Vec::len).sum(), API)?;
     let counts: Vec<usize> = items.iter().map(|texts| texts.iter().map(Vec::len).sum()).collect();
     // Every input queued before any is awaited: they share passes.
     let mut pending: Vec<Pending> = Vec::with_capacity(items.len());

@@ -159,14 +159,18 @@ pub async fn embeddings(State(app): State<Arc<App>>, Extension(log): Extension<R
     Ok(Json(json!({ "embedding": v.remove(0) })).into_response())
 }
 
+/// A 400 where one request asks for more embeddings than `--max-batch-items`.
+pub(super) fn check_embedding_count(app: &App, inputs: usize, api: Api) -> Result<(), ApiError> {
+    let limit = app.config.max_batch_items;
+    if inputs > limit {
+        return Err(ApiError::bad(api, format!("{inputs} inputs; the limit is {limit} (--max-batch-items)")));
+    }
+    Ok(())
+}
+
 /// Embeds each input on the model's engine, in order.
 pub(super) async fn embed_all(app: &App, loaded: &Loaded, inputs: Vec<Vec<u32>>, api: Api) -> Result<Vec<Vec<f32>>, ApiError> {
-    if inputs.len() > app.config.max_batch_items {
-        return Err(ApiError::bad(
-            api,
-            format!("{} inputs; the limit is {} (--max-batch-items)", inputs.len(), app.config.max_batch_items),
-        ));
-    }
+    check_embedding_count(app, inputs.len(), api)?;
     let pending: Vec<_> =
         inputs.into_iter().map(|t| loaded.engine.embed(t).map_err(|e| ApiError::engine(api, e))).collect::<Result<_, _>>()?;
     let mut out = Vec::new();
