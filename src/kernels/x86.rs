@@ -858,7 +858,7 @@ impl StepCodes for SixBits {
     const BLOCK: usize = NIBBLE_BLOCK + 128;
     #[inline(always)]
     unsafe fn step<L: Lanes>(self, w: *const u8, t: usize, lane: usize) -> L::I {
-        let five = FiveBits { zero: 32 }.step::<L>(w, t, lane);
+        let five = FiveBits::<32>.step::<L>(w, t, lane);
         L::add_where_set(five, w.add(NIBBLE_BLOCK + 64 + 8 * t + lane / 2), 32)
     }
     fn zero(self) -> i32 {
@@ -867,30 +867,27 @@ impl StepCodes for SixBits {
 }
 
 /// `ByteCodes::Five`: a step is one side of a 4-bit line with its fifth
-/// bits added.
+/// bits added. The zero is a constant, so that a sum's start costs a shift
+/// (or nothing) in the kernels' inner loops.
 #[derive(Clone, Copy)]
-struct FiveBits {
-    zero: i32,
-}
+struct FiveBits<const ZERO: i32>;
 
-impl StepCodes for FiveBits {
+impl<const ZERO: i32> StepCodes for FiveBits<ZERO> {
     const BLOCK: usize = NIBBLE_BLOCK + 64;
     #[inline(always)]
     unsafe fn step<L: Lanes>(self, w: *const u8, t: usize, lane: usize) -> L::I {
-        L::add_where_set(FourBits { zero: self.zero }.step::<L>(w, t, lane), w.add(NIBBLE_BLOCK + 8 * t + lane / 2), 16)
+        L::add_where_set(FourBits::<ZERO>.step::<L>(w, t, lane), w.add(NIBBLE_BLOCK + 8 * t + lane / 2), 16)
     }
     fn zero(self) -> i32 {
-        self.zero
+        ZERO
     }
 }
 
 /// `ByteCodes::Four`: a step is one side of a 4-bit line.
 #[derive(Clone, Copy)]
-struct FourBits {
-    zero: i32,
-}
+struct FourBits<const ZERO: i32>;
 
-impl StepCodes for FourBits {
+impl<const ZERO: i32> StepCodes for FourBits<ZERO> {
     const BLOCK: usize = NIBBLE_BLOCK;
     #[inline(always)]
     unsafe fn step<L: Lanes>(self, w: *const u8, t: usize, lane: usize) -> L::I {
@@ -902,7 +899,7 @@ impl StepCodes for FourBits {
         }
     }
     fn zero(self) -> i32 {
-        self.zero
+        ZERO
     }
 }
 
@@ -948,7 +945,7 @@ unsafe fn int8_panel<L: Lanes, C: StepCodes, const U: usize>(
         let mut sums = [L::splat(0); U];
         for (sum, unit) in sums.iter_mut().zip(units) {
             let xb = (i + unit.act) * nb + b;
-            *sum = L::splat(codes.start::<L>(q.isum16[2 * xb] + q.isum16[2 * xb + 1]));
+            *sum = L::splat(codes.start::<L>(*q.isum16.get_unchecked(2 * xb) + *q.isum16.get_unchecked(2 * xb + 1)));
         }
         for t in 0..8 {
             // Units on the first unit's lanes share its codes: decoded once.
@@ -1341,18 +1338,23 @@ unsafe fn units_dot<L: Lanes, const U: usize, const SIDES: usize>(
             let w = (qs.as_slice(), scale.as_slice(), min.as_deref());
             match (order, *codes) {
                 (Arithmetic::Ggml, ByteCodes::Eight) => int8_lanes_panel::<L, _, U>(EightBits, w, q, at, units, tile),
-                (Arithmetic::Ggml, ByteCodes::Five { zero }) => int8_lanes_panel::<L, _, U>(FiveBits { zero }, w, q, at, units, tile),
+                (Arithmetic::Ggml, ByteCodes::Five { zero: 16 }) => int8_lanes_panel::<L, _, U>(FiveBits::<16>, w, q, at, units, tile),
+                (Arithmetic::Ggml, ByteCodes::Five { zero: 0 }) => int8_lanes_panel::<L, _, U>(FiveBits::<0>, w, q, at, units, tile),
                 (Arithmetic::Fast, ByteCodes::Eight) => int8_panel::<L, _, U>(EightBits, w, q, at, units, tile),
-                (Arithmetic::Fast, ByteCodes::Five { zero }) => int8_panel::<L, _, U>(FiveBits { zero }, w, q, at, units, tile),
-                (_, ByteCodes::Six | ByteCodes::Four { .. }) => return false,
+                (Arithmetic::Fast, ByteCodes::Five { zero: 16 }) => int8_panel::<L, _, U>(FiveBits::<16>, w, q, at, units, tile),
+                (Arithmetic::Fast, ByteCodes::Five { zero: 0 }) => int8_panel::<L, _, U>(FiveBits::<0>, w, q, at, units, tile),
+                // Formats repacking never makes for 8-bit panels.
+                (_, ByteCodes::Five { .. } | ByteCodes::Six | ByteCodes::Four { .. }) => return false,
             }
         }
         Packed::Int6 { qs, scale, min, codes } => {
             let w = (qs.as_slice(), scale.as_slice(), min.as_deref());
             match *codes {
                 ByteCodes::Six => int6_panel::<L, _, U>(SixBits, w, q, at, units, tile),
-                ByteCodes::Four { zero } => int6_panel::<L, _, U>(FourBits { zero }, w, q, at, units, tile),
-                ByteCodes::Eight | ByteCodes::Five { .. } => return false,
+                ByteCodes::Four { zero: 0 } => int6_panel::<L, _, U>(FourBits::<0>, w, q, at, units, tile),
+                ByteCodes::Four { zero: 4 } => int6_panel::<L, _, U>(FourBits::<4>, w, q, at, units, tile),
+                // Formats repacking never makes for panels with a scale per 16.
+                ByteCodes::Eight | ByteCodes::Five { .. } | ByteCodes::Four { .. } => return false,
             }
         }
         Packed::SuperNibble { .. } => super_nibble_panel::<L, U>(w, q, at, units, tile),
