@@ -11,7 +11,7 @@
 
 pub use super::acts::{QuantizedActs, RowBatch, Tile, TILE_ACTS};
 use super::pool::{ComputePool, SharedOut};
-use super::quant::{byte_offset, nibble_offset, Packed, BYTE_BLOCK, PANEL};
+use super::quant::{byte_offset, int16_offset, nibble_offset, Packed, BYTE_BLOCK, PANEL};
 use super::{Arithmetic, Isa, IsaKind};
 
 /// A weight matrix: `rows` output features of `cols` inputs each.
@@ -340,8 +340,7 @@ fn dot(w: Weights, x: &[f32], q: &QuantizedActs, r: usize, a: usize) -> f32 {
         Packed::Int16 { qs, scale } => {
             let (x16, xs16) = (&q.q16[a * k..(a + 1) * k], &q.scale16[a * nb..(a + 1) * nb]);
             for b in 0..nb {
-                let base = (panel * nb + b) * 32 * PANEL + 2 * lane;
-                let isum: i32 = (0..32).map(|e| qs[base + e / 2 * 2 * PANEL + e % 2] as i32 * x16[b * 32 + e] as i32).sum();
+                let isum: i32 = (0..32).map(|e| qs[int16_offset(panel * nb + b, lane, e)] as i32 * x16[b * 32 + e] as i32).sum();
                 acc = (isum as f32).mul_add(scale[r] * xs16[b], acc);
             }
         }

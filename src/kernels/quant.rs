@@ -41,6 +41,13 @@ pub fn byte_offset(lane: usize, e: usize) -> usize {
     (e / 4) * 64 + lane * 4 + e % 4
 }
 
+/// Where 14-bit code `e` (0..32) of row `lane` of panel block `blk` sits in
+/// `Packed::Int16`'s codes.
+#[inline(always)]
+pub fn int16_offset(blk: usize, lane: usize, e: usize) -> usize {
+    (blk * 16 + e / 2) * 2 * PANEL + 2 * lane + e % 2
+}
+
 /// Where code `e` of row `lane` sits within a 4-bit panel block in the fast
 /// order's layout (see `nibble_offset`), and whether it is the high nibble.
 #[inline(always)]
@@ -49,7 +56,7 @@ fn nibble_in_block(lane: usize, e: usize) -> (usize, bool) {
 }
 
 /// Where the bit of code `e` of row `lane` sits in a plane of bits above
-/// the 4-bit block (see `ByteCodes::Five`): its byte and the bit in it.
+/// the 4-bit block (see `CodeLayout::Five`): its byte and the bit in it.
 #[inline(always)]
 fn plane_bit(lane: usize, e: usize) -> (usize, usize) {
     let bit = 4 * lane + e % 4;
@@ -58,7 +65,7 @@ fn plane_bit(lane: usize, e: usize) -> (usize, usize) {
 
 /// How `Packed::Int8` and `Packed::Int6` store their codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ByteCodes {
+pub enum CodeLayout {
     /// A byte per code, value + 128 (unsigned, for `vpdpbusd`), at
     /// `byte_offset` in blocks of `BYTE_BLOCK`.
     Eight,
@@ -79,29 +86,29 @@ pub enum ByteCodes {
     Four { zero: i32 },
 }
 
-impl ByteCodes {
+impl CodeLayout {
     /// The planes of bits above the 4-bit block (none for bytes).
     fn planes(self) -> usize {
         match self {
-            ByteCodes::Eight | ByteCodes::Four { .. } => 0,
-            ByteCodes::Five { .. } => 1,
-            ByteCodes::Six => 2,
+            CodeLayout::Eight | CodeLayout::Four { .. } => 0,
+            CodeLayout::Five { .. } => 1,
+            CodeLayout::Six => 2,
         }
     }
 
     /// The code that stands for the value 0.
     fn zero(self) -> i32 {
         match self {
-            ByteCodes::Eight => 128,
-            ByteCodes::Six => 32,
-            ByteCodes::Five { zero } | ByteCodes::Four { zero } => zero,
+            CodeLayout::Eight => 128,
+            CodeLayout::Six => 32,
+            CodeLayout::Five { zero } | CodeLayout::Four { zero } => zero,
         }
     }
 
     /// Bytes of one panel block of 32 codes.
     pub fn block_bytes(self) -> usize {
         match self {
-            ByteCodes::Eight => BYTE_BLOCK,
+            CodeLayout::Eight => BYTE_BLOCK,
             _ => NIBBLE_BLOCK + 64 * self.planes(),
         }
     }
@@ -111,7 +118,7 @@ impl ByteCodes {
     pub fn value(self, qs: &[u8], blk: usize, lane: usize, e: usize) -> i32 {
         let block = &qs[blk * self.block_bytes()..];
         let code = match self {
-            ByteCodes::Eight => block[byte_offset(lane, e)],
+            CodeLayout::Eight => block[byte_offset(lane, e)],
             _ => {
                 let (at, high) = nibble_in_block(lane, e);
                 let (byte, bit) = plane_bit(lane, e);
@@ -128,7 +135,7 @@ impl ByteCodes {
         let block = &mut qs[blk * self.block_bytes()..];
         let q = (value + self.zero()) as u8;
         match self {
-            ByteCodes::Eight => block[byte_offset(lane, e)] = q,
+            CodeLayout::Eight => block[byte_offset(lane, e)] = q,
             _ => {
                 debug_assert!(q >> (4 + self.planes()) == 0, "a code of {} bits", 4 + self.planes());
                 let (at, high) = nibble_in_block(lane, e);
@@ -182,7 +189,7 @@ pub enum Packed {
     /// its dot product is Q4_1's with a fifth bit) and Q5_K in the fast
     /// order (as Q5_1, its products of two scales rounded to f16, as
     /// Q4_K's are).
-    Int8 { qs: Vec<u8>, scale: Vec<f16>, min: Option<Vec<f16>>, order: Arithmetic, codes: ByteCodes },
+    Int8 { qs: Vec<u8>, scale: Vec<f16>, min: Option<Vec<f16>>, order: Arithmetic, codes: CodeLayout },
     /// Codes of values q in -32..=31 stored as `codes` says, w = scale * q
     /// (+ min), a scale (and a minimum where there are minimums) per 16
     /// weights. From Q6_K (six bits), Q3_K (four bits, values -4..=3), Q2_K
@@ -190,7 +197,7 @@ pub enum Packed {
     /// Q5_K (six bits, values 0..=31, a scale and minimum per 32 kept for
     /// both halves): every weight ggml's dequantization exactly, each scale
     /// and minimum being an f16 times a small integer.
-    Int6 { qs: Vec<u8>, scale: Vec<f32>, min: Option<Vec<f32>>, codes: ByteCodes },
+    Int6 { qs: Vec<u8>, scale: Vec<f32>, min: Option<Vec<f32>>, codes: CodeLayout },
     /// 4-bit codes in super-blocks of 256, w = d * scale * q - dmin * min,
     /// with Q4_K's own integers: a 6-bit scale and minimum per 32 weights
     /// (`scale`, `min`, indexed as other per-block scales) and f16 `d`,
@@ -493,8 +500,7 @@ pub fn repack(ttype: TensorType, data: &[u8], rows: usize, cols: usize, order: A
                 scale[r] = s;
                 let (panel, lane) = (r / PANEL, r % PANEL);
                 for (e, &v) in row.iter().enumerate() {
-                    let (b, t, j) = (e / 32, e % 32 / 2, e % 2);
-                    qs[((panel * nb + b) * 16 + t) * 2 * PANEL + 2 * lane + j] = (v * inv).round() as i16;
+                    qs[int16_offset(panel * nb + e / 32, lane, e % 32)] = (v * inv).round() as i16;
                 }
             }
             Packed::Int16 { qs, scale }
@@ -525,9 +531,9 @@ pub fn repack(ttype: TensorType, data: &[u8], rows: usize, cols: usize, order: A
         }
         TensorType::Q8_0 | TensorType::Q5_0 | TensorType::Q5_1 | TensorType::Q5K | TensorType::IQ4NL | TensorType::IQ4XS => {
             let codes = match ttype {
-                TensorType::Q5_0 => ByteCodes::Five { zero: 16 },
-                TensorType::Q5_1 | TensorType::Q5K => ByteCodes::Five { zero: 0 },
-                _ => ByteCodes::Eight,
+                TensorType::Q5_0 => CodeLayout::Five { zero: 16 },
+                TensorType::Q5_1 | TensorType::Q5K => CodeLayout::Five { zero: 0 },
+                _ => CodeLayout::Eight,
             };
             // Padding rows: code 0 with scale 0.
             let mut qs = vec![0u8; panels * nb * codes.block_bytes()];
@@ -558,9 +564,9 @@ fn repack_per_16(ttype: TensorType, data: &[u8], rows: usize, cols: usize) -> Pa
     let slots = panels * nb * PANEL;
     let row_bytes = data.len() / rows.max(1);
     let codes = match ttype {
-        TensorType::Q2K => ByteCodes::Four { zero: 0 },
-        TensorType::Q3K => ByteCodes::Four { zero: 4 },
-        _ => ByteCodes::Six,
+        TensorType::Q2K => CodeLayout::Four { zero: 0 },
+        TensorType::Q3K => CodeLayout::Four { zero: 4 },
+        _ => CodeLayout::Six,
     };
     // Q5_K's rows decode as 8-bit codes with a scale and minimum per 32.
     let (offset, halves_per_scale) = if ttype == TensorType::Q5K { (128, 2) } else { (32, 1) };
@@ -596,8 +602,7 @@ impl Packed {
             Packed::OnSuperBlocks(inner) => inner.row_f32(r, cols, out),
             Packed::Int16 { qs, scale } => {
                 for (e, o) in out.iter_mut().enumerate() {
-                    let (b, t, j) = (e / 32, e % 32 / 2, e % 2);
-                    *o = scale[r] * qs[((r / PANEL * nb + b) * 16 + t) * 2 * PANEL + 2 * lane + j] as f32;
+                    *o = scale[r] * qs[int16_offset(block(e / 32), lane, e % 32)] as f32;
                 }
             }
             Packed::Float(w) => {
@@ -648,6 +653,12 @@ impl Packed {
                 }
             }
         }
+    }
+
+    /// Whether the matmul needs `QuantizedActs::quantize`'s 8-bit blocks
+    /// for these weights (float and 14-bit weights read other forms).
+    pub fn reads_8bit_acts(&self) -> bool {
+        !matches!(self, Packed::Float(_) | Packed::Int16 { .. })
     }
 
     /// Whether the matmul needs `QuantizedActs::quantize_16` for these weights.

@@ -10,7 +10,7 @@ use std::mem::MaybeUninit;
 use half::f16;
 
 use super::acts::{QuantizedActs, Tile};
-use super::quant::{ByteCodes, Packed, BYTE_BLOCK, NIBBLE_BLOCK, PANEL};
+use super::quant::{CodeLayout, Packed, BYTE_BLOCK, NIBBLE_BLOCK, PANEL};
 use super::{max_lane8, prefetch, Arithmetic, Isa, IsaKind};
 
 /// The vector operations the kernels are written in; `N` rows per register.
@@ -60,7 +60,7 @@ trait Lanes {
     unsafe fn dot_int8(acc: Self::I, w: Self::I, x: *const i8) -> Self::I;
     fn int8_start(isum: i32) -> i32;
     /// Codes `v` with `add` added to every byte whose bit is set in the
-    /// `4 * N` bits at `bits` (a plane of `ByteCodes::Five`'s or `Six`'s
+    /// `4 * N` bits at `bits` (a plane of `CodeLayout::Five`'s or `Six`'s
     /// high bits).
     ///
     /// # Safety
@@ -797,7 +797,7 @@ unsafe fn nibble_blocks_panel<L: Lanes, const U: usize>(
     }
 }
 
-/// How the 8-bit kernels read `Packed::Int8`'s codes (see `ByteCodes`):
+/// How the 8-bit kernels read `Packed::Int8`'s codes (see `CodeLayout`):
 /// one step of a block (four codes of each of `L::N` rows), dotted with
 /// the activations, and the start of a sum of such steps that turns the
 /// codes into their values.
@@ -827,7 +827,7 @@ trait StepCodes: Copy {
     }
 }
 
-/// `ByteCodes::Eight`: a step is one register of bytes (value + 128).
+/// `CodeLayout::Eight`: a step is one register of bytes (value + 128).
 #[derive(Clone, Copy)]
 struct EightBits;
 
@@ -849,7 +849,7 @@ impl StepCodes for EightBits {
     }
 }
 
-/// `ByteCodes::Six`: a step is one side of a 4-bit line with its fifth
+/// `CodeLayout::Six`: a step is one side of a 4-bit line with its fifth
 /// and sixth bits added.
 #[derive(Clone, Copy)]
 struct SixBits;
@@ -866,7 +866,7 @@ impl StepCodes for SixBits {
     }
 }
 
-/// `ByteCodes::Five`: a step is one side of a 4-bit line with its fifth
+/// `CodeLayout::Five`: a step is one side of a 4-bit line with its fifth
 /// bits added. The zero is a constant, so that a sum's start costs a shift
 /// (or nothing) in the kernels' inner loops.
 #[derive(Clone, Copy)]
@@ -883,7 +883,7 @@ impl<const ZERO: i32> StepCodes for FiveBits<ZERO> {
     }
 }
 
-/// `ByteCodes::Four`: a step is one side of a 4-bit line.
+/// `CodeLayout::Four`: a step is one side of a 4-bit line.
 #[derive(Clone, Copy)]
 struct FourBits<const ZERO: i32>;
 
@@ -1337,24 +1337,24 @@ unsafe fn units_dot<L: Lanes, const U: usize, const SIDES: usize>(
         Packed::Int8 { qs, scale, min, order, codes } => {
             let w = (qs.as_slice(), scale.as_slice(), min.as_deref());
             match (order, *codes) {
-                (Arithmetic::Ggml, ByteCodes::Eight) => int8_lanes_panel::<L, _, U>(EightBits, w, q, at, units, tile),
-                (Arithmetic::Ggml, ByteCodes::Five { zero: 16 }) => int8_lanes_panel::<L, _, U>(FiveBits::<16>, w, q, at, units, tile),
-                (Arithmetic::Ggml, ByteCodes::Five { zero: 0 }) => int8_lanes_panel::<L, _, U>(FiveBits::<0>, w, q, at, units, tile),
-                (Arithmetic::Fast, ByteCodes::Eight) => int8_panel::<L, _, U>(EightBits, w, q, at, units, tile),
-                (Arithmetic::Fast, ByteCodes::Five { zero: 16 }) => int8_panel::<L, _, U>(FiveBits::<16>, w, q, at, units, tile),
-                (Arithmetic::Fast, ByteCodes::Five { zero: 0 }) => int8_panel::<L, _, U>(FiveBits::<0>, w, q, at, units, tile),
+                (Arithmetic::Ggml, CodeLayout::Eight) => int8_lanes_panel::<L, _, U>(EightBits, w, q, at, units, tile),
+                (Arithmetic::Ggml, CodeLayout::Five { zero: 16 }) => int8_lanes_panel::<L, _, U>(FiveBits::<16>, w, q, at, units, tile),
+                (Arithmetic::Ggml, CodeLayout::Five { zero: 0 }) => int8_lanes_panel::<L, _, U>(FiveBits::<0>, w, q, at, units, tile),
+                (Arithmetic::Fast, CodeLayout::Eight) => int8_panel::<L, _, U>(EightBits, w, q, at, units, tile),
+                (Arithmetic::Fast, CodeLayout::Five { zero: 16 }) => int8_panel::<L, _, U>(FiveBits::<16>, w, q, at, units, tile),
+                (Arithmetic::Fast, CodeLayout::Five { zero: 0 }) => int8_panel::<L, _, U>(FiveBits::<0>, w, q, at, units, tile),
                 // Formats repacking never makes for 8-bit panels.
-                (_, ByteCodes::Five { .. } | ByteCodes::Six | ByteCodes::Four { .. }) => return false,
+                (_, CodeLayout::Five { .. } | CodeLayout::Six | CodeLayout::Four { .. }) => return false,
             }
         }
         Packed::Int6 { qs, scale, min, codes } => {
             let w = (qs.as_slice(), scale.as_slice(), min.as_deref());
             match *codes {
-                ByteCodes::Six => int6_panel::<L, _, U>(SixBits, w, q, at, units, tile),
-                ByteCodes::Four { zero: 0 } => int6_panel::<L, _, U>(FourBits::<0>, w, q, at, units, tile),
-                ByteCodes::Four { zero: 4 } => int6_panel::<L, _, U>(FourBits::<4>, w, q, at, units, tile),
+                CodeLayout::Six => int6_panel::<L, _, U>(SixBits, w, q, at, units, tile),
+                CodeLayout::Four { zero: 0 } => int6_panel::<L, _, U>(FourBits::<0>, w, q, at, units, tile),
+                CodeLayout::Four { zero: 4 } => int6_panel::<L, _, U>(FourBits::<4>, w, q, at, units, tile),
                 // Formats repacking never makes for panels with a scale per 16.
-                ByteCodes::Eight | ByteCodes::Five { .. } | ByteCodes::Four { .. } => return false,
+                CodeLayout::Eight | CodeLayout::Five { .. } | CodeLayout::Four { .. } => return false,
             }
         }
         Packed::SuperNibble { .. } => super_nibble_panel::<L, U>(w, q, at, units, tile),

@@ -6,7 +6,6 @@ use crate::kernels::gelu::gelu_mul;
 use crate::kernels::matmul::{matmul, Matrix, QuantizedActs, RowBatch};
 use crate::kernels::ops::{add_assign, rms_norm, rms_norm_in_place, Rope, RopeStyle};
 use crate::kernels::pool::{ComputePool, SharedOut};
-use crate::kernels::quant::Packed;
 use crate::kernels::{Arithmetic, Isa};
 use crate::kv::KvPool;
 
@@ -215,11 +214,10 @@ impl Model {
 
     /// Quantizes `x` in the forms the matrices `ws` read.
     fn quantize(&self, ws: &[Matrix], x: Rows, quant: &mut QuantizedActs) {
-        if ws.iter().all(|m| matches!(m.w, Packed::Float(_) | Packed::Int16 { .. })) {
-            // Neither reads the 8-bit blocks.
-            quant.shape_only(x.batches.len(), ws[0].cols);
-        } else {
+        if ws.iter().any(|m| m.w.reads_8bit_acts()) {
             quant.quantize(&self.pool, self.isa, x.x, x.batches.len(), ws[0].cols);
+        } else {
+            quant.shape_only(x.batches.len(), ws[0].cols);
         }
         if ws.iter().any(|m| m.w.reads_super_blocks()) {
             quant.quantize_super_blocks(&self.pool, x.x, x.batches);
