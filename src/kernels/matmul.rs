@@ -220,9 +220,9 @@ pub fn matmul(pool: &ComputePool, isa: Isa, w: &Matrix, x: &[f32], q: &Quantized
     let panels = w.rows.div_ceil(PANEL);
     let (w, q) = w.against(q);
     let shared = SharedOut::new(out);
-    // Float panels two at a time where the CPU has the registers for it
-    // (AVX-512: each broadcast of an activation then feeds two FMAs).
-    let pairs = matches!(w.w, Packed::Float(_)) && isa.kind() == IsaKind::Avx512Vnni;
+    // Float and 16-bit panels two at a time where the CPU has the registers
+    // for it (AVX-512: each activation loaded then feeds two multiply-adds).
+    let pairs = matches!(w.w, Packed::Float(_) | Packed::Int16 { .. }) && isa.kind() == IsaKind::Avx512Vnni;
     let panel_range = |range: std::ops::Range<usize>| {
         // SAFETY: each call writes only its own panels' columns of every output row.
         let out = unsafe { shared.slice() };
@@ -230,7 +230,7 @@ pub fn matmul(pool: &ComputePool, isa: Isa, w: &Matrix, x: &[f32], q: &Quantized
         let mut p = range.start;
         while p < range.end {
             if pairs && p + 1 < range.end {
-                float_pair_rows(isa, w, x, q, p, &mut tiles, out);
+                pair_rows(isa, w, x, q, p, &mut tiles, out);
                 p += 2;
             } else {
                 panel_rows(isa, w, x, q, p, &mut tiles[0], out);
@@ -266,21 +266,18 @@ fn panel_rows(isa: Isa, w: Weights, x: &[f32], q: &QuantizedActs, p: usize, tile
     }
 }
 
-/// `panel_rows` for float panels `p` and `p + 1` together.
-fn float_pair_rows(isa: Isa, w: Weights, x: &[f32], q: &QuantizedActs, p: usize, tiles: &mut [Tile; 2], out: &mut [f32]) {
+/// `panel_rows` for panels `p` and `p + 1` of float or 16-bit weights
+/// together.
+fn pair_rows(isa: Isa, w: Weights, x: &[f32], q: &QuantizedActs, p: usize, tiles: &mut [Tile; 2], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if let Packed::Float(wf) = w.w {
-        for i in (0..q.rows).step_by(TILE_ACTS) {
-            let acts = TILE_ACTS.min(q.rows - i);
-            super::x86::float_pair_dot(isa, wf, x, w.cols, p, i, acts, tiles);
-            write_tile(w.rows, p, i, acts, &tiles[0], out);
-            write_tile(w.rows, p + 1, i, acts, &tiles[1], out);
-        }
-        return;
+    for i in (0..q.rows).step_by(TILE_ACTS) {
+        let acts = TILE_ACTS.min(q.rows - i);
+        super::x86::pair_dot(isa, w.w, x, q, p, i, acts, tiles);
+        write_tile(w.rows, p, i, acts, &tiles[0], out);
+        write_tile(w.rows, p + 1, i, acts, &tiles[1], out);
     }
-    for panel in [p, p + 1] {
-        panel_rows(isa, w, x, q, panel, &mut tiles[0], out);
-    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("panel pairs are x86 kernels");
 }
 
 /// Panel `p`'s sums with activation rows `i..i + acts` into their places.

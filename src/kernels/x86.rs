@@ -1451,57 +1451,74 @@ struct Int16At<'a> {
     i: usize,
 }
 
-/// `vpdpwssd` as written. LLVM splits `_mm512_dpwssd_epi32` into
-/// `vpmaddwd` + `vpaddd` unless it tunes for a CPU it knows runs the fused
-/// instruction fast, and on a Xeon with AVX-512 VNNI that does the split
-/// costs `int16_panel_vnni` a fifth of its speed (137 against 171 GMAC/s,
-/// `cargo bench --bench kernels -- matmul --format F16`, 64 rows).
+/// `vpdpwssd` against the pair of 16-bit values `offset` bytes from `row`,
+/// broadcast to every lane by the instruction's own load. Written out:
+/// LLVM splits `_mm512_dpwssd_epi32` into `vpmaddwd` + `vpaddd` unless it
+/// tunes for a CPU it knows runs the fused instruction fast, and on a Xeon
+/// with AVX-512 VNNI that does, the split cost the one-panel kernel a fifth
+/// of its speed (137 against 171 GMAC/s at 64 rows, `cargo bench --bench
+/// kernels -- matmul --format F16`); the load folded in took it to 189.
 ///
 /// # Safety
-/// The CPU has AVX-512 VNNI.
+/// The CPU has AVX-512 VNNI; `row + offset` points at 4 readable bytes.
 #[inline]
 #[target_feature(enable = "avx512f,avx512vnni")]
-unsafe fn dpwssd(mut acc: __m512i, a: __m512i, b: __m512i) -> __m512i {
-    std::arch::asm!("vpdpwssd {acc}, {a}, {b}", acc = inout(zmm_reg) acc, a = in(zmm_reg) a, b = in(zmm_reg) b, options(pure, nomem, nostack, preserves_flags));
+unsafe fn dpwssd_broadcast(mut acc: __m512i, a: __m512i, row: *const i32, offset: usize) -> __m512i {
+    std::arch::asm!(
+        "vpdpwssd {acc}, {a}, dword ptr [{row} + {offset}]{{1to16}}",
+        acc = inout(zmm_reg) acc,
+        a = in(zmm_reg) a,
+        row = in(reg) row,
+        offset = in(reg) offset,
+        options(pure, readonly, nostack, preserves_flags)
+    );
     acc
 }
 
-/// 16-bit weight panels against AR activation rows: per block of 32, the
-/// exact integer dot (`vpdpwssd`, two inputs a lane a step), then one fused
-/// multiply-add with the row's and the block's scales, as
-/// `matmul::portable_dot` does.
+/// NP 16-bit weight panels (from `p`) against AR activation rows: per block
+/// of 32, the exact integer dot (`vpdpwssd`, two inputs a lane a step),
+/// then one fused multiply-add with the row's and the block's scales into
+/// the tiles, as `matmul::portable_dot` does. With two panels each
+/// activation pair loaded feeds two multiply-adds: the loads, not the
+/// multiply-adds, are what one panel waits for.
 ///
 /// # Safety
-/// The CPU has AVX-512 VNNI; `qs` holds panel `p` whole and `q` 13-bit
-/// rows `i..i + AR`.
+/// The CPU has AVX-512 VNNI; `qs` holds panels `p..p + NP` whole and `q`
+/// 13-bit rows `i..i + AR`.
 #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vnni")]
-unsafe fn int16_panel_vnni<const AR: usize>(at: Int16At, tile: &mut Tile) {
+unsafe fn int16_panels_vnni<const NP: usize, const AR: usize>(at: Int16At, tiles: &mut [Tile; NP]) {
     let (cols, q) = (at.q.cols, at.q);
     let nb = cols / 32;
-    let w = at.qs.as_ptr().add(at.p * nb * 32 * PANEL);
-    let ws = _mm512_loadu_ps(at.scale.as_ptr().add(at.p * PANEL));
-    let mut acc = [_mm512_setzero_ps(); AR];
-    for b in 0..nb {
-        let wb = w.add(b * 32 * PANEL);
-        let mut isum = [_mm512_setzero_si512(); AR];
-        for t in 0..16 {
-            let wv = _mm512_loadu_si512(wb.add(t * 2 * PANEL) as *const __m512i);
-            for (a, isum) in isum.iter_mut().enumerate() {
-                let pair = (q.q16.as_ptr().add((at.i + a) * cols + b * 32 + 2 * t) as *const i32).read_unaligned();
-                *isum = dpwssd(*isum, wv, _mm512_set1_epi32(pair));
-            }
-        }
-        for (a, (acc, isum)) in acc.iter_mut().zip(isum).enumerate() {
-            let s = _mm512_mul_ps(ws, _mm512_set1_ps(*q.scale16.get_unchecked((at.i + a) * nb + b)));
-            *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), s, *acc);
+    let w: [*const i16; NP] = std::array::from_fn(|n| at.qs.as_ptr().add((at.p + n) * nb * 32 * PANEL));
+    let ws: [__m512; NP] = std::array::from_fn(|n| _mm512_loadu_ps(at.scale.as_ptr().add((at.p + n) * PANEL)));
+    let rows: [*const i32; AR] = std::array::from_fn(|a| q.q16.as_ptr().add((at.i + a) * cols) as *const i32);
+    for tile in tiles.iter_mut() {
+        for row in &mut tile[..AR] {
+            *row = [0.0; PANEL];
         }
     }
-    for (row, acc) in tile.iter_mut().zip(acc) {
-        _mm512_storeu_ps(row.as_mut_ptr(), acc);
+    for b in 0..nb {
+        let mut isum = [[_mm512_setzero_si512(); AR]; NP];
+        for t in 0..16 {
+            let wv: [__m512i; NP] = std::array::from_fn(|n| _mm512_loadu_si512(w[n].add((b * 16 + t) * 2 * PANEL) as *const __m512i));
+            for (a, row) in rows.iter().enumerate() {
+                for (isum, wv) in isum.iter_mut().zip(wv) {
+                    isum[a] = dpwssd_broadcast(isum[a], wv, *row, 4 * (b * 16 + t));
+                }
+            }
+        }
+        for a in 0..AR {
+            let xs = _mm512_set1_ps(*q.scale16.get_unchecked((at.i + a) * nb + b));
+            for ((tile, isum), ws) in tiles.iter_mut().zip(&isum).zip(ws) {
+                let out = tile[a].as_mut_ptr();
+                let sum = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[a]), _mm512_mul_ps(ws, xs), _mm512_loadu_ps(out));
+                _mm512_storeu_ps(out, sum);
+            }
+        }
     }
 }
 
-/// `int16_panel_vnni` with AVX2: `vpmaddwd` into each half panel's sums.
+/// `int16_panels_vnni` with AVX2, one panel: `vpmaddwd` into each half panel's sums.
 ///
 /// # Safety
 /// The CPU has AVX2 and FMA; `qs` holds panel `p` whole and `q` 13-bit
@@ -1562,17 +1579,25 @@ unsafe fn float_panel_avx2<const AR: usize>(at: FloatAt, tile: &mut [[f32; PANEL
     }
 }
 
+/// `f::<AR>(args)`, or `f::<N, AR>(args)` for `f::<N, _>`, with AR the
+/// tile's activation rows (1..=8) as a constant.
 macro_rules! by_acts {
     ($acts:expr, $f:ident ( $($arg:expr),* )) => {
+        by_acts!(@ $acts, $f, [], ($($arg),*))
+    };
+    ($acts:expr, $f:ident::<$n:literal, _> ( $($arg:expr),* )) => {
+        by_acts!(@ $acts, $f, [$n,], ($($arg),*))
+    };
+    (@ $acts:expr, $f:ident, [$($n:tt)*], $args:tt) => {
         match $acts {
-            1 => $f::<1>($($arg),*),
-            2 => $f::<2>($($arg),*),
-            3 => $f::<3>($($arg),*),
-            4 => $f::<4>($($arg),*),
-            5 => $f::<5>($($arg),*),
-            6 => $f::<6>($($arg),*),
-            7 => $f::<7>($($arg),*),
-            _ => $f::<8>($($arg),*),
+            1 => $f::<$($n)* 1> $args,
+            2 => $f::<$($n)* 2> $args,
+            3 => $f::<$($n)* 3> $args,
+            4 => $f::<$($n)* 4> $args,
+            5 => $f::<$($n)* 5> $args,
+            6 => $f::<$($n)* 6> $args,
+            7 => $f::<$($n)* 7> $args,
+            _ => $f::<$($n)* 8> $args,
         }
     };
 }
@@ -1585,14 +1610,25 @@ fn in_groups(tile: &mut Tile, acts: usize, n: usize, mut kernel: impl FnMut(usiz
     }
 }
 
-/// Fills `tiles` for float panels `p` and `p + 1` and activation rows
-/// `i..i + acts` (at most TILE_ACTS), with AVX-512.
+/// Fills `tiles` for panels `p` and `p + 1` of float or 16-bit weights
+/// and activation rows `i..i + acts` (at most TILE_ACTS), with AVX-512.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn float_pair_dot(isa: Isa, w: &[f32], x: &[f32], cols: usize, p: usize, i: usize, acts: usize, tiles: &mut [Tile; 2]) {
-    assert_eq!(isa.kind(), IsaKind::Avx512Vnni, "float panel pairs take AVX-512");
-    assert!(w.len() >= (p + 2) * cols * PANEL && x.len() >= (i + acts) * cols, "out of bounds");
-    // SAFETY: the Isa was detected on this CPU; the bounds are checked above.
-    unsafe { by_acts!(acts, float_pair_avx512(FloatAt { w, x, cols, p, i }, tiles)) }
+pub(super) fn pair_dot(isa: Isa, w: &Packed, x: &[f32], q: &QuantizedActs, p: usize, i: usize, acts: usize, tiles: &mut [Tile; 2]) {
+    assert_eq!(isa.kind(), IsaKind::Avx512Vnni, "panel pairs take AVX-512");
+    let cols = q.cols;
+    match w {
+        Packed::Float(w) => {
+            assert!(w.len() >= (p + 2) * cols * PANEL && x.len() >= (i + acts) * cols, "out of bounds");
+            // SAFETY: the Isa was detected on this CPU; the bounds are checked above.
+            unsafe { by_acts!(acts, float_pair_avx512(FloatAt { w, x, cols, p, i }, tiles)) }
+        }
+        Packed::Int16 { qs, scale } => {
+            assert!(qs.len() >= (p + 2) * cols * PANEL && q.q16.len() >= (i + acts) * cols, "out of bounds");
+            // SAFETY: as above.
+            unsafe { by_acts!(acts, int16_panels_vnni::<2, _>(Int16At { qs, scale, q, p, i }, tiles)) }
+        }
+        _ => panic!("panel pairs are for float and 16-bit weights"),
+    }
 }
 
 /// Fills `tile` for panel `p` and activation rows `i..i + acts` (at most
@@ -1606,7 +1642,7 @@ pub(super) fn tile_dot(isa: Isa, w: &Packed, x: &[f32], q: &QuantizedActs, p: us
         if let Packed::Int16 { qs, scale } = w {
             let at = Int16At { qs, scale, q, p, i };
             match isa.kind() {
-                IsaKind::Avx512Vnni => by_acts!(acts, int16_panel_vnni(at, tile)),
+                IsaKind::Avx512Vnni => by_acts!(acts, int16_panels_vnni::<1, _>(at, std::array::from_mut(tile))),
                 // Three rows at a time: their integer and float sums in
                 // registers beside the panel's two halves.
                 IsaKind::Avx2 => in_groups(tile, acts, 3, |first, rows| {
