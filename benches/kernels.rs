@@ -93,7 +93,7 @@ fn bench_matmul(pool: &ComputePool) {
                 let mut q = QuantizedActs::default();
                 q.quantize(pool, isa, &x, m, cols);
                 if w.w.reads_16bit_acts() {
-                    q.quantize_16(pool, &x);
+                    q.quantize_16(pool, isa, &x);
                 }
                 if w.w.reads_super_blocks() {
                     // A prompt of m tokens, as llama.cpp would batch it.

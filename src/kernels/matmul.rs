@@ -113,7 +113,7 @@ impl QuantizedActs {
     /// The rows `quantize` or `shape_only` took (`x` again) in 13-bit codes
     /// as well, a scale per block of 32, for `Packed::Int16` weights: the
     /// same codes on every ISA (nearest, ties to even).
-    pub fn quantize_16(&mut self, pool: &ComputePool, x: &[f32]) {
+    pub fn quantize_16(&mut self, pool: &ComputePool, isa: Isa, x: &[f32]) {
         let (rows, cols) = (self.rows, self.cols);
         assert!(cols.is_multiple_of(32) && x.len() == rows * cols);
         let nb = cols / 32;
@@ -124,13 +124,8 @@ impl QuantizedActs {
             // SAFETY: each task writes the blocks of its own rows only.
             let (qs, scale) = unsafe { (qs.rows(range.clone(), cols), scale.rows(range.clone(), nb)) };
             let x = &x[range.start * cols..range.end * cols];
-            for (b, xb) in x.chunks_exact(32).enumerate() {
-                let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
-                let inv = if amax > 0.0 { ACT16_MAX / amax } else { 0.0 };
-                for (q, &v) in qs[b * 32..(b + 1) * 32].iter_mut().zip(xb) {
-                    *q = round_ties_even(v * inv) as i16;
-                }
-                scale[b] = amax / ACT16_MAX;
+            for ((xb, qb), scale) in x.chunks_exact(32).zip(qs.chunks_exact_mut(32)).zip(scale) {
+                *scale = quantize_block_16(isa, xb.try_into().unwrap(), qb.try_into().unwrap());
             }
         });
     }
@@ -162,7 +157,7 @@ impl QuantizedActs {
 }
 
 /// The largest 13-bit activation code (see `quant::INT16_MAX`).
-const ACT16_MAX: f32 = 4095.0;
+pub(super) const ACT16_MAX: f32 = 4095.0;
 
 /// One super-block of 256 to 8 bits as ggml's `quantize_row_q8_K` does it:
 /// the value of largest magnitude (the first, on ties) becomes -127, the
@@ -187,6 +182,24 @@ fn quantize_super_block(x: &[f32], q: &mut [i8], bsum16: &mut [i32]) -> f32 {
         *sum = codes.iter().map(|&c| c as i32).sum();
     }
     1.0 / iscale
+}
+
+/// One block of 32 to 13-bit codes (see `QuantizedActs::quantize_16`): the scale.
+fn quantize_block_16(isa: Isa, x: &[f32; 32], q: &mut [i16; 32]) -> f32 {
+    // SAFETY: the Isa was detected on this CPU.
+    #[cfg(target_arch = "x86_64")]
+    match isa.kind() {
+        IsaKind::Avx512Vnni => return unsafe { super::x86::quantize_block_16_avx512(x, q) },
+        IsaKind::Avx2 => return unsafe { super::x86::quantize_block_16_avx2(x, q) },
+        IsaKind::Portable => {}
+    }
+    let _ = isa;
+    let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let inv = if amax > 0.0 { ACT16_MAX / amax } else { 0.0 };
+    for (qi, &v) in q.iter_mut().zip(x) {
+        *qi = round_ties_even(v * inv) as i16;
+    }
+    amax / ACT16_MAX
 }
 
 /// One block of 32 to 8 bits, as ggml's `quantize_row_q8_1` rounds it:

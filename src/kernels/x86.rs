@@ -10,6 +10,7 @@ use std::mem::MaybeUninit;
 use half::f16;
 
 use super::acts::{QuantizedActs, Tile};
+use super::matmul::ACT16_MAX;
 use super::quant::{CodeLayout, Packed, BYTE_BLOCK, NIBBLE_BLOCK, PANEL};
 use super::{max_lane8, prefetch, Arithmetic, Isa, IsaKind};
 
@@ -1699,6 +1700,41 @@ pub(super) unsafe fn quantize_block_avx512(x: &[f32; 32], q: &mut [i8; 32]) -> (
     _mm_storeu_si128(q.as_mut_ptr() as *mut __m128i, _mm512_cvtepi32_epi8(q0));
     _mm_storeu_si128(q.as_mut_ptr().add(16) as *mut __m128i, _mm512_cvtepi32_epi8(q1));
     (amax / 127.0, _mm512_reduce_add_epi32(q0), _mm512_reduce_add_epi32(q1))
+}
+
+/// `matmul::quantize_block_16` with 512-bit registers: the same scale and
+/// products, rounded to nearest even by the conversion, so the same codes.
+///
+/// # Safety
+/// The CPU has AVX-512 (F and BW).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub(super) unsafe fn quantize_block_16_avx512(x: &[f32; 32], q: &mut [i16; 32]) -> f32 {
+    let (v0, v1) = (_mm512_loadu_ps(x.as_ptr()), _mm512_loadu_ps(x.as_ptr().add(16)));
+    let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+    let inv = _mm512_set1_ps(if amax > 0.0 { ACT16_MAX / amax } else { 0.0 });
+    let (q0, q1) = (_mm512_cvtps_epi32(_mm512_mul_ps(v0, inv)), _mm512_cvtps_epi32(_mm512_mul_ps(v1, inv)));
+    _mm256_storeu_si256(q.as_mut_ptr() as *mut __m256i, _mm512_cvtepi32_epi16(q0));
+    _mm256_storeu_si256(q.as_mut_ptr().add(16) as *mut __m256i, _mm512_cvtepi32_epi16(q1));
+    amax / ACT16_MAX
+}
+
+/// `quantize_block_16_avx512` with 256-bit registers: the same codes.
+///
+/// # Safety
+/// The CPU has AVX2.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn quantize_block_16_avx2(x: &[f32; 32], q: &mut [i16; 32]) -> f32 {
+    let v: [__m256; 4] = std::array::from_fn(|j| _mm256_loadu_ps(x.as_ptr().add(8 * j)));
+    let abs = |v: __m256| _mm256_andnot_ps(_mm256_set1_ps(-0.0), v);
+    let amax = max_lane8(_mm256_max_ps(_mm256_max_ps(abs(v[0]), abs(v[1])), _mm256_max_ps(abs(v[2]), abs(v[3]))));
+    let inv = _mm256_set1_ps(if amax > 0.0 { ACT16_MAX / amax } else { 0.0 });
+    let i: [__m256i; 4] = std::array::from_fn(|j| _mm256_cvtps_epi32(_mm256_mul_ps(v[j], inv)));
+    // Packing works within 128-bit halves: quadwords come out as [a0 b0 a1 b1].
+    for h in 0..2 {
+        let packed = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(i[2 * h], i[2 * h + 1]));
+        _mm256_storeu_si256(q.as_mut_ptr().add(16 * h) as *mut __m256i, packed);
+    }
+    amax / ACT16_MAX
 }
 
 /// `quantize_block_avx512` with 256-bit registers: the same bytes.

@@ -223,7 +223,7 @@ impl Model {
             quant.quantize_super_blocks(&self.pool, x.x, x.batches);
         }
         if ws.iter().any(|m| m.w.reads_16bit_acts()) {
-            quant.quantize_16(&self.pool, x.x);
+            quant.quantize_16(&self.pool, self.isa, x.x);
         }
     }
 
