@@ -10,8 +10,11 @@ use std::sync::OnceLock;
 
 use half::f16;
 
-/// The f16 bits of GELU at every f16 value, indexed by its bits.
-fn table() -> &'static [u16] {
+use super::{Isa, IsaKind};
+
+/// The f16 bits of GELU at every f16 value, indexed by its bits, and one
+/// entry past them: the vector paths gather 32 bits at each index.
+fn padded_table() -> &'static [u16] {
     static TABLE: OnceLock<Vec<u16>> = OnceLock::new();
     TABLE.get_or_init(|| {
         let sqrt_2_over_pi = (2.0 / std::f64::consts::PI).sqrt() as f32;
@@ -29,6 +32,7 @@ fn table() -> &'static [u16] {
                     f16::from_f32(y).to_bits()
                 }
             })
+            .chain([0])
             .collect()
     })
 }
@@ -45,24 +49,83 @@ fn gelu(table: &[u16], g: f32) -> f32 {
     }
 }
 
-/// `out = gelu(gate) * up`.
-pub fn gelu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
-    assert!(gate.len() == out.len() && up.len() == out.len());
-    let table = table();
-    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
-        *o = gelu(table, g) * u;
-    }
+/// `gelu` of sixteen values with AVX-512: the same rounding to f16 (to
+/// nearest, as `f16::from_f32`), the same table entry, the same limits.
+///
+/// # Safety
+/// The CPU has AVX-512 F; `table` is `padded_table()`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,f16c")]
+unsafe fn gelu_avx512(table: &[u16], x: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let v = _mm512_loadu_ps(x.as_ptr());
+    let bits = _mm512_cvtepu16_epi32(_mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v));
+    let entry = _mm512_i32gather_epi32::<2>(bits, table.as_ptr() as *const i32);
+    let y = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(entry));
+    let y = _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_GE_OQ>(v, _mm512_set1_ps(10.0)), y, v);
+    let y = _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_LE_OQ>(v, _mm512_set1_ps(-10.0)), y, _mm512_setzero_ps());
+    _mm512_storeu_ps(x.as_mut_ptr(), y);
 }
 
-/// `x = gelu(x)`: BERT's feed-forward.
-pub fn gelu_in_place(x: &mut [f32]) {
-    let table = table();
-    x.iter_mut().for_each(|v| *v = gelu(table, *v));
+/// `gelu_avx512` for eight values with AVX2.
+///
+/// # Safety
+/// The CPU has AVX2 and F16C; `table` is `padded_table()`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn gelu_avx2(table: &[u16], x: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let v = _mm256_loadu_ps(x.as_ptr());
+    let bits = _mm256_cvtepu16_epi32(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v));
+    let entry = _mm256_and_si256(_mm256_i32gather_epi32::<2>(table.as_ptr() as *const i32, bits), _mm256_set1_epi32(0xffff));
+    let y = _mm256_cvtph_ps(_mm_packus_epi32(_mm256_castsi256_si128(entry), _mm256_extracti128_si256::<1>(entry)));
+    let y = _mm256_blendv_ps(y, v, _mm256_cmp_ps::<_CMP_GE_OQ>(v, _mm256_set1_ps(10.0)));
+    let y = _mm256_blendv_ps(y, _mm256_setzero_ps(), _mm256_cmp_ps::<_CMP_LE_OQ>(v, _mm256_set1_ps(-10.0)));
+    _mm256_storeu_ps(x.as_mut_ptr(), y);
+}
+
+/// `x = gelu(x)` (BERT's feed-forward), the same bits on every ISA.
+pub fn gelu_in_place(isa: Isa, x: &mut [f32]) {
+    let table = padded_table();
+    let lanes = match isa.kind() {
+        IsaKind::Avx512Vnni => 16,
+        IsaKind::Avx2 => 8,
+        IsaKind::Portable => 1,
+    };
+    let mut blocks = x.chunks_exact_mut(lanes);
+    for block in &mut blocks {
+        // SAFETY: the Isa was detected on this CPU (AVX2 with F16C, or
+        // AVX-512 besides); each block holds `lanes` values.
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            match isa.kind() {
+                IsaKind::Avx512Vnni => gelu_avx512(table, block),
+                IsaKind::Avx2 => gelu_avx2(table, block),
+                IsaKind::Portable => block[0] = gelu(table, block[0]),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            block[0] = gelu(table, block[0]);
+        }
+    }
+    blocks.into_remainder().iter_mut().for_each(|v| *v = gelu(table, *v));
+}
+
+/// `out = gelu(gate) * up`.
+pub fn gelu_mul(isa: Isa, gate: &[f32], up: &[f32], out: &mut [f32]) {
+    assert!(gate.len() == out.len() && up.len() == out.len());
+    out.copy_from_slice(gate);
+    gelu_in_place(isa, out);
+    out.iter_mut().zip(up).for_each(|(o, &u)| *o *= u);
 }
 
 #[cfg(test)]
 mod tests {
+    use half::f16;
     use sha2::{Digest, Sha256};
+
+    use crate::kernels::Isa;
 
     /// The SHA-256 of ggml's own table (`ggml_table_gelu_f16`, 65,536
     /// little-endian f16 values) as llama.cpp's CPU backend fills it after
@@ -71,16 +134,33 @@ mod tests {
 
     #[test]
     fn the_table_is_ggmls() {
-        let bytes: Vec<u8> = super::table().iter().flat_map(|v| v.to_le_bytes()).collect();
+        let bytes: Vec<u8> = super::padded_table()[..1 << 16].iter().flat_map(|v| v.to_le_bytes()).collect();
         let digest: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(digest, GGML_TABLE_SHA256);
+    }
+
+    /// Every f16 value, the limits and values between f16 steps, through
+    /// each vector path in whole vectors and a remainder.
+    #[test]
+    fn every_isa_gives_the_same_bits() {
+        let mut x: Vec<f32> = (0..=u16::MAX).map(|b| f16::from_bits(b).to_f32()).collect();
+        x.extend([-10.0, 10.0, -10.001, 10.001, 9.999, -9.999, 1.0 + 1.0 / 4096.0, -0.333_333]);
+        x.extend((0..1003).map(|i| (i as f32 - 501.0) * 0.023_7));
+        let mut want = x.clone();
+        super::gelu_in_place(Isa::PORTABLE, &mut want);
+        for isa in Isa::available() {
+            let mut got = x.clone();
+            super::gelu_in_place(isa, &mut got);
+            let differ = got.iter().zip(&want).position(|(a, b)| a.to_bits() != b.to_bits());
+            assert_eq!(differ, None, "{isa} at {:?}", differ.map(|i| x[i]));
+        }
     }
 
     #[test]
     fn gating_follows_the_table_and_its_limits() {
         let gate = [-12.0, -1.0, 0.0, 0.5, 10.0, 11.0];
         let mut out = [0f32; 6];
-        super::gelu_mul(&gate, &[2.0; 6], &mut out);
+        super::gelu_mul(Isa::PORTABLE, &gate, &[2.0; 6], &mut out);
         assert_eq!(out[0], 0.0);
         assert_eq!(out[2], 0.0);
         assert_eq!(&out[4..], &[20.0, 22.0]);

@@ -4,10 +4,12 @@
 //! to unit length. Many whole inputs go through in one pass as a ragged
 //! batch, every matmul over all their tokens at once; nothing is cached.
 
+use crate::kernels::expf::exp_in_place;
 use crate::kernels::gelu::gelu_in_place;
 use crate::kernels::matmul::{Matrix, RowBatch};
 use crate::kernels::ops::{add_assign, layer_norm};
 use crate::kernels::pool::SharedOut;
+use crate::kernels::IsaKind;
 
 use super::llama::{Rows, Stacked};
 use super::Model;
@@ -82,7 +84,7 @@ impl Model {
             let (shared, width) = (SharedOut::new(&mut up), c.ffn);
             self.pool.run_rows(t, &|range| {
                 // SAFETY: each task writes its own rows.
-                gelu_in_place(unsafe { shared.rows(range, width) });
+                gelu_in_place(self.isa, unsafe { shared.rows(range, width) });
             });
             self.linear(&layer.w_down, Rows { x: &up, batches: &batches }, &mut quant, &mut out);
             self.add_bias_rows(&mut out, &layer.down_bias);
@@ -133,33 +135,65 @@ impl Model {
         let shared = SharedOut::new(out);
         self.pool.run(inputs.len() * heads, &|task| {
             let (input, h) = (task / heads, task % heads);
-            let (start, len) = (starts[input], inputs[input].len());
+            let head = Head { qkv, dim, hd, h, start: starts[input], len: inputs[input].len(), scale };
             // SAFETY: each task writes its own input's rows, its own head's columns.
             let out = unsafe { shared.slice() };
-            let at = |row: usize, part: usize| &qkv[(start + row) * 3 * dim + part * dim + h * hd..][..hd];
-            let mut scores = vec![0f32; len];
-            for a in 0..len {
-                let q = at(a, 0);
-                for (b, s) in scores.iter_mut().enumerate() {
-                    *s = dot(q, at(b, 1)) * scale;
-                }
-                let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-                let mut sum = 0f64;
-                for s in scores.iter_mut() {
-                    *s = (*s - max).exp();
-                    sum += *s as f64;
-                }
-                let inv = (1.0 / sum) as f32;
-                let o = &mut out[(start + a) * dim + h * hd..][..hd];
-                o.fill(0.0);
-                for (b, &p) in scores.iter().enumerate() {
-                    for (o, &v) in o.iter_mut().zip(at(b, 2)) {
-                        *o += p * inv * v;
-                    }
-                }
+            match self.isa.kind() {
+                // SAFETY: the Isa was detected on this CPU.
+                #[cfg(target_arch = "x86_64")]
+                IsaKind::Avx2 | IsaKind::Avx512Vnni => unsafe { attend_head_avx2(head, out) },
+                _ => attend_head(head, out),
             }
         });
     }
+}
+
+/// One head of one input's attention: rows `start..start + len` of `qkv`.
+#[derive(Clone, Copy)]
+struct Head<'a> {
+    qkv: &'a [f32],
+    dim: usize,
+    hd: usize,
+    h: usize,
+    start: usize,
+    len: usize,
+    scale: f32,
+}
+
+/// Scaled dot-product attention of every token of `head`'s input over all
+/// of them, into the head's columns of `out`.
+#[inline(always)]
+fn attend_head(head: Head, out: &mut [f32]) {
+    let Head { qkv, dim, hd, h, start, len, scale } = head;
+    let at = |row: usize, part: usize| &qkv[(start + row) * 3 * dim + part * dim + h * hd..][..hd];
+    let mut scores = vec![0f32; len];
+    for a in 0..len {
+        let q = at(a, 0);
+        for (b, s) in scores.iter_mut().enumerate() {
+            *s = dot(q, at(b, 1)) * scale;
+        }
+        let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+        scores.iter_mut().for_each(|s| *s -= max);
+        exp_in_place(&mut scores);
+        let inv = (1.0 / scores.iter().map(|&s| s as f64).sum::<f64>()) as f32;
+        let o = &mut out[(start + a) * dim + h * hd..][..hd];
+        o.fill(0.0);
+        for (b, &p) in scores.iter().enumerate() {
+            for (o, &v) in o.iter_mut().zip(at(b, 2)) {
+                *o += p * inv * v;
+            }
+        }
+    }
+}
+
+/// `attend_head` compiled for AVX2: the same operations, in wider vectors.
+///
+/// # Safety
+/// The CPU has AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn attend_head_avx2(head: Head, out: &mut [f32]) {
+    attend_head(head, out)
 }
 
 /// A dot product in eight running sums (which the compiler keeps in one

@@ -386,7 +386,7 @@ impl Model {
                 for (gu, a) in gate_up[range.start * 2 * ffn..range.end * 2 * ffn].chunks_exact(2 * ffn).zip(act.chunks_exact_mut(ffn)) {
                     match c.activation {
                         Activation::Silu => silu_mul(self.isa, &gu[..ffn], &gu[ffn..], a),
-                        Activation::Gelu => gelu_mul(&gu[..ffn], &gu[ffn..], a),
+                        Activation::Gelu => gelu_mul(self.isa, &gu[..ffn], &gu[ffn..], a),
                     }
                 }
             });
