@@ -333,12 +333,20 @@ pub fn portable_dot(w: &Matrix, x: &[f32], q: &QuantizedActs, r: usize, a: usize
     dot(w, x, q, r, a)
 }
 
+/// Row `a` (of `n` values) of one of the activations' forms; empty where
+/// that form was not made.
+fn act_row<T>(v: &[T], a: usize, n: usize) -> &[T] {
+    v.get(a * n..(a + 1) * n).unwrap_or(&[])
+}
+
 fn dot(w: Weights, x: &[f32], q: &QuantizedActs, r: usize, a: usize) -> f32 {
     let k = w.cols;
     let nb = k / 32;
     let (panel, lane) = (r / PANEL, r % PANEL);
-    let xq = &q.qs[a * k..(a + 1) * k];
-    let (xs, xsum, xisum) = (&q.scale[a * nb..(a + 1) * nb], &q.sum[a * nb..(a + 1) * nb], &q.isum16[a * 2 * nb..(a + 1) * 2 * nb]);
+    // The 8-bit forms, where they were made: 16-bit and float weights
+    // have only the shape (`shape_only`), and read none of them.
+    let xq = act_row(&q.qs, a, k);
+    let (xs, xsum, xisum) = (act_row(&q.scale, a, nb), act_row(&q.sum, a, nb), act_row(&q.isum16, a, 2 * nb));
     // Σ code * x over elements `range` of block b, codes read by `code`.
     let isum = |b: usize, range: std::ops::Range<usize>, code: &dyn Fn(usize) -> i32| -> i32 {
         range.map(|e| code(e) * xq[b * 32 + e] as i32).sum()

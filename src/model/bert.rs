@@ -141,7 +141,7 @@ impl Model {
             match self.isa.kind() {
                 // SAFETY: the Isa was detected on this CPU.
                 #[cfg(target_arch = "x86_64")]
-                IsaKind::Avx2 | IsaKind::Avx512Vnni => unsafe { attend_head_avx2(head, out) },
+                IsaKind::Avx2 | IsaKind::Avx512Vnni if hd.is_multiple_of(8) => unsafe { attend_head_avx2(head, out) },
                 _ => attend_head(head, out),
             }
         });
@@ -162,7 +162,6 @@ struct Head<'a> {
 
 /// Scaled dot-product attention of every token of `head`'s input over all
 /// of them, into the head's columns of `out`.
-#[inline(always)]
 fn attend_head(head: Head, out: &mut [f32]) {
     let Head { qkv, dim, hd, h, start, len, scale } = head;
     let at = |row: usize, part: usize| &qkv[(start + row) * 3 * dim + part * dim + h * hd..][..hd];
@@ -186,14 +185,47 @@ fn attend_head(head: Head, out: &mut [f32]) {
     }
 }
 
-/// `attend_head` compiled for AVX2: the same operations, in wider vectors.
+/// `attend_head` with AVX2 and FMA for heads of whole vectors: each score
+/// a dot product in one vector of sums, each value row fused into the
+/// output.
 ///
 /// # Safety
-/// The CPU has AVX2.
+/// The CPU has AVX2 and FMA; `head.hd` is a multiple of 8.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 unsafe fn attend_head_avx2(head: Head, out: &mut [f32]) {
-    attend_head(head, out)
+    use std::arch::x86_64::*;
+    let Head { qkv, dim, hd, h, start, len, scale } = head;
+    let row = |row: usize, part: usize| qkv[(start + row) * 3 * dim + part * dim + h * hd..][..hd].as_ptr();
+    let mut scores = vec![0f32; len];
+    for a in 0..len {
+        let q = row(a, 0);
+        let mut max = f32::NEG_INFINITY;
+        for (b, s) in scores.iter_mut().enumerate() {
+            let k = row(b, 1);
+            let mut sum = _mm256_setzero_ps();
+            for d in (0..hd).step_by(8) {
+                sum = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(d)), _mm256_loadu_ps(k.add(d)), sum);
+            }
+            let half = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps::<1>(sum));
+            let half = _mm_add_ps(half, _mm_movehl_ps(half, half));
+            *s = _mm_cvtss_f32(_mm_add_ss(half, _mm_movehdup_ps(half))) * scale;
+            max = if *s > max { *s } else { max };
+        }
+        scores.iter_mut().for_each(|s| *s -= max);
+        exp_in_place(&mut scores);
+        let inv = (1.0 / scores.iter().map(|&s| s as f64).sum::<f64>()) as f32;
+        let o = out[(start + a) * dim + h * hd..][..hd].as_mut_ptr();
+        for d in (0..hd).step_by(8) {
+            _mm256_storeu_ps(o.add(d), _mm256_setzero_ps());
+        }
+        for (b, &p) in scores.iter().enumerate() {
+            let (p, v) = (_mm256_set1_ps(p * inv), row(b, 2));
+            for d in (0..hd).step_by(8) {
+                _mm256_storeu_ps(o.add(d), _mm256_fmadd_ps(p, _mm256_loadu_ps(v.add(d)), _mm256_loadu_ps(o.add(d))));
+            }
+        }
+    }
 }
 
 /// A dot product in eight running sums (which the compiler keeps in one

@@ -108,10 +108,14 @@ impl CatalogModel {
     }
 
     pub fn get(&'static self, order: Arithmetic) -> &'static LoadedModel {
-        let path =
-            self.path.get_or_init(|| Store::from_env().resolve(self.name).unwrap_or_else(|e| panic!("{} installs: {e:#}", self.name)));
+        let path = self.path();
         self.models[order as usize]
             .get_or_init(|| LoadedModel::open(path, 2, order).unwrap_or_else(|e| panic!("{} loads: {e:#}", self.name)))
+    }
+
+    /// The installed GGUF.
+    pub fn path(&'static self) -> &'static Path {
+        self.path.get_or_init(|| Store::from_env().resolve(self.name).unwrap_or_else(|e| panic!("{} installs: {e:#}", self.name)))
     }
 }
 
