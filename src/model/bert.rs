@@ -73,23 +73,14 @@ impl Model {
         let (mut qkv, mut attn, mut out, mut up) = (Vec::new(), vec![0f32; t * dim], Vec::new(), Vec::new());
         for layer in &encoder.layers {
             self.linear_stacked(&layer.wqkv, Rows { x: &x, batches: &batches }, &mut quant, &mut part, &mut qkv);
-            self.add_bias_rows(&mut qkv, &layer.qkv_bias);
+            self.rows_with_bias(&mut qkv, &layer.qkv_bias, |_| {});
             self.attend_within_inputs(inputs, &qkv, &mut attn);
             self.linear(&layer.wo, Rows { x: &attn, batches: &batches }, &mut quant, &mut out);
-            self.add_bias_rows(&mut out, &layer.wo_bias);
-            add_assign(&mut x, &out);
-            self.layer_norm_rows(&mut x, &layer.attn_norm);
+            self.add_and_norm(&mut x, &mut out, &layer.wo_bias, &layer.attn_norm);
             self.linear(&layer.w_up, Rows { x: &x, batches: &batches }, &mut quant, &mut up);
-            self.add_bias_rows(&mut up, &layer.up_bias);
-            let (shared, width) = (SharedOut::new(&mut up), c.ffn);
-            self.pool.run_rows(t, &|range| {
-                // SAFETY: each task writes its own rows.
-                gelu_in_place(self.isa, unsafe { shared.rows(range, width) });
-            });
+            self.rows_with_bias(&mut up, &layer.up_bias, |row| gelu_in_place(self.isa, row));
             self.linear(&layer.w_down, Rows { x: &up, batches: &batches }, &mut quant, &mut out);
-            self.add_bias_rows(&mut out, &layer.down_bias);
-            add_assign(&mut x, &out);
-            self.layer_norm_rows(&mut x, &layer.out_norm);
+            self.add_and_norm(&mut x, &mut out, &layer.down_bias, &layer.out_norm);
         }
         let mut start = 0;
         inputs
@@ -120,8 +111,34 @@ impl Model {
         });
     }
 
-    fn add_bias_rows(&self, x: &mut [f32], bias: &[f32]) {
-        x.chunks_exact_mut(bias.len()).for_each(|row| add_assign(row, bias));
+    /// Adds `bias` to every row of `x`, then applies `then` to the row,
+    /// rows shared over the pool.
+    fn rows_with_bias(&self, x: &mut [f32], bias: &[f32], then: impl Fn(&mut [f32]) + Sync) {
+        let d = bias.len();
+        let shared = SharedOut::new(x);
+        self.pool.run_rows(x.len() / d, &|range| {
+            // SAFETY: each task writes its own rows.
+            for row in unsafe { shared.rows(range, d) }.chunks_exact_mut(d) {
+                add_assign(row, bias);
+                then(row);
+            }
+        });
+    }
+
+    /// The residual step after attention or the feed-forward, row by row
+    /// over the pool: `out += bias`, `x += out`, then `x`'s LayerNorm.
+    fn add_and_norm(&self, x: &mut [f32], out: &mut [f32], bias: &[f32], norm: &Norm) {
+        let d = bias.len();
+        let (xs, outs) = (SharedOut::new(x), SharedOut::new(out));
+        self.pool.run_rows(x.len() / d, &|range| {
+            // SAFETY: each task writes its own rows of both.
+            let (x, out) = unsafe { (xs.rows(range.clone(), d), outs.rows(range, d)) };
+            for (x, out) in x.chunks_exact_mut(d).zip(out.chunks_exact_mut(d)) {
+                add_assign(out, bias);
+                add_assign(x, out);
+                layer_norm(x, &norm.weight, &norm.bias, self.config.norm_eps);
+            }
+        });
     }
 
     /// Scaled dot-product attention of every token over all the tokens of
