@@ -1489,11 +1489,15 @@ unsafe fn dpwssd_broadcast(mut acc: __m512i, a: __m512i, row: *const i32, offset
 
 /// NP 16-bit weight panels (from `p`) against AR activation rows: per block
 /// of 32, the exact integer dot (`vpdpwssd`, two inputs a lane a step),
-/// then one fused multiply-add with the row's and the block's scales into
-/// the tiles, as `matmul::portable_dot` does. With two panels each
-/// activation pair loaded feeds two multiply-adds: the loads, not the
-/// multiply-adds, are what one panel waits for (two panels: 235-249 GMAC/s
-/// at 32 to 512 rows, against 181-190 for one; three were no faster).
+/// then one fused multiply-add with the row's and the block's scales, as
+/// `matmul::portable_dot` does. With two panels each activation pair
+/// loaded feeds two multiply-adds: the loads, not the multiply-adds, are
+/// what one panel waits for (`cargo bench --bench kernels -- matmul
+/// --format F16`, 32 to 512 rows: two panels 235-249 GMAC/s against
+/// 181-190 for one; three were no faster). Two panels' float sums for
+/// eight rows do not all fit beside the integer ones; the compiler's
+/// spills of them, touched once a block, cost less than summing into the
+/// tiles did (269-281 against 235-249).
 ///
 /// # Safety
 /// The CPU has AVX-512 VNNI; `qs` holds panels `p..p + NP` whole and `q`
@@ -1505,11 +1509,7 @@ unsafe fn int16_panels_vnni<const NP: usize, const AR: usize>(at: Int16At, tiles
     let w: [*const i16; NP] = std::array::from_fn(|n| at.qs.as_ptr().add((at.p + n) * nb * 32 * PANEL));
     let ws: [__m512; NP] = std::array::from_fn(|n| _mm512_loadu_ps(at.scale.as_ptr().add((at.p + n) * PANEL)));
     let rows: [*const i32; AR] = std::array::from_fn(|a| q.q16.as_ptr().add((at.i + a) * cols) as *const i32);
-    for tile in tiles.iter_mut() {
-        for row in &mut tile[..AR] {
-            *row = [0.0; PANEL];
-        }
-    }
+    let mut acc = [[_mm512_setzero_ps(); AR]; NP];
     for b in 0..nb {
         let mut isum = [[_mm512_setzero_si512(); AR]; NP];
         for t in 0..16 {
@@ -1528,11 +1528,14 @@ unsafe fn int16_panels_vnni<const NP: usize, const AR: usize>(at: Int16At, tiles
         }
         for a in 0..AR {
             let xs = _mm512_set1_ps(*q.scale16.get_unchecked((at.i + a) * nb + b));
-            for ((tile, isum), ws) in tiles.iter_mut().zip(&isum).zip(ws) {
-                let out = tile[a].as_mut_ptr();
-                let sum = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[a]), _mm512_mul_ps(ws, xs), _mm512_loadu_ps(out));
-                _mm512_storeu_ps(out, sum);
+            for ((acc, isum), ws) in acc.iter_mut().zip(&isum).zip(ws) {
+                acc[a] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[a]), _mm512_mul_ps(ws, xs), acc[a]);
             }
+        }
+    }
+    for (tile, acc) in tiles.iter_mut().zip(acc) {
+        for (row, acc) in tile.iter_mut().zip(acc) {
+            _mm512_storeu_ps(row.as_mut_ptr(), acc);
         }
     }
 }
