@@ -23,19 +23,35 @@ pub fn rms_norm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
 
 /// `x = (x - mean) / sqrt(var + eps) * weight + bias` for one row, as
 /// ggml's norm, mul and add compute it: the mean and the variance summed
-/// in f64.
+/// in f64 (in four running sums, where ggml keeps one: a row's f64 sums
+/// in order were the encoder's longest chain of dependent additions, and
+/// their order shows only past f32's precision).
 pub fn layer_norm(x: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
     let n = x.len() as f64;
-    let mean = (x.iter().map(|&v| v as f64).sum::<f64>() / n) as f32;
-    let mut sum2 = 0f64;
-    for v in x.iter_mut() {
-        *v -= mean;
-        sum2 += (*v * *v) as f64;
-    }
+    let mean = (sum_f64(x, |v| v as f64) / n) as f32;
+    x.iter_mut().for_each(|v| *v -= mean);
+    let sum2 = sum_f64(x, |v| (v * v) as f64);
     let scale = 1.0 / ((sum2 / n) as f32 + eps).sqrt();
     for ((v, &w), &b) in x.iter_mut().zip(weight).zip(bias) {
         *v = *v * scale * w + b;
     }
+}
+
+/// The sum of `x`'s values, each made f64 by `f`, in four running sums
+/// (value i in sum i % 4).
+fn sum_f64(x: &[f32], f: impl Fn(f32) -> f64) -> f64 {
+    let mut sums = [0f64; 4];
+    let chunks = x.chunks_exact(4);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (s, &v) in sums.iter_mut().zip(c) {
+            *s += f(v);
+        }
+    }
+    for (s, &v) in sums.iter_mut().zip(tail) {
+        *s += f(v);
+    }
+    (sums[0] + sums[1]) + (sums[2] + sums[3])
 }
 
 /// 1 / rms(x), the mean of squares summed in f64.
