@@ -87,29 +87,24 @@ unsafe fn gelu_avx2(table: &[u16], x: &mut [f32]) {
 /// `x = gelu(x)` (BERT's feed-forward), the same bits on every ISA.
 pub fn gelu_in_place(isa: Isa, x: &mut [f32]) {
     let table = padded_table();
-    let lanes = match isa.kind() {
-        IsaKind::Avx512Vnni => 16,
-        IsaKind::Avx2 => 8,
-        IsaKind::Portable => 1,
-    };
-    let mut blocks = x.chunks_exact_mut(lanes);
-    for block in &mut blocks {
+    let rest = match isa.kind() {
         // SAFETY: the Isa was detected on this CPU (AVX2 with F16C, or
-        // AVX-512 besides); each block holds `lanes` values.
+        // AVX-512 besides); each block holds the lanes its path reads.
         #[cfg(target_arch = "x86_64")]
-        unsafe {
-            match isa.kind() {
-                IsaKind::Avx512Vnni => gelu_avx512(table, block),
-                IsaKind::Avx2 => gelu_avx2(table, block),
-                IsaKind::Portable => block[0] = gelu(table, block[0]),
-            }
+        IsaKind::Avx512Vnni => {
+            let mut blocks = x.chunks_exact_mut(16);
+            blocks.by_ref().for_each(|block| unsafe { gelu_avx512(table, block) });
+            blocks.into_remainder()
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            block[0] = gelu(table, block[0]);
+        #[cfg(target_arch = "x86_64")]
+        IsaKind::Avx2 => {
+            let mut blocks = x.chunks_exact_mut(8);
+            blocks.by_ref().for_each(|block| unsafe { gelu_avx2(table, block) });
+            blocks.into_remainder()
         }
-    }
-    blocks.into_remainder().iter_mut().for_each(|v| *v = gelu(table, *v));
+        _ => x,
+    };
+    rest.iter_mut().for_each(|v| *v = gelu(table, *v));
 }
 
 /// `out = gelu(gate) * up`.
