@@ -158,7 +158,13 @@ impl Model {
             match self.isa.kind() {
                 // SAFETY: the Isa was detected on this CPU.
                 #[cfg(target_arch = "x86_64")]
-                IsaKind::Avx2 | IsaKind::Avx512Vnni if hd.is_multiple_of(8) => unsafe { attend_head_avx2(head, out) },
+                IsaKind::Avx2 | IsaKind::Avx512Vnni => unsafe {
+                    match hd {
+                        32 => attend_head_avx2::<4>(head, out),
+                        64 => attend_head_avx2::<8>(head, out),
+                        _ => attend_head(head, out),
+                    }
+                },
                 _ => attend_head(head, out),
             }
         });
@@ -202,27 +208,30 @@ fn attend_head(head: Head, out: &mut [f32]) {
     }
 }
 
-/// `attend_head` with AVX2 and FMA for heads of whole vectors: each score
-/// a dot product in one vector of sums, each value row fused into the
-/// output.
+/// `attend_head` with AVX2 and FMA for heads of `V` whole vectors: the
+/// query row and the output row stay in registers, each score a dot
+/// product in one vector of sums (summed as `dot` sums), each value row
+/// fused into the output. In memory, the output's adds waited on the
+/// store of the key before: a chain through store forwarding per key.
 ///
 /// # Safety
-/// The CPU has AVX2 and FMA; `head.hd` is a multiple of 8.
+/// The CPU has AVX2 and FMA; `head.hd` is `8 * V`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn attend_head_avx2(head: Head, out: &mut [f32]) {
+unsafe fn attend_head_avx2<const V: usize>(head: Head, out: &mut [f32]) {
     use std::arch::x86_64::*;
     let Head { qkv, dim, hd, h, start, len, scale } = head;
+    assert_eq!(hd, 8 * V);
     let row = |row: usize, part: usize| qkv[(start + row) * 3 * dim + part * dim + h * hd..][..hd].as_ptr();
     let mut scores = vec![0f32; len];
     for a in 0..len {
-        let q = row(a, 0);
+        let q: [__m256; V] = std::array::from_fn(|v| _mm256_loadu_ps(row(a, 0).add(8 * v)));
         let mut max = f32::NEG_INFINITY;
         for (b, s) in scores.iter_mut().enumerate() {
             let k = row(b, 1);
             let mut sum = _mm256_setzero_ps();
-            for d in (0..hd).step_by(8) {
-                sum = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(d)), _mm256_loadu_ps(k.add(d)), sum);
+            for (v, &q) in q.iter().enumerate() {
+                sum = _mm256_fmadd_ps(q, _mm256_loadu_ps(k.add(8 * v)), sum);
             }
             let half = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps::<1>(sum));
             let half = _mm_add_ps(half, _mm_movehl_ps(half, half));
@@ -232,15 +241,16 @@ unsafe fn attend_head_avx2(head: Head, out: &mut [f32]) {
         scores.iter_mut().for_each(|s| *s -= max);
         exp_in_place(&mut scores);
         let inv = (1.0 / scores.iter().map(|&s| s as f64).sum::<f64>()) as f32;
-        let o = out[(start + a) * dim + h * hd..][..hd].as_mut_ptr();
-        for d in (0..hd).step_by(8) {
-            _mm256_storeu_ps(o.add(d), _mm256_setzero_ps());
-        }
+        let mut o = [_mm256_setzero_ps(); V];
         for (b, &p) in scores.iter().enumerate() {
             let (p, v) = (_mm256_set1_ps(p * inv), row(b, 2));
-            for d in (0..hd).step_by(8) {
-                _mm256_storeu_ps(o.add(d), _mm256_fmadd_ps(p, _mm256_loadu_ps(v.add(d)), _mm256_loadu_ps(o.add(d))));
+            for (i, o) in o.iter_mut().enumerate() {
+                *o = _mm256_fmadd_ps(p, _mm256_loadu_ps(v.add(8 * i)), *o);
             }
+        }
+        let at = out[(start + a) * dim + h * hd..][..hd].as_mut_ptr();
+        for (i, &o) in o.iter().enumerate() {
+            _mm256_storeu_ps(at.add(8 * i), o);
         }
     }
 }
