@@ -6,7 +6,7 @@ mod common;
 
 use caravan::kernels::matmul::{matmul, portable_dot, Matrix, QuantizedActs, RowBatch};
 use caravan::kernels::pool::ComputePool;
-use caravan::kernels::quant::{repack, TensorType};
+use caravan::kernels::quant::{repack, repack_bf16, TensorType};
 use caravan::kernels::{Arithmetic, Isa};
 use caravan::kv::KvPool;
 use caravan::model::attention::{attend, Attention, AttentionTasks};
@@ -39,6 +39,20 @@ const TYPES: [TensorType; 15] = [
     TensorType::IQ4XS,
 ];
 
+/// `check(isa, act, row, got, want)` on every output of `matmul` on every
+/// ISA, against `portable_dot`'s.
+fn against_portable(pool: &ComputePool, w: &Matrix, x: &[f32], q: &QuantizedActs, check: impl Fn(Isa, usize, usize, f32, f32)) {
+    for isa in Isa::available() {
+        let mut out = vec![0f32; q.rows * w.rows];
+        matmul(pool, isa, w, x, q, &mut out);
+        for a in 0..q.rows {
+            for r in 0..w.rows {
+                check(isa, a, r, out[a * w.rows + r], portable_dot(w, x, q, r, a));
+            }
+        }
+    }
+}
+
 #[test]
 fn simd_matmul_equals_portable_bitwise_for_every_format_and_batch_size() {
     let mut rng = Rng(42);
@@ -65,18 +79,42 @@ fn simd_matmul_equals_portable_bitwise_for_every_format_and_batch_size() {
             if w.w.reads_16bit_acts() {
                 q.quantize_16(&pool, Isa::PORTABLE, &x);
             }
-            for isa in Isa::available() {
-                let mut out = vec![0f32; m * rows];
-                matmul(&pool, isa, &w, &x, &q, &mut out);
-                for a in 0..m {
-                    for r in 0..rows {
-                        let want = portable_dot(&w, &x, &q, r, a);
-                        let got = out[a * rows + r];
-                        // Same operations in the same order: bitwise equal.
-                        assert_eq!(got.to_bits(), want.to_bits(), "{t:?} {order} {isa} m={m} row {r} act {a}: {got} vs {want}");
-                    }
+            against_portable(&pool, &w, &x, &q, |isa, a, r, got, want| {
+                // Same operations in the same order: bitwise equal.
+                assert_eq!(got.to_bits(), want.to_bits(), "{t:?} {order} {isa} m={m} row {r} act {a}: {got} vs {want}");
+            });
+        }
+    }
+}
+
+/// Float matrices as bf16 (how an embedding model's run on AMX): the
+/// portable path fuses one multiply-add per input in input order, and the
+/// ISAs without AMX run it; AMX's tiles sum the same bf16 products in f32
+/// in an order of their own, so they are held to f32 rounding of the sum
+/// of magnitudes. Shapes with partial panels, an odd panel count and
+/// activation rows that leave part of a tile group or of a pair of groups.
+#[test]
+fn bf16_matmul_on_every_isa_tracks_the_portable_path() {
+    let mut rng = Rng(5);
+    let pool = ComputePool::new(2);
+    for (t, rows, cols) in [(TensorType::F16, 72, 512), (TensorType::F32, 40, 96), (TensorType::BF16, 48, 1536)] {
+        let w = Matrix { rows, cols, w: repack_bf16(t, &random_blocks(&mut rng, t, rows, cols), rows, cols) };
+        let mut weights = vec![0f32; rows * cols];
+        weights.chunks_exact_mut(cols).enumerate().for_each(|(r, row)| w.w.row_f32(r, cols, row));
+        for m in [1usize, 5, 16, 17, 31, 32, 33, 70] {
+            let x: Vec<f32> = (0..m * cols).map(|_| float(&mut rng) * 3.0).collect();
+            let mut q = QuantizedActs::default();
+            q.shape_only(m, cols);
+            q.tile_bf16(&pool, Isa::PORTABLE, &x);
+            against_portable(&pool, &w, &x, &q, |isa, a, r, got, want| {
+                if !isa.amx() {
+                    assert_eq!(got.to_bits(), want.to_bits(), "{t:?} {isa} m={m} row {r} act {a}: {got} vs {want}");
+                    return;
                 }
-            }
+                let magnitude: f32 = weights[r * cols..(r + 1) * cols].iter().zip(&x[a * cols..]).map(|(w, x)| (w * x).abs()).sum();
+                let bound = magnitude * cols as f32 * f32::EPSILON;
+                assert!((got - want).abs() <= bound, "{t:?} {isa} m={m} row {r} act {a}: {got} vs {want} (bound {bound})");
+            });
         }
     }
 }
@@ -135,6 +173,21 @@ fn every_isa_quantizes_activations_to_the_same_codes() {
         got.shape_only(rows, cols);
         got.quantize_16(&pool, isa, &x);
         assert_eq!((&got.q16, &got.scale16), (&want.q16, &want.scale16), "{isa}");
+    }
+    // bf16 as `half` rounds (to nearest, ties to even), ties included.
+    x[96..128].iter_mut().enumerate().for_each(|(i, v)| *v = f32::from_bits(0x3f80_8000 + ((i as u32) << 16)));
+    want.tile_bf16(&pool, Isa::PORTABLE, &x);
+    for a in 0..rows {
+        for k in 0..cols {
+            let at = caravan::kernels::bf16_tiles::acts_offset(cols, a, k);
+            assert_eq!(want.bf16[at], half::bf16::from_f32(x[a * cols + k]).to_bits(), "row {a} input {k}");
+        }
+    }
+    for isa in Isa::available() {
+        let mut got = QuantizedActs::default();
+        got.shape_only(rows, cols);
+        got.tile_bf16(&pool, isa, &x);
+        assert_eq!(got.bf16, want.bf16, "{isa}");
     }
 }
 

@@ -33,6 +33,9 @@ pub struct QuantizedActs {
     /// for them (`Packed::Int16`).
     pub q16: Vec<i16>,
     pub scale16: Vec<f32>,
+    /// The same rows in bf16 in AMX's tile layout (`amx::acts_offset`),
+    /// where a matrix asks for them (`Packed::Bf16`).
+    pub bf16: Vec<u16>,
     /// `sb` as blocks of 32 (made when first asked for, after `sb`).
     pub(super) sb_as_blocks: OnceLock<Box<QuantizedActs>>,
 }

@@ -10,6 +10,7 @@
 //! results are the same alone or batched.
 
 pub use super::acts::{QuantizedActs, RowBatch, Tile, TILE_ACTS};
+use super::bf16_tiles;
 use super::pool::{ComputePool, SharedOut};
 use super::quant::{byte_offset, int16_offset, nibble_offset, Packed, BYTE_BLOCK, PANEL};
 use super::{Arithmetic, Isa, IsaKind};
@@ -53,9 +54,10 @@ impl QuantizedActs {
         self.sum.resize(blocks, 0.0);
         self.isum16.resize(2 * blocks, 0);
         self.isum4.resize(8 * blocks, 0);
-        // Super-blocks and 13-bit codes are made on request, for these rows.
+        // Super-blocks, 13-bit codes and bf16 tiles are made on request, for these rows.
         self.sb.d.clear();
         self.q16.clear();
+        self.bf16.clear();
         self.sb_as_blocks = Default::default();
         let nb = cols / 32;
         let (qs, scale, sum, isum16, isum4) = (
@@ -107,6 +109,7 @@ impl QuantizedActs {
         self.isum4.clear();
         self.sb.d.clear();
         self.q16.clear();
+        self.bf16.clear();
         self.sb_as_blocks = Default::default();
     }
 
@@ -128,6 +131,12 @@ impl QuantizedActs {
                 *scale = quantize_block_16(isa, xb.try_into().unwrap(), qb.try_into().unwrap());
             }
         });
+    }
+
+    /// The rows `quantize` or `shape_only` took (`x` again) in bf16 as well,
+    /// for `Packed::Bf16` weights.
+    pub fn tile_bf16(&mut self, pool: &ComputePool, isa: Isa, x: &[f32]) {
+        bf16_tiles::tile_acts(pool, isa, x, self.rows, self.cols, &mut self.bf16);
     }
 
     /// Quantizes the rows `quantize` took (`x` again) to super-blocks as
@@ -230,6 +239,12 @@ pub fn matmul(pool: &ComputePool, isa: Isa, w: &Matrix, x: &[f32], q: &Quantized
     assert_eq!(out.len(), m * w.rows);
     assert!(!w.w.reads_super_blocks() || q.sb.d.len() * 256 == m * w.cols, "activations not quantized to super-blocks");
     assert!(!w.w.reads_16bit_acts() || q.q16.len() == m * w.cols, "activations not quantized to 13 bits");
+    assert!(!w.w.reads_bf16_acts() || q.bf16.len() == bf16_tiles::padded_rows(m) * w.cols, "activations not in bf16");
+    #[cfg(target_arch = "x86_64")]
+    if let (Packed::Bf16(wb), true) = (&w.w, isa.amx()) {
+        super::amx::matmul(pool, wb, w.rows, w.cols, &q.bf16, m, out);
+        return;
+    }
     let panels = w.rows.div_ceil(PANEL);
     let (w, q) = w.against(q);
     let shared = SharedOut::new(out);
@@ -354,6 +369,14 @@ fn dot(w: Weights, x: &[f32], q: &QuantizedActs, r: usize, a: usize) -> f32 {
     let mut acc = 0f32;
     match w.w {
         Packed::OnSuperBlocks(_) => unreachable!("resolved by Matrix::against"),
+        // One fused multiply-add per input, in input order (AMX's tiles
+        // sum in an order of their own: they are held to a tolerance).
+        Packed::Bf16(wb) => {
+            for e in 0..k {
+                let (wv, xv) = (wb[int16_offset(panel * nb + e / 32, lane, e % 32)], q.bf16[bf16_tiles::acts_offset(k, a, e)]);
+                acc = bf16_tiles::from_bf16(wv).mul_add(bf16_tiles::from_bf16(xv), acc);
+            }
+        }
         // Exact integer sums of each block, fused in block order.
         Packed::Int16 { qs, scale } => {
             let (x16, xs16) = (&q.q16[a * k..(a + 1) * k], &q.scale16[a * nb..(a + 1) * nb]);

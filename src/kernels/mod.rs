@@ -3,6 +3,9 @@
 //! path is the reference the tests hold the others to.
 
 mod acts;
+#[cfg(target_arch = "x86_64")]
+mod amx;
+pub mod bf16_tiles;
 pub mod expf;
 pub mod gelu;
 pub mod matmul;
@@ -90,17 +93,19 @@ pub enum IsaKind {
     Avx512Vnni,
 }
 
-/// An instruction set this CPU was found to run. Only detection
+/// An instruction set this CPU was found to run, and with AVX-512 whether
+/// AMX's bf16 tiles as well (for `Packed::Bf16`). Only detection
 /// (`available`, `select`) or the `unsafe` `assume` make one, so the safe
 /// functions that dispatch on it never run an instruction the CPU lacks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Isa(IsaKind);
+pub struct Isa(IsaKind, bool);
 
 impl fmt::Display for Isa {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self.0 {
             IsaKind::Portable => "portable",
             IsaKind::Avx2 => "avx2",
+            IsaKind::Avx512Vnni if self.1 => "avx512-amx",
             IsaKind::Avx512Vnni => "avx512-vnni",
         })
     }
@@ -108,18 +113,23 @@ impl fmt::Display for Isa {
 
 impl Isa {
     /// Plain Rust: every CPU runs it.
-    pub const PORTABLE: Isa = Isa(IsaKind::Portable);
+    pub const PORTABLE: Isa = Isa(IsaKind::Portable, false);
 
-    /// Takes `kind` as available without checking.
+    /// Takes `kind` (without AMX) as available without checking.
     ///
     /// # Safety
     /// The CPU must have every feature `available` checks for `kind`.
     pub unsafe fn assume(kind: IsaKind) -> Isa {
-        Isa(kind)
+        Isa(kind, false)
     }
 
     pub fn kind(self) -> IsaKind {
         self.0
+    }
+
+    /// Whether AMX's bf16 tiles are available to this process, with AVX-512.
+    pub fn amx(self) -> bool {
+        self.1
     }
 
     /// Every instruction set this CPU can run, portable first.
@@ -128,13 +138,16 @@ impl Isa {
         #[cfg(target_arch = "x86_64")]
         {
             if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
-                isas.push(Isa(IsaKind::Avx2));
+                isas.push(Isa(IsaKind::Avx2, false));
                 if is_x86_feature_detected!("avx512f")
                     && is_x86_feature_detected!("avx512bw")
                     && is_x86_feature_detected!("avx512vl")
                     && is_x86_feature_detected!("avx512vnni")
                 {
-                    isas.push(Isa(IsaKind::Avx512Vnni));
+                    isas.push(Isa(IsaKind::Avx512Vnni, false));
+                    if amx::supported() {
+                        isas.push(Isa(IsaKind::Avx512Vnni, true));
+                    }
                 }
             }
         }

@@ -222,6 +222,11 @@ pub enum Packed {
     /// the multiply-adds per instruction of floats, and within 1/16382 of
     /// the row's largest weight (f16 keeps 1/2048 of each weight's own).
     Int16 { qs: Vec<i16>, scale: Vec<f32> },
+    /// Floats rounded to bf16 (to nearest, ties to even), in `Int16`'s
+    /// layout, which is the one AMX tiles take. How an embedding model's
+    /// F32, F16 and BF16 matrices run in the fast order where the CPU has
+    /// AMX (`repack_bf16`).
+    Bf16(Vec<u16>),
     /// Plain floats in panels: weight (row r, input k) at `(r / PANEL *
     /// cols + k) * PANEL + r % PANEL`, so that one vector holds a panel's
     /// 16 rows at one input. From F32, F16 and BF16.
@@ -465,6 +470,21 @@ pub fn floats(ttype: TensorType, data: &[u8]) -> Option<Vec<f32>> {
     })
 }
 
+/// Repacks a float matrix (F32, F16 or BF16; `rows` of `cols`) as
+/// `Packed::Bf16`.
+pub fn repack_bf16(ttype: TensorType, data: &[u8], rows: usize, cols: usize) -> Packed {
+    let values = floats(ttype, data).expect("a float type");
+    assert!(values.len() == rows * cols && cols.is_multiple_of(32), "tensor size mismatch");
+    let nb = cols / 32;
+    let mut w = vec![0u16; rows.div_ceil(PANEL) * cols * PANEL];
+    for (r, row) in values.chunks_exact(cols).enumerate() {
+        for (e, &v) in row.iter().enumerate() {
+            w[int16_offset(r / PANEL * nb + e / 32, r % PANEL, e % 32)] = bf16::from_f32(v).to_bits();
+        }
+    }
+    Packed::Bf16(w)
+}
+
 /// Repacks ggml blocks (whole rows of `cols` elements, `rows` of them), for
 /// the kernels of `order`.
 pub fn repack(ttype: TensorType, data: &[u8], rows: usize, cols: usize, order: Arithmetic) -> Packed {
@@ -605,6 +625,11 @@ impl Packed {
                     *o = scale[r] * qs[int16_offset(block(e / 32), lane, e % 32)] as f32;
                 }
             }
+            Packed::Bf16(w) => {
+                for (e, o) in out.iter_mut().enumerate() {
+                    *o = f32::from_bits((w[int16_offset(block(e / 32), lane, e % 32)] as u32) << 16);
+                }
+            }
             Packed::Float(w) => {
                 let first = r / PANEL * cols * PANEL + lane;
                 out.iter_mut().enumerate().for_each(|(k, o)| *o = w[first + k * PANEL]);
@@ -658,12 +683,17 @@ impl Packed {
     /// Whether the matmul needs `QuantizedActs::quantize`'s 8-bit blocks
     /// for these weights (float and 14-bit weights read other forms).
     pub fn reads_8bit_acts(&self) -> bool {
-        !matches!(self, Packed::Float(_) | Packed::Int16 { .. })
+        !matches!(self, Packed::Float(_) | Packed::Int16 { .. } | Packed::Bf16(_))
     }
 
     /// Whether the matmul needs `QuantizedActs::quantize_16` for these weights.
     pub fn reads_16bit_acts(&self) -> bool {
         matches!(self, Packed::Int16 { .. })
+    }
+
+    /// Whether the matmul needs `QuantizedActs::tile_bf16` for these weights.
+    pub fn reads_bf16_acts(&self) -> bool {
+        matches!(self, Packed::Bf16(_))
     }
 
     /// Whether the matmul needs `QuantizedActs::quantize_super_blocks` for these weights.
@@ -675,6 +705,7 @@ impl Packed {
         match self {
             Packed::OnSuperBlocks(inner) => inner.bytes(),
             Packed::Int16 { qs, scale } => qs.len() * 2 + scale.len() * 4,
+            Packed::Bf16(w) => w.len() * 2,
             Packed::Float(w) => w.len() * 4,
             Packed::Int8 { qs, scale, min, .. } => qs.len() + (scale.len() + min.as_ref().map_or(0, Vec::len)) * 2,
             Packed::Int6 { qs, scale, min, .. } => qs.len() + (scale.len() + min.as_ref().map_or(0, Vec::len)) * 4,
@@ -716,6 +747,7 @@ impl Packed {
         for p in it {
             match (&mut acc, p) {
                 (Packed::Float(a), Packed::Float(b)) => a.extend(b),
+                (Packed::Bf16(a), Packed::Bf16(b)) => a.extend(b),
                 (Packed::Int16 { qs, scale }, Packed::Int16 { qs: q2, scale: s2 }) => {
                     qs.extend(q2);
                     scale.extend(s2);

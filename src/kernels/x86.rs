@@ -1360,7 +1360,7 @@ unsafe fn units_dot<L: Lanes, const U: usize, const SIDES: usize>(
         }
         Packed::SuperNibble { .. } => super_nibble_panel::<L, U>(w, q, at, units, tile),
         Packed::SuperInt6 { .. } => super_int6_panel::<L, U>(w, q, at, units, tile),
-        Packed::Float(_) | Packed::OnSuperBlocks(_) | Packed::Int16 { .. } => return false,
+        Packed::Float(_) | Packed::OnSuperBlocks(_) | Packed::Int16 { .. } | Packed::Bf16(_) => return false,
     }
     true
 }

@@ -225,6 +225,9 @@ impl Model {
         if ws.iter().any(|m| m.w.reads_16bit_acts()) {
             quant.quantize_16(&self.pool, self.isa, x.x);
         }
+        if ws.iter().any(|m| m.w.reads_bf16_acts()) {
+            quant.tile_bf16(&self.pool, self.isa, x.x);
+        }
     }
 
     /// RMSNorm of every row of `x` into `out`, rows shared over the pool.

@@ -3,11 +3,11 @@
 
 use anyhow::{anyhow, bail, Result};
 
-use crate::gguf::{GgufFile, TensorInfo};
+use crate::gguf::{GgufFile, TensorInfo, TensorType};
 use crate::kernels::matmul::Matrix;
 use crate::kernels::ops::{Rope, RopeStyle};
 use crate::kernels::pool::ComputePool;
-use crate::kernels::quant::{floats, repack, Packed, PANEL};
+use crate::kernels::quant::{floats, repack, repack_bf16, Packed, PANEL};
 use crate::kernels::{Arithmetic, Isa};
 
 use super::attention::{MAX_GROUP, MAX_HEAD_DIM};
@@ -292,6 +292,11 @@ fn rope_freq_scale(f: &GgufFile, key: &dyn Fn(&str) -> String) -> Result<f32> {
 struct Loader<'a> {
     f: &'a GgufFile,
     arithmetic: Arithmetic,
+    /// Float matrices as `Packed::Bf16`, for AMX: an encoder's layers in
+    /// the fast order, whose pooled and normalized output bf16 keeps
+    /// within 1e-4 of llama.cpp's (tests/embed.rs). A decoder's logits are
+    /// held to tighter log-probabilities, so its matrices stay as they are.
+    bf16: bool,
 }
 
 impl Loader<'_> {
@@ -338,7 +343,13 @@ impl Loader<'_> {
         if !cols.is_multiple_of(block) {
             bail!("{}: tensor {name} has rows of {cols}, not a multiple of {block}", self.f.path.display());
         }
-        Ok(Matrix { rows, cols, w: repack(t.ttype, self.f.tensor_data(t), rows, cols, self.arithmetic) })
+        let data = self.f.tensor_data(t);
+        let w = if self.bf16 && matches!(t.ttype, TensorType::F32 | TensorType::F16 | TensorType::BF16) {
+            repack_bf16(t.ttype, data, rows, cols)
+        } else {
+            repack(t.ttype, data, rows, cols, self.arithmetic)
+        };
+        Ok(Matrix { rows, cols, w })
     }
 
     /// Several matrices with the same columns, rows stacked: one matrix
@@ -405,11 +416,12 @@ impl Loader<'_> {
 impl Model {
     pub fn load(f: &GgufFile, isa: Isa, arithmetic: Arithmetic, threads: usize) -> Result<Model> {
         let mut c = ModelConfig::from_gguf(f)?;
-        let l = Loader { f, arithmetic };
+        let l = Loader { f, arithmetic, bf16: false };
         if let Some(pooling) = c.pooling {
+            let layers = Loader { bf16: isa.amx() && arithmetic == Arithmetic::Fast, ..l };
             return Ok(Model {
                 token_embd: l.matrix("token_embd.weight", c.vocab, c.dim)?,
-                encoder: Some(l.encoder(&c, pooling)?),
+                encoder: Some(layers.encoder(&c, pooling)?),
                 output_norm: Vec::new(),
                 output: None,
                 layers: Vec::new(),
