@@ -5,16 +5,18 @@ Standard library only. ``--inputs N`` sentences of about ``--words`` words,
 drawn from a fixed word list with ``random.Random(f"{seed}:{i}")`` (the
 same inputs on every server), embedded either in one request holding all
 of them (``--clients 0``) or one input per request from ``--clients C``
-closed-loop clients. Prints one JSON line: clients, inputs,
-embeddings_per_s, seconds, dims.
+closed-loop clients, each on its own kept-alive connection (as the
+``openai`` and ``ollama`` clients pool theirs). Prints one JSON line:
+clients, inputs, embeddings_per_s, seconds, dims.
 """
 
 import argparse
+import http.client
 import json
 import random
 import threading
 import time
-import urllib.request
+import urllib.parse
 
 WORDS = (
     "the of and to in is was for on that with as by at from his her an be this which or had are not but were have one "
@@ -33,13 +35,21 @@ def sentences(n, words, seed):
     return out
 
 
-def embed(url, model, inputs):
+def connect(base_url):
+    url = urllib.parse.urlsplit(base_url)
+    return http.client.HTTPConnection(url.hostname, url.port or 80, timeout=600)
+
+
+def embed(conn, model, inputs):
     body = {"input": inputs, "encoding_format": "float"}
     if model:
         body["model"] = model
-    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=600) as r:
-        data = json.load(r)["data"]
+    conn.request("POST", "/v1/embeddings", json.dumps(body).encode(), {"Content-Type": "application/json"})
+    r = conn.getresponse()
+    answer = r.read()
+    if r.status != 200:
+        raise RuntimeError(f"HTTP {r.status}: {answer[:200]!r}")
+    data = json.loads(answer)["data"]
     if len(data) != len(inputs):
         raise RuntimeError(f"{len(data)} embeddings for {len(inputs)} inputs")
     return len(data[0]["embedding"])
@@ -54,17 +64,17 @@ def main():
     p.add_argument("--clients", type=int, default=0, help="0: all inputs in one request")
     p.add_argument("--seed", default="0")
     a = p.parse_args()
-    url = a.base_url.rstrip("/") + "/v1/embeddings"
     inputs = sentences(a.inputs, a.words, a.seed)
-    embed(url, a.model, inputs[:1])  # warm-up
+    embed(connect(a.base_url), a.model, inputs[:1])  # warm-up
     dims = [0]
     start = time.perf_counter()
     if a.clients == 0:
-        dims[0] = embed(url, a.model, inputs)
+        dims[0] = embed(connect(a.base_url), a.model, inputs)
     else:
         lock, next_input, errors = threading.Lock(), [0], []
 
         def client():
+            conn = connect(a.base_url)
             while True:
                 with lock:
                     i = next_input[0]
@@ -72,7 +82,7 @@ def main():
                 if i >= len(inputs):
                     return
                 try:
-                    dims[0] = embed(url, a.model, [inputs[i]])
+                    dims[0] = embed(conn, a.model, [inputs[i]])
                 except Exception as e:  # noqa: BLE001 - reported, then fatal
                     errors.append(e)
                     return
